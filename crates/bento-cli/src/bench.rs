@@ -1,0 +1,331 @@
+//! `bento bench`: start a box on loopback and measure it.
+//!
+//! Reports medians and tail percentiles; nothing here asserts on time.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bento_client::{Connection, Target};
+use bento_protocol::InvokeToken;
+use bento_server::Server;
+use bytes::Bytes;
+use clap::Args;
+
+use crate::commands::ServeArgs;
+
+const HELLO: &str = "def main(name):\n    api.send('hello ' + name)\n";
+const BULK: &str = "def main(mib):\n    chunk = b'x' * (1024 * 1024)\n    for _ in range(mib):\n        api.send(chunk)\n";
+const ECHO: &str = "def main():\n    while True:\n        m = api.recv()\n        if not m:\n            return\n        api.send(m)\n";
+const WAIT: &str = "def main():\n    api.recv()\n";
+
+/// Options of `bento bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Hello-world invocations to time.
+    #[arg(long, default_value_t = 1000)]
+    pub invocations: usize,
+    /// MiB of output per bulk run (3 runs; the median is reported).
+    #[arg(long, default_value_t = 1024)]
+    pub bulk_mib: u64,
+    /// Echo round trips to time.
+    #[arg(long, default_value_t = 2000)]
+    pub round_trips: usize,
+    /// Concurrent sessions waiting in api.recv() for the memory figure.
+    #[arg(long, default_value_t = 1000)]
+    pub sessions: usize,
+    /// Sandbox worker processes [default: number of CPUs].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Precompiled runtime (see `bento serve --help`).
+    #[arg(long)]
+    pub runtime: Option<PathBuf>,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+struct Bench {
+    target: Target,
+}
+
+impl Bench {
+    async fn store(&self, name: &str, source: &str) -> anyhow::Result<InvokeToken> {
+        let mut conn = Connection::connect(&self.target).await?;
+        Ok(conn.store(name, source).await?.1)
+    }
+
+    /// Invoke and read the session to its end; returns bytes received.
+    async fn invoke_to_end(&self, token: &InvokeToken, args: &str) -> anyhow::Result<u64> {
+        let mut conn = Connection::connect(&self.target).await?;
+        let session = conn.invoke(token, "main", args).await?;
+        drop(conn);
+        let mut attachment = Connection::connect(&self.target)
+            .await?
+            .attach(&session, None)
+            .await?;
+        let mut received = 0u64;
+        while let Some(data) = attachment.next().await? {
+            received += data.len() as u64;
+        }
+        attachment.close().await;
+        Ok(received)
+    }
+}
+
+/// Resident and proportional set size (KiB) of a process, from /proc.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let read = |field: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find(|l| l.starts_with(field))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    (read("Rss:"), read("Pss:"))
+}
+
+/// Direct children of `pid` (the worker processes).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // Field 4 (after the parenthesised command name) is the parent pid.
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        if after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok())
+            == Some(pid)
+        {
+            out.push(child);
+        }
+    }
+    out
+}
+
+fn total_memory_mib() -> (f64, f64) {
+    let me = std::process::id();
+    let mut rss = 0;
+    let mut pss = 0;
+    for pid in std::iter::once(me).chain(children(me)) {
+        let (r, p) = memory_kib(pid);
+        rss += r;
+        pss += p;
+    }
+    (rss as f64 / 1024.0, pss as f64 / 1024.0)
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let data_dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
+    let serve = ServeArgs {
+        listen: "127.0.0.1:0".parse()?,
+        data_dir: data_dir.path().to_owned(),
+        runtime: args.runtime.clone(),
+        workers: args.workers,
+        worker_wrapper: None,
+        memory_mib: 128,
+        cpu_ms: 60_000,
+        wall_ms: 600_000,
+        output_buffer_kib: 4096,
+        max_instances: (args.sessions as u64 + 64).max(1024),
+        max_buffered_mib: 4 * (args.sessions as u64 + 64),
+        max_source_kib: 1024,
+        max_stored_mib: 64,
+        session_retention_secs: 60,
+        read_timeout_secs: 60,
+    };
+    let config = serve.config()?;
+    let workers = config.workers.workers;
+    let server = Server::bind(config, serve.listen).await?;
+    let addr = server.local_addr()?;
+    let server_task = tokio::spawn(server.run());
+    let bench = Bench {
+        target: Target {
+            server: addr.to_string(),
+            socks: None,
+        },
+    };
+    let (idle_rss, idle_pss) = total_memory_mib();
+    eprintln!("box on {addr} with {workers} workers; idle RSS {idle_rss:.0} MiB");
+
+    // 1. Hello-world invocation latency, fresh instance each time.
+    let hello = bench.store("hello.py", HELLO).await?;
+    for _ in 0..20 {
+        bench.invoke_to_end(&hello, "[\"world\"]").await?; // warm-up
+    }
+    let mut latencies = Vec::with_capacity(args.invocations);
+    for i in 0..args.invocations {
+        let started = Instant::now();
+        let got = bench.invoke_to_end(&hello, "[\"world\"]").await?;
+        latencies.push(started.elapsed());
+        if got != 11 {
+            bail!("hello-world returned {got} bytes, expected 11");
+        }
+        if (i + 1) % 250 == 0 {
+            eprintln!("  hello-world: {} / {}", i + 1, args.invocations);
+        }
+    }
+    latencies.sort();
+
+    // 2. Bulk output throughput.
+    let bulk = bench.store("bulk.py", BULK).await?;
+    let mut rates = Vec::new();
+    for run in 0..3 {
+        let started = Instant::now();
+        let got = bench
+            .invoke_to_end(&bulk, &format!("[{}]", args.bulk_mib))
+            .await?;
+        let elapsed = started.elapsed();
+        if got != args.bulk_mib * 1024 * 1024 {
+            bail!(
+                "bulk run {run} delivered {got} bytes, expected {}",
+                args.bulk_mib * 1024 * 1024
+            );
+        }
+        rates.push(got as f64 / elapsed.as_secs_f64() / 1e6);
+        eprintln!("  bulk run {}: {:.0} MB/s", run + 1, rates[run]);
+    }
+    rates.sort_by(f64::total_cmp);
+    let bulk_mb_s = rates[1];
+
+    // 3. Echo round trip over one attached session.
+    let echo = bench.store("echo.py", ECHO).await?;
+    let mut conn = Connection::connect(&bench.target).await?;
+    let session = conn.invoke(&echo, "main", "[]").await?;
+    let mut attachment = Connection::connect(&bench.target)
+        .await?
+        .attach(&session, None)
+        .await?;
+    let input = attachment.input();
+    let message = Bytes::from(vec![b'e'; 32]);
+    let mut round_trips = Vec::with_capacity(args.round_trips);
+    for i in 0..args.round_trips + 50 {
+        let started = Instant::now();
+        input.send(message.clone()).await?;
+        let mut got = 0;
+        while got < message.len() {
+            match attachment.next().await? {
+                Some(data) => got += data.len(),
+                None => bail!("echo session ended early"),
+            }
+        }
+        if i >= 50 {
+            round_trips.push(started.elapsed());
+        }
+    }
+    input.end().await?;
+    while attachment.next().await?.is_some() {}
+    attachment.close().await;
+    round_trips.sort();
+
+    // 4. Memory with many sessions waiting in api.recv().
+    let wait = bench.store("wait.py", WAIT).await?;
+    let mut conn = Connection::connect(&bench.target).await?;
+    let mut sessions = Vec::with_capacity(args.sessions);
+    let started = Instant::now();
+    for i in 0..args.sessions {
+        sessions.push(conn.invoke(&wait, "main", "[]").await?);
+        if (i + 1) % 250 == 0 {
+            eprintln!("  waiting sessions: {} / {}", i + 1, args.sessions);
+        }
+    }
+    // Wait until every instance is actually running (the status counts
+    // instances the workers hold).
+    loop {
+        let status = conn.status().await?;
+        let running = status["instances"]["running"].as_u64().unwrap_or(0);
+        if running >= args.sessions as u64 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("only {running} of {} sessions started", args.sessions);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let the instances reach api.recv() (status counts them from start).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (busy_rss, busy_pss) = total_memory_mib();
+    let start_rate = args.sessions as f64 / started.elapsed().as_secs_f64();
+    for session in &sessions {
+        conn.kill(session).await?;
+    }
+    server_task.abort();
+
+    let results = serde_json::json!({
+        "workers": workers,
+        "hello_world_ms": {
+            "invocations": args.invocations,
+            "p50": ms(percentile(&latencies, 0.50)),
+            "p90": ms(percentile(&latencies, 0.90)),
+            "p99": ms(percentile(&latencies, 0.99)),
+        },
+        "bulk_output_mb_s": { "mib_per_run": args.bulk_mib, "median": bulk_mb_s, "runs": rates },
+        "echo_round_trip_ms": {
+            "round_trips": args.round_trips,
+            "message_bytes": message.len(),
+            "p50": ms(percentile(&round_trips, 0.50)),
+            "p90": ms(percentile(&round_trips, 0.90)),
+            "p99": ms(percentile(&round_trips, 0.99)),
+        },
+        "waiting_sessions": {
+            "sessions": args.sessions,
+            "idle_rss_mib": idle_rss, "idle_pss_mib": idle_pss,
+            "total_rss_mib": busy_rss, "total_pss_mib": busy_pss,
+            "pss_per_session_mib": (busy_pss - idle_pss) / args.sessions as f64,
+            "sessions_started_per_s": start_rate,
+        },
+    });
+    #[allow(clippy::print_stdout)]
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        let h = &results["hello_world_ms"];
+        let e = &results["echo_round_trip_ms"];
+        let w = &results["waiting_sessions"];
+        println!("| measurement | result |");
+        println!("|---|---|");
+        println!(
+            "| hello-world invocation (n={}) | p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms |",
+            args.invocations, h["p50"], h["p90"], h["p99"]
+        );
+        println!(
+            "| bulk output ({} MiB, median of 3) | {:.0} MB/s |",
+            args.bulk_mib, bulk_mb_s
+        );
+        println!(
+            "| echo round trip, 32 B (n={}) | p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms |",
+            args.round_trips, e["p50"], e["p90"], e["p99"]
+        );
+        println!(
+            "| {} sessions waiting in api.recv() | total RSS {:.0} MiB, PSS {:.0} MiB (idle box: RSS {:.0} MiB) |",
+            args.sessions, w["total_rss_mib"], w["total_pss_mib"], w["idle_rss_mib"]
+        );
+        println!("| session start rate | {:.0} sessions/s |", start_rate);
+    }
+    Ok(())
+}

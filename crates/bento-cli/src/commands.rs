@@ -1,0 +1,395 @@
+//! The subcommands.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bento_client::{Attachment, ClientError, Connection, Target};
+use bento_policy::{InstanceLimits, MIB};
+use bento_protocol::{ErrorKind, InvokeToken, SessionToken};
+use bento_server::{Server, ServerConfig};
+use bento_worker::WorkerPoolConfig;
+use clap::Args;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{Command, TargetArgs, runtime_path};
+
+/// Exit code: the function failed (exception, limit, kill).
+pub const EXIT_FUNCTION: u8 = 1;
+/// Exit code: bad request, unknown token, unusable input.
+pub const EXIT_REQUEST: u8 = 2;
+/// Exit code: the box is busy, failed, or unreachable.
+pub const EXIT_BOX: u8 = 3;
+
+/// Options of `bento serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (plain TCP; put it behind Tor for anonymity).
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub listen: SocketAddr,
+    /// Data directory: stored functions live here and survive restarts.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Precompiled Python runtime (.cwasm) [default: $BENTO_RUNTIME, else
+    /// .cache/runtime/bento-python.cwasm in the source tree, as written by
+    /// scripts/build-runtime.sh].
+    #[arg(long)]
+    pub runtime: Option<PathBuf>,
+    /// Sandbox worker processes [default: number of CPUs].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Command prefix for each worker process, split on whitespace, e.g.
+    /// "prlimit --as=8589934592" or a jail/TEE loader ("gramine-sgx …").
+    /// The wrapper must exec the command it is given and pass its stdin and
+    /// stdout through untouched: they carry the worker protocol.
+    #[arg(long, value_name = "COMMAND")]
+    pub worker_wrapper: Option<String>,
+    /// Linear memory per instance, MiB.
+    #[arg(long, default_value_t = 128)]
+    pub memory_mib: u64,
+    /// CPU time per invocation, milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub cpu_ms: u64,
+    /// Wall-clock time per invocation, milliseconds (includes waiting for input).
+    #[arg(long, default_value_t = 300_000)]
+    pub wall_ms: u64,
+    /// Output buffered per session while its client is not reading, KiB;
+    /// when full, the function's api.send() blocks.
+    #[arg(long, default_value_t = 4096)]
+    pub output_buffer_kib: u64,
+    /// Most instances running at once.
+    #[arg(long, default_value_t = 1024)]
+    pub max_instances: u64,
+    /// Most output-buffer memory all sessions together may reserve, MiB.
+    #[arg(long, default_value_t = 4096)]
+    pub max_buffered_mib: u64,
+    /// Largest accepted function source, KiB.
+    #[arg(long, default_value_t = 1024)]
+    pub max_source_kib: usize,
+    /// Most bytes of stored functions, MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub max_stored_mib: u64,
+    /// Seconds a finished session's unread output is kept.
+    #[arg(long, default_value_t = 600)]
+    pub session_retention_secs: u64,
+    /// Seconds a client may idle between requests or stall inside a frame.
+    #[arg(long, default_value_t = 30)]
+    pub read_timeout_secs: u64,
+}
+
+impl ServeArgs {
+    /// Server configuration from these options.
+    pub fn config(&self) -> anyhow::Result<ServerConfig> {
+        let runtime = self
+            .runtime
+            .clone()
+            .unwrap_or_else(runtime_path::default_runtime);
+        if !runtime.is_file() {
+            bail!(
+                "the precompiled Python runtime {} does not exist; run scripts/build-runtime.sh \
+                 (or pass --runtime FILE.cwasm)",
+                runtime.display()
+            );
+        }
+        let program =
+            std::env::current_exe().context("cannot find the bento binary to start workers")?;
+        let workers = WorkerPoolConfig {
+            program,
+            args: vec![
+                "worker".into(),
+                "--runtime".into(),
+                runtime.display().to_string(),
+            ],
+            wrapper: self
+                .worker_wrapper
+                .as_deref()
+                .map(|w| w.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default(),
+            workers: self
+                .workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),
+        };
+        let mut config = ServerConfig::new(self.data_dir.clone(), workers);
+        config.limits = InstanceLimits {
+            memory_bytes: self.memory_mib * MIB,
+            cpu_ms: self.cpu_ms,
+            wall_ms: self.wall_ms,
+            output_buffer_bytes: self.output_buffer_kib * 1024,
+        };
+        config.max_instances = self.max_instances;
+        config.max_buffered_bytes = self.max_buffered_mib * MIB;
+        config.max_source_bytes = self.max_source_kib * 1024;
+        config.max_stored_bytes = self.max_stored_mib * MIB;
+        config.session_retention = Duration::from_secs(self.session_retention_secs);
+        config.read_timeout = Duration::from_secs(self.read_timeout_secs.max(1));
+        Ok(config)
+    }
+}
+
+/// `bento worker`: load the runtime, serve the pipe protocol on stdio.
+pub fn worker(runtime: &Path) -> anyhow::Result<ExitCode> {
+    let runtime = bento_sandbox::PythonRuntime::load_precompiled(runtime)?;
+    bento_worker::run_worker(runtime, std::io::stdin().lock(), std::io::stdout())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bento runtime precompile`.
+pub fn precompile(wasm: &Path, out: &Path) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
+    eprintln!(
+        "compiling {} ({} MB) to native code…",
+        wasm.display(),
+        bytes.len() / 1_000_000
+    );
+    let started = std::time::Instant::now();
+    let compiled = bento_sandbox::precompile_runtime(&bytes)?;
+    let temp = out.with_extension("cwasm.tmp");
+    std::fs::write(&temp, &compiled).with_context(|| format!("cannot write {}", temp.display()))?;
+    std::fs::rename(&temp, out).with_context(|| format!("cannot write {}", out.display()))?;
+    eprintln!(
+        "wrote {} in {:.1} s",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn target(args: &TargetArgs) -> Target {
+    Target {
+        server: args.server.clone(),
+        socks: args.socks.clone(),
+    }
+}
+
+/// Each argument as JSON when it parses, else as a string.
+pub fn args_to_json(args: &[String]) -> String {
+    let values: Vec<serde_json::Value> = args
+        .iter()
+        .map(|arg| {
+            serde_json::from_str(arg).unwrap_or_else(|_| serde_json::Value::String(arg.clone()))
+        })
+        .collect();
+    serde_json::Value::Array(values).to_string()
+}
+
+fn read_source(file: &Path) -> anyhow::Result<(String, String)> {
+    let source =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let filename = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "function.py".into());
+    Ok((filename, source))
+}
+
+/// Map a client error to an exit code and report it on stderr.
+fn report(error: &ClientError) -> ExitCode {
+    let code = match error {
+        ClientError::Remote { code, message } => {
+            eprintln!("error [{}]: {}", code.name(), message.trim_end());
+            match code.kind() {
+                ErrorKind::LimitExceeded | ErrorKind::FunctionFailed => EXIT_FUNCTION,
+                ErrorKind::BadRequest | ErrorKind::UnknownToken => EXIT_REQUEST,
+                _ => EXIT_BOX,
+            }
+        }
+        other => {
+            eprintln!("error: {other}");
+            EXIT_BOX
+        }
+    };
+    ExitCode::from(code)
+}
+
+#[allow(clippy::print_stdout)]
+fn print_line(text: &str) {
+    println!("{text}");
+}
+
+pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Result<ExitCode> {
+    let target = target(&target_args);
+    match command {
+        Command::Serve(args) => serve(args).await,
+        Command::Bench(args) => bench_dispatch(args).await,
+        Command::Store { file, json } => {
+            let (filename, source) = read_source(&file)?;
+            let result = async {
+                let mut conn = Connection::connect(&target).await?;
+                conn.store(&filename, &source).await
+            }
+            .await;
+            match result {
+                Ok((id, token)) if json => {
+                    print_line(
+                        &serde_json::json!({"function_id": id.to_hex(), "invoke_token": token.to_hex()})
+                            .to_string(),
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok((_, token)) => {
+                    print_line(&token.to_hex());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Ok(report(&e)),
+            }
+        }
+        Command::Invoke {
+            token,
+            entry,
+            json,
+            args,
+        } => {
+            let token = InvokeToken::from_hex(&token)?;
+            let result = async {
+                let mut conn = Connection::connect(&target).await?;
+                conn.invoke(&token, &entry, &args_to_json(&args)).await
+            }
+            .await;
+            match result {
+                Ok(session) if json => {
+                    print_line(&serde_json::json!({"session_token": session.to_hex()}).to_string());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(session) => {
+                    print_line(&session.to_hex());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Ok(report(&e)),
+            }
+        }
+        Command::Attach { session, from } => {
+            let session = SessionToken::from_hex(&session)?;
+            attach(&target, &session, from).await
+        }
+        Command::Run { file, entry, args } => {
+            let (filename, source) = read_source(&file)?;
+            let started = async {
+                let mut conn = Connection::connect(&target).await?;
+                let (_, token) = conn.store(&filename, &source).await?;
+                conn.invoke(&token, &entry, &args_to_json(&args)).await
+            }
+            .await;
+            match started {
+                Ok(session) => attach(&target, &session, None).await,
+                Err(e) => Ok(report(&e)),
+            }
+        }
+        Command::Kill { session } => {
+            let session = SessionToken::from_hex(&session)?;
+            let result = async {
+                let mut conn = Connection::connect(&target).await?;
+                conn.kill(&session).await
+            }
+            .await;
+            match result {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => Ok(report(&e)),
+            }
+        }
+        Command::Status => {
+            let result = async {
+                let mut conn = Connection::connect(&target).await?;
+                conn.status().await
+            }
+            .await;
+            match result {
+                Ok(status) => {
+                    print_line(&serde_json::to_string_pretty(&status)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Ok(report(&e)),
+            }
+        }
+        Command::Worker { .. } | Command::Runtime(_) => unreachable_command(),
+    }
+}
+
+fn unreachable_command() -> anyhow::Result<ExitCode> {
+    bail!("this command does not run inside the async runtime")
+}
+
+async fn bench_dispatch(args: crate::bench::BenchArgs) -> anyhow::Result<ExitCode> {
+    crate::bench::run(args).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config()?;
+    let workers = config.workers.workers;
+    let server = Server::bind(config, args.listen).await?;
+    let addr = server.local_addr()?;
+    tracing::info!(%addr, workers, "bento box listening");
+    tokio::select! {
+        result = server.run() => result?,
+        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Forward stdin to the session, write its output to stdout.
+async fn attach(
+    target: &Target,
+    session: &SessionToken,
+    from: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let attachment = match Connection::connect(target).await {
+        Ok(conn) => conn.attach(session, from).await,
+        Err(e) => Err(e),
+    };
+    let mut attachment: Attachment = match attachment {
+        Ok(a) => a,
+        Err(e) => return Ok(report(&e)),
+    };
+    let input = attachment.input();
+    let stdin_task = tokio::spawn(async move {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stdin.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = input.end().await;
+                    return;
+                }
+                Ok(n) => {
+                    if input
+                        .send(bytes::Bytes::copy_from_slice(&buf[..n]))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut stdout = tokio::io::stdout();
+    let result = loop {
+        tokio::select! {
+            next = attachment.next() => match next {
+                Ok(Some(data)) => {
+                    stdout.write_all(&data).await?;
+                    stdout.flush().await?;
+                }
+                Ok(None) => break Ok(ExitCode::SUCCESS),
+                Err(e) => break Err(e),
+            },
+            _ = tokio::signal::ctrl_c() => {
+                stdin_task.abort();
+                let offset = attachment.detach().await.unwrap_or(0);
+                eprintln!(
+                    "detached at output offset {offset}; the session keeps running. Re-attach with: bento attach {}",
+                    session.to_hex()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    };
+    stdin_task.abort();
+    attachment.close().await;
+    match result {
+        Ok(code) => Ok(code),
+        Err(e) => Ok(report(&e)),
+    }
+}

@@ -1,0 +1,170 @@
+//! `bento`: run a Bento box, and use one.
+//!
+//! `bento serve` runs a box; `bento store|invoke|attach|run|kill|status` use
+//! one (directly, or through Tor with `--socks`); `bento bench` measures a
+//! box it starts itself. `bento worker` is internal: the box starts it.
+
+mod bench;
+mod commands;
+mod runtime_path;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Bento: run small Python functions on Tor relays, in a WebAssembly sandbox.
+#[derive(Debug, Parser)]
+#[command(name = "bento", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    target: TargetArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How to reach a box.
+#[derive(Debug, Clone, Args)]
+struct TargetArgs {
+    /// The box, HOST:PORT (a .onion name needs --socks).
+    #[arg(
+        long,
+        global = true,
+        env = "BENTO_SERVER",
+        default_value = "127.0.0.1:7878"
+    )]
+    server: String,
+    /// SOCKS5 proxy (e.g. Tor's SocksPort) to reach the box through; the
+    /// proxy resolves the box's name.
+    #[arg(long, global = true, env = "BENTO_SOCKS")]
+    socks: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a Bento box.
+    Serve(commands::ServeArgs),
+    /// Store a Python function; prints its invoke token.
+    Store {
+        /// The function's source file.
+        file: PathBuf,
+        /// Print {"function_id": …, "invoke_token": …}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a session of a stored function; prints its session token.
+    Invoke {
+        /// Invoke token from `bento store`.
+        token: String,
+        /// Function to call.
+        #[arg(long, default_value = "main")]
+        entry: String,
+        /// Print {"session_token": …}.
+        #[arg(long)]
+        json: bool,
+        /// Arguments: each is parsed as JSON when it parses, else taken as a string.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Attach to a session: output to stdout, stdin to the function.
+    ///
+    /// Exits 0 when the function returned, 1 when it failed (exception,
+    /// limit, kill), 2 for a bad request or unknown token, 3 when the box
+    /// is busy or failed. Ctrl-C detaches and leaves the session running.
+    Attach {
+        /// Session token from `bento invoke`.
+        session: String,
+        /// Resume at this output offset instead of where the box says the
+        /// last client stopped reading.
+        #[arg(long)]
+        from: Option<u64>,
+    },
+    /// Store, invoke and attach in one go.
+    Run {
+        /// The function's source file.
+        file: PathBuf,
+        /// Function to call.
+        #[arg(long, default_value = "main")]
+        entry: String,
+        /// Arguments: each is parsed as JSON when it parses, else taken as a string.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Stop a session's instance at once.
+    Kill {
+        /// Session token.
+        session: String,
+    },
+    /// Show the box's version and load (nothing about other users).
+    Status,
+    /// Measure a box started for the purpose: invocation latency, output
+    /// throughput, echo round trip, memory of waiting sessions.
+    Bench(bench::BenchArgs),
+    /// Manage the Python runtime component.
+    #[command(subcommand)]
+    Runtime(RuntimeCommand),
+    /// Internal: a sandbox worker process (started by `bento serve`).
+    #[command(hide = true)]
+    Worker {
+        /// Precompiled runtime.
+        #[arg(long)]
+        runtime: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RuntimeCommand {
+    /// Compile the runtime component (.wasm) to the native form the box loads (.cwasm).
+    Precompile {
+        /// The component built by componentize-py.
+        wasm: PathBuf,
+        /// Where to write the precompiled runtime.
+        out: PathBuf,
+    },
+    /// Print the runtime path `bento serve` uses by default.
+    Path,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BENTO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Worker { runtime } => commands::worker(&runtime),
+        Command::Runtime(RuntimeCommand::Precompile { wasm, out }) => {
+            commands::precompile(&wasm, &out)
+        }
+        Command::Runtime(RuntimeCommand::Path) => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{}", runtime_path::default_runtime().display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        command => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build();
+            match runtime {
+                Ok(rt) => rt.block_on(commands::dispatch(command, cli.target)),
+                Err(e) => Err(e.into()),
+            }
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(commands::EXIT_BOX)
+        }
+    }
+}

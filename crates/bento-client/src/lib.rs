@@ -1,0 +1,368 @@
+//! Client library for Bento boxes.
+//!
+//! Connects directly over TCP or through a SOCKS5 proxy such as Tor's
+//! SocksPort (with the proxy resolving names, so `.onion` boxes work), and
+//! speaks the wire protocol: store, invoke, attach, kill, status.
+//!
+//! An [`Attachment`] streams a session's output. Output returned by
+//! [`Attachment::next`] counts as consumed once `next` is called again (or
+//! the attachment detaches or ends): the client then acknowledges it, and
+//! the box never sends it again. A client that stops in between gets the
+//! unacknowledged bytes again on re-attach, so nothing is lost.
+
+mod socks;
+
+use bento_protocol::{
+    ErrorCode, Frame, FrameDecoder, FunctionId, InvokeToken, MAX_DATA_LEN, PROTOCOL_VERSION,
+    ProtocolError, SessionToken,
+};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Connecting or talking to the box failed.
+    #[error("connection to the box failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The SOCKS proxy refused or failed.
+    #[error("SOCKS proxy: {0}")]
+    Socks(String),
+    /// The box sent bytes that are not valid protocol.
+    #[error("the box sent an invalid frame: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The box answered with an error frame.
+    #[error("{message}")]
+    Remote {
+        /// The error code.
+        code: ErrorCode,
+        /// The box's explanation (for exceptions, the traceback).
+        message: String,
+    },
+    /// The box answered with a frame that does not fit the request.
+    #[error("unexpected reply from the box: {0}")]
+    Unexpected(String),
+    /// The box closed the connection.
+    #[error("the box closed the connection")]
+    Closed,
+}
+
+/// Where the box is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `host:port` of the box (a `.onion` name needs a SOCKS proxy).
+    pub server: String,
+    /// `host:port` of a SOCKS5 proxy (Tor's SocksPort), if any.
+    pub socks: Option<String>,
+}
+
+/// A connection to a box, past the version handshake.
+#[derive(Debug)]
+pub struct Connection {
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+    /// The box's software string from `Welcome`.
+    pub software: String,
+}
+
+fn remote(frame: Frame) -> ClientError {
+    match frame {
+        Frame::Error { code, message } => ClientError::Remote { code, message },
+        other => ClientError::Unexpected(other.frame_type().name().into()),
+    }
+}
+
+impl Connection {
+    /// Connect and perform the handshake.
+    pub async fn connect(target: &Target) -> Result<Self, ClientError> {
+        let stream = match &target.socks {
+            None => TcpStream::connect(&target.server).await?,
+            Some(proxy) => socks::connect(proxy, &target.server).await?,
+        };
+        stream.set_nodelay(true)?;
+        let (reader, writer) = stream.into_split();
+        let mut conn = Self {
+            reader,
+            writer,
+            buf: BytesMut::with_capacity(256 * 1024),
+            decoder: FrameDecoder::default(),
+            software: String::new(),
+        };
+        conn.send(&Frame::Hello {
+            min_version: PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+        })
+        .await?;
+        match conn.recv().await? {
+            Frame::Welcome { software, .. } => conn.software = software,
+            other => return Err(remote(other)),
+        }
+        Ok(conn)
+    }
+
+    async fn send(&mut self, frame: &Frame) -> Result<(), ClientError> {
+        self.writer.write_all(&frame.to_bytes()).await?;
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> Result<Frame, ClientError> {
+        read_frame(&mut self.reader, &mut self.buf, &mut self.decoder).await
+    }
+
+    /// Store a function; returns its public id and secret invoke token.
+    pub async fn store(
+        &mut self,
+        filename: &str,
+        source: &str,
+    ) -> Result<(FunctionId, InvokeToken), ClientError> {
+        self.send(&Frame::Store {
+            filename: filename.into(),
+            source: source.into(),
+            manifest: String::new(),
+        })
+        .await?;
+        match self.recv().await? {
+            Frame::Stored {
+                function_id,
+                invoke_token,
+            } => Ok((function_id, invoke_token)),
+            other => Err(remote(other)),
+        }
+    }
+
+    /// Start a session: call `entry(*args)` (`args_json` is a JSON array).
+    pub async fn invoke(
+        &mut self,
+        token: &InvokeToken,
+        entry: &str,
+        args_json: &str,
+    ) -> Result<SessionToken, ClientError> {
+        self.send(&Frame::Invoke {
+            invoke_token: token.clone(),
+            entry: entry.into(),
+            args_json: args_json.into(),
+        })
+        .await?;
+        match self.recv().await? {
+            Frame::Invoked { session_token } => Ok(session_token),
+            other => Err(remote(other)),
+        }
+    }
+
+    /// Stop a session's instance.
+    pub async fn kill(&mut self, token: &SessionToken) -> Result<(), ClientError> {
+        self.send(&Frame::Kill {
+            session_token: token.clone(),
+        })
+        .await?;
+        match self.recv().await? {
+            Frame::Killed => Ok(()),
+            other => Err(remote(other)),
+        }
+    }
+
+    /// The box's status object.
+    pub async fn status(&mut self) -> Result<serde_json::Value, ClientError> {
+        self.send(&Frame::StatusRequest).await?;
+        match self.recv().await? {
+            Frame::Status { json } => serde_json::from_str(&json)
+                .map_err(|e| ClientError::Unexpected(format!("status is not JSON: {e}"))),
+            other => Err(remote(other)),
+        }
+    }
+
+    /// Attach to a session's I/O; `resume_from` `None` resumes where the
+    /// last client acknowledged.
+    pub async fn attach(
+        mut self,
+        token: &SessionToken,
+        resume_from: Option<u64>,
+    ) -> Result<Attachment, ClientError> {
+        self.send(&Frame::Attach {
+            session_token: token.clone(),
+            resume_from,
+        })
+        .await?;
+        let offset = match self.recv().await? {
+            Frame::Attached { offset } => offset,
+            other => return Err(remote(other)),
+        };
+        let (tx, rx) = mpsc::channel(32);
+        let writer = tokio::spawn(write_frames(self.writer, rx));
+        Ok(Attachment {
+            reader: self.reader,
+            buf: self.buf,
+            decoder: self.decoder,
+            outgoing: tx,
+            writer,
+            consumed: offset,
+            acked: offset,
+        })
+    }
+}
+
+async fn read_frame(
+    reader: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    decoder: &mut FrameDecoder,
+) -> Result<Frame, ClientError> {
+    loop {
+        if let Some(frame) = decoder.decode(buf)? {
+            return Ok(frame);
+        }
+        if reader.read_buf(buf).await? == 0 {
+            return Err(ClientError::Closed);
+        }
+    }
+}
+
+async fn write_frames(mut writer: OwnedWriteHalf, mut frames: mpsc::Receiver<Frame>) {
+    while let Some(frame) = frames.recv().await {
+        if writer.write_all(&frame.to_bytes()).await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// An attached session.
+#[derive(Debug)]
+pub struct Attachment {
+    reader: OwnedReadHalf,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+    outgoing: mpsc::Sender<Frame>,
+    writer: tokio::task::JoinHandle<()>,
+    /// Offset just past the output returned so far.
+    consumed: u64,
+    acked: u64,
+}
+
+/// Sends input to an attached session; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct InputSender {
+    outgoing: mpsc::Sender<Frame>,
+}
+
+impl InputSender {
+    /// Send one message (split into frames of at most 1 MiB; each frame is
+    /// one `api.recv()` for the function). Waits while the box applies
+    /// backpressure.
+    pub async fn send(&self, data: Bytes) -> Result<(), ClientError> {
+        let mut data = data;
+        while !data.is_empty() {
+            let chunk = data.split_to(data.len().min(MAX_DATA_LEN));
+            self.outgoing
+                .send(Frame::Input { data: chunk })
+                .await
+                .map_err(|_| ClientError::Closed)?;
+        }
+        Ok(())
+    }
+
+    /// Close the function's input: its `api.recv()` then returns `b""`.
+    pub async fn end(&self) -> Result<(), ClientError> {
+        self.outgoing
+            .send(Frame::InputEnd)
+            .await
+            .map_err(|_| ClientError::Closed)
+    }
+}
+
+impl Attachment {
+    /// A handle for sending input concurrently with reading output.
+    pub fn input(&self) -> InputSender {
+        InputSender {
+            outgoing: self.outgoing.clone(),
+        }
+    }
+
+    /// Stream offset just past the output returned so far.
+    pub fn offset(&self) -> u64 {
+        self.consumed
+    }
+
+    async fn ack(&mut self) -> Result<(), ClientError> {
+        if self.consumed > self.acked {
+            self.outgoing
+                .send(Frame::Ack {
+                    offset: self.consumed,
+                })
+                .await
+                .map_err(|_| ClientError::Closed)?;
+            self.acked = self.consumed;
+        }
+        Ok(())
+    }
+
+    /// The next output bytes; `Ok(None)` when the function returned and
+    /// everything was received. An error frame from the box (exception,
+    /// limit, kill…) is `Err(ClientError::Remote)`.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, ClientError> {
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buf)? {
+                match frame {
+                    Frame::Output { data } => {
+                        self.consumed += data.len() as u64;
+                        return Ok(Some(data));
+                    }
+                    Frame::End => {
+                        self.finish().await;
+                        return Ok(None);
+                    }
+                    Frame::Error { code, message } => {
+                        self.finish().await;
+                        return Err(ClientError::Remote { code, message });
+                    }
+                    other => return Err(ClientError::Unexpected(other.frame_type().name().into())),
+                }
+            }
+            // Everything returned so far has been consumed by the caller:
+            // acknowledge it before waiting, so the box frees it and the
+            // function's output credit keeps flowing.
+            self.ack().await?;
+            if self.reader.read_buf(&mut self.buf).await? == 0 {
+                return Err(ClientError::Closed);
+            }
+        }
+    }
+
+    /// After the last frame: acknowledge everything so the box can forget
+    /// the session.
+    async fn finish(&mut self) {
+        // Always send a final Ack, even if nothing new: it tells the box the
+        // end frame arrived.
+        let _ = self
+            .outgoing
+            .send(Frame::Ack {
+                offset: self.consumed,
+            })
+            .await;
+        self.acked = self.consumed;
+    }
+
+    /// Acknowledge what was consumed and leave the session running; a later
+    /// attach resumes right after it.
+    pub async fn detach(mut self) -> Result<u64, ClientError> {
+        self.ack().await?;
+        self.outgoing
+            .send(Frame::Detach)
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        drop(self.outgoing);
+        let _ = self.writer.await;
+        Ok(self.consumed)
+    }
+
+    /// Wait until every queued frame (acks included) has been written.
+    pub async fn close(self) {
+        drop(self.outgoing);
+        let _ = self.writer.await;
+    }
+}

@@ -1,0 +1,42 @@
+//! The Bento client⇄box wire protocol, version 1.
+//!
+//! Frames are length-prefixed and typed; this crate encodes and decodes them
+//! over byte buffers and does no I/O, so it can be tested and fuzzed without
+//! sockets. The normative description is `docs/protocol.md`; this crate is
+//! its reference implementation.
+//!
+//! ```
+//! use bento_protocol::{Frame, FrameDecoder, PROTOCOL_VERSION};
+//! use bytes::BytesMut;
+//!
+//! let mut wire = BytesMut::new();
+//! Frame::Hello { min_version: 1, max_version: PROTOCOL_VERSION }.encode(&mut wire);
+//! let mut decoder = FrameDecoder::default();
+//! let frame = decoder.decode(&mut wire).unwrap().unwrap();
+//! assert!(matches!(frame, Frame::Hello { .. }));
+//! ```
+
+mod error_code;
+mod frame;
+mod token;
+
+pub use error_code::{ErrorCode, ErrorKind};
+pub use frame::{Frame, FrameDecoder, FrameType, ProtocolError, encode_data_header};
+pub use token::{FunctionId, InvokeToken, SessionToken, TOKEN_BYTES, TokenParseError};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Magic bytes opening the `Hello` frame, so that a box can tell a Bento
+/// client from stray traffic at once.
+pub const HELLO_MAGIC: &[u8; 5] = b"BENTO";
+
+/// Largest frame (type byte + payload) either side may send.
+pub const MAX_FRAME_LEN: u32 = 4 * 1024 * 1024;
+
+/// Largest payload of one `Input` or `Output` frame.
+pub const MAX_DATA_LEN: usize = 1024 * 1024;
+
+/// Largest string field other than a function's source (entry names,
+/// messages, JSON arguments are bounded by the frame).
+pub const MAX_NAME_LEN: usize = 255;

@@ -1,0 +1,258 @@
+//! One function instance: its store, limits, host imports and outcome.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bento_policy::{InstanceLimits, Limit};
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::engine::PythonRuntime;
+use crate::error::Failure;
+use crate::session_io::{SessionHost, SessionIo, SessionStdin, SessionStdout, StopReason};
+
+wasmtime::component::bindgen!({
+    path: "../../runtime/wit",
+    world: "function-runtime",
+    imports: { default: trappable },
+});
+
+/// What to run: a function's source and the call to make.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Python source of the function module.
+    pub source: String,
+    /// Name shown in tracebacks (e.g. `hello.py`).
+    pub filename: String,
+    /// Name of the function to call.
+    pub entry: String,
+    /// Arguments, as a JSON array.
+    pub args_json: String,
+    /// Limits for this instance.
+    pub limits: InstanceLimits,
+}
+
+/// How an instance ended: `Ok` when the entry function returned.
+pub type Outcome = Result<(), Failure>;
+
+/// Host state of one instance.
+pub(crate) struct InstanceState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    io: Arc<SessionIo>,
+    limiter: MemoryLimiter,
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn stopped(reason: StopReason) -> wasmtime::Error {
+    wasmtime::Error::msg(format!("instance stopped: {reason:?}"))
+}
+
+impl bento::runtime::session::Host for InstanceState {
+    fn next_message(&mut self) -> wasmtime::Result<Option<u32>> {
+        self.io.next_message().map_err(stopped)
+    }
+
+    fn poll(&mut self) -> wasmtime::Result<bool> {
+        Ok(self.io.poll())
+    }
+}
+
+pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
+    // The full WASIp2 surface is linked because CPython imports it, but the
+    // context grants nothing: no preopened directories, no environment, no
+    // sockets, no name lookup (see `new_store`).
+    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    FunctionRuntime::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
+}
+
+/// Caps linear memory; growth beyond the cap stops the instance with a
+/// typed memory-limit failure rather than a `MemoryError` the function
+/// could catch and ignore.
+struct MemoryLimiter {
+    max_memory: usize,
+    io: Arc<SessionIo>,
+}
+
+/// Tables hold function references; CPython needs a few thousand entries.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            self.io.stop(StopReason::Memory);
+            return Err(wasmtime::Error::msg("memory limit exceeded"));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// CPU time consumed by the calling thread. Each instance runs on its own
+/// thread, so this is the instance's CPU time.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to the pointer we own; the
+    // thread CPU clock always exists on Linux.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
+
+impl PythonRuntime {
+    fn new_store(&self, io: Arc<SessionIo>, limits: &InstanceLimits) -> Store<InstanceState> {
+        let wasi = WasiCtxBuilder::new()
+            .stdin(SessionStdin(io.clone()))
+            .stdout(SessionStdout(io.clone()))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = InstanceState {
+            wasi,
+            table: ResourceTable::new(),
+            io: io.clone(),
+            limiter: MemoryLimiter {
+                max_memory: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+                io: io.clone(),
+            },
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+
+        let cpu_budget = limits.cpu();
+        let cpu_start = thread_cpu_time();
+        let deadline = io.deadline();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |ctx| {
+            let io = &ctx.data().io;
+            if let Some(reason) = io.stop_reason() {
+                return Err(stopped(reason));
+            }
+            if thread_cpu_time().saturating_sub(cpu_start) > cpu_budget {
+                io.stop(StopReason::Cpu);
+                return Err(stopped(StopReason::Cpu));
+            }
+            if Instant::now() >= deadline {
+                io.stop(StopReason::WallTime);
+                return Err(stopped(StopReason::WallTime));
+            }
+            Ok(UpdateDeadline::Continue(1))
+        });
+        store
+    }
+
+    /// Run `job` in a fresh instance, on the calling thread, until the entry
+    /// function returns or a limit, kill or error ends it.
+    pub fn run(&self, job: &Job, io: Arc<SessionIo>) -> Outcome {
+        let mut store = self.new_store(io.clone(), &job.limits);
+        let result = self.pre.instantiate(&mut store).and_then(|instance| {
+            instance.call_run(
+                &mut store,
+                &job.source,
+                &job.filename,
+                &job.entry,
+                &job.args_json,
+            )
+        });
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(traceback)) => Err(Failure::Exception(traceback)),
+            Err(error) => Err(classify(&error, &io, &job.limits)),
+        }
+    }
+
+    /// Compile `source` in a fresh instance without running it; the error
+    /// is the Python `SyntaxError` text.
+    pub fn check(&self, source: &str, filename: &str) -> Outcome {
+        struct Discard;
+        impl SessionHost for Discard {
+            fn deliver_output(&self, _data: bytes::Bytes) {}
+            fn input_consumed(&self, _bytes: u64) {}
+        }
+        let limits = InstanceLimits {
+            wall_ms: 10_000,
+            ..InstanceLimits::default()
+        };
+        let io = SessionIo::new(Arc::new(Discard), Instant::now() + limits.wall(), 0);
+        let mut store = self.new_store(io.clone(), &limits);
+        let result = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| instance.call_check(&mut store, source, filename));
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(Failure::Exception(message)),
+            Err(error) => Err(classify(&error, &io, &limits)),
+        }
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{} MiB", bytes / (1024 * 1024))
+}
+
+/// Turn a wasmtime error into the failure the client sees. A stop reason
+/// recorded before the trap wins: it says which limit (or kill) caused it.
+fn classify(error: &wasmtime::Error, io: &SessionIo, limits: &InstanceLimits) -> Failure {
+    let limit = |limit, detail: String| Failure::LimitExceeded { limit, detail };
+    match io.stop_reason() {
+        Some(StopReason::Killed) => Failure::Killed,
+        Some(StopReason::Memory) => limit(
+            Limit::Memory,
+            format!(
+                "the instance tried to grow its memory beyond {}",
+                mib(limits.memory_bytes)
+            ),
+        ),
+        Some(StopReason::Cpu) => limit(
+            Limit::Cpu,
+            format!(
+                "the function used more than {} ms of CPU time",
+                limits.cpu_ms
+            ),
+        ),
+        Some(StopReason::WallTime) => limit(
+            Limit::WallTime,
+            format!("the function ran for more than {} ms", limits.wall_ms),
+        ),
+        None => match error.downcast_ref::<Trap>() {
+            Some(Trap::StackOverflow) => limit(
+                Limit::Stack,
+                "the function recursed too deeply (wasm stack exhausted)".into(),
+            ),
+            _ => Failure::Trap(format!("{error:#}")),
+        },
+    }
+}

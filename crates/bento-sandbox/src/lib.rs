@@ -1,0 +1,29 @@
+//! Runs untrusted Python functions in WebAssembly.
+//!
+//! A function runs inside the Bento Python runtime: CPython built for WASI
+//! by `componentize-py` from the WIT world in `runtime/wit`, which receives
+//! the user's source at run time. [`PythonRuntime`] loads the precompiled
+//! runtime once and starts one fresh instance per invocation from an
+//! `InstancePre`, with these limits:
+//!
+//! - linear memory, via a [`wasmtime::ResourceLimiter`]: growth beyond the
+//!   limit traps at once (no `MemoryError` for the function to swallow);
+//! - CPU time, measured per instance thread and checked on every epoch tick;
+//! - wall-clock time, checked on epoch ticks and by every blocking wait;
+//! - output backpressure: `api.send` blocks while the session's output
+//!   credit is used up (see [`SessionIo`]).
+//!
+//! Nothing is ambient: no filesystem, no environment, no sockets, no name
+//! resolution. Session bytes flow through WASI stdin/stdout, implemented by
+//! [`SessionIo`], never through `list<u8>` arguments (componentize-py leaks
+//! those).
+
+mod engine;
+mod error;
+mod instance;
+mod session_io;
+
+pub use engine::{PythonRuntime, precompile_runtime};
+pub use error::{Failure, SandboxError};
+pub use instance::{Job, Outcome};
+pub use session_io::{SessionHost, SessionIo, StopReason};

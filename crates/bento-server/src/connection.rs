@@ -1,0 +1,610 @@
+//! One client connection: handshake, requests, and attached I/O.
+//!
+//! Nothing here logs the peer address, tokens, arguments or sources.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bento_policy::Limit;
+use bento_protocol::{
+    ErrorCode, Frame, FrameDecoder, FrameType, PROTOCOL_VERSION, ProtocolError, SessionToken,
+    encode_data_header,
+};
+use bento_worker::{InstanceOutcome, StartRequest};
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::session::{GlobalCounters, INPUT_WINDOW, Session};
+use crate::{BoxState, function_store::StoreError};
+
+/// Output bytes written to the client per wake-up, before looking at its
+/// frames again.
+const OUTPUT_BATCH: usize = 1024 * 1024;
+
+/// A reason to end the connection, with the error frame to send first.
+struct Close(Option<Frame>);
+
+impl Close {
+    fn with(code: ErrorCode, message: impl Into<String>) -> Self {
+        Close(Some(Frame::error(code, message)))
+    }
+}
+
+impl From<std::io::Error> for Close {
+    fn from(_: std::io::Error) -> Self {
+        Close(None)
+    }
+}
+
+impl From<ProtocolError> for Close {
+    fn from(e: ProtocolError) -> Self {
+        Close::with(e.code(), e.to_string())
+    }
+}
+
+struct Conn {
+    reader: OwnedReadHalf,
+    writer: BufWriter<OwnedWriteHalf>,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+    state: Arc<BoxState>,
+}
+
+pub(crate) async fn handle_connection(stream: TcpStream, state: Arc<BoxState>) {
+    let _ = stream.set_nodelay(true);
+    let (reader, writer) = stream.into_split();
+    let mut conn = Conn {
+        reader,
+        writer: BufWriter::with_capacity(64 * 1024, writer),
+        buf: BytesMut::with_capacity(64 * 1024),
+        decoder: FrameDecoder::default(),
+        state,
+    };
+    if let Err(Close(Some(frame))) = conn.run().await {
+        tracing::debug!(code = ?frame_code(&frame), "closing connection with an error");
+        let _ = conn.send(&frame).await;
+    }
+    let _ = conn.writer.shutdown().await;
+}
+
+fn frame_code(frame: &Frame) -> Option<ErrorCode> {
+    match frame {
+        Frame::Error { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+impl Conn {
+    async fn send(&mut self, frame: &Frame) -> Result<(), Close> {
+        let mut out = BytesMut::new();
+        frame.encode(&mut out);
+        self.writer.write_all(&out).await?;
+        self.writer.flush().await?;
+        Ok(())
+    }
+
+    /// Read the next frame; `None` on a clean close between frames. Times
+    /// out when the peer idles between requests or stalls inside a frame.
+    async fn read_frame(&mut self, timeout: Duration) -> Result<Option<Frame>, Close> {
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buf)? {
+                return Ok(Some(frame));
+            }
+            let read = tokio::time::timeout(timeout, self.reader.read_buf(&mut self.buf)).await;
+            match read {
+                Err(_) => {
+                    return Err(Close::with(
+                        ErrorCode::Timeout,
+                        format!("no complete frame within {} s", timeout.as_secs()),
+                    ));
+                }
+                Ok(Ok(0)) if self.buf.is_empty() => return Ok(None),
+                Ok(Ok(0)) => {
+                    return Err(Close::with(
+                        ErrorCode::MalformedFrame,
+                        "connection closed inside a frame",
+                    ));
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn run(&mut self) -> Result<(), Close> {
+        let timeout = self.state.config.read_timeout;
+        match self.read_frame(timeout).await? {
+            Some(Frame::Hello {
+                min_version,
+                max_version,
+            }) => {
+                if !(min_version..=max_version).contains(&PROTOCOL_VERSION) {
+                    return Err(Close::with(
+                        ErrorCode::UnsupportedVersion,
+                        format!(
+                            "this box speaks protocol version {PROTOCOL_VERSION}; the client offered {min_version}..={max_version}"
+                        ),
+                    ));
+                }
+                self.send(&Frame::Welcome {
+                    version: PROTOCOL_VERSION,
+                    software: format!("bento {}", env!("CARGO_PKG_VERSION")),
+                })
+                .await?;
+            }
+            Some(other) => {
+                return Err(Close::with(
+                    ErrorCode::UnexpectedFrame,
+                    format!("expected Hello, got {}", other.frame_type().name()),
+                ));
+            }
+            None => return Ok(()),
+        }
+        while let Some(frame) = self.read_frame(timeout).await? {
+            match frame {
+                Frame::Store {
+                    filename,
+                    source,
+                    manifest,
+                } => {
+                    let reply = self.store(filename, source, manifest).await;
+                    self.send(&reply).await?;
+                }
+                Frame::Invoke {
+                    invoke_token,
+                    entry,
+                    args_json,
+                } => {
+                    let reply = self.invoke(&invoke_token, entry, args_json);
+                    self.send(&reply).await?;
+                }
+                Frame::Kill { session_token } => {
+                    let reply = match self.state.sessions.get(&session_token) {
+                        Some(session) => {
+                            if let Some(handle) = session.handle() {
+                                handle.kill();
+                            }
+                            Frame::Killed
+                        }
+                        None => unknown_session(),
+                    };
+                    self.send(&reply).await?;
+                }
+                Frame::StatusRequest => {
+                    let json = self.state.status_json();
+                    self.send(&Frame::Status { json }).await?;
+                }
+                Frame::Attach {
+                    session_token,
+                    resume_from,
+                } => return self.attach(session_token, resume_from).await,
+                other => {
+                    return Err(Close::with(
+                        ErrorCode::UnexpectedFrame,
+                        format!("{} is not a request", other.frame_type().name()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn store(&mut self, filename: String, source: String, manifest: String) -> Frame {
+        let config = &self.state.config;
+        if source.len() > config.max_source_bytes {
+            return Frame::error(
+                ErrorCode::InvalidFunction,
+                format!(
+                    "the source is {} bytes; this box accepts at most {}",
+                    source.len(),
+                    config.max_source_bytes
+                ),
+            );
+        }
+        if let Err(reason) = check_filename(&filename) {
+            return Frame::error(ErrorCode::InvalidFunction, reason);
+        }
+        if !manifest.trim().is_empty() {
+            return Frame::error(
+                ErrorCode::InvalidFunction,
+                "this box does not accept function manifests yet; store the function without one",
+            );
+        }
+        match self
+            .state
+            .pool
+            .check(source.clone(), filename.clone())
+            .await
+        {
+            Ok(InstanceOutcome::Returned) => {}
+            Ok(InstanceOutcome::Exception(text)) => {
+                return Frame::error(
+                    ErrorCode::InvalidFunction,
+                    format!("the source does not compile:\n{text}"),
+                );
+            }
+            Ok(other) => return outcome_error(&other),
+            Err(e) => return Frame::error(ErrorCode::Internal, e.to_string()),
+        }
+        let state = self.state.clone();
+        let stored =
+            tokio::task::spawn_blocking(move || state.store.store(&filename, &source, &manifest))
+                .await;
+        match stored {
+            Ok(Ok((function_id, invoke_token))) => {
+                tracing::info!("stored a function");
+                Frame::Stored {
+                    function_id,
+                    invoke_token,
+                }
+            }
+            Ok(Err(e @ StoreError::Full { .. })) => {
+                Frame::error(ErrorCode::StorageFull, e.to_string())
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot store a function");
+                Frame::error(ErrorCode::Internal, "the box could not store the function")
+            }
+            Err(_) => Frame::error(ErrorCode::Internal, "the box could not store the function"),
+        }
+    }
+
+    fn invoke(
+        &mut self,
+        token: &bento_protocol::InvokeToken,
+        entry: String,
+        args_json: String,
+    ) -> Frame {
+        let state = &self.state;
+        let Some(function) = state.store.lookup(token) else {
+            return Frame::error(
+                ErrorCode::UnknownInvokeToken,
+                "no function is stored under this invoke token",
+            );
+        };
+        if !is_identifier(&entry) {
+            return Frame::error(
+                ErrorCode::InvalidArguments,
+                format!("entry {entry:?} is not a Python identifier"),
+            );
+        }
+        match serde_json::from_str::<serde_json::Value>(&args_json) {
+            Ok(serde_json::Value::Array(_)) => {}
+            Ok(_) => {
+                return Frame::error(
+                    ErrorCode::InvalidArguments,
+                    "arguments must be a JSON array",
+                );
+            }
+            Err(e) => {
+                return Frame::error(
+                    ErrorCode::InvalidArguments,
+                    format!("arguments are not JSON: {e}"),
+                );
+            }
+        }
+        let limits = state.config.limits.clone();
+        let counters = &state.counters;
+        if let Err(frame) = reserve(
+            counters,
+            state.config.max_instances,
+            limits.output_buffer_bytes,
+            state.config.max_buffered_bytes,
+        ) {
+            return frame;
+        }
+        let session_token = match SessionToken::generate() {
+            Ok(token) => token,
+            Err(_) => {
+                release(counters, limits.output_buffer_bytes);
+                return Frame::error(ErrorCode::Internal, "cannot generate a token");
+            }
+        };
+        let session = Session::new(
+            session_token.clone(),
+            counters.clone(),
+            limits.output_buffer_bytes,
+        );
+        let request = StartRequest {
+            source: function.source.clone(),
+            filename: function.filename.clone(),
+            entry: Some(entry),
+            args_json,
+            limits,
+        };
+        match state.pool.start_instance(request, session.clone()) {
+            Ok(handle) => session.set_handle(handle),
+            Err(e) => {
+                // The session was never started: undo the instance count;
+                // dropping it releases the buffer reservation.
+                counters.running_instances.fetch_sub(1, Ordering::Relaxed);
+                return Frame::error(ErrorCode::Internal, e.to_string());
+            }
+        }
+        state.sessions.insert(session);
+        tracing::info!("started a session");
+        Frame::Invoked { session_token }
+    }
+
+    /// Stream a session: output out, input in, until the function ends and
+    /// the client has everything, the client detaches, or another client
+    /// takes the session over.
+    async fn attach(&mut self, token: SessionToken, resume_from: Option<u64>) -> Result<(), Close> {
+        let Some(session) = self.state.sessions.get(&token) else {
+            return Err(Close(Some(unknown_session())));
+        };
+        let (generation, mut sent) = {
+            let mut state = session.lock();
+            let start = resume_from.unwrap_or(state.acked);
+            if start < state.acked || start > state.produced {
+                return Err(Close::with(
+                    ErrorCode::UnexpectedFrame,
+                    format!(
+                        "cannot resume at offset {start}: the box holds output {}..{}",
+                        state.acked, state.produced
+                    ),
+                ));
+            }
+            state.attach_generation += 1;
+            (state.attach_generation, start)
+        };
+        // Wake a previous attachment so it sees it was taken over.
+        session.changed.notify_waiters();
+        self.send(&Frame::Attached { offset: sent }).await?;
+        let timeout = self.state.config.read_timeout;
+        let mut end_sent = false;
+        loop {
+            // Register interest before inspecting the state, so no wake-up
+            // between the two is missed.
+            let changed = session.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+
+            let (chunks, finished, input_blocked, taken_over) = {
+                let state = session.lock();
+                (
+                    Session::output_from(&state, sent, OUTPUT_BATCH),
+                    state.outcome.clone(),
+                    state.input_in_flight >= INPUT_WINDOW,
+                    state.attach_generation != generation,
+                )
+            };
+            if taken_over {
+                return Err(Close::with(
+                    ErrorCode::SessionBusy,
+                    "another client attached to this session",
+                ));
+            }
+            if !chunks.is_empty() {
+                for chunk in chunks {
+                    self.writer
+                        .write_all(&encode_data_header(FrameType::Output, chunk.len()))
+                        .await?;
+                    self.writer.write_all(&chunk).await?;
+                    sent += chunk.len() as u64;
+                }
+                self.writer.flush().await?;
+            } else if let (Some(outcome), false) = (&finished, end_sent) {
+                let frame = match outcome {
+                    InstanceOutcome::Returned => Frame::End,
+                    other => outcome_error(other),
+                };
+                self.send(&frame).await?;
+                end_sent = true;
+                session.lock().end_delivered = true;
+            }
+            let more_output = {
+                let state = session.lock();
+                sent < state.produced || (state.outcome.is_some() && !end_sent)
+            };
+            if more_output {
+                // Keep streaming, but still take any frame the client has
+                // already sent (acks keep the function's credit flowing).
+                if (!self.buf.is_empty() || self.poll_client_now().await?)
+                    && !self
+                        .take_client_frames(&session, &token, sent, input_blocked)
+                        .await?
+                {
+                    return Ok(());
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = &mut changed => {}
+                read = self.reader.read_buf(&mut self.buf), if !input_blocked => {
+                    match read {
+                        Ok(0) => return Ok(()), // client went away; session stays
+                        Ok(_) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    if !self.take_client_frames(&session, &token, sent, input_blocked).await? {
+                        return Ok(());
+                    }
+                }
+                _ = tokio::time::sleep(timeout), if !self.buf.is_empty() => {
+                    return Err(Close::with(ErrorCode::Timeout, "stalled inside a frame"));
+                }
+            }
+        }
+    }
+
+    /// Read whatever the client has already sent, without waiting.
+    async fn poll_client_now(&mut self) -> Result<bool, Close> {
+        match futures_poll_once(self.reader.read_buf(&mut self.buf)).await {
+            Some(Ok(0)) => Err(Close(None)),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(e)) => Err(e.into()),
+            None => Ok(false),
+        }
+    }
+
+    /// Handle every complete client frame in the buffer. Returns false when
+    /// the client detached or finished.
+    async fn take_client_frames(
+        &mut self,
+        session: &Arc<Session>,
+        token: &SessionToken,
+        sent: u64,
+        mut input_blocked: bool,
+    ) -> Result<bool, Close> {
+        while !input_blocked {
+            let Some(frame) = self.decoder.decode(&mut self.buf)? else {
+                return Ok(true);
+            };
+            match frame {
+                Frame::Input { data } => {
+                    let mut state = session.lock();
+                    if state.outcome.is_some() {
+                        // The function has ended; input has nowhere to go.
+                        continue;
+                    }
+                    state.input_in_flight += data.len() as u64;
+                    input_blocked = state.input_in_flight >= INPUT_WINDOW;
+                    drop(state);
+                    if let Some(handle) = session.handle() {
+                        handle.input(data);
+                    }
+                }
+                Frame::InputEnd => {
+                    if let Some(handle) = session.handle() {
+                        handle.end_input();
+                    }
+                }
+                Frame::Ack { offset } => {
+                    if offset > sent || !session.acknowledge(offset) {
+                        return Err(Close::with(
+                            ErrorCode::UnexpectedFrame,
+                            format!("acknowledged offset {offset} was never sent"),
+                        ));
+                    }
+                    let done = {
+                        let state = session.lock();
+                        state.end_delivered && state.acked == state.produced
+                    };
+                    if done {
+                        // The client has every byte and the end: forget it.
+                        self.state.sessions.remove(token);
+                        return Ok(false);
+                    }
+                }
+                Frame::Detach => return Ok(false),
+                other => {
+                    return Err(Close::with(
+                        ErrorCode::UnexpectedFrame,
+                        format!(
+                            "{} is not allowed while attached",
+                            other.frame_type().name()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Poll a future once; `None` if it is not ready.
+async fn futures_poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        out = future => Some(out),
+        () = std::future::ready(()) => None,
+    }
+}
+
+fn unknown_session() -> Frame {
+    Frame::error(
+        ErrorCode::UnknownSession,
+        "no session has this token (it never existed, has ended and been read, or expired)",
+    )
+}
+
+fn reserve(
+    counters: &Arc<GlobalCounters>,
+    max_instances: u64,
+    buffer: u64,
+    max_buffered: u64,
+) -> Result<(), Frame> {
+    let running = counters.running_instances.fetch_add(1, Ordering::Relaxed);
+    if running >= max_instances {
+        counters.running_instances.fetch_sub(1, Ordering::Relaxed);
+        return Err(Frame::error(
+            ErrorCode::TooManyInstances,
+            format!("the box runs at most {max_instances} instances at once; try again later"),
+        ));
+    }
+    let reserved = counters
+        .reserved_buffer_bytes
+        .fetch_add(buffer, Ordering::Relaxed);
+    if reserved + buffer > max_buffered {
+        counters
+            .reserved_buffer_bytes
+            .fetch_sub(buffer, Ordering::Relaxed);
+        counters.running_instances.fetch_sub(1, Ordering::Relaxed);
+        return Err(Frame::error(
+            ErrorCode::BufferCapReached,
+            format!(
+                "the box buffers at most {max_buffered} bytes of session output and that is reserved; try again later"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn release(counters: &Arc<GlobalCounters>, buffer: u64) {
+    counters
+        .reserved_buffer_bytes
+        .fetch_sub(buffer, Ordering::Relaxed);
+    counters.running_instances.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// The error frame for an instance that did not return normally.
+fn outcome_error(outcome: &InstanceOutcome) -> Frame {
+    match outcome {
+        InstanceOutcome::Returned => Frame::End,
+        InstanceOutcome::LimitExceeded { limit, detail } => {
+            let code = match limit {
+                Limit::Memory => ErrorCode::LimitMemory,
+                Limit::Cpu => ErrorCode::LimitCpu,
+                Limit::WallTime => ErrorCode::LimitWallTime,
+                _ => ErrorCode::LimitStack,
+            };
+            Frame::error(code, format!("{limit} exceeded: {detail}"))
+        }
+        InstanceOutcome::Exception(traceback) => {
+            Frame::error(ErrorCode::FunctionException, traceback.clone())
+        }
+        InstanceOutcome::Killed => Frame::error(ErrorCode::Killed, "the session was killed"),
+        InstanceOutcome::Trap(message) => Frame::error(ErrorCode::FunctionTrapped, message.clone()),
+        InstanceOutcome::WorkerCrashed => Frame::error(
+            ErrorCode::WorkerCrashed,
+            "the sandbox worker running this session died; the box has replaced it",
+        ),
+    }
+}
+
+fn check_filename(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "file name {name:?} must be 1-255 characters of letters, digits, '_', '-' or '.', not starting with '.'"
+        ))
+    }
+}
+
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+        && name.len() <= 255
+}

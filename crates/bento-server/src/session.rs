@@ -1,0 +1,306 @@
+//! Sessions: one running (or finished) instance and its resumable output.
+//!
+//! The output of a session is a byte stream with absolute offsets. The box
+//! keeps every byte from the last offset the client *acknowledged* up to the
+//! newest byte the function produced; re-attaching resumes at the
+//! acknowledged offset (or at an offset the client names within that range),
+//! so nothing is lost or repeated across detach and re-attach.
+//!
+//! The kept bytes are bounded by the session's output buffer: the worker
+//! gets output credit only as the client acknowledges, so a function whose
+//! client is away blocks in `api.send` (backpressure) instead of being
+//! killed or losing output.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use bento_protocol::SessionToken;
+use bento_worker::{InstanceEvents, InstanceHandle, InstanceOutcome};
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+/// Input bytes the box forwards to a worker before the function consumed
+/// them; beyond this the box stops reading the client (backpressure).
+pub const INPUT_WINDOW: u64 = 1024 * 1024;
+
+#[derive(Debug)]
+pub(crate) struct SessionState {
+    /// Unacknowledged output, starting at offset `acked`.
+    buffer: VecDeque<Bytes>,
+    pub(crate) acked: u64,
+    pub(crate) produced: u64,
+    pub(crate) outcome: Option<InstanceOutcome>,
+    pub(crate) finished_at: Option<Instant>,
+    /// The final End/Error frame reached a client.
+    pub(crate) end_delivered: bool,
+    pub(crate) input_in_flight: u64,
+    /// Incremented by each attach; an attachment whose generation is stale
+    /// has been taken over by a newer one.
+    pub(crate) attach_generation: u64,
+}
+
+/// One session.
+#[derive(Debug)]
+pub struct Session {
+    token: SessionToken,
+    state: Mutex<SessionState>,
+    /// Woken on new output, consumed input, end, and takeover.
+    pub(crate) changed: Notify,
+    handle: OnceLock<InstanceHandle>,
+    /// Global figures this session counts towards.
+    counters: Arc<GlobalCounters>,
+    reserved_buffer: u64,
+}
+
+/// Box-wide counters behind the global caps.
+#[derive(Debug, Default)]
+pub struct GlobalCounters {
+    /// Instances currently running.
+    pub running_instances: AtomicU64,
+    /// Output buffer bytes reserved by live sessions.
+    pub reserved_buffer_bytes: AtomicU64,
+}
+
+impl Session {
+    pub(crate) fn new(
+        token: SessionToken,
+        counters: Arc<GlobalCounters>,
+        reserved_buffer: u64,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            token,
+            state: Mutex::new(SessionState {
+                buffer: VecDeque::new(),
+                acked: 0,
+                produced: 0,
+                outcome: None,
+                finished_at: None,
+                end_delivered: false,
+                input_in_flight: 0,
+                attach_generation: 0,
+            }),
+            changed: Notify::new(),
+            handle: OnceLock::new(),
+            counters,
+            reserved_buffer,
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn set_handle(&self, handle: InstanceHandle) {
+        let _ = self.handle.set(handle);
+    }
+
+    pub(crate) fn handle(&self) -> Option<&InstanceHandle> {
+        self.handle.get()
+    }
+
+    /// Output bytes from `from` onwards, at most `max` bytes, as cheap
+    /// slices of the buffer.
+    pub(crate) fn output_from(state: &SessionState, from: u64, max: usize) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let mut offset = state.acked;
+        let mut taken = 0;
+        for chunk in &state.buffer {
+            let end = offset + chunk.len() as u64;
+            if end > from && taken < max {
+                let skip = from.saturating_sub(offset) as usize;
+                let take = (chunk.len() - skip).min(max - taken);
+                out.push(chunk.slice(skip..skip + take));
+                taken += take;
+            }
+            offset = end;
+            if taken >= max {
+                break;
+            }
+        }
+        out
+    }
+
+    /// The client consumed output up to `offset`: drop it and give the
+    /// function that much credit. Returns false for an offset outside the
+    /// kept range.
+    pub(crate) fn acknowledge(&self, offset: u64) -> bool {
+        let mut state = self.lock();
+        if offset < state.acked || offset > state.produced {
+            return false;
+        }
+        let mut freed = offset - state.acked;
+        let granted = freed;
+        while freed > 0 {
+            let Some(front) = state.buffer.front_mut() else {
+                break;
+            };
+            if (front.len() as u64) <= freed {
+                freed -= front.len() as u64;
+                state.buffer.pop_front();
+            } else {
+                *front = front.slice(freed as usize..);
+                freed = 0;
+            }
+        }
+        state.acked = offset;
+        let running = state.outcome.is_none();
+        drop(state);
+        if granted > 0 && running {
+            if let Some(handle) = self.handle() {
+                handle.grant_credit(granted);
+            }
+        }
+        true
+    }
+
+    pub(crate) fn token_matches(&self, token: &SessionToken) -> bool {
+        self.token == *token
+    }
+}
+
+impl InstanceEvents for Session {
+    fn output(&self, data: Bytes) {
+        let mut state = self.lock();
+        state.produced += data.len() as u64;
+        state.buffer.push_back(data);
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    fn input_consumed(&self, bytes: u64) {
+        let mut state = self.lock();
+        state.input_in_flight = state.input_in_flight.saturating_sub(bytes);
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    fn finished(&self, outcome: InstanceOutcome) {
+        let mut state = self.lock();
+        if state.outcome.is_none() {
+            state.outcome = Some(outcome);
+            state.finished_at = Some(Instant::now());
+            self.counters
+                .running_instances
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+        drop(state);
+        self.changed.notify_waiters();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.counters
+            .reserved_buffer_bytes
+            .fetch_sub(self.reserved_buffer, Ordering::Relaxed);
+    }
+}
+
+/// All live sessions, keyed by the SHA-256 of their token so that looking a
+/// token up does not branch on the secret itself.
+#[derive(Debug, Default)]
+pub struct SessionTable {
+    sessions: Mutex<HashMap<[u8; 32], Arc<Session>>>,
+}
+
+fn key(token: &SessionToken) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl SessionTable {
+    fn lock(&self) -> MutexGuard<'_, HashMap<[u8; 32], Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn insert(&self, session: Arc<Session>) {
+        self.lock().insert(key(&session.token), session);
+    }
+
+    pub(crate) fn get(&self, token: &SessionToken) -> Option<Arc<Session>> {
+        let session = self.lock().get(&key(token)).cloned()?;
+        session.token_matches(token).then_some(session)
+    }
+
+    pub(crate) fn remove(&self, token: &SessionToken) {
+        self.lock().remove(&key(token));
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether there are no sessions.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drop finished sessions older than `retention`; returns how many.
+    pub(crate) fn expire(&self, retention: std::time::Duration) -> usize {
+        let now = Instant::now();
+        let mut sessions = self.lock();
+        let before = sessions.len();
+        sessions.retain(|_, session| {
+            let state = session.lock();
+            !matches!(state.finished_at, Some(at) if now.duration_since(at) >= retention)
+        });
+        before - sessions.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> Arc<Session> {
+        let counters = Arc::new(GlobalCounters::default());
+        counters
+            .reserved_buffer_bytes
+            .fetch_add(10, Ordering::Relaxed);
+        Session::new(SessionToken::generate().unwrap(), counters, 10)
+    }
+
+    #[test]
+    fn output_can_be_read_from_any_unacknowledged_offset() {
+        let s = session();
+        s.output(Bytes::from_static(b"hello "));
+        s.output(Bytes::from_static(b"world"));
+        let state = s.lock();
+        let all: Vec<u8> = Session::output_from(&state, 0, 100).concat();
+        assert_eq!(all, b"hello world");
+        let tail: Vec<u8> = Session::output_from(&state, 4, 5).concat();
+        assert_eq!(tail, b"o wor");
+    }
+
+    #[test]
+    fn acknowledged_output_is_dropped_and_cannot_be_replayed() {
+        let s = session();
+        s.output(Bytes::from_static(b"hello "));
+        s.output(Bytes::from_static(b"world"));
+        assert!(s.acknowledge(8));
+        let state = s.lock();
+        assert_eq!(state.acked, 8);
+        assert_eq!(Session::output_from(&state, 8, 100).concat(), b"rld");
+        drop(state);
+        assert!(!s.acknowledge(3), "acknowledging backwards is refused");
+        assert!(
+            !s.acknowledge(12),
+            "acknowledging unproduced bytes is refused"
+        );
+    }
+
+    #[test]
+    fn sessions_are_found_only_by_their_exact_token() {
+        let table = SessionTable::default();
+        let s = session();
+        let token = s.token.clone();
+        table.insert(s);
+        assert!(table.get(&token).is_some());
+        assert!(table.get(&SessionToken::generate().unwrap()).is_none());
+        table.remove(&token);
+        assert!(table.is_empty());
+    }
+}

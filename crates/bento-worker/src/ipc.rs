@@ -1,0 +1,262 @@
+//! The pipe protocol between the server and its worker processes.
+//!
+//! Both ends are this codebase, so the format is private and simple:
+//! `u32` length (of what follows), `u8` type, `u64` instance id, payload.
+//! Server → worker on the worker's stdin, worker → server on its stdout.
+
+use bento_policy::{InstanceLimits, Limit};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+/// Largest IPC frame; bounds what a confused peer can make the other buffer.
+pub const MAX_IPC_FRAME: usize = 64 * 1024 * 1024;
+
+/// Identifies one instance within a worker connection.
+pub type InstanceId = u64;
+
+/// What the worker should run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StartRequest {
+    /// Python source.
+    pub source: String,
+    /// File name for tracebacks.
+    pub filename: String,
+    /// Entry function; `None` means only compile the source (a store-time check).
+    pub entry: Option<String>,
+    /// JSON array of arguments.
+    pub args_json: String,
+    /// Limits for the instance.
+    pub limits: InstanceLimits,
+}
+
+/// How an instance ended, as reported by its worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstanceOutcome {
+    /// The entry function returned (or the check passed).
+    Returned,
+    /// A limit was exceeded.
+    LimitExceeded {
+        /// Which.
+        limit: Limit,
+        /// Details.
+        detail: String,
+    },
+    /// Uncaught exception or syntax error; the traceback.
+    Exception(String),
+    /// Killed on request.
+    Killed,
+    /// Trapped for another reason.
+    Trap(String),
+    /// The worker process died (synthesised by the server side).
+    WorkerCrashed,
+}
+
+impl From<Result<(), bento_sandbox::Failure>> for InstanceOutcome {
+    fn from(outcome: Result<(), bento_sandbox::Failure>) -> Self {
+        use bento_sandbox::Failure;
+        match outcome {
+            Ok(()) => InstanceOutcome::Returned,
+            Err(Failure::LimitExceeded { limit, detail }) => {
+                InstanceOutcome::LimitExceeded { limit, detail }
+            }
+            Err(Failure::Exception(tb)) => InstanceOutcome::Exception(tb),
+            Err(Failure::Killed) => InstanceOutcome::Killed,
+            Err(Failure::Trap(msg)) => InstanceOutcome::Trap(msg),
+            Err(other) => InstanceOutcome::Trap(other.to_string()),
+        }
+    }
+}
+
+/// Server → worker messages.
+#[derive(Debug, Clone)]
+pub enum ToWorker {
+    /// Start an instance.
+    Start(InstanceId, Box<StartRequest>),
+    /// One client message.
+    Input(InstanceId, Bytes),
+    /// The client closed its input.
+    InputEnd(InstanceId),
+    /// Allow this many more output bytes.
+    Credit(InstanceId, u64),
+    /// Stop the instance.
+    Kill(InstanceId),
+}
+
+/// Worker → server messages.
+#[derive(Debug, Clone)]
+pub enum FromWorker {
+    /// The worker loaded the runtime and is ready (id is 0).
+    Ready,
+    /// Output from an instance.
+    Output(InstanceId, Bytes),
+    /// The instance consumed this many input bytes.
+    InputConsumed(InstanceId, u64),
+    /// The instance ended.
+    Finished(InstanceId, InstanceOutcome),
+}
+
+/// An IPC frame that could not be decoded: the peer is broken or hostile
+/// and the connection must be dropped.
+#[derive(Debug, thiserror::Error)]
+#[error("bad worker IPC frame: {0}")]
+pub struct IpcError(String);
+
+const T_START: u8 = 1;
+const T_INPUT: u8 = 2;
+const T_INPUT_END: u8 = 3;
+const T_CREDIT: u8 = 4;
+const T_KILL: u8 = 5;
+const T_READY: u8 = 64;
+const T_OUTPUT: u8 = 65;
+const T_CONSUMED: u8 = 66;
+const T_FINISHED: u8 = 67;
+
+/// Header bytes before a payload: length, type, id.
+pub const IPC_HEADER_LEN: usize = 4 + 1 + 8;
+
+/// The header of a frame carrying `payload_len` bytes.
+pub fn header(kind: u8, id: InstanceId, payload_len: usize) -> [u8; IPC_HEADER_LEN] {
+    let mut out = [0u8; IPC_HEADER_LEN];
+    let len = u32::try_from(1 + 8 + payload_len).unwrap_or(u32::MAX);
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out[4] = kind;
+    out[5..].copy_from_slice(&id.to_be_bytes());
+    out
+}
+
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising these plain structs cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+impl ToWorker {
+    /// Encode to bytes.
+    pub fn encode(&self) -> Bytes {
+        let (kind, id, payload): (u8, InstanceId, Bytes) = match self {
+            ToWorker::Start(id, req) => (T_START, *id, json(req).into()),
+            ToWorker::Input(id, data) => (T_INPUT, *id, data.clone()),
+            ToWorker::InputEnd(id) => (T_INPUT_END, *id, Bytes::new()),
+            ToWorker::Credit(id, n) => (T_CREDIT, *id, Bytes::copy_from_slice(&n.to_be_bytes())),
+            ToWorker::Kill(id) => (T_KILL, *id, Bytes::new()),
+        };
+        let mut out = BytesMut::with_capacity(IPC_HEADER_LEN + payload.len());
+        out.put_slice(&header(kind, id, payload.len()));
+        out.put_slice(&payload);
+        out.freeze()
+    }
+}
+
+impl FromWorker {
+    /// Encode the header and payload; the payload is returned separately so
+    /// large output is written without copying.
+    pub fn encode_parts(&self) -> ([u8; IPC_HEADER_LEN], Bytes) {
+        let (kind, id, payload): (u8, InstanceId, Bytes) = match self {
+            FromWorker::Ready => (T_READY, 0, Bytes::new()),
+            FromWorker::Output(id, data) => (T_OUTPUT, *id, data.clone()),
+            FromWorker::InputConsumed(id, n) => {
+                (T_CONSUMED, *id, Bytes::copy_from_slice(&n.to_be_bytes()))
+            }
+            FromWorker::Finished(id, outcome) => (T_FINISHED, *id, json(outcome).into()),
+        };
+        (header(kind, id, payload.len()), payload)
+    }
+}
+
+/// Split one frame off the front of `buf`: `(type, id, payload)`.
+fn split_frame(buf: &mut BytesMut) -> Result<Option<(u8, InstanceId, Bytes)>, IpcError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if !(9..=MAX_IPC_FRAME).contains(&len) {
+        return Err(IpcError(format!("frame length {len}")));
+    }
+    if buf.len() < 4 + len {
+        buf.reserve(4 + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(4);
+    let mut frame = buf.split_to(len).freeze();
+    let kind = frame.get_u8();
+    let id = frame.get_u64();
+    Ok(Some((kind, id, frame)))
+}
+
+fn u64_payload(payload: &Bytes) -> Result<u64, IpcError> {
+    let raw: [u8; 8] = payload[..]
+        .try_into()
+        .map_err(|_| IpcError("u64 payload of wrong size".into()))?;
+    Ok(u64::from_be_bytes(raw))
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(payload: &Bytes) -> Result<T, IpcError> {
+    serde_json::from_slice(payload).map_err(|e| IpcError(e.to_string()))
+}
+
+impl ToWorker {
+    /// Decode one message from the front of `buf`, if complete.
+    pub fn decode(buf: &mut BytesMut) -> Result<Option<Self>, IpcError> {
+        let Some((kind, id, payload)) = split_frame(buf)? else {
+            return Ok(None);
+        };
+        Ok(Some(match kind {
+            T_START => ToWorker::Start(id, Box::new(from_json(&payload)?)),
+            T_INPUT => ToWorker::Input(id, payload),
+            T_INPUT_END => ToWorker::InputEnd(id),
+            T_CREDIT => ToWorker::Credit(id, u64_payload(&payload)?),
+            T_KILL => ToWorker::Kill(id),
+            other => return Err(IpcError(format!("unknown server message type {other}"))),
+        }))
+    }
+}
+
+impl FromWorker {
+    /// Decode one message from the front of `buf`, if complete.
+    pub fn decode(buf: &mut BytesMut) -> Result<Option<Self>, IpcError> {
+        let Some((kind, id, payload)) = split_frame(buf)? else {
+            return Ok(None);
+        };
+        Ok(Some(match kind {
+            T_READY => FromWorker::Ready,
+            T_OUTPUT => FromWorker::Output(id, payload),
+            T_CONSUMED => FromWorker::InputConsumed(id, u64_payload(&payload)?),
+            T_FINISHED => FromWorker::Finished(id, from_json(&payload)?),
+            other => return Err(IpcError(format!("unknown worker message type {other}"))),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_in_both_directions_round_trip() {
+        let mut buf = BytesMut::new();
+        buf.put_slice(&ToWorker::Credit(7, 1 << 40).encode());
+        buf.put_slice(&ToWorker::Input(7, Bytes::from_static(b"hi")).encode());
+        assert!(
+            matches!(ToWorker::decode(&mut buf).unwrap(), Some(ToWorker::Credit(7, n)) if n == 1 << 40)
+        );
+        assert!(
+            matches!(ToWorker::decode(&mut buf).unwrap(), Some(ToWorker::Input(7, d)) if d == "hi")
+        );
+        assert!(ToWorker::decode(&mut buf).unwrap().is_none());
+
+        let (head, payload) =
+            FromWorker::Finished(3, InstanceOutcome::Exception("tb".into())).encode_parts();
+        let mut buf = BytesMut::new();
+        buf.put_slice(&head);
+        buf.put_slice(&payload);
+        let decoded = FromWorker::decode(&mut buf).unwrap();
+        assert!(
+            matches!(decoded, Some(FromWorker::Finished(3, InstanceOutcome::Exception(ref t))) if t == "tb")
+        );
+    }
+
+    #[test]
+    fn absurd_lengths_are_errors_not_allocations() {
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 1][..]);
+        assert!(ToWorker::decode(&mut buf).is_err());
+    }
+}

@@ -1,0 +1,23 @@
+//! Sandbox worker processes.
+//!
+//! Function instances never run in the server process. The server keeps a
+//! [`WorkerPool`] of worker processes (the `bento` binary's hidden `worker`
+//! subcommand, optionally under an operator-chosen wrapper such as an OS jail
+//! or a TEE loader); each worker runs many instances, one thread each, and
+//! talks to the server over its stdin/stdout with the private protocol in
+//! [`ipc`]. A worker that crashes or is killed costs only its own instances,
+//! which end with [`InstanceOutcome::WorkerCrashed`]; the pool respawns it.
+//!
+//! Worker processes (rather than threads) also make instantiation scale
+//! across cores: threads instantiating in one process contend on the
+//! kernel's memory-map lock and TLB shootdowns.
+
+pub mod ipc;
+mod pool;
+mod worker_process;
+
+pub use ipc::{InstanceId, InstanceOutcome, StartRequest};
+pub use pool::{
+    InstanceEvents, InstanceHandle, PoolError, PoolStats, WorkerPool, WorkerPoolConfig,
+};
+pub use worker_process::{WorkerError, run_worker};

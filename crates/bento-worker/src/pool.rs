@@ -1,0 +1,401 @@
+//! The server side: a pool of worker processes, respawned when they die.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::ipc::{FromWorker, InstanceId, InstanceOutcome, StartRequest, ToWorker};
+
+/// How long a new worker may take to load the runtime and say it is ready.
+const WORKER_READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest wait between attempts to respawn a worker that keeps failing.
+const MAX_RESPAWN_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How to start workers.
+#[derive(Debug, Clone)]
+pub struct WorkerPoolConfig {
+    /// The worker program (normally the `bento` binary itself).
+    pub program: PathBuf,
+    /// Its arguments (normally `worker --runtime FILE`).
+    pub args: Vec<String>,
+    /// A command prefix the worker runs under (an OS jail or TEE loader);
+    /// empty for none. It must pass stdin and stdout through untouched.
+    pub wrapper: Vec<String>,
+    /// Number of worker processes.
+    pub workers: usize,
+}
+
+/// Errors of the pool.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// A worker process could not be started or did not become ready.
+    #[error("cannot start a sandbox worker ({command}): {reason}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// Why.
+        reason: String,
+    },
+    /// No worker is alive right now (all are being respawned).
+    #[error("no sandbox worker is available (workers are restarting)")]
+    NoWorker,
+}
+
+/// Receives an instance's events, on the pool's reader task: implementations
+/// must not block.
+pub trait InstanceEvents: Send + Sync + 'static {
+    /// Output bytes from the function.
+    fn output(&self, data: Bytes);
+    /// The function consumed this many input bytes.
+    fn input_consumed(&self, bytes: u64);
+    /// The instance ended; called exactly once, last.
+    fn finished(&self, outcome: InstanceOutcome);
+}
+
+type EventMap = Arc<Mutex<HashMap<InstanceId, Arc<dyn InstanceEvents>>>>;
+
+fn lock_map(
+    map: &EventMap,
+) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Arc<dyn InstanceEvents>>> {
+    map.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct LiveWorker {
+    to_worker: mpsc::UnboundedSender<Bytes>,
+    instances: EventMap,
+}
+
+struct PoolInner {
+    config: WorkerPoolConfig,
+    slots: Vec<Mutex<Option<LiveWorker>>>,
+    next_id: AtomicU64,
+    restarts: AtomicU64,
+}
+
+/// A pool of sandbox worker processes.
+#[derive(Clone)]
+pub struct WorkerPool {
+    inner: Arc<PoolInner>,
+}
+
+impl std::fmt::Debug for WorkerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerPool")
+            .field("workers", &self.inner.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Control of one running instance.
+#[derive(Debug, Clone)]
+pub struct InstanceHandle {
+    id: InstanceId,
+    to_worker: mpsc::UnboundedSender<Bytes>,
+}
+
+impl InstanceHandle {
+    fn send(&self, message: ToWorker) {
+        // A closed channel means the worker died; the instance's `finished`
+        // event reports that, so there is nothing to do here.
+        let _ = self.to_worker.send(message.encode());
+    }
+
+    /// Deliver one client message.
+    pub fn input(&self, data: Bytes) {
+        self.send(ToWorker::Input(self.id, data));
+    }
+
+    /// The client closed its input.
+    pub fn end_input(&self) {
+        self.send(ToWorker::InputEnd(self.id));
+    }
+
+    /// Allow `bytes` more output.
+    pub fn grant_credit(&self, bytes: u64) {
+        self.send(ToWorker::Credit(self.id, bytes));
+    }
+
+    /// Stop the instance.
+    pub fn kill(&self) {
+        self.send(ToWorker::Kill(self.id));
+    }
+}
+
+/// Pool figures for status reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Worker processes configured.
+    pub workers: usize,
+    /// Worker processes alive now.
+    pub live_workers: usize,
+    /// Instances running now.
+    pub instances: usize,
+    /// Workers respawned since start.
+    pub restarts: u64,
+}
+
+impl WorkerPool {
+    /// Start `config.workers` workers and wait until each is ready.
+    pub async fn start(config: WorkerPoolConfig) -> Result<Self, PoolError> {
+        let count = config.workers.max(1);
+        let inner = Arc::new(PoolInner {
+            slots: (0..count).map(|_| Mutex::new(None)).collect(),
+            config,
+            next_id: AtomicU64::new(1),
+            restarts: AtomicU64::new(0),
+        });
+        for slot in 0..count {
+            let live = spawn_worker(&inner, slot).await?;
+            *lock_slot(&inner, slot) = Some(live);
+        }
+        Ok(Self { inner })
+    }
+
+    /// Start an instance on the least loaded live worker.
+    pub fn start_instance(
+        &self,
+        request: StartRequest,
+        events: Arc<dyn InstanceEvents>,
+    ) -> Result<InstanceHandle, PoolError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut best: Option<(usize, usize)> = None;
+        for (index, slot) in self.inner.slots.iter().enumerate() {
+            let guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(live) = guard.as_ref() {
+                let load = lock_map(&live.instances).len();
+                if best.is_none_or(|(_, best_load)| load < best_load) {
+                    best = Some((index, load));
+                }
+            }
+        }
+        let (index, _) = best.ok_or(PoolError::NoWorker)?;
+        let guard = lock_slot(&self.inner, index);
+        let live = guard.as_ref().ok_or(PoolError::NoWorker)?;
+        lock_map(&live.instances).insert(id, events);
+        let handle = InstanceHandle {
+            id,
+            to_worker: live.to_worker.clone(),
+        };
+        handle.send(ToWorker::Start(id, Box::new(request)));
+        Ok(handle)
+    }
+
+    /// Compile `source` in a sandbox (store-time syntax check).
+    pub async fn check(
+        &self,
+        source: String,
+        filename: String,
+    ) -> Result<InstanceOutcome, PoolError> {
+        struct Once(Mutex<Option<oneshot::Sender<InstanceOutcome>>>);
+        impl InstanceEvents for Once {
+            fn output(&self, _data: Bytes) {}
+            fn input_consumed(&self, _bytes: u64) {}
+            fn finished(&self, outcome: InstanceOutcome) {
+                if let Some(tx) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    let _ = tx.send(outcome);
+                }
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let request = StartRequest {
+            source,
+            filename,
+            entry: None,
+            args_json: "[]".into(),
+            limits: bento_policy::InstanceLimits::default(),
+        };
+        self.start_instance(request, Arc::new(Once(Mutex::new(Some(tx)))))?;
+        Ok(rx.await.unwrap_or(InstanceOutcome::WorkerCrashed))
+    }
+
+    /// Current figures.
+    pub fn stats(&self) -> PoolStats {
+        let mut live_workers = 0;
+        let mut instances = 0;
+        for slot in &self.inner.slots {
+            if let Some(live) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                live_workers += 1;
+                instances += lock_map(&live.instances).len();
+            }
+        }
+        PoolStats {
+            workers: self.inner.slots.len(),
+            live_workers,
+            instances,
+            restarts: self.inner.restarts.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn lock_slot(inner: &PoolInner, slot: usize) -> std::sync::MutexGuard<'_, Option<LiveWorker>> {
+    inner.slots[slot].lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn command_line(config: &WorkerPoolConfig) -> Vec<String> {
+    let mut argv = config.wrapper.clone();
+    argv.push(config.program.display().to_string());
+    argv.extend(config.args.iter().cloned());
+    argv
+}
+
+async fn spawn_worker(inner: &Arc<PoolInner>, slot: usize) -> Result<LiveWorker, PoolError> {
+    let argv = command_line(&inner.config);
+    let spawn_error = |reason: String| PoolError::Spawn {
+        command: argv.join(" "),
+        reason,
+    };
+    let mut command = Command::new(&argv[0]);
+    command
+        .args(&argv[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(|e| spawn_error(e.to_string()))?;
+    let (Some(stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(spawn_error("no pipes to the worker".into()));
+    };
+    let mut buf = BytesMut::with_capacity(1024 * 1024);
+    let ready = tokio::time::timeout(WORKER_READY_TIMEOUT, async {
+        loop {
+            if let Some(message) = FromWorker::decode(&mut buf).map_err(|e| e.to_string())? {
+                return match message {
+                    FromWorker::Ready => Ok(()),
+                    other => Err(format!("unexpected first message {other:?}")),
+                };
+            }
+            if stdout.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                return Err("the worker exited before it was ready (see its error above)".into());
+            }
+        }
+    })
+    .await;
+    match ready {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => return Err(spawn_error(reason)),
+        Err(_) => {
+            return Err(spawn_error(format!(
+                "not ready within {WORKER_READY_TIMEOUT:?}"
+            )));
+        }
+    }
+    let (to_worker, from_server) = mpsc::unbounded_channel();
+    let instances: EventMap = Arc::default();
+    tokio::spawn(write_to_worker(stdin, from_server));
+    tokio::spawn(read_from_worker(
+        inner.clone(),
+        slot,
+        child,
+        stdout,
+        buf,
+        instances.clone(),
+    ));
+    tracing::info!(slot, "sandbox worker ready");
+    Ok(LiveWorker {
+        to_worker,
+        instances,
+    })
+}
+
+async fn write_to_worker(mut stdin: ChildStdin, mut messages: mpsc::UnboundedReceiver<Bytes>) {
+    while let Some(message) = messages.recv().await {
+        if stdin.write_all(&message).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn read_from_worker(
+    inner: Arc<PoolInner>,
+    slot: usize,
+    mut child: Child,
+    mut stdout: ChildStdout,
+    mut buf: BytesMut,
+    instances: EventMap,
+) {
+    let reason = loop {
+        match FromWorker::decode(&mut buf) {
+            Ok(Some(message)) => {
+                dispatch(message, &instances);
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => break e.to_string(),
+        }
+        if buf.capacity() - buf.len() < 64 * 1024 {
+            buf.reserve(1024 * 1024);
+        }
+        match stdout.read_buf(&mut buf).await {
+            Ok(0) => break "its pipe closed".to_string(),
+            Ok(_) => {}
+            Err(e) => break e.to_string(),
+        }
+    };
+    // The worker is gone or broken: make sure it is dead, then fail its
+    // instances and replace it.
+    let _ = child.start_kill();
+    let status = child.wait().await;
+    tracing::warn!(slot, %reason, ?status, "sandbox worker died; its sessions fail and it is respawned");
+    *lock_slot(&inner, slot) = None;
+    let orphans: Vec<_> = lock_map(&instances)
+        .drain()
+        .map(|(_, events)| events)
+        .collect();
+    for events in orphans {
+        events.finished(InstanceOutcome::WorkerCrashed);
+    }
+    respawn(inner, slot);
+}
+
+fn respawn(inner: Arc<PoolInner>, slot: usize) {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match spawn_worker(&inner, slot).await {
+                Ok(live) => {
+                    *lock_slot(&inner, slot) = Some(live);
+                    inner.restarts.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(slot, error = %e, "cannot respawn sandbox worker; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_RESPAWN_BACKOFF);
+                }
+            }
+        }
+    });
+}
+
+fn dispatch(message: FromWorker, instances: &EventMap) {
+    match message {
+        FromWorker::Ready => {}
+        FromWorker::Output(id, data) => {
+            let events = lock_map(instances).get(&id).cloned();
+            if let Some(events) = events {
+                events.output(data);
+            }
+        }
+        FromWorker::InputConsumed(id, n) => {
+            let events = lock_map(instances).get(&id).cloned();
+            if let Some(events) = events {
+                events.input_consumed(n);
+            }
+        }
+        FromWorker::Finished(id, outcome) => {
+            let events = lock_map(instances).remove(&id);
+            if let Some(events) = events {
+                events.finished(outcome);
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The worker process: reads instructions from stdin, runs each instance on
+//! its own thread, writes output and outcomes to stdout.
+//!
+//! The worker exits when its stdin closes (the server went away), taking
+//! every instance with it: instances never outlive their server.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bento_sandbox::{Job, PythonRuntime, SessionHost, SessionIo, StopReason};
+use bytes::{Bytes, BytesMut};
+
+use crate::ipc::{FromWorker, InstanceId, InstanceOutcome, StartRequest, ToWorker};
+
+/// Native stack of an instance thread. Wasm may use 1 MiB of it; the rest
+/// is for host calls. Untouched pages cost no memory.
+const INSTANCE_THREAD_STACK: usize = 8 * 1024 * 1024;
+
+/// Errors that end the worker process.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The runtime could not be loaded.
+    #[error(transparent)]
+    Sandbox(#[from] bento_sandbox::SandboxError),
+    /// The pipe to the server failed or carried garbage.
+    #[error("worker pipe: {0}")]
+    Pipe(String),
+}
+
+/// Serialises writes of whole frames to the server pipe.
+struct Outbox<W: Write + Send> {
+    writer: Mutex<W>,
+}
+
+impl<W: Write + Send> Outbox<W> {
+    fn send(&self, message: &FromWorker) {
+        let (head, payload) = message.encode_parts();
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // If the server is gone the worker is about to exit (stdin EOF);
+        // there is nobody to report a write error to.
+        let _ = writer
+            .write_all(&head)
+            .and_then(|()| writer.write_all(&payload))
+            .and_then(|()| writer.flush());
+    }
+}
+
+struct InstanceHost<W: Write + Send + 'static> {
+    id: InstanceId,
+    outbox: Arc<Outbox<W>>,
+}
+
+impl<W: Write + Send + 'static> SessionHost for InstanceHost<W> {
+    fn deliver_output(&self, data: Bytes) {
+        self.outbox.send(&FromWorker::Output(self.id, data));
+    }
+
+    fn input_consumed(&self, bytes: u64) {
+        self.outbox.send(&FromWorker::InputConsumed(self.id, bytes));
+    }
+}
+
+type Instances = Arc<Mutex<HashMap<InstanceId, Arc<SessionIo>>>>;
+
+/// Run the worker loop over `input`/`output` until `input` closes.
+pub fn run_worker<R: Read, W: Write + Send + 'static>(
+    runtime: PythonRuntime,
+    mut input: R,
+    output: W,
+) -> Result<(), WorkerError> {
+    let runtime = Arc::new(runtime);
+    let outbox = Arc::new(Outbox {
+        writer: Mutex::new(output),
+    });
+    outbox.send(&FromWorker::Ready);
+    let instances: Instances = Arc::default();
+    let mut buf = BytesMut::with_capacity(256 * 1024);
+    let mut chunk = vec![0u8; 256 * 1024];
+    loop {
+        while let Some(message) =
+            ToWorker::decode(&mut buf).map_err(|e| WorkerError::Pipe(e.to_string()))?
+        {
+            handle(message, &runtime, &outbox, &instances);
+        }
+        let n = input
+            .read(&mut chunk)
+            .map_err(|e| WorkerError::Pipe(e.to_string()))?;
+        if n == 0 {
+            // The server closed our stdin: stop everything.
+            for io in lock(&instances).values() {
+                io.stop(StopReason::Killed);
+            }
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn lock(instances: &Instances) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Arc<SessionIo>>> {
+    instances.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn handle<W: Write + Send + 'static>(
+    message: ToWorker,
+    runtime: &Arc<PythonRuntime>,
+    outbox: &Arc<Outbox<W>>,
+    instances: &Instances,
+) {
+    let find = |id| lock(instances).get(&id).cloned();
+    match message {
+        ToWorker::Start(id, request) => start(id, *request, runtime, outbox, instances),
+        ToWorker::Input(id, data) => {
+            if let Some(io) = find(id) {
+                io.push_input(data);
+            }
+        }
+        ToWorker::InputEnd(id) => {
+            if let Some(io) = find(id) {
+                io.close_input();
+            }
+        }
+        ToWorker::Credit(id, n) => {
+            if let Some(io) = find(id) {
+                io.grant_credit(n);
+            }
+        }
+        ToWorker::Kill(id) => {
+            if let Some(io) = find(id) {
+                io.stop(StopReason::Killed);
+            }
+        }
+    }
+}
+
+fn start<W: Write + Send + 'static>(
+    id: InstanceId,
+    request: StartRequest,
+    runtime: &Arc<PythonRuntime>,
+    outbox: &Arc<Outbox<W>>,
+    instances: &Instances,
+) {
+    let host = Arc::new(InstanceHost {
+        id,
+        outbox: outbox.clone(),
+    });
+    let io = SessionIo::new(
+        host,
+        Instant::now() + request.limits.wall(),
+        request.limits.output_buffer_bytes,
+    );
+    lock(instances).insert(id, io.clone());
+    let runtime = runtime.clone();
+    let outbox_for_thread = outbox.clone();
+    let instances_for_thread = instances.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("instance-{id}"))
+        .stack_size(INSTANCE_THREAD_STACK)
+        .spawn(move || {
+            let outcome = match request.entry {
+                None => runtime.check(&request.source, &request.filename),
+                Some(entry) => {
+                    let job = Job {
+                        source: request.source,
+                        filename: request.filename,
+                        entry,
+                        args_json: request.args_json,
+                        limits: request.limits,
+                    };
+                    runtime.run(&job, io)
+                }
+            };
+            lock(&instances_for_thread).remove(&id);
+            outbox_for_thread.send(&FromWorker::Finished(id, outcome.into()));
+        });
+    if let Err(e) = spawned {
+        lock(instances).remove(&id);
+        outbox.send(&FromWorker::Finished(
+            id,
+            InstanceOutcome::Trap(format!("the worker could not start a thread: {e}")),
+        ));
+    }
+}

@@ -1,0 +1,2 @@
+def main(name):
+    api.send("hello " + name + "\n")
