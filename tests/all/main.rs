@@ -1,1 +1,12 @@
+//! Bento's cross-crate and end-to-end tests, in one binary (every test
+//! binary links wasmtime; one binary links it once).
+//!
+//! They need the precompiled runtime: run them with `scripts/test.sh`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod cli;
+mod harness;
+mod hostile;
+mod protocol_abuse;
+mod sessions;

@@ -17,10 +17,12 @@ use bento_protocol::{
     ProtocolError, SessionToken,
 };
 use bytes::{Bytes, BytesMut};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
+
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Errors of the client.
 #[derive(Debug, thiserror::Error)]
@@ -194,12 +196,16 @@ impl Connection {
             other => return Err(remote(other)),
         };
         let (tx, rx) = mpsc::channel(32);
-        let writer = tokio::spawn(write_frames(self.writer, rx));
+        let (ack_tx, ack_rx) = watch::channel(offset);
+        let (close_tx, close_rx) = oneshot::channel();
+        let writer = tokio::spawn(write_frames(self.writer, rx, ack_rx, close_rx));
         Ok(Attachment {
             reader: self.reader,
             buf: self.buf,
             decoder: self.decoder,
             outgoing: tx,
+            ack: ack_tx,
+            close: Some(close_tx),
             writer,
             consumed: offset,
             acked: offset,
@@ -222,14 +228,60 @@ async fn read_frame(
     }
 }
 
-async fn write_frames(mut writer: OwnedWriteHalf, mut frames: mpsc::Receiver<Frame>) {
-    while let Some(frame) = frames.recv().await {
+/// Writes an attachment's outgoing frames. Acknowledgements travel on a
+/// `watch` channel: they are cumulative, so they coalesce, go out before any
+/// queued input, and sending one never blocks the reader (input can be
+/// held up by the box's backpressure; acks must not wait behind it).
+async fn write_frames(
+    mut writer: OwnedWriteHalf,
+    mut frames: mpsc::Receiver<Frame>,
+    mut ack: watch::Receiver<u64>,
+    mut close: oneshot::Receiver<()>,
+) {
+    let mut frames_open = true;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = &mut close => break,
+            changed = ack.changed() => match changed {
+                Ok(()) => Frame::Ack { offset: *ack.borrow_and_update() },
+                Err(_) => break,
+            },
+            frame = frames.recv(), if frames_open => match frame {
+                Some(frame) => frame,
+                None => {
+                    frames_open = false;
+                    continue;
+                }
+            },
+        };
+        if writer.write_all(&frame.to_bytes()).await.is_err() {
+            return;
+        }
+    }
+    // Closing: the pending ack first (it must precede a queued Detach, or a
+    // re-attach would resume before bytes already consumed), then whatever
+    // else is queued.
+    if ack.has_changed().unwrap_or(false) {
+        let offset = *ack.borrow_and_update();
+        if writer
+            .write_all(&Frame::Ack { offset }.to_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    while let Ok(frame) = frames.try_recv() {
         if writer.write_all(&frame.to_bytes()).await.is_err() {
             return;
         }
     }
     let _ = writer.shutdown().await;
 }
+
+/// How long [`Attachment::close`] waits for queued frames to be written.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An attached session.
 #[derive(Debug)]
@@ -238,6 +290,8 @@ pub struct Attachment {
     buf: BytesMut,
     decoder: FrameDecoder,
     outgoing: mpsc::Sender<Frame>,
+    ack: watch::Sender<u64>,
+    close: Option<oneshot::Sender<()>>,
     writer: tokio::task::JoinHandle<()>,
     /// Offset just past the output returned so far.
     consumed: u64,
@@ -288,17 +342,12 @@ impl Attachment {
         self.consumed
     }
 
-    async fn ack(&mut self) -> Result<(), ClientError> {
+    fn ack(&mut self) {
         if self.consumed > self.acked {
-            self.outgoing
-                .send(Frame::Ack {
-                    offset: self.consumed,
-                })
-                .await
-                .map_err(|_| ClientError::Closed)?;
+            // Fails only when the writer is gone, which the next read reports.
+            let _ = self.ack.send(self.consumed);
             self.acked = self.consumed;
         }
-        Ok(())
     }
 
     /// The next output bytes; `Ok(None)` when the function returned and
@@ -313,11 +362,11 @@ impl Attachment {
                         return Ok(Some(data));
                     }
                     Frame::End => {
-                        self.finish().await;
+                        self.finish();
                         return Ok(None);
                     }
                     Frame::Error { code, message } => {
-                        self.finish().await;
+                        self.finish();
                         return Err(ClientError::Remote { code, message });
                     }
                     other => return Err(ClientError::Unexpected(other.frame_type().name().into())),
@@ -326,7 +375,7 @@ impl Attachment {
             // Everything returned so far has been consumed by the caller:
             // acknowledge it before waiting, so the box frees it and the
             // function's output credit keeps flowing.
-            self.ack().await?;
+            self.ack();
             if self.reader.read_buf(&mut self.buf).await? == 0 {
                 return Err(ClientError::Closed);
             }
@@ -335,34 +384,38 @@ impl Attachment {
 
     /// After the last frame: acknowledge everything so the box can forget
     /// the session.
-    async fn finish(&mut self) {
+    fn finish(&mut self) {
         // Always send a final Ack, even if nothing new: it tells the box the
         // end frame arrived.
-        let _ = self
-            .outgoing
-            .send(Frame::Ack {
-                offset: self.consumed,
-            })
-            .await;
+        let _ = self.ack.send(self.consumed);
         self.acked = self.consumed;
     }
 
     /// Acknowledge what was consumed and leave the session running; a later
     /// attach resumes right after it.
     pub async fn detach(mut self) -> Result<u64, ClientError> {
-        self.ack().await?;
+        self.ack();
         self.outgoing
             .send(Frame::Detach)
             .await
             .map_err(|_| ClientError::Closed)?;
-        drop(self.outgoing);
-        let _ = self.writer.await;
-        Ok(self.consumed)
+        let consumed = self.consumed;
+        self.close().await;
+        Ok(consumed)
     }
 
-    /// Wait until every queued frame (acks included) has been written.
-    pub async fn close(self) {
-        drop(self.outgoing);
-        let _ = self.writer.await;
+    /// Write every queued frame (the last acknowledgement included) and
+    /// close the connection. Gives up after 10 s if the box stops reading.
+    pub async fn close(mut self) {
+        if let Some(close) = self.close.take() {
+            let _ = close.send(());
+        }
+        let mut writer = self.writer;
+        if tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
     }
 }

@@ -158,7 +158,7 @@ impl Conn {
                     entry,
                     args_json,
                 } => {
-                    let reply = self.invoke(&invoke_token, entry, args_json);
+                    let reply = self.invoke(&invoke_token, entry, args_json).await;
                     self.send(&reply).await?;
                 }
                 Frame::Kill { session_token } => {
@@ -252,7 +252,7 @@ impl Conn {
         }
     }
 
-    fn invoke(
+    async fn invoke(
         &mut self,
         token: &bento_protocol::InvokeToken,
         entry: String,
@@ -315,7 +315,11 @@ impl Conn {
             args_json,
             limits,
         };
-        match state.pool.start_instance(request, session.clone()) {
+        let started = state
+            .pool
+            .start_instance_patiently(request, session.clone(), bento_worker::RESPAWN_PATIENCE)
+            .await;
+        match started {
             Ok(handle) => session.set_handle(handle),
             Err(e) => {
                 // The session was never started: undo the instance count;
@@ -368,7 +372,9 @@ impl Conn {
                 (
                     Session::output_from(&state, sent, OUTPUT_BATCH),
                     state.outcome.clone(),
-                    state.input_in_flight >= INPUT_WINDOW,
+                    // Once the function has ended, input is discarded and
+                    // never blocks.
+                    state.input_in_flight >= INPUT_WINDOW && state.outcome.is_none(),
                     state.attach_generation != generation,
                 )
             };
@@ -396,6 +402,16 @@ impl Conn {
                 end_sent = true;
                 session.lock().end_delivered = true;
             }
+            // Frames the client sent while input was blocked are already
+            // buffered; take them now rather than waiting for more bytes.
+            if !input_blocked
+                && !self.buf.is_empty()
+                && !self
+                    .take_client_frames(&session, &token, sent, input_blocked)
+                    .await?
+            {
+                return Ok(());
+            }
             let more_output = {
                 let state = session.lock();
                 sent < state.produced || (state.outcome.is_some() && !end_sent)
@@ -403,7 +419,7 @@ impl Conn {
             if more_output {
                 // Keep streaming, but still take any frame the client has
                 // already sent (acks keep the function's credit flowing).
-                if (!self.buf.is_empty() || self.poll_client_now().await?)
+                if self.poll_client_now().await?
                     && !self
                         .take_client_frames(&session, &token, sent, input_blocked)
                         .await?
@@ -424,7 +440,9 @@ impl Conn {
                         return Ok(());
                     }
                 }
-                _ = tokio::time::sleep(timeout), if !self.buf.is_empty() => {
+                // Only an incomplete frame counts as a stall: complete
+                // frames held back by input backpressure do not.
+                _ = tokio::time::sleep(timeout), if !self.buf.is_empty() && !input_blocked => {
                     return Err(Close::with(ErrorCode::Timeout, "stalled inside a frame"));
                 }
             }
@@ -462,7 +480,8 @@ impl Conn {
                         continue;
                     }
                     state.input_in_flight += data.len() as u64;
-                    input_blocked = state.input_in_flight >= INPUT_WINDOW;
+                    input_blocked =
+                        state.input_in_flight >= INPUT_WINDOW && state.outcome.is_none();
                     drop(state);
                     if let Some(handle) = session.handle() {
                         handle.input(data);

@@ -148,10 +148,8 @@ impl Session {
         state.acked = offset;
         let running = state.outcome.is_none();
         drop(state);
-        if granted > 0 && running {
-            if let Some(handle) = self.handle() {
-                handle.grant_credit(granted);
-            }
+        if let (true, Some(handle)) = (granted > 0 && running, self.handle()) {
+            handle.grant_credit(granted);
         }
         true
     }

@@ -18,6 +18,7 @@ mod worker_process;
 
 pub use ipc::{InstanceId, InstanceOutcome, StartRequest};
 pub use pool::{
-    InstanceEvents, InstanceHandle, PoolError, PoolStats, WorkerPool, WorkerPoolConfig,
+    InstanceEvents, InstanceHandle, PoolError, PoolStats, RESPAWN_PATIENCE, WorkerPool,
+    WorkerPoolConfig,
 };
 pub use worker_process::{WorkerError, run_worker};

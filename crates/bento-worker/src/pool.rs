@@ -16,6 +16,8 @@ use crate::ipc::{FromWorker, InstanceId, InstanceOutcome, StartRequest, ToWorker
 
 /// How long a new worker may take to load the runtime and say it is ready.
 const WORKER_READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a request waits for a worker while all are being respawned.
+pub const RESPAWN_PATIENCE: Duration = Duration::from_secs(5);
 /// Longest wait between attempts to respawn a worker that keeps failing.
 const MAX_RESPAWN_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -189,6 +191,25 @@ impl WorkerPool {
         Ok(handle)
     }
 
+    /// Like [`Self::start_instance`], but while every worker is being
+    /// respawned (after a crash) wait up to `patience` for one to return.
+    pub async fn start_instance_patiently(
+        &self,
+        request: StartRequest,
+        events: Arc<dyn InstanceEvents>,
+        patience: Duration,
+    ) -> Result<InstanceHandle, PoolError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match self.start_instance(request.clone(), events.clone()) {
+                Err(PoolError::NoWorker) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Compile `source` in a sandbox (store-time syntax check).
     pub async fn check(
         &self,
@@ -213,7 +234,12 @@ impl WorkerPool {
             args_json: "[]".into(),
             limits: bento_policy::InstanceLimits::default(),
         };
-        self.start_instance(request, Arc::new(Once(Mutex::new(Some(tx)))))?;
+        self.start_instance_patiently(
+            request,
+            Arc::new(Once(Mutex::new(Some(tx)))),
+            RESPAWN_PATIENCE,
+        )
+        .await?;
         Ok(rx.await.unwrap_or(InstanceOutcome::WorkerCrashed))
     }
 

@@ -1,0 +1,163 @@
+//! The `bento` command line against a real box.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use crate::harness::{BENTO, TestBox};
+
+fn bento(bx: &TestBox, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(BENTO)
+        .args(args)
+        .env("BENTO_SERVER", &bx.addr)
+        .env_remove("BENTO_SOCKS")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    pipe.write_all(stdin).unwrap();
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+fn write_function(dir: &tempfile::TempDir, name: &str, source: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, source).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn bento_run_prints_hello_world() {
+    let bx = TestBox::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let hello = write_function(
+        &dir,
+        "hello.py",
+        "def main(name): api.send(\"hello \" + name)\n",
+    );
+    let out = bento(&bx, &["run", &hello, "--", "world"], b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"hello world");
+}
+
+#[test]
+fn store_and_invoke_print_json_and_attach_forwards_stdin() {
+    let bx = TestBox::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let echo = write_function(
+        &dir,
+        "echo.py",
+        "def main(prefix):\n    while True:\n        m = api.recv()\n        if not m:\n            return\n        api.send(prefix.encode() + m)\n",
+    );
+    let out = bento(&bx, &["store", &echo, "--json"], b"");
+    assert!(out.status.success());
+    let stored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stored["function_id"].as_str().unwrap().len(), 64);
+    let token = stored["invoke_token"].as_str().unwrap().to_string();
+
+    let out = bento(&bx, &["invoke", &token, "--json", "--", "> "], b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let invoked: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let session = invoked["session_token"].as_str().unwrap().to_string();
+
+    let out = bento(&bx, &["attach", &session], b"ping");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"> ping");
+}
+
+#[test]
+fn arguments_are_json_when_they_parse_and_strings_otherwise() {
+    let bx = TestBox::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let show = write_function(
+        &dir,
+        "show.py",
+        "def main(*args):\n    api.send(repr(args))\n",
+    );
+    let out = bento(
+        &bx,
+        &[
+            "run",
+            &show,
+            "--",
+            "42",
+            "[1, 2]",
+            "{\"k\": true}",
+            "plain text",
+            "null",
+        ],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "(42, [1, 2], {'k': True}, 'plain text', None)"
+    );
+}
+
+#[test]
+fn a_failing_function_exits_non_zero_with_the_traceback_on_stderr() {
+    let bx = TestBox::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write_function(
+        &dir,
+        "bad.py",
+        "def main():\n    api.send('partial')\n    1 / 0\n",
+    );
+    let out = bento(&bx, &["run", &bad], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.stdout, b"partial");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("function_exception"), "{stderr}");
+    assert!(stderr.contains("ZeroDivisionError"), "{stderr}");
+    assert!(stderr.contains("bad.py\", line 3"), "{stderr}");
+}
+
+#[test]
+fn bad_tokens_and_unknown_sessions_exit_2_with_a_clear_message() {
+    let bx = TestBox::start(&[]);
+    let out = bento(&bx, &["attach", "../../etc/passwd"], b"");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("64 hexadecimal digits"));
+    let out = bento(&bx, &["attach", &"ab".repeat(32)], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_session"));
+}
+
+#[test]
+fn status_shows_version_and_load() {
+    let bx = TestBox::start(&[]);
+    let out = bento(&bx, &["status"], b"");
+    assert!(out.status.success());
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["protocol_version"], 1);
+    assert_eq!(status["workers"]["live"], 1);
+    assert!(status["software"].as_str().unwrap().starts_with("bento "));
+}
+
+#[test]
+fn an_unreachable_box_is_reported_not_a_panic() {
+    let out = Command::new(BENTO)
+        .args(["--server", "127.0.0.1:1", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connection to the box failed"));
+}

@@ -1,0 +1,233 @@
+//! A real box for tests: the `bento serve` binary as a child process, with
+//! its own data directory, and its log captured (to check what it logs).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bento_client::{ClientError, Connection, Target};
+use bento_protocol::{ErrorCode, InvokeToken, SessionToken};
+
+pub const BENTO: &str = env!("CARGO_BIN_EXE_bento");
+
+pub fn runtime() -> PathBuf {
+    std::env::var_os("BENTO_RUNTIME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../.cache/runtime/bento-python.cwasm"
+            ))
+        })
+}
+
+pub struct TestBox {
+    child: Child,
+    pub addr: String,
+    log: Arc<Mutex<String>>,
+    data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    args: Vec<String>,
+}
+
+impl TestBox {
+    /// A box with one worker and the given extra `bento serve` options.
+    pub fn start(args: &[&str]) -> Self {
+        let temp = tempfile::tempdir().unwrap();
+        let data_dir = temp.path().join("data");
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut this = Self::spawn(&data_dir, &args);
+        this._temp = Some(temp);
+        this
+    }
+
+    fn spawn(data_dir: &Path, args: &[String]) -> Self {
+        let mut command = Command::new(BENTO);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .arg("--runtime")
+            .arg(runtime());
+        if !args.iter().any(|a| a == "--workers") {
+            command.args(["--workers", "1"]);
+        }
+        command
+            .args(args)
+            .env("BENTO_LOG", "debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start bento serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let log_writer = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("addr=").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = addr_tx.send(addr);
+                }
+                let mut log = log_writer.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("box did not start: {}", log.lock().unwrap()));
+        Self {
+            child,
+            addr,
+            log,
+            data_dir: data_dir.to_owned(),
+            _temp: None,
+            args: args.to_vec(),
+        }
+    }
+
+    pub fn target(&self) -> Target {
+        Target {
+            server: self.addr.clone(),
+            socks: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGKILL the box and start it again on the same data directory.
+    pub fn kill9_and_restart(&mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+        let mut next = Self::spawn(&self.data_dir, &self.args);
+        std::mem::swap(&mut self.child, &mut next.child);
+        self.addr = next.addr.clone();
+        self.log = next.log.clone();
+        // `next` now holds the dead child; dropping it is harmless.
+    }
+
+    /// Worker processes of this box (its direct children).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let after = stat
+                .rsplit_once(')')
+                .map(|(_, r)| r.to_string())
+                .unwrap_or_default();
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(self.pid())
+                && fields[0] != "Z"
+            {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    pub async fn connect(&self) -> Connection {
+        Connection::connect(&self.target()).await.unwrap()
+    }
+
+    pub async fn store(&self, source: &str) -> InvokeToken {
+        self.connect()
+            .await
+            .store("test.py", source)
+            .await
+            .unwrap()
+            .1
+    }
+
+    pub async fn invoke(&self, token: &InvokeToken, args_json: &str) -> SessionToken {
+        self.connect()
+            .await
+            .invoke(token, "main", args_json)
+            .await
+            .unwrap()
+    }
+
+    /// Store, invoke, attach and read everything: (output, how it ended).
+    pub async fn run(&self, source: &str, args_json: &str) -> (Vec<u8>, Result<(), ClientError>) {
+        let token = self.store(source).await;
+        let session = self.invoke(&token, args_json).await;
+        self.read_all(&session).await
+    }
+
+    pub async fn read_all(&self, session: &SessionToken) -> (Vec<u8>, Result<(), ClientError>) {
+        let mut attachment = self.connect().await.attach(session, None).await.unwrap();
+        let mut output = Vec::new();
+        let result = loop {
+            match attachment.next().await {
+                Ok(Some(data)) => output.extend_from_slice(&data),
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        attachment.close().await;
+        (output, result)
+    }
+
+    /// The box still serves a fresh user: hello-world works.
+    pub async fn assert_serves_hello(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (out, result) = self
+                .run(
+                    "def main(name):\n    api.send('hello ' + name)\n",
+                    "[\"next user\"]",
+                )
+                .await;
+            match result {
+                Ok(()) => {
+                    assert_eq!(out, b"hello next user");
+                    return;
+                }
+                // Right after a worker crash the pool may still be respawning.
+                Err(ClientError::Remote {
+                    code: ErrorCode::Internal,
+                    ..
+                }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("hello-world failed after the previous test step: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for TestBox {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The error code of a failed result.
+pub fn code(result: &Result<(), ClientError>) -> ErrorCode {
+    match result {
+        Err(ClientError::Remote { code, .. }) => *code,
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+}
+
+pub fn message(result: &Result<(), ClientError>) -> String {
+    match result {
+        Err(ClientError::Remote { message, .. }) => message.clone(),
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+}

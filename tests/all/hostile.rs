@@ -1,0 +1,238 @@
+//! Hostile functions: each hits a limit, gets a typed error naming it, and
+//! the box then serves the next user.
+
+use std::time::Duration;
+
+use bento_protocol::ErrorCode;
+use bytes::Bytes;
+
+use crate::harness::{TestBox, code, message};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infinite_loop_is_stopped_by_the_cpu_limit() {
+    let bx = TestBox::start(&["--cpu-ms", "500"]);
+    let (_, result) = bx
+        .run("def main():\n    while True:\n        pass\n", "[]")
+        .await;
+    assert_eq!(code(&result), ErrorCode::LimitCpu);
+    assert!(
+        message(&result).contains("500 ms of CPU time"),
+        "{}",
+        message(&result)
+    );
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_bomb_is_stopped_by_the_memory_limit_and_cannot_catch_it() {
+    let bx = TestBox::start(&["--memory-mib", "64"]);
+    let source = "def main():\n    hoard = []\n    while True:\n        try:\n            hoard.append(bytearray(1 << 20))\n        except MemoryError:\n            api.send('caught it')\n";
+    let (output, result) = bx.run(source, "[]").await;
+    assert_eq!(code(&result), ErrorCode::LimitMemory);
+    assert!(message(&result).contains("64 MiB"), "{}", message(&result));
+    assert!(
+        output.is_empty(),
+        "the function must not survive to catch MemoryError"
+    );
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_waiting_forever_is_stopped_by_the_wall_clock_limit() {
+    let bx = TestBox::start(&["--wall-ms", "1000"]);
+    let (_, result) = bx.run("def main():\n    api.recv()\n", "[]").await;
+    assert_eq!(code(&result), ErrorCode::LimitWallTime);
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_recursion_ends_with_a_typed_limit_error() {
+    let bx = TestBox::start(&[]);
+    let source = "import sys\ndef f(n):\n    return f(n + 1)\ndef main():\n    sys.setrecursionlimit(10**7)\n    f(0)\n";
+    let (_, result) = bx.run(source, "[]").await;
+    // CPython keeps its frames in linear memory, so depending on where the
+    // recursion gives out first this is the memory or the stack limit, or
+    // CPython's own RecursionError — never a crash.
+    assert!(
+        matches!(
+            code(&result),
+            ErrorCode::LimitMemory | ErrorCode::LimitStack | ErrorCode::FunctionException
+        ),
+        "{:?}",
+        result
+    );
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_sent_in_one_mib_pieces_fits_in_a_128_mib_instance() {
+    let bx = TestBox::start(&["--memory-mib", "128", "--cpu-ms", "60000"]);
+    let token = bx
+        .store("def main():\n    chunk = b'z' * (1 << 20)\n    for _ in range(1024):\n        api.send(chunk)\n")
+        .await;
+    let session = bx.invoke(&token, "[]").await;
+    let mut attachment = bx.connect().await.attach(&session, None).await.unwrap();
+    let mut received = 0u64;
+    let mut all_z = true;
+    while let Some(data) = attachment.next().await.unwrap() {
+        received += data.len() as u64;
+        all_z &= data.iter().all(|&b| b == b'z');
+    }
+    attachment.close().await;
+    assert_eq!(received, 1 << 30);
+    assert!(all_z);
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_that_never_reads_cannot_make_the_box_buffer_a_flood_of_input() {
+    let bx = TestBox::start(&["--wall-ms", "3000"]);
+    let token = bx.store("import time\ndef main():\n    api.send('ready')\n    while True:\n        time.sleep(0.01)\n").await;
+    let session = bx.invoke(&token, "[]").await;
+    let mut attachment = bx.connect().await.attach(&session, None).await.unwrap();
+    assert_eq!(attachment.next().await.unwrap().unwrap(), "ready");
+    let input = attachment.input();
+    let flood = tokio::spawn(async move {
+        let chunk = Bytes::from(vec![0u8; 1 << 20]);
+        let mut sent = 0u64;
+        // Stops when the box stops reading (backpressure) and the session
+        // ends; bounded in any case.
+        while sent < (1 << 30) {
+            if input.send(chunk.clone()).await.is_err() {
+                break;
+            }
+            sent += chunk.len() as u64;
+        }
+        sent
+    });
+    let result = match attachment.next().await {
+        Err(e) => Err(e),
+        Ok(other) => panic!("expected the wall-clock limit, got {other:?}"),
+    };
+    assert_eq!(code(&result), ErrorCode::LimitWallTime);
+    flood.abort();
+    let _ = flood.await;
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_fails_only_its_sessions_and_is_replaced() {
+    let bx = TestBox::start(&["--workers", "2"]);
+    let token = bx
+        .store("def main():\n    api.send('running')\n    api.recv()\n")
+        .await;
+    let session = bx.invoke(&token, "[]").await;
+    let mut attachment = bx.connect().await.attach(&session, None).await.unwrap();
+    assert_eq!(attachment.next().await.unwrap().unwrap(), "running");
+    let workers = bx.worker_pids();
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    for pid in &workers {
+        // SAFETY: sending SIGKILL to a child process of the test's box.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(*pid as i32, libc::SIGKILL);
+        }
+    }
+    let result = match attachment.next().await {
+        Err(e) => Err(e),
+        Ok(other) => panic!("expected a worker-crash error, got {other:?}"),
+    };
+    assert_eq!(code(&result), ErrorCode::WorkerCrashed);
+    bx.assert_serves_hello().await;
+    let status = bx.connect().await.status().await.unwrap();
+    assert_eq!(status["workers"]["restarts"], 2, "{status}");
+    let replaced = bx.worker_pids();
+    assert!(
+        replaced.iter().all(|pid| !workers.contains(pid)),
+        "{replaced:?} vs {workers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_stops_a_running_session_at_once() {
+    let bx = TestBox::start(&[]);
+    let token = bx
+        .store("def main():\n    api.send('spinning')\n    while True:\n        pass\n")
+        .await;
+    let session = bx.invoke(&token, "[]").await;
+    let mut attachment = bx.connect().await.attach(&session, None).await.unwrap();
+    assert_eq!(attachment.next().await.unwrap().unwrap(), "spinning");
+    bx.connect().await.kill(&session).await.unwrap();
+    let result = match attachment.next().await {
+        Err(e) => Err(e),
+        Ok(other) => panic!("expected a killed error, got {other:?}"),
+    };
+    assert_eq!(code(&result), ErrorCode::Killed);
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrent_instance_cap_refuses_extra_invocations_clearly() {
+    let bx = TestBox::start(&["--max-instances", "2"]);
+    let token = bx.store("def main():\n    api.recv()\n").await;
+    let first = bx.invoke(&token, "[]").await;
+    let second = bx.invoke(&token, "[]").await;
+    let err = bx
+        .connect()
+        .await
+        .invoke(&token, "main", "[]")
+        .await
+        .unwrap_err();
+    let bento_client::ClientError::Remote { code, message } = err else {
+        panic!("{err}")
+    };
+    assert_eq!(code, ErrorCode::TooManyInstances);
+    assert!(message.contains("at most 2 instances"), "{message}");
+    bx.connect().await.kill(&first).await.unwrap();
+    bx.connect().await.kill(&second).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_output_buffer_cap_refuses_extra_sessions_clearly() {
+    // Each session reserves 4 MiB; the box allows 8 MiB in all.
+    let bx = TestBox::start(&["--max-buffered-mib", "8", "--session-retention-secs", "1"]);
+    let token = bx.store("def main():\n    api.recv()\n").await;
+    let first = bx.invoke(&token, "[]").await;
+    let second = bx.invoke(&token, "[]").await;
+    let err = bx
+        .connect()
+        .await
+        .invoke(&token, "main", "[]")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            bento_client::ClientError::Remote {
+                code: ErrorCode::BufferCapReached,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    bx.connect().await.kill(&first).await.unwrap();
+    bx.connect().await.kill(&second).await.unwrap();
+    // Killed sessions release their reservation once they expire.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_upload_is_refused_with_the_limit() {
+    let bx = TestBox::start(&["--max-source-kib", "1"]);
+    let source = format!("# {}\ndef main():\n    pass\n", "x".repeat(2000));
+    let err = bx
+        .connect()
+        .await
+        .store("big.py", &source)
+        .await
+        .unwrap_err();
+    let bento_client::ClientError::Remote { code, message } = err else {
+        panic!("{err}")
+    };
+    assert_eq!(code, ErrorCode::InvalidFunction);
+    assert!(message.contains("at most 1024"), "{message}");
+    bx.assert_serves_hello().await;
+}
