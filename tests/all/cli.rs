@@ -161,3 +161,77 @@ fn an_unreachable_box_is_reported_not_a_panic() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("connection to the box failed"));
 }
+
+#[test]
+fn workers_run_under_an_operator_wrapper() {
+    // `env` execs the worker command it is given, like a jail or TEE loader.
+    let bx = TestBox::start(&["--worker-wrapper", "env BENTO_WRAPPED=1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let hello = write_function(
+        &dir,
+        "hello.py",
+        "def main(name): api.send(\"hello \" + name)\n",
+    );
+    let out = bento(&bx, &["run", &hello, "--", "wrapped"], b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"hello wrapped");
+    let worker = bx.worker_pids()[0];
+    let environ = std::fs::read(format!("/proc/{worker}/environ")).unwrap();
+    assert!(
+        environ
+            .split(|&b| b == 0)
+            .any(|var| var == b"BENTO_WRAPPED=1"),
+        "the worker runs under the wrapper"
+    );
+}
+
+#[test]
+fn a_wrapper_that_cannot_start_workers_fails_serve_with_a_clear_error() {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(BENTO)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--worker-wrapper",
+            "false",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .arg("--runtime")
+        .arg(crate::harness::runtime())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot start a sandbox worker (false "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("exited before it was ready"), "{stderr}");
+}
+
+#[test]
+fn serve_without_the_runtime_says_how_to_build_it() {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(BENTO)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--runtime",
+            "/nonexistent/runtime.cwasm",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("scripts/setup.sh"));
+}

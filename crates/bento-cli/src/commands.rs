@@ -34,7 +34,7 @@ pub struct ServeArgs {
     pub data_dir: PathBuf,
     /// Precompiled Python runtime (.cwasm) [default: $BENTO_RUNTIME, else
     /// .cache/runtime/bento-python.cwasm in the source tree, as written by
-    /// scripts/build-runtime.sh].
+    /// scripts/setup.sh].
     #[arg(long)]
     pub runtime: Option<PathBuf>,
     /// Sandbox worker processes [default: number of CPUs].
@@ -88,7 +88,7 @@ impl ServeArgs {
             .unwrap_or_else(runtime_path::default_runtime);
         if !runtime.is_file() {
             bail!(
-                "the precompiled Python runtime {} does not exist; run scripts/build-runtime.sh \
+                "the precompiled Python runtime {} does not exist; run scripts/setup.sh \
                  (or pass --runtime FILE.cwasm)",
                 runtime.display()
             );
@@ -130,8 +130,13 @@ impl ServeArgs {
 
 /// `bento worker`: load the runtime, serve the pipe protocol on stdio.
 pub fn worker(runtime: &Path) -> anyhow::Result<ExitCode> {
+    use std::os::fd::AsFd;
     let runtime = bento_sandbox::PythonRuntime::load_precompiled(runtime)?;
-    bento_worker::run_worker(runtime, std::io::stdin().lock(), std::io::stdout())?;
+    // Raw file handles: std's Stdout is line-buffered and would scan every
+    // output chunk for newlines.
+    let stdin = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    let stdout = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+    bento_worker::run_worker(runtime, stdin, stdout)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -125,9 +125,10 @@ enum RuntimeCommand {
     Path,
 }
 
-fn init_tracing() {
+/// Logs go to stderr, filtered by `BENTO_LOG` (e.g. `debug`, `warn`).
+fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BENTO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -137,7 +138,12 @@ fn init_tracing() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The benchmark's own box would log every session; keep it quiet.
+    init_tracing(if matches!(cli.command, Command::Bench(_)) {
+        "warn"
+    } else {
+        "info"
+    });
     let result = match cli.command {
         Command::Worker { runtime } => commands::worker(&runtime),
         Command::Runtime(RuntimeCommand::Precompile { wasm, out }) => {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-/// `$BENTO_RUNTIME` if set, else the file `scripts/build-runtime.sh` writes
+/// `$BENTO_RUNTIME` if set, else the file `scripts/setup.sh` writes
 /// in this source tree's `.cache/runtime/`.
 pub fn default_runtime() -> PathBuf {
     if let Some(path) = std::env::var_os("BENTO_RUNTIME") {

@@ -222,6 +222,7 @@ async fn read_frame(
         if let Some(frame) = decoder.decode(buf)? {
             return Ok(frame);
         }
+        bento_protocol::reserve_for_read(buf);
         if reader.read_buf(buf).await? == 0 {
             return Err(ClientError::Closed);
         }
@@ -376,6 +377,7 @@ impl Attachment {
             // acknowledge it before waiting, so the box frees it and the
             // function's output credit keeps flowing.
             self.ack();
+            bento_protocol::reserve_for_read(&mut self.buf);
             if self.reader.read_buf(&mut self.buf).await? == 0 {
                 return Err(ClientError::Closed);
             }

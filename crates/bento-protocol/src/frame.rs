@@ -347,6 +347,19 @@ fn put_str(out: &mut BytesMut, text: &str) {
     out.put_slice(text.as_bytes());
 }
 
+/// Make room in a read buffer before reading more bytes into it.
+///
+/// Reserving only what the next frame needs would reallocate (and copy the
+/// partial frame) for almost every large frame, because decoded frames keep
+/// sharing the old allocation. Reserving several frames' worth at a time
+/// keeps that copy rare.
+pub fn reserve_for_read(buf: &mut BytesMut) {
+    const SPARE: usize = MAX_DATA_LEN + 64 * 1024;
+    if buf.capacity() - buf.len() < SPARE {
+        buf.reserve(4 * MAX_DATA_LEN);
+    }
+}
+
 /// Incremental decoder: feed it a buffer that grows as bytes arrive.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
@@ -376,7 +389,6 @@ impl FrameDecoder {
         }
         let total = 4 + len as usize;
         if buf.len() < total {
-            buf.reserve(total - buf.len());
             return Ok(None);
         }
         buf.advance(4);

@@ -21,7 +21,9 @@ mod frame;
 mod token;
 
 pub use error_code::{ErrorCode, ErrorKind};
-pub use frame::{Frame, FrameDecoder, FrameType, ProtocolError, encode_data_header};
+pub use frame::{
+    Frame, FrameDecoder, FrameType, ProtocolError, encode_data_header, reserve_for_read,
+};
 pub use token::{FunctionId, InvokeToken, SessionToken, TOKEN_BYTES, TokenParseError};
 
 /// The protocol version this crate speaks.

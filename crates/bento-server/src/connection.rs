@@ -93,6 +93,7 @@ impl Conn {
             if let Some(frame) = self.decoder.decode(&mut self.buf)? {
                 return Ok(Some(frame));
             }
+            bento_protocol::reserve_for_read(&mut self.buf);
             let read = tokio::time::timeout(timeout, self.reader.read_buf(&mut self.buf)).await;
             match read {
                 Err(_) => {
@@ -428,6 +429,7 @@ impl Conn {
                 }
                 continue;
             }
+            bento_protocol::reserve_for_read(&mut self.buf);
             tokio::select! {
                 _ = &mut changed => {}
                 read = self.reader.read_buf(&mut self.buf), if !input_blocked => {
@@ -451,6 +453,7 @@ impl Conn {
 
     /// Read whatever the client has already sent, without waiting.
     async fn poll_client_now(&mut self) -> Result<bool, Close> {
+        bento_protocol::reserve_for_read(&mut self.buf);
         match futures_poll_once(self.reader.read_buf(&mut self.buf)).await {
             Some(Ok(0)) => Err(Close(None)),
             Some(Ok(_)) => Ok(true),

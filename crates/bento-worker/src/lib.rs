@@ -13,10 +13,12 @@
 //! kernel's memory-map lock and TLB shootdowns.
 
 pub mod ipc;
+mod pipe_size;
 mod pool;
 mod worker_process;
 
 pub use ipc::{InstanceId, InstanceOutcome, StartRequest};
+pub use pipe_size::grow_pipe;
 pub use pool::{
     InstanceEvents, InstanceHandle, PoolError, PoolStats, RESPAWN_PATIENCE, WorkerPool,
     WorkerPoolConfig,

@@ -290,6 +290,8 @@ async fn spawn_worker(inner: &Arc<PoolInner>, slot: usize) -> Result<LiveWorker,
     let (Some(stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return Err(spawn_error("no pipes to the worker".into()));
     };
+    crate::pipe_size::grow_pipe(&stdin);
+    crate::pipe_size::grow_pipe(&stdout);
     let mut buf = BytesMut::with_capacity(1024 * 1024);
     let ready = tokio::time::timeout(WORKER_READY_TIMEOUT, async {
         loop {
@@ -357,8 +359,10 @@ async fn read_from_worker(
             Ok(None) => {}
             Err(e) => break e.to_string(),
         }
-        if buf.capacity() - buf.len() < 64 * 1024 {
-            buf.reserve(1024 * 1024);
+        // Room for several whole output frames, so that splitting them off
+        // rarely forces a reallocation that copies a partial frame.
+        if buf.capacity() - buf.len() < 1024 * 1024 + 64 * 1024 {
+            buf.reserve(4 * 1024 * 1024);
         }
         match stdout.read_buf(&mut buf).await {
             Ok(0) => break "its pipe closed".to_string(),

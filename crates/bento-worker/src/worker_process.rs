@@ -5,7 +5,7 @@
 //! every instance with it: instances never outlive their server.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -38,13 +38,26 @@ impl<W: Write + Send> Outbox<W> {
     fn send(&self, message: &FromWorker) {
         let (head, payload) = message.encode_parts();
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // One vectored write for header and payload (one syscall in the
+        // common case); the payload is never copied into a buffer.
         // If the server is gone the worker is about to exit (stdin EOF);
         // there is nobody to report a write error to.
-        let _ = writer
-            .write_all(&head)
-            .and_then(|()| writer.write_all(&payload))
-            .and_then(|()| writer.flush());
+        let _ = write_all_vectored(&mut *writer, &head, &payload).and_then(|()| writer.flush());
     }
+}
+
+fn write_all_vectored(writer: &mut impl Write, head: &[u8], payload: &[u8]) -> std::io::Result<()> {
+    let (mut head, mut payload) = (head, payload);
+    while !head.is_empty() || !payload.is_empty() {
+        let written = writer.write_vectored(&[IoSlice::new(head), IoSlice::new(payload)])?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_head = written.min(head.len());
+        head = &head[from_head..];
+        payload = &payload[written - from_head..];
+    }
+    Ok(())
 }
 
 struct InstanceHost<W: Write + Send + 'static> {
