@@ -87,6 +87,7 @@ class Api:
         sys.stdout.flush()
         view = memoryview(data).cast("B")
         total = len(view)
+        session.begin_message(total)
         while view:
             written = os.write(_STDOUT, view)
             view = view[written:]
@@ -114,6 +115,15 @@ class Api:
         """True when a client message is waiting (recv would not block)."""
         return session.poll()
 
+    def __getattr__(self, name):
+        # Capabilities beyond the session channel (network, storage, Tor)
+        # exist only when a manifest declares them and the box grants them.
+        raise AttributeError(
+            f"api.{name} is not available to this function: capabilities beyond "
+            "send/recv/poll must be declared in the function's manifest and "
+            "granted by the box's policy"
+        )
+
     def __repr__(self):
         return "<bento api: send, recv, poll>"
 
@@ -135,37 +145,61 @@ def _compile(source, filename):
     return compile(source, filename, "exec", dont_inherit=True)
 
 
+def _load(source, filename):
+    """Execute the function module in a fresh namespace holding `api`."""
+    namespace = {
+        "__name__": "__bento__",
+        "__file__": filename,
+        "__builtins__": builtins,
+        "api": api,
+    }
+    exec(_compile(source, filename), namespace)
+    return namespace
+
+
+def _guarded(action):
+    """Run `action`, turning any failure into `Err(traceback)`."""
+    try:
+        action()
+    except Err:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - report everything, incl. SystemExit
+        if isinstance(exc, SystemExit) and exc.code in (None, 0):
+            return
+        raise Err(_format_failure(exc))
+    finally:
+        try:
+            sys.stdout.flush()
+        except Exception:  # noqa: BLE001 - the session may already be gone
+            pass
+
+
 class WitWorld(wit_world.WitWorld):
     def run(self, source, filename, entry, args_json):
-        try:
+        def action():
             args = json.loads(args_json)
             if not isinstance(args, list):
                 raise Err("arguments must be a JSON array")
-            code = _compile(source, filename)
-            namespace = {
-                "__name__": "__bento__",
-                "__file__": filename,
-                "__builtins__": builtins,
-                "api": api,
-            }
-            exec(code, namespace)
+            namespace = _load(source, filename)
             function = namespace.get(entry)
             if function is None:
                 raise Err(f"{filename} defines no function named {entry!r}")
             if not callable(function):
                 raise Err(f"{entry!r} in {filename} is not callable")
             function(*args)
-        except Err:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - report everything, incl. SystemExit
-            if isinstance(exc, SystemExit) and exc.code in (None, 0):
-                return
-            raise Err(_format_failure(exc))
-        finally:
-            try:
-                sys.stdout.flush()
-            except Exception:  # noqa: BLE001 - the session may already be gone
-                pass
+
+        _guarded(action)
+
+    def evaluate(self, source, filename, call):
+        def action():
+            namespace = _load(source, filename)
+            result = eval(compile(call, "<call>", "eval", dont_inherit=True), namespace)
+            if result is not None:
+                if not isinstance(result, (bytes, bytearray, memoryview)):
+                    result = str(result)
+                api.send(result)
+
+        _guarded(action)
 
     def check(self, source, filename):
         try:

@@ -26,6 +26,8 @@ pub fn runtime() -> PathBuf {
 pub struct TestBox {
     child: Child,
     pub addr: String,
+    /// The research prototype's protocol, when started with `--legacy-listen`.
+    pub legacy_addr: Option<String>,
     log: Arc<Mutex<String>>,
     data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
@@ -64,13 +66,21 @@ impl TestBox {
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (legacy_tx, legacy_rx) = std::sync::mpsc::channel();
         let log_writer = log.clone();
+        let field = |line: &str, name: &str| {
+            line.split(name)
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_owned)
+        };
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(rest) = line.split("addr=").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = addr_tx.send(addr);
+                if let Some(addr) = field(&line, "legacy_addr=") {
+                    let _ = legacy_tx.send(addr);
+                } else if line.contains("bento box listening") {
+                    let _ = addr_tx.send(field(&line, " addr=").unwrap_or_default());
                 }
                 let mut log = log_writer.lock().unwrap();
                 log.push_str(&line);
@@ -80,9 +90,11 @@ impl TestBox {
         let addr = addr_rx
             .recv_timeout(Duration::from_secs(120))
             .unwrap_or_else(|_| panic!("box did not start: {}", log.lock().unwrap()));
+        let legacy_addr = legacy_rx.try_recv().ok();
         Self {
             child,
             addr,
+            legacy_addr,
             log,
             data_dir: data_dir.to_owned(),
             _temp: None,

@@ -8,5 +8,6 @@
 mod cli;
 mod harness;
 mod hostile;
+mod legacy;
 mod protocol_abuse;
 mod sessions;

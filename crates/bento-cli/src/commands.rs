@@ -29,6 +29,10 @@ pub struct ServeArgs {
     /// Address to listen on (plain TCP; put it behind Tor for anonymity).
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub listen: SocketAddr,
+    /// Also serve the Bento research prototype's protocol here, so existing
+    /// prototype clients and functions run unchanged (see docs/legacy.md).
+    #[arg(long, value_name = "ADDR")]
+    pub legacy_listen: Option<SocketAddr>,
     /// Data directory: stored functions live here and survive restarts.
     #[arg(long)]
     pub data_dir: PathBuf,
@@ -124,6 +128,7 @@ impl ServeArgs {
         config.max_stored_bytes = self.max_stored_mib * MIB;
         config.session_retention = Duration::from_secs(self.session_retention_secs);
         config.read_timeout = Duration::from_secs(self.read_timeout_secs.max(1));
+        config.legacy_listen = self.legacy_listen;
         Ok(config)
     }
 }
@@ -325,6 +330,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let workers = config.workers.workers;
     let server = Server::bind(config, args.listen).await?;
     let addr = server.local_addr()?;
+    if let Some(legacy) = server.legacy_addr() {
+        tracing::info!(legacy_addr = %legacy?, "serving the research prototype's protocol");
+    }
     tracing::info!(%addr, workers, "bento box listening");
     tokio::select! {
         result = server.run() => result?,

@@ -25,12 +25,25 @@ pub struct Job {
     pub source: String,
     /// Name shown in tracebacks (e.g. `hello.py`).
     pub filename: String,
-    /// Name of the function to call.
-    pub entry: String,
-    /// Arguments, as a JSON array.
-    pub args_json: String,
+    /// The call to make once the module has run.
+    pub call: Call,
     /// Limits for this instance.
     pub limits: InstanceLimits,
+}
+
+/// How to call into a function module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// Call the function `entry` with positional arguments from a JSON array.
+    Entry {
+        /// Function name.
+        entry: String,
+        /// Arguments, as a JSON array.
+        args_json: String,
+    },
+    /// Evaluate a Python expression such as `add(9, 10)` and send its
+    /// non-`None` result (the research prototype's protocol).
+    Expression(String),
 }
 
 /// How an instance ended: `Ok` when the entry function returned.
@@ -64,6 +77,10 @@ impl bento::runtime::session::Host for InstanceState {
 
     fn poll(&mut self) -> wasmtime::Result<bool> {
         Ok(self.io.poll())
+    }
+
+    fn begin_message(&mut self, length: u64) -> wasmtime::Result<()> {
+        self.io.begin_message(length).map_err(stopped)
     }
 }
 
@@ -177,15 +194,17 @@ impl PythonRuntime {
     /// function returns or a limit, kill or error ends it.
     pub fn run(&self, job: &Job, io: Arc<SessionIo>) -> Outcome {
         let mut store = self.new_store(io.clone(), &job.limits);
-        let result = self.pre.instantiate(&mut store).and_then(|instance| {
-            instance.call_run(
-                &mut store,
-                &job.source,
-                &job.filename,
-                &job.entry,
-                &job.args_json,
-            )
-        });
+        let result = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| match &job.call {
+                Call::Entry { entry, args_json } => {
+                    instance.call_run(&mut store, &job.source, &job.filename, entry, args_json)
+                }
+                Call::Expression(call) => {
+                    instance.call_evaluate(&mut store, &job.source, &job.filename, call)
+                }
+            });
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(traceback)) => Err(Failure::Exception(traceback)),
@@ -200,6 +219,7 @@ impl PythonRuntime {
         impl SessionHost for Discard {
             fn deliver_output(&self, _data: bytes::Bytes) {}
             fn input_consumed(&self, _bytes: u64) {}
+            fn message_start(&self, _length: u64) {}
         }
         let limits = InstanceLimits {
             wall_ms: 10_000,

@@ -25,5 +25,5 @@ mod session_io;
 
 pub use engine::{PythonRuntime, precompile_runtime};
 pub use error::{Failure, SandboxError};
-pub use instance::{Job, Outcome};
-pub use session_io::{SessionHost, SessionIo, StopReason};
+pub use instance::{Call, Job, Outcome};
+pub use session_io::{MESSAGE_CREDIT, SessionHost, SessionIo, StopReason};

@@ -19,6 +19,11 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdinStream, StdoutStream};
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
 
+/// Output credit one message boundary costs, so that a function sending
+/// many tiny (or empty) messages cannot make the box keep unbounded
+/// boundary records; the owner returns it when the record is freed.
+pub const MESSAGE_CREDIT: u64 = 32;
+
 /// Largest chunk handed to [`SessionHost::deliver_output`] in one call.
 pub(crate) const MAX_OUTPUT_CHUNK: usize = 1024 * 1024;
 
@@ -28,6 +33,8 @@ pub trait SessionHost: Send + Sync + 'static {
     fn deliver_output(&self, data: Bytes);
     /// The function consumed `bytes` of client input (so more may be sent).
     fn input_consumed(&self, bytes: u64);
+    /// The next `length` output bytes are one message (one `api.send`).
+    fn message_start(&self, length: u64);
 }
 
 /// Why a running instance is being stopped from outside the guest.
@@ -175,6 +182,16 @@ impl SessionIo {
             }
             None => Ok(None),
         }
+    }
+
+    /// The next `length` output bytes form one message.
+    pub(crate) fn begin_message(&self, length: u64) -> Result<(), StopReason> {
+        let state = self.lock();
+        let mut state = self.wait_until(state, |s| s.output_credit >= MESSAGE_CREDIT)?;
+        state.output_credit -= MESSAGE_CREDIT;
+        drop(state);
+        self.host.message_start(length);
+        Ok(())
     }
 
     /// Whether a client message is waiting.
@@ -375,6 +392,7 @@ mod tests {
         fn input_consumed(&self, bytes: u64) {
             *self.consumed.lock().unwrap() += bytes;
         }
+        fn message_start(&self, _length: u64) {}
     }
 
     fn io(credit: u64, wall: Duration) -> (Arc<Recorder>, Arc<SessionIo>) {

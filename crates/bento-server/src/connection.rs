@@ -3,7 +3,6 @@
 //! Nothing here logs the peer address, tokens, arguments or sources.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bento_policy::Limit;
@@ -11,14 +10,14 @@ use bento_protocol::{
     ErrorCode, Frame, FrameDecoder, FrameType, PROTOCOL_VERSION, ProtocolError, SessionToken,
     encode_data_header,
 };
-use bento_worker::{InstanceOutcome, StartRequest};
+use bento_worker::{InstanceOutcome, StartCall};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::session::{GlobalCounters, INPUT_WINDOW, Session};
-use crate::{BoxState, function_store::StoreError};
+use crate::BoxState;
+use crate::session::{INPUT_WINDOW, Session};
 
 /// Output bytes written to the client per wake-up, before looking at its
 /// frames again.
@@ -194,62 +193,18 @@ impl Conn {
     }
 
     async fn store(&mut self, filename: String, source: String, manifest: String) -> Frame {
-        let config = &self.state.config;
-        if source.len() > config.max_source_bytes {
-            return Frame::error(
-                ErrorCode::InvalidFunction,
-                format!(
-                    "the source is {} bytes; this box accepts at most {}",
-                    source.len(),
-                    config.max_source_bytes
-                ),
-            );
-        }
-        if let Err(reason) = check_filename(&filename) {
-            return Frame::error(ErrorCode::InvalidFunction, reason);
-        }
         if !manifest.trim().is_empty() {
             return Frame::error(
                 ErrorCode::InvalidFunction,
                 "this box does not accept function manifests yet; store the function without one",
             );
         }
-        match self
-            .state
-            .pool
-            .check(source.clone(), filename.clone())
-            .await
-        {
-            Ok(InstanceOutcome::Returned) => {}
-            Ok(InstanceOutcome::Exception(text)) => {
-                return Frame::error(
-                    ErrorCode::InvalidFunction,
-                    format!("the source does not compile:\n{text}"),
-                );
-            }
-            Ok(other) => return outcome_error(&other),
-            Err(e) => return Frame::error(ErrorCode::Internal, e.to_string()),
-        }
-        let state = self.state.clone();
-        let stored =
-            tokio::task::spawn_blocking(move || state.store.store(&filename, &source, &manifest))
-                .await;
-        match stored {
-            Ok(Ok((function_id, invoke_token))) => {
-                tracing::info!("stored a function");
-                Frame::Stored {
-                    function_id,
-                    invoke_token,
-                }
-            }
-            Ok(Err(e @ StoreError::Full { .. })) => {
-                Frame::error(ErrorCode::StorageFull, e.to_string())
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot store a function");
-                Frame::error(ErrorCode::Internal, "the box could not store the function")
-            }
-            Err(_) => Frame::error(ErrorCode::Internal, "the box could not store the function"),
+        match self.state.store_function(filename, source).await {
+            Ok((function_id, invoke_token)) => Frame::Stored {
+                function_id,
+                invoke_token,
+            },
+            Err(e) => e.into_frame(),
         }
     }
 
@@ -259,8 +214,7 @@ impl Conn {
         entry: String,
         args_json: String,
     ) -> Frame {
-        let state = &self.state;
-        let Some(function) = state.store.lookup(token) else {
+        let Some(function) = self.state.store.lookup(token) else {
             return Frame::error(
                 ErrorCode::UnknownInvokeToken,
                 "no function is stored under this invoke token",
@@ -287,51 +241,19 @@ impl Conn {
                 );
             }
         }
-        let limits = state.config.limits.clone();
-        let counters = &state.counters;
-        if let Err(frame) = reserve(
-            counters,
-            state.config.max_instances,
-            limits.output_buffer_bytes,
-            state.config.max_buffered_bytes,
-        ) {
-            return frame;
-        }
         let session_token = match SessionToken::generate() {
             Ok(token) => token,
-            Err(_) => {
-                release(counters, limits.output_buffer_bytes);
-                return Frame::error(ErrorCode::Internal, "cannot generate a token");
-            }
+            Err(_) => return Frame::error(ErrorCode::Internal, "cannot generate a token"),
         };
-        let session = Session::new(
-            session_token.clone(),
-            counters.clone(),
-            limits.output_buffer_bytes,
-        );
-        let request = StartRequest {
-            source: function.source.clone(),
-            filename: function.filename.clone(),
-            entry: Some(entry),
-            args_json,
-            limits,
-        };
-        let started = state
-            .pool
-            .start_instance_patiently(request, session.clone(), bento_worker::RESPAWN_PATIENCE)
-            .await;
-        match started {
-            Ok(handle) => session.set_handle(handle),
-            Err(e) => {
-                // The session was never started: undo the instance count;
-                // dropping it releases the buffer reservation.
-                counters.running_instances.fetch_sub(1, Ordering::Relaxed);
-                return Frame::error(ErrorCode::Internal, e.to_string());
-            }
+        let call = StartCall::Entry { entry, args_json };
+        match self
+            .state
+            .start_session(&function, call, session_token.clone(), false)
+            .await
+        {
+            Ok(_) => Frame::Invoked { session_token },
+            Err(e) => e.into_frame(),
         }
-        state.sessions.insert(session);
-        tracing::info!("started a session");
-        Frame::Invoked { session_token }
     }
 
     /// Stream a session: output out, input in, until the function ends and
@@ -537,54 +459,15 @@ async fn futures_poll_once<F: std::future::Future>(future: F) -> Option<F::Outpu
     }
 }
 
-fn unknown_session() -> Frame {
+pub(crate) fn unknown_session() -> Frame {
     Frame::error(
         ErrorCode::UnknownSession,
         "no session has this token (it never existed, has ended and been read, or expired)",
     )
 }
 
-fn reserve(
-    counters: &Arc<GlobalCounters>,
-    max_instances: u64,
-    buffer: u64,
-    max_buffered: u64,
-) -> Result<(), Frame> {
-    let running = counters.running_instances.fetch_add(1, Ordering::Relaxed);
-    if running >= max_instances {
-        counters.running_instances.fetch_sub(1, Ordering::Relaxed);
-        return Err(Frame::error(
-            ErrorCode::TooManyInstances,
-            format!("the box runs at most {max_instances} instances at once; try again later"),
-        ));
-    }
-    let reserved = counters
-        .reserved_buffer_bytes
-        .fetch_add(buffer, Ordering::Relaxed);
-    if reserved + buffer > max_buffered {
-        counters
-            .reserved_buffer_bytes
-            .fetch_sub(buffer, Ordering::Relaxed);
-        counters.running_instances.fetch_sub(1, Ordering::Relaxed);
-        return Err(Frame::error(
-            ErrorCode::BufferCapReached,
-            format!(
-                "the box buffers at most {max_buffered} bytes of session output and that is reserved; try again later"
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn release(counters: &Arc<GlobalCounters>, buffer: u64) {
-    counters
-        .reserved_buffer_bytes
-        .fetch_sub(buffer, Ordering::Relaxed);
-    counters.running_instances.fetch_sub(1, Ordering::Relaxed);
-}
-
 /// The error frame for an instance that did not return normally.
-fn outcome_error(outcome: &InstanceOutcome) -> Frame {
+pub(crate) fn outcome_error(outcome: &InstanceOutcome) -> Frame {
     match outcome {
         InstanceOutcome::Returned => Frame::End,
         InstanceOutcome::LimitExceeded { limit, detail } => {
@@ -608,7 +491,7 @@ fn outcome_error(outcome: &InstanceOutcome) -> Frame {
     }
 }
 
-fn check_filename(name: &str) -> Result<(), String> {
+pub(crate) fn check_filename(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 255
         && !name.starts_with('.')

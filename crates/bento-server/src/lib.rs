@@ -13,8 +13,10 @@
 //! the hash of their invoke token, so the data directory holds no usable
 //! capability.
 
+mod box_ops;
 mod connection;
 pub mod function_store;
+mod legacy;
 pub mod session;
 
 use std::net::SocketAddr;
@@ -56,6 +58,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Worker processes.
     pub workers: WorkerPoolConfig,
+    /// Where to serve the research prototype's protocol too, if anywhere.
+    pub legacy_listen: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -72,6 +76,7 @@ impl ServerConfig {
             read_timeout: Duration::from_secs(30),
             max_connections: 4096,
             workers,
+            legacy_listen: None,
         }
     }
 }
@@ -133,6 +138,7 @@ impl BoxState {
 pub struct Server {
     state: Arc<BoxState>,
     listener: TcpListener,
+    legacy_listener: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for Server {
@@ -147,7 +153,12 @@ impl Server {
         let store = FunctionStore::open(&config.data_dir, config.max_stored_bytes)?;
         let pool = WorkerPool::start(config.workers.clone()).await?;
         let listener = TcpListener::bind(listen).await?;
+        let legacy_listener = match config.legacy_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
         Ok(Self {
+            legacy_listener,
             state: Arc::new(BoxState {
                 config,
                 store,
@@ -164,9 +175,17 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// The address of the research prototype's protocol, if enabled.
+    pub fn legacy_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.legacy_listener.as_ref().map(TcpListener::local_addr)
+    }
+
     /// Serve until the task is dropped.
     pub async fn run(self) -> Result<(), ServerError> {
         let state = self.state;
+        if let Some(listener) = self.legacy_listener {
+            tokio::spawn(legacy::serve(listener, state.clone()));
+        }
         let janitor_state = state.clone();
         tokio::spawn(async move {
             let retention = janitor_state.config.session_retention;

@@ -37,6 +37,10 @@ pub(crate) struct SessionState {
     /// The final End/Error frame reached a client.
     pub(crate) end_delivered: bool,
     pub(crate) input_in_flight: u64,
+    /// Output messages (one per `api.send`) as (start offset, length),
+    /// from the first not yet acknowledged; the research prototype's
+    /// protocol frames output by them.
+    pub(crate) messages: VecDeque<(u64, u64)>,
     /// Incremented by each attach; an attachment whose generation is stale
     /// has been taken over by a newer one.
     pub(crate) attach_generation: u64,
@@ -53,6 +57,9 @@ pub struct Session {
     /// Global figures this session counts towards.
     counters: Arc<GlobalCounters>,
     reserved_buffer: u64,
+    /// Keep message boundaries (the prototype protocol frames by them);
+    /// otherwise their credit is returned at once.
+    frames_messages: bool,
 }
 
 /// Box-wide counters behind the global caps.
@@ -69,6 +76,7 @@ impl Session {
         token: SessionToken,
         counters: Arc<GlobalCounters>,
         reserved_buffer: u64,
+        frames_messages: bool,
     ) -> Arc<Self> {
         Arc::new(Self {
             token,
@@ -80,12 +88,14 @@ impl Session {
                 finished_at: None,
                 end_delivered: false,
                 input_in_flight: 0,
+                messages: VecDeque::new(),
                 attach_generation: 0,
             }),
             changed: Notify::new(),
             handle: OnceLock::new(),
             counters,
             reserved_buffer,
+            frames_messages,
         })
     }
 
@@ -132,7 +142,14 @@ impl Session {
             return false;
         }
         let mut freed = offset - state.acked;
-        let granted = freed;
+        let mut granted = freed;
+        while let Some(&(start, len)) = state.messages.front() {
+            if start + len > offset {
+                break;
+            }
+            state.messages.pop_front();
+            granted += bento_worker::MESSAGE_CREDIT;
+        }
         while freed > 0 {
             let Some(front) = state.buffer.front_mut() else {
                 break;
@@ -154,6 +171,10 @@ impl Session {
         true
     }
 
+    pub(crate) fn token(&self) -> &SessionToken {
+        &self.token
+    }
+
     pub(crate) fn token_matches(&self, token: &SessionToken) -> bool {
         self.token == *token
     }
@@ -171,6 +192,20 @@ impl InstanceEvents for Session {
     fn input_consumed(&self, bytes: u64) {
         let mut state = self.lock();
         state.input_in_flight = state.input_in_flight.saturating_sub(bytes);
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    fn message_start(&self, length: u64) {
+        if !self.frames_messages {
+            if let Some(handle) = self.handle() {
+                handle.grant_credit(bento_worker::MESSAGE_CREDIT);
+            }
+            return;
+        }
+        let mut state = self.lock();
+        let start = state.produced;
+        state.messages.push_back((start, length));
         drop(state);
         self.changed.notify_waiters();
     }
@@ -258,7 +293,7 @@ mod tests {
         counters
             .reserved_buffer_bytes
             .fetch_add(10, Ordering::Relaxed);
-        Session::new(SessionToken::generate().unwrap(), counters, 10)
+        Session::new(SessionToken::generate().unwrap(), counters, 10, true)
     }
 
     #[test]

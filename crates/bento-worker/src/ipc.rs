@@ -21,12 +21,26 @@ pub struct StartRequest {
     pub source: String,
     /// File name for tracebacks.
     pub filename: String,
-    /// Entry function; `None` means only compile the source (a store-time check).
-    pub entry: Option<String>,
-    /// JSON array of arguments.
-    pub args_json: String,
+    /// What to do with the source.
+    pub call: StartCall,
     /// Limits for the instance.
     pub limits: InstanceLimits,
+}
+
+/// What an instance does with its source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StartCall {
+    /// Only compile it (the store-time syntax check).
+    Check,
+    /// Call `entry(*args)`.
+    Entry {
+        /// Function name.
+        entry: String,
+        /// JSON array of arguments.
+        args_json: String,
+    },
+    /// Evaluate a call expression (the research prototype's protocol).
+    Expression(String),
 }
 
 /// How an instance ended, as reported by its worker.
@@ -91,6 +105,8 @@ pub enum FromWorker {
     Output(InstanceId, Bytes),
     /// The instance consumed this many input bytes.
     InputConsumed(InstanceId, u64),
+    /// The next this-many output bytes are one message.
+    MessageStart(InstanceId, u64),
     /// The instance ended.
     Finished(InstanceId, InstanceOutcome),
 }
@@ -110,6 +126,7 @@ const T_READY: u8 = 64;
 const T_OUTPUT: u8 = 65;
 const T_CONSUMED: u8 = 66;
 const T_FINISHED: u8 = 67;
+const T_MESSAGE: u8 = 68;
 
 /// Header bytes before a payload: length, type, id.
 pub const IPC_HEADER_LEN: usize = 4 + 1 + 8;
@@ -157,6 +174,9 @@ impl FromWorker {
                 (T_CONSUMED, *id, Bytes::copy_from_slice(&n.to_be_bytes()))
             }
             FromWorker::Finished(id, outcome) => (T_FINISHED, *id, json(outcome).into()),
+            FromWorker::MessageStart(id, n) => {
+                (T_MESSAGE, *id, Bytes::copy_from_slice(&n.to_be_bytes()))
+            }
         };
         (header(kind, id, payload.len()), payload)
     }
@@ -221,6 +241,7 @@ impl FromWorker {
             T_OUTPUT => FromWorker::Output(id, payload),
             T_CONSUMED => FromWorker::InputConsumed(id, u64_payload(&payload)?),
             T_FINISHED => FromWorker::Finished(id, from_json(&payload)?),
+            T_MESSAGE => FromWorker::MessageStart(id, u64_payload(&payload)?),
             other => return Err(IpcError(format!("unknown worker message type {other}"))),
         }))
     }

@@ -17,7 +17,8 @@ mod pipe_size;
 mod pool;
 mod worker_process;
 
-pub use ipc::{InstanceId, InstanceOutcome, StartRequest};
+pub use bento_sandbox::MESSAGE_CREDIT;
+pub use ipc::{InstanceId, InstanceOutcome, StartCall, StartRequest};
 pub use pipe_size::grow_pipe;
 pub use pool::{
     InstanceEvents, InstanceHandle, PoolError, PoolStats, RESPAWN_PATIENCE, WorkerPool,

@@ -59,6 +59,10 @@ pub trait InstanceEvents: Send + Sync + 'static {
     fn output(&self, data: Bytes);
     /// The function consumed this many input bytes.
     fn input_consumed(&self, bytes: u64);
+    /// The next `length` output bytes are one message (one `api.send`).
+    fn message_start(&self, length: u64) {
+        let _ = length;
+    }
     /// The instance ended; called exactly once, last.
     fn finished(&self, outcome: InstanceOutcome);
 }
@@ -230,8 +234,7 @@ impl WorkerPool {
         let request = StartRequest {
             source,
             filename,
-            entry: None,
-            args_json: "[]".into(),
+            call: crate::ipc::StartCall::Check,
             limits: bento_policy::InstanceLimits::default(),
         };
         self.start_instance_patiently(
@@ -419,6 +422,12 @@ fn dispatch(message: FromWorker, instances: &EventMap) {
             let events = lock_map(instances).get(&id).cloned();
             if let Some(events) = events {
                 events.input_consumed(n);
+            }
+        }
+        FromWorker::MessageStart(id, n) => {
+            let events = lock_map(instances).get(&id).cloned();
+            if let Some(events) = events {
+                events.message_start(n);
             }
         }
         FromWorker::Finished(id, outcome) => {

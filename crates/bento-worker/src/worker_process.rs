@@ -9,10 +9,10 @@ use std::io::{IoSlice, Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bento_sandbox::{Job, PythonRuntime, SessionHost, SessionIo, StopReason};
+use bento_sandbox::{Call, Job, PythonRuntime, SessionHost, SessionIo, StopReason};
 use bytes::{Bytes, BytesMut};
 
-use crate::ipc::{FromWorker, InstanceId, InstanceOutcome, StartRequest, ToWorker};
+use crate::ipc::{FromWorker, InstanceId, InstanceOutcome, StartCall, StartRequest, ToWorker};
 
 /// Native stack of an instance thread. Wasm may use 1 MiB of it; the rest
 /// is for host calls. Untouched pages cost no memory.
@@ -72,6 +72,10 @@ impl<W: Write + Send + 'static> SessionHost for InstanceHost<W> {
 
     fn input_consumed(&self, bytes: u64) {
         self.outbox.send(&FromWorker::InputConsumed(self.id, bytes));
+    }
+
+    fn message_start(&self, length: u64) {
+        self.outbox.send(&FromWorker::MessageStart(self.id, length));
     }
 }
 
@@ -171,14 +175,18 @@ fn start<W: Write + Send + 'static>(
         .name(format!("instance-{id}"))
         .stack_size(INSTANCE_THREAD_STACK)
         .spawn(move || {
-            let outcome = match request.entry {
+            let call = match request.call {
+                StartCall::Check => None,
+                StartCall::Entry { entry, args_json } => Some(Call::Entry { entry, args_json }),
+                StartCall::Expression(call) => Some(Call::Expression(call)),
+            };
+            let outcome = match call {
                 None => runtime.check(&request.source, &request.filename),
-                Some(entry) => {
+                Some(call) => {
                     let job = Job {
                         source: request.source,
                         filename: request.filename,
-                        entry,
-                        args_json: request.args_json,
+                        call,
                         limits: request.limits,
                     };
                     runtime.run(&job, io)

@@ -1,0 +1,609 @@
+//! The Bento research prototype's wire protocol, on its own listener, so
+//! existing prototype clients and functions run unchanged — in the same
+//! sandbox, under the same limits and caps (see `docs/legacy.md`).
+//!
+//! Differences from the prototype, all on the safe side: the call
+//! expression is evaluated only inside the sandbox; every `api.send` arrives
+//! as one `Output` frame, in order, before the final `FunctionErr`; output
+//! produced while no client has the instance open is kept (bounded, with
+//! backpressure) for the next `Open`; requests have size limits and read
+//! timeouts; malformed JSON gets an error response.
+//!
+//! The prototype's instance id is a bearer capability: anyone who has it may
+//! open the instance. Ids are random UUIDs (122 random bits); the session
+//! token is derived from the id by SHA-256, so the ordinary session table
+//! serves both protocols and the id itself is never stored.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bento_protocol::{Frame, InvokeToken, SessionToken};
+use bento_worker::{InstanceOutcome, StartCall};
+use bytes::Bytes;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::BoxState;
+use crate::connection::outcome_error;
+use crate::session::{INPUT_WINDOW, Session};
+
+const T_STORE: u8 = 0x0;
+const T_EXECUTE: u8 = 0x1;
+const T_OPEN: u8 = 0x2;
+const T_CLOSE: u8 = 0x3;
+const T_FUNCTION_ERR: u8 = 0x4;
+const T_ERROR: u8 = 0x5;
+const T_OUTPUT: u8 = 0x6;
+const T_INPUT: u8 = 0x7;
+
+/// Length of an instance id (a UUID in text form).
+const INSTANCE_ID_LEN: usize = 36;
+/// Largest `call` expression accepted.
+const MAX_CALL_LEN: usize = 64 * 1024;
+/// Output bytes written per wake-up before looking again.
+const OUTPUT_BATCH: usize = 1024 * 1024;
+
+type Writer = Arc<Mutex<OwnedWriteHalf>>;
+
+/// Serve the prototype protocol on `listener` until the task is dropped.
+pub(crate) async fn serve(listener: TcpListener, state: Arc<BoxState>) {
+    let permits = Arc::new(Semaphore::new(state.config.max_connections));
+    loop {
+        let (stream, _peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "legacy accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            handle_connection(stream, state).await;
+            drop(permit);
+        });
+    }
+}
+
+/// The session token behind a legacy instance id.
+fn session_token(instance_id: &str) -> SessionToken {
+    let mut hasher = Sha256::new();
+    hasher.update(b"bento legacy instance id\0");
+    hasher.update(instance_id.as_bytes());
+    SessionToken::from_bytes(hasher.finalize().into())
+}
+
+/// A fresh random (version 4) UUID in text form.
+fn new_instance_id() -> Option<String> {
+    let mut bytes = random_16()?;
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex = hex::encode(bytes);
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    ))
+}
+
+/// 16 bytes from the OS CSPRNG (through the token generator).
+fn random_16() -> Option<[u8; 16]> {
+    let token = SessionToken::generate().ok()?;
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&token.as_bytes()[..16]);
+    Some(bytes)
+}
+
+/// A response to Store/Execute: `type, error, length, payload`.
+fn response(kind: u8, error: bool, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(6 + payload.len());
+    out.push(kind);
+    out.push(u8::from(error));
+    out.extend_from_slice(
+        &u32::try_from(payload.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A function message header: `type, length (id + data), id`.
+fn message_header(kind: u8, id: &str, data_len: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + INSTANCE_ID_LEN);
+    out.push(kind);
+    let len = u32::try_from(INSTANCE_ID_LEN as u64 + data_len).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(id.as_bytes());
+    out
+}
+
+fn message(kind: u8, id: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = message_header(kind, id, data.len() as u64);
+    out.extend_from_slice(data);
+    out
+}
+
+#[derive(Deserialize)]
+struct StoreRequest {
+    name: String,
+    code: String,
+}
+
+#[derive(Deserialize)]
+struct ExecuteRequest {
+    call: String,
+    token: String,
+}
+
+/// The file name tracebacks show for a prototype function `name`.
+fn filename_for(name: &str) -> String {
+    let safe = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if safe {
+        format!("{name}.py")
+    } else {
+        "function.py".into()
+    }
+}
+
+struct LegacyConn {
+    state: Arc<BoxState>,
+    writer: Writer,
+    /// Streams opened on this connection, by instance id: a flag that asks
+    /// the stream to stop at the next frame boundary, and its task.
+    streams: HashMap<String, (watch::Sender<bool>, JoinHandle<()>)>,
+}
+
+async fn handle_connection(stream: TcpStream, state: Arc<BoxState>) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, writer) = stream.into_split();
+    let mut conn = LegacyConn {
+        state,
+        writer: Arc::new(Mutex::new(writer)),
+        streams: HashMap::new(),
+    };
+    let _ = conn.run(&mut reader).await;
+    // The client is gone: stop its streams at once (their sessions stay).
+    for (_, (_, task)) in conn.streams.drain() {
+        task.abort();
+    }
+    let _ = conn.writer.lock().await.shutdown().await;
+}
+
+/// Why the request loop ended.
+enum End {
+    Closed,
+}
+
+impl From<std::io::Error> for End {
+    fn from(_: std::io::Error) -> Self {
+        End::Closed
+    }
+}
+
+impl LegacyConn {
+    async fn write(&self, bytes: &[u8]) -> Result<(), End> {
+        self.writer.lock().await.write_all(bytes).await?;
+        Ok(())
+    }
+
+    fn max_request(&self) -> u32 {
+        // JSON may escape each source byte as up to six characters.
+        let max = self.state.config.max_source_bytes.saturating_mul(6) + 64 * 1024;
+        u32::try_from(max.max(bento_protocol::MAX_DATA_LEN + INSTANCE_ID_LEN)).unwrap_or(u32::MAX)
+    }
+
+    async fn run(&mut self, reader: &mut tokio::net::tcp::OwnedReadHalf) -> Result<(), End> {
+        let timeout = self.state.config.read_timeout;
+        loop {
+            // Idle between requests: bounded unless the client has streams
+            // open (then it may just be listening).
+            let mut kind = [0u8; 1];
+            let first = reader.read(&mut kind);
+            let n = if self.streams.is_empty() {
+                match tokio::time::timeout(timeout, first).await {
+                    Ok(n) => n?,
+                    Err(_) => return Err(End::Closed),
+                }
+            } else {
+                first.await?
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            let mut len = [0u8; 4];
+            match tokio::time::timeout(timeout, reader.read_exact(&mut len)).await {
+                Ok(result) => result?,
+                Err(_) => return Err(End::Closed),
+            };
+            let len = u32::from_be_bytes(len);
+            if len > self.max_request() {
+                let text = format!(
+                    "request too large: {len} bytes; at most {}",
+                    self.max_request()
+                );
+                self.write(&response(kind[0], true, text.as_bytes()))
+                    .await?;
+                return Err(End::Closed);
+            }
+            let mut body = vec![0u8; len as usize];
+            match tokio::time::timeout(timeout, reader.read_exact(&mut body)).await {
+                Ok(result) => result?,
+                Err(_) => return Err(End::Closed),
+            };
+            self.request(kind[0], body).await?;
+        }
+    }
+
+    async fn request(&mut self, kind: u8, body: Vec<u8>) -> Result<(), End> {
+        match kind {
+            T_STORE => {
+                let reply = match serde_json::from_slice::<StoreRequest>(&body) {
+                    Ok(req) => match self
+                        .state
+                        .store_function(filename_for(&req.name), req.code)
+                        .await
+                    {
+                        Ok((_, token)) => response(T_STORE, false, token.to_hex().as_bytes()),
+                        Err(refusal) => response(T_STORE, true, refusal.message.as_bytes()),
+                    },
+                    Err(e) => response(T_STORE, true, format!("invalid request: {e}").as_bytes()),
+                };
+                self.write(&reply).await
+            }
+            T_EXECUTE => {
+                let reply = match serde_json::from_slice::<ExecuteRequest>(&body) {
+                    Ok(req) => self.execute(req).await,
+                    Err(e) => response(T_EXECUTE, true, format!("invalid request: {e}").as_bytes()),
+                };
+                self.write(&reply).await
+            }
+            T_OPEN => {
+                let Some(id) = instance_id(&body) else {
+                    return self
+                        .write(&response(T_OPEN, true, b"invalid request"))
+                        .await;
+                };
+                self.open(id).await
+            }
+            T_CLOSE => {
+                if let Some((stop, _)) = instance_id(&body).and_then(|id| self.streams.remove(&id))
+                {
+                    let _ = stop.send(true);
+                }
+                Ok(())
+            }
+            T_INPUT => {
+                let Some(id) = body.get(..INSTANCE_ID_LEN).and_then(instance_id) else {
+                    return self
+                        .write(&response(T_INPUT, true, b"invalid request"))
+                        .await;
+                };
+                let data = Bytes::copy_from_slice(&body[INSTANCE_ID_LEN..]);
+                match self.state.sessions.get(&session_token(&id)) {
+                    Some(session) => {
+                        deliver_input(&session, data).await;
+                        Ok(())
+                    }
+                    None => {
+                        self.write(&message(T_FUNCTION_ERR, &id, b"invalid instance"))
+                            .await
+                    }
+                }
+            }
+            other => self.write(&response(other, true, b"invalid request")).await,
+        }
+    }
+
+    async fn execute(&mut self, req: ExecuteRequest) -> Vec<u8> {
+        let refuse = |text: &str| response(T_EXECUTE, true, text.as_bytes());
+        let Some(function) = InvokeToken::from_hex(&req.token)
+            .ok()
+            .and_then(|token| self.state.store.lookup(&token))
+        else {
+            return refuse("invalid token");
+        };
+        if req.call.len() > MAX_CALL_LEN {
+            return refuse(&format!("call expression longer than {MAX_CALL_LEN} bytes"));
+        }
+        let Some(id) = new_instance_id() else {
+            return refuse("cannot generate an instance id");
+        };
+        let call = StartCall::Expression(req.call);
+        match self
+            .state
+            .start_session(&function, call, session_token(&id), true)
+            .await
+        {
+            Ok(_) => response(T_EXECUTE, false, id.as_bytes()),
+            Err(refusal) => refuse(&refusal.message),
+        }
+    }
+
+    async fn open(&mut self, id: String) -> Result<(), End> {
+        if self.streams.contains_key(&id) {
+            return Ok(());
+        }
+        let Some(session) = self.state.sessions.get(&session_token(&id)) else {
+            return self
+                .write(&message(T_FUNCTION_ERR, &id, b"invalid instance"))
+                .await;
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(stream_instance(
+            self.state.clone(),
+            session,
+            id.clone(),
+            self.writer.clone(),
+            stop_rx,
+        ));
+        self.streams.insert(id, (stop_tx, task));
+        Ok(())
+    }
+}
+
+fn instance_id(bytes: &[u8]) -> Option<String> {
+    let id = std::str::from_utf8(bytes).ok()?;
+    (id.len() == INSTANCE_ID_LEN && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
+        .then(|| id.to_owned())
+}
+
+/// Queue one input message, waiting while the function has a full input
+/// window outstanding (which stops this connection's reading: backpressure).
+async fn deliver_input(session: &Arc<Session>, data: Bytes) {
+    loop {
+        let changed = session.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        {
+            let mut state = session.lock();
+            if state.outcome.is_some() {
+                return; // the function is over; input has nowhere to go
+            }
+            if state.input_in_flight < INPUT_WINDOW {
+                state.input_in_flight += data.len() as u64;
+                drop(state);
+                if let Some(handle) = session.handle() {
+                    handle.input(data);
+                }
+                return;
+            }
+        }
+        changed.await;
+    }
+}
+
+/// What the stream should do next, decided under the session lock.
+enum Step {
+    /// Write these output bytes (inside a frame already started).
+    Body(Vec<Bytes>),
+    /// Start an `Output` frame of this many bytes (one `api.send`).
+    StartMessage(u64),
+    /// Output not framed by `api.send` (e.g. `print`): one frame of it.
+    Unframed(Vec<Bytes>),
+    /// The function ended and everything was sent.
+    Finished(InstanceOutcome),
+    /// The function ended in the middle of a send.
+    Truncated(InstanceOutcome),
+    /// Another client opened the instance.
+    TakenOver,
+    Wait,
+}
+
+/// Stream one instance's output to a legacy client until it ends, the
+/// client closes it, or another client opens it.
+async fn stream_instance(
+    state: Arc<BoxState>,
+    session: Arc<Session>,
+    id: String,
+    writer: Writer,
+    mut stop: watch::Receiver<bool>,
+) {
+    let generation = {
+        let mut s = session.lock();
+        s.attach_generation += 1;
+        s.attach_generation
+    };
+    session.changed.notify_waiters();
+    let mut sent = session.lock().acked;
+    // Remaining bytes of the Output frame being written, and the writer
+    // lock held for it (frames from different streams must not interleave).
+    let mut in_message = 0u64;
+    let mut frame_guard: Option<OwnedMutexGuard<OwnedWriteHalf>> = None;
+    loop {
+        let changed = session.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if in_message == 0 && *stop.borrow() {
+            return;
+        }
+        let step = {
+            let s = session.lock();
+            if s.attach_generation != generation {
+                Step::TakenOver
+            } else if in_message > 0 && sent < s.produced {
+                let max = usize::try_from(in_message)
+                    .unwrap_or(usize::MAX)
+                    .min(OUTPUT_BATCH);
+                Step::Body(Session::output_from(&s, sent, max))
+            } else if in_message > 0 {
+                match &s.outcome {
+                    Some(outcome) => Step::Truncated(outcome.clone()),
+                    None => Step::Wait,
+                }
+            } else {
+                match s.messages.front().copied() {
+                    Some((start, len)) if start == sent => Step::StartMessage(len),
+                    next => {
+                        let until = next.map_or(s.produced, |(start, _)| start.min(s.produced));
+                        if until > sent {
+                            let max = usize::try_from(until - sent)
+                                .unwrap_or(usize::MAX)
+                                .min(OUTPUT_BATCH);
+                            Step::Unframed(Session::output_from(&s, sent, max))
+                        } else if let Some(outcome) = &s.outcome {
+                            Step::Finished(outcome.clone())
+                        } else {
+                            Step::Wait
+                        }
+                    }
+                }
+            }
+        };
+        let terminal = matches!(step, Step::Finished(_) | Step::Truncated(_));
+        let written: Result<(), std::io::Error> = async {
+            match step {
+                Step::TakenOver => Err(std::io::ErrorKind::Other.into()),
+                Step::Wait => {
+                    tokio::select! {
+                        _ = &mut changed => {}
+                        _ = stop.changed(), if in_message == 0 => {}
+                    }
+                    Ok(())
+                }
+                Step::StartMessage(len) => {
+                    let mut guard = writer.clone().lock_owned().await;
+                    guard.write_all(&message_header(T_OUTPUT, &id, len)).await?;
+                    in_message = len;
+                    if len > 0 {
+                        frame_guard = Some(guard);
+                    } else {
+                        // An empty send: the frame is complete; let the box
+                        // free its boundary record.
+                        session.acknowledge(sent);
+                    }
+                    Ok(())
+                }
+                Step::Body(chunks) => {
+                    let guard = match frame_guard.as_mut() {
+                        Some(guard) => guard,
+                        None => return Err(std::io::ErrorKind::Other.into()),
+                    };
+                    for chunk in chunks {
+                        guard.write_all(&chunk).await?;
+                        sent += chunk.len() as u64;
+                        in_message -= chunk.len() as u64;
+                    }
+                    if in_message == 0 {
+                        frame_guard = None;
+                    }
+                    // Written to the connection counts as delivered: the
+                    // prototype protocol has no acknowledgements.
+                    session.acknowledge(sent);
+                    Ok(())
+                }
+                Step::Unframed(chunks) => {
+                    let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+                    let mut guard = writer.lock().await;
+                    guard.write_all(&message_header(T_OUTPUT, &id, len)).await?;
+                    for chunk in chunks {
+                        guard.write_all(&chunk).await?;
+                    }
+                    sent += len;
+                    session.acknowledge(sent);
+                    Ok(())
+                }
+                Step::Truncated(outcome) => {
+                    // Keep the stream well-formed: pad the frame the
+                    // function announced but did not finish, then say so.
+                    if let Some(guard) = frame_guard.as_mut() {
+                        let zeros = vec![0u8; 64 * 1024];
+                        while in_message > 0 {
+                            let n = usize::try_from(in_message).unwrap_or(usize::MAX).min(zeros.len());
+                            guard.write_all(&zeros[..n]).await?;
+                            in_message -= n as u64;
+                        }
+                    }
+                    frame_guard = None;
+                    let text = format!(
+                        "{}\n(the function stopped during api.send; the rest of its last Output is zero padding)",
+                        failure_text(&outcome)
+                    );
+                    finish(&state, &session, &id, &writer, Some(text)).await
+                }
+                Step::Finished(outcome) => {
+                    let text = (!matches!(outcome, InstanceOutcome::Returned)).then(|| failure_text(&outcome));
+                    finish(&state, &session, &id, &writer, text).await
+                }
+            }
+        }
+        .await;
+        if written.is_err() || terminal {
+            return;
+        }
+    }
+}
+
+fn failure_text(outcome: &InstanceOutcome) -> String {
+    match outcome_error(outcome) {
+        Frame::Error { message, .. } => message,
+        _ => String::new(),
+    }
+}
+
+/// The final frames: the error (if any), then `FunctionErr "function dead"`;
+/// then the box forgets the session.
+async fn finish(
+    state: &BoxState,
+    session: &Arc<Session>,
+    id: &str,
+    writer: &Writer,
+    error: Option<String>,
+) -> std::io::Result<()> {
+    let mut guard = writer.lock().await;
+    if let Some(text) = error {
+        guard
+            .write_all(&message(T_ERROR, id, text.as_bytes()))
+            .await?;
+    }
+    guard
+        .write_all(&message(T_FUNCTION_ERR, id, b"function dead"))
+        .await?;
+    drop(guard);
+    state.sessions.remove(session.token());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_ids_are_random_version_4_uuids() {
+        let a = new_instance_id().unwrap();
+        let b = new_instance_id().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), INSTANCE_ID_LEN);
+        assert_eq!(&a[14..15], "4");
+        assert!(instance_id(a.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn instance_ids_that_could_be_paths_are_rejected() {
+        assert!(instance_id(b"../../../../../../../../etc/passwd00").is_none());
+        assert!(instance_id(b"short").is_none());
+    }
+
+    #[test]
+    fn prototype_names_become_safe_file_names() {
+        assert_eq!(filename_for("hello"), "hello.py");
+        assert_eq!(filename_for("../x"), "function.py");
+        assert_eq!(filename_for(""), "function.py");
+    }
+}
