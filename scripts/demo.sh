@@ -7,15 +7,22 @@ scripts/setup.sh
 BENTO=$PWD/target/debug/bento
 DATA=$(mktemp -d)
 LOG=$DATA/box.log
-PORT=${BENTO_DEMO_PORT:-7878}
-export BENTO_SERVER=127.0.0.1:$PORT
 
-"$BENTO" serve --listen "$BENTO_SERVER" --data-dir "$DATA/box" 2>"$LOG" &
+# Port 0: the box picks a free port and logs it.
+"$BENTO" serve --listen 127.0.0.1:0 --data-dir "$DATA/box" 2>"$LOG" &
 BOX=$!
 cleanup() { kill "$BOX" 2>/dev/null || true; wait "$BOX" 2>/dev/null || true; rm -rf "$DATA"; }
 trap cleanup EXIT
-for _ in $(seq 100); do "$BENTO" status >/dev/null 2>&1 && break; sleep 0.1; done
-"$BENTO" status >/dev/null || { cat "$LOG"; exit 1; }
+ADDR=
+for _ in $(seq 300); do
+    ADDR=$(sed -n 's/.*bento box listening addr=\([0-9.:]*\).*/\1/p' "$LOG" | head -n1)
+    [ -n "$ADDR" ] && break
+    kill -0 "$BOX" 2>/dev/null || break
+    sleep 0.1
+done
+[ -n "$ADDR" ] || { echo "the box did not start:" >&2; cat "$LOG" >&2; exit 1; }
+export BENTO_SERVER=$ADDR
+echo "box listening on $ADDR (log: $LOG)"
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 step "cat functions/examples/hello.py"

@@ -341,8 +341,11 @@ impl Conn {
             };
             if more_output {
                 // Keep streaming, but still take any frame the client has
-                // already sent (acks keep the function's credit flowing).
-                if self.poll_client_now().await?
+                // already sent (acks keep the function's credit flowing) —
+                // unless input is blocked: then the client's bytes stay in
+                // the socket, where TCP bounds them.
+                if !input_blocked
+                    && self.poll_client_now().await?
                     && !self
                         .take_client_frames(&session, &token, sent, input_blocked)
                         .await?
