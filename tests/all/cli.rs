@@ -235,3 +235,77 @@ fn serve_without_the_runtime_says_how_to_build_it() {
     assert_ne!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("scripts/setup.sh"));
 }
+
+fn bento_offline(args: &[&str]) -> Output {
+    Command::new(BENTO).args(args).output().unwrap()
+}
+
+#[test]
+fn policy_check_lists_every_violation_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_function(
+        &dir,
+        "fn.toml",
+        "version = 1\ncapabilities = [\"connect\"]\n[limits]\nmemory_mib = 512\n",
+    );
+    let out = bento_offline(&["policy", "check", &manifest]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("asks for 512 MiB memory per instance; this box allows 128 MiB"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("asks for the `connect` capability; this box does not grant it"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn policy_check_accepts_a_fitting_manifest_against_a_policy_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let default = bento_offline(&["policy", "default"]);
+    assert!(default.status.success());
+    let policy_text = String::from_utf8(default.stdout)
+        .unwrap()
+        .replace(
+            "destinations = [\"reject *:*\"]",
+            "destinations = [\"accept 127.0.0.1:8080\"]",
+        )
+        .replace(
+            "capabilities = [\"storage\"",
+            "capabilities = [\"connect\", \"storage\"",
+        );
+    let policy = write_function(&dir, "policy.toml", &policy_text);
+    let manifest = write_function(
+        &dir,
+        "fn.toml",
+        "version = 1\ncapabilities = [\"connect\"]\ndestinations = [\"accept 127.0.0.1:8080\"]\n",
+    );
+    let out = bento_offline(&["policy", "check", &manifest, "--policy", &policy]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("capabilities: connect"), "{stdout}");
+    assert!(
+        stdout.contains("destinations: accept 127.0.0.1:8080"),
+        "{stdout}"
+    );
+    // The same manifest against the default policy is refused.
+    let out = bento_offline(&["policy", "check", &manifest]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn policy_check_reports_a_malformed_manifest_with_its_line_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_function(&dir, "fn.toml", "version = 1\nmemry = 3\n");
+    let out = bento_offline(&["policy", "check", &manifest]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown field `memry`"), "{stderr}");
+    assert!(stderr.contains("line 2"), "{stderr}");
+}

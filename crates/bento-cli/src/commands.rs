@@ -145,6 +145,70 @@ pub fn worker(runtime: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `bento policy check`.
+pub fn policy_check(manifest: &Path, policy: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let parsed = bento_policy::Manifest::from_toml(&read(manifest)?).and_then(|manifest| {
+        let policy = match policy {
+            Some(path) => bento_policy::BoxPolicy::from_toml(&read(path).map_err(|e| {
+                bento_policy::PolicyError::Syntax {
+                    what: "box policy",
+                    message: format!("{e:#}"),
+                }
+            })?)?,
+            None => bento_policy::BoxPolicy::default(),
+        };
+        Ok((manifest, policy))
+    });
+    let (manifest, policy) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(EXIT_REQUEST));
+        }
+    };
+    match bento_policy::admit(&manifest, &policy, &[]) {
+        Ok(grant) => {
+            let capabilities: Vec<&str> = grant.capabilities.iter().map(|c| c.name()).collect();
+            let resources: Vec<String> = grant
+                .resources
+                .entries()
+                .iter()
+                .map(|(what, unit, value)| {
+                    format!("  {what}: {value} {unit}").trim_end().to_owned()
+                })
+                .collect();
+            print_line(&format!(
+                "ok: the manifest fits the policy; the function would get
+{}
+  capabilities: {}
+  destinations: {}",
+                resources.join("\n"),
+                if capabilities.is_empty() {
+                    "none (session I/O only)".to_owned()
+                } else {
+                    capabilities.join(", ")
+                },
+                if grant.destinations.is_empty() {
+                    "none".to_owned()
+                } else {
+                    grant.destinations.to_string()
+                },
+            ));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(violations) => {
+            eprintln!("the manifest does not fit the policy:");
+            for violation in &violations {
+                eprintln!("  - {violation}");
+            }
+            Ok(ExitCode::from(EXIT_FUNCTION))
+        }
+    }
+}
+
 /// `bento runtime precompile`.
 pub fn precompile(wasm: &Path, out: &Path) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
@@ -312,7 +376,7 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
                 Err(e) => Ok(report(&e)),
             }
         }
-        Command::Worker { .. } | Command::Runtime(_) => unreachable_command(),
+        Command::Worker { .. } | Command::Runtime(_) | Command::Policy(_) => unreachable_command(),
     }
 }
 

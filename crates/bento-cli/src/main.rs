@@ -103,12 +103,30 @@ enum Command {
     /// Manage the Python runtime component.
     #[command(subcommand)]
     Runtime(RuntimeCommand),
+    /// Box policies and function manifests.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Internal: a sandbox worker process (started by `bento serve`).
     #[command(hide = true)]
     Worker {
         /// Precompiled runtime.
         #[arg(long)]
         runtime: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Print the default box policy, every key documented.
+    Default,
+    /// Check a function manifest against a box policy, offline, exactly as a
+    /// box checks it at store time. Exits 1 listing every violation.
+    Check {
+        /// The manifest (TOML).
+        manifest: PathBuf,
+        /// The box policy (TOML) [default: the default policy].
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
 }
 
@@ -150,6 +168,16 @@ fn main() -> ExitCode {
         Command::Worker { runtime } => commands::worker(&runtime),
         Command::Runtime(RuntimeCommand::Precompile { wasm, out }) => {
             commands::precompile(&wasm, &out)
+        }
+        Command::Policy(PolicyCommand::Default) => {
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{}", bento_policy::DEFAULT_POLICY_TOML);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Check { manifest, policy }) => {
+            commands::policy_check(&manifest, policy.as_deref())
         }
         Command::Runtime(RuntimeCommand::Path) => {
             #[allow(clippy::print_stdout)]

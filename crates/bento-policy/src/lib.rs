@@ -1,9 +1,27 @@
-//! Resource limits a Bento box enforces on every function instance.
+//! What a Bento box allows, and what a function asks for.
 //!
-//! [`InstanceLimits`] is what the sandbox enforces on one instance (memory,
-//! CPU, wall time, buffered output). The box's operator policy and the
-//! function manifests that are checked against it (see DESIGN.md) build on
-//! these types.
+//! - [`BoxPolicy`]: the operator's policy (TOML): ceilings per instance,
+//!   box-wide caps, the capabilities functions may be granted, and outbound
+//!   destination rules in Tor exit-policy syntax ([`ExitPolicy`]).
+//! - [`Manifest`]: what a function asks for (TOML next to its source); no
+//!   manifest means the minimum (session I/O only, small limits).
+//! - [`admit`]: the one pure function that decides whether a manifest fits
+//!   a policy, listing every violation in words, or returns the [`Grant`]:
+//!   exactly what the manifest declared.
+//! - [`InstanceLimits`]: what the sandbox enforces on one instance.
+
+mod admission;
+mod box_policy;
+mod exit_policy;
+
+pub use admission::{Grant, Violation, admit};
+pub use box_policy::{
+    BoxCaps, BoxPolicy, Capability, DEFAULT_POLICY_TOML, Manifest, PolicyError, Resources,
+    SCHEMA_VERSION,
+};
+pub use exit_policy::{
+    Action, AddrPattern, Decision, DestinationRule, ExitPolicy, RuleParseError, is_private_or_local,
+};
 
 use std::time::Duration;
 

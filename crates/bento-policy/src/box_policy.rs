@@ -1,0 +1,417 @@
+//! The operator's box policy and the function manifest (TOML), parsed into
+//! typed models: unknown keys are errors, every rule is parsed once.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::exit_policy::{ExitPolicy, RuleParseError};
+
+/// The schema version both files carry.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A capability a function can ask for beyond its session channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Capability {
+    /// `api.connect(host, port)`: TCP streams to allowed destinations.
+    Connect,
+    /// `api.http_get` / `api.http_request` to allowed destinations.
+    Http,
+    /// `api.storage`: encrypted instance-scoped storage.
+    Storage,
+    /// `api.sleep` and `api.time`.
+    Time,
+    /// `api.accept()`: other clients reach the instance with its service token.
+    Service,
+    /// `api.tor_connect`: streams over Tor.
+    TorConnect,
+    /// `api.onion_service`: ephemeral onion services.
+    OnionService,
+}
+
+impl Capability {
+    /// The name used in TOML files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Connect => "connect",
+            Capability::Http => "http",
+            Capability::Storage => "storage",
+            Capability::Time => "time",
+            Capability::Service => "service",
+            Capability::TorConnect => "tor_connect",
+            Capability::OnionService => "onion_service",
+        }
+    }
+
+    /// Capabilities that reach destinations and so need destination rules.
+    pub fn uses_destinations(self) -> bool {
+        matches!(self, Capability::Connect | Capability::Http)
+    }
+}
+
+/// Resources one instance may use. In a box policy these are ceilings; in
+/// a manifest, what the function asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Linear memory, MiB.
+    pub memory_mib: u64,
+    /// CPU time per invocation, ms.
+    pub cpu_ms: u64,
+    /// Wall-clock time per invocation, ms.
+    pub wall_ms: u64,
+    /// Output buffered for the session while its client is away, KiB.
+    pub output_buffer_kib: u64,
+    /// Instance storage quota, KiB.
+    pub storage_kib: u64,
+    /// Bandwidth of all the instance's traffic, KiB/s.
+    pub bandwidth_kib_per_s: u64,
+    /// Concurrent service channels and outbound connections.
+    pub channels: u64,
+}
+
+impl Resources {
+    /// What a function without a manifest gets: session I/O, small limits.
+    pub fn minimum() -> Self {
+        Self {
+            memory_mib: 64,
+            cpu_ms: 5_000,
+            wall_ms: 60_000,
+            output_buffer_kib: 1024,
+            storage_kib: 0,
+            bandwidth_kib_per_s: 1024,
+            channels: 0,
+        }
+    }
+
+    /// Each resource with its name, unit and value, for messages.
+    pub fn entries(&self) -> [(&'static str, &'static str, u64); 7] {
+        [
+            ("memory per instance", "MiB", self.memory_mib),
+            ("CPU time per invocation", "ms", self.cpu_ms),
+            ("wall-clock time per invocation", "ms", self.wall_ms),
+            ("buffered output per session", "KiB", self.output_buffer_kib),
+            ("storage per instance", "KiB", self.storage_kib),
+            ("bandwidth per session", "KiB/s", self.bandwidth_kib_per_s),
+            ("concurrent channels and connections", "", self.channels),
+        ]
+    }
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            memory_mib: 128,
+            cpu_ms: 10_000,
+            wall_ms: 300_000,
+            output_buffer_kib: 4096,
+            storage_kib: 1024,
+            bandwidth_kib_per_s: 1024,
+            channels: 16,
+        }
+    }
+}
+
+/// Box-wide caps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoxCaps {
+    /// Instances running at once.
+    pub max_instances: u64,
+    /// Output buffer all sessions together may reserve, MiB.
+    pub max_buffered_mib: u64,
+    /// Largest function upload, KiB.
+    pub max_upload_kib: u64,
+    /// Stored functions in all, MiB.
+    pub max_stored_mib: u64,
+    /// Instance storage in all, MiB.
+    pub max_storage_mib: u64,
+    /// Bandwidth of all functions together, KiB/s.
+    pub bandwidth_kib_per_s: u64,
+}
+
+impl Default for BoxCaps {
+    fn default() -> Self {
+        Self {
+            max_instances: 1024,
+            max_buffered_mib: 4096,
+            max_upload_kib: 1024,
+            max_stored_mib: 1024,
+            max_storage_mib: 1024,
+            bandwidth_kib_per_s: 10_240,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    version: u32,
+    #[serde(default)]
+    capabilities: BTreeSet<Capability>,
+    #[serde(default)]
+    destinations: Vec<String>,
+    instance: Resources,
+    #[serde(rename = "box")]
+    caps: BoxCaps,
+}
+
+/// The operator's box policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoxPolicy {
+    /// Ceilings for one instance.
+    pub instance: Resources,
+    /// Box-wide caps.
+    pub caps: BoxCaps,
+    /// Capabilities functions may be granted at all.
+    pub capabilities: BTreeSet<Capability>,
+    /// Where functions may connect (also bounded by each manifest).
+    pub destinations: ExitPolicy,
+}
+
+/// A policy or manifest file that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// Not valid TOML, or keys/values that do not fit the schema.
+    #[error("{what} is not valid: {message}")]
+    Syntax {
+        /// "box policy" or "manifest".
+        what: &'static str,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A schema version this Bento does not know.
+    #[error("{what} has version {found}; this Bento understands version {SCHEMA_VERSION}")]
+    Version {
+        /// "box policy" or "manifest".
+        what: &'static str,
+        /// The version found.
+        found: u32,
+    },
+    /// A destination rule that does not parse.
+    #[error("{what}: {source}")]
+    Rule {
+        /// "box policy" or "manifest".
+        what: &'static str,
+        /// The rule error.
+        source: RuleParseError,
+    },
+}
+
+/// The default box policy, with every key documented (`bento policy default`).
+pub const DEFAULT_POLICY_TOML: &str = r#"# Bento box policy (see docs/policy.md). Every key is required.
+version = 1
+
+# Capabilities functions may be granted at all. A function gets only what its
+# manifest asks for, and only if it is listed here.
+#   connect, http   - outbound connections / HTTP(S) to `destinations`
+#   storage         - encrypted instance-scoped storage
+#   time            - api.sleep() and api.time()
+#   service         - other clients reach the instance with its service token
+#   tor_connect     - streams over Tor;  onion_service - ephemeral onion services
+# Exit fetching (connect, http) is the operator's choice: off by default.
+capabilities = ["storage", "time", "service", "tor_connect", "onion_service"]
+
+# Where functions may connect, in Tor exit-policy syntax; first match wins,
+# no match means reject. Private, loopback, link-local and the box's own
+# addresses are rejected unless a rule names them explicitly.
+destinations = ["reject *:*"]
+
+# Ceilings for one function instance; a manifest may ask for up to these.
+[instance]
+memory_mib = 128            # linear memory
+cpu_ms = 10000              # CPU time per invocation
+wall_ms = 300000            # wall-clock time per invocation
+output_buffer_kib = 4096    # output kept while the client is away
+storage_kib = 1024          # api.storage quota
+bandwidth_kib_per_s = 1024  # all of one session's traffic
+channels = 16               # concurrent service channels + connections
+
+# Caps for the whole box.
+[box]
+max_instances = 1024        # instances running at once
+max_buffered_mib = 4096     # output buffers of all sessions together
+max_upload_kib = 1024       # largest function source
+max_stored_mib = 1024       # all stored functions
+max_storage_mib = 1024      # all instance storage
+bandwidth_kib_per_s = 10240 # all functions' traffic together
+"#;
+
+impl BoxPolicy {
+    /// Parse a policy file.
+    pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
+        const WHAT: &str = "box policy";
+        let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Syntax {
+            what: WHAT,
+            message: e.to_string(),
+        })?;
+        if file.version != SCHEMA_VERSION {
+            return Err(PolicyError::Version {
+                what: WHAT,
+                found: file.version,
+            });
+        }
+        let destinations = ExitPolicy::parse(&file.destinations)
+            .map_err(|source| PolicyError::Rule { what: WHAT, source })?;
+        Ok(Self {
+            instance: file.instance,
+            caps: file.caps,
+            capabilities: file.capabilities,
+            destinations,
+        })
+    }
+}
+
+impl Default for BoxPolicy {
+    fn default() -> Self {
+        // The documented default text is the single source of truth.
+        Self::from_toml(DEFAULT_POLICY_TOML).unwrap_or_else(|_| Self {
+            instance: Resources::default(),
+            caps: BoxCaps::default(),
+            capabilities: BTreeSet::new(),
+            destinations: ExitPolicy::default(),
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestFile {
+    version: u32,
+    #[serde(default)]
+    capabilities: BTreeSet<Capability>,
+    #[serde(default)]
+    destinations: Vec<String>,
+    #[serde(default)]
+    limits: PartialResources,
+}
+
+/// Manifest limits: any key may be left out (it then gets the minimum).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartialResources {
+    memory_mib: Option<u64>,
+    cpu_ms: Option<u64>,
+    wall_ms: Option<u64>,
+    output_buffer_kib: Option<u64>,
+    storage_kib: Option<u64>,
+    bandwidth_kib_per_s: Option<u64>,
+    channels: Option<u64>,
+}
+
+/// What a function asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// Resources it asks for.
+    pub limits: Resources,
+    /// Capabilities it uses.
+    pub capabilities: BTreeSet<Capability>,
+    /// Destinations it needs.
+    pub destinations: ExitPolicy,
+}
+
+impl Manifest {
+    /// The manifest of a function that has none: session I/O only, small limits.
+    pub fn minimum() -> Self {
+        Self {
+            limits: Resources::minimum(),
+            capabilities: BTreeSet::new(),
+            destinations: ExitPolicy::default(),
+        }
+    }
+
+    /// Parse a manifest; an empty text is the minimum manifest.
+    pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
+        const WHAT: &str = "manifest";
+        if text.trim().is_empty() {
+            return Ok(Self::minimum());
+        }
+        let file: ManifestFile = toml::from_str(text).map_err(|e| PolicyError::Syntax {
+            what: WHAT,
+            message: e.to_string(),
+        })?;
+        if file.version != SCHEMA_VERSION {
+            return Err(PolicyError::Version {
+                what: WHAT,
+                found: file.version,
+            });
+        }
+        let min = Resources::minimum();
+        let l = file.limits;
+        Ok(Self {
+            limits: Resources {
+                memory_mib: l.memory_mib.unwrap_or(min.memory_mib),
+                cpu_ms: l.cpu_ms.unwrap_or(min.cpu_ms),
+                wall_ms: l.wall_ms.unwrap_or(min.wall_ms),
+                output_buffer_kib: l.output_buffer_kib.unwrap_or(min.output_buffer_kib),
+                storage_kib: l.storage_kib.unwrap_or(min.storage_kib),
+                bandwidth_kib_per_s: l.bandwidth_kib_per_s.unwrap_or(min.bandwidth_kib_per_s),
+                channels: l.channels.unwrap_or(min.channels),
+            },
+            capabilities: file.capabilities,
+            destinations: ExitPolicy::parse(&file.destinations)
+                .map_err(|source| PolicyError::Rule { what: WHAT, source })?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_default_policy_parses() {
+        let policy = BoxPolicy::from_toml(DEFAULT_POLICY_TOML).unwrap();
+        assert_eq!(policy.instance, Resources::default());
+        assert_eq!(policy.caps, BoxCaps::default());
+        assert!(
+            !policy.capabilities.contains(&Capability::Connect),
+            "exit fetching is opt-in"
+        );
+        assert!(
+            !policy
+                .destinations
+                .decide("93.184.216.34".parse().unwrap(), 443, &[])
+                .allowed
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_versions_are_errors() {
+        let err = BoxPolicy::from_toml(
+            &DEFAULT_POLICY_TOML.replace("channels = 16", "channels = 16\nthreads = 4"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("threads"), "{err}");
+        let err = BoxPolicy::from_toml(&DEFAULT_POLICY_TOML.replace("version = 1", "version = 2"))
+            .unwrap_err();
+        assert!(
+            matches!(err, PolicyError::Version { found: 2, .. }),
+            "{err}"
+        );
+        let err = Manifest::from_toml("version = 1\n[limits]\nmemory = 5\n").unwrap_err();
+        assert!(err.to_string().contains("memory"), "{err}");
+        let err = Manifest::from_toml("version = 1\ncapabilities = [\"root\"]\n").unwrap_err();
+        assert!(err.to_string().contains("root"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_or_empty_manifest_is_the_minimum() {
+        assert_eq!(Manifest::from_toml("").unwrap(), Manifest::minimum());
+        let m = Manifest::from_toml("version = 1\n[limits]\nmemory_mib = 96\n").unwrap();
+        assert_eq!(m.limits.memory_mib, 96);
+        assert_eq!(m.limits.cpu_ms, Resources::minimum().cpu_ms);
+        assert!(m.capabilities.is_empty());
+    }
+
+    #[test]
+    fn bad_destination_rules_name_the_file_and_the_rule() {
+        let err = Manifest::from_toml("version = 1\ndestinations = [\"accept example.com:80\"]\n")
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("manifest: bad destination rule"), "{text}");
+    }
+}
