@@ -201,6 +201,22 @@ pub enum PolicyError {
     },
 }
 
+/// Parse a TOML file of either kind and check its schema version.
+fn parse_versioned<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    text: &str,
+    version: impl Fn(&T) -> u32,
+) -> Result<T, PolicyError> {
+    let file: T = toml::from_str(text).map_err(|e| PolicyError::Syntax {
+        what,
+        message: e.to_string(),
+    })?;
+    match version(&file) {
+        SCHEMA_VERSION => Ok(file),
+        found => Err(PolicyError::Version { what, found }),
+    }
+}
+
 /// The default box policy, with every key documented (`bento policy default`).
 pub const DEFAULT_POLICY_TOML: &str = r#"# Bento box policy (see docs/policy.md). Every key is required.
 version = 1
@@ -244,16 +260,7 @@ impl BoxPolicy {
     /// Parse a policy file.
     pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
         const WHAT: &str = "box policy";
-        let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Syntax {
-            what: WHAT,
-            message: e.to_string(),
-        })?;
-        if file.version != SCHEMA_VERSION {
-            return Err(PolicyError::Version {
-                what: WHAT,
-                found: file.version,
-            });
-        }
+        let file: PolicyFile = parse_versioned(WHAT, text, |f: &PolicyFile| f.version)?;
         let destinations = ExitPolicy::parse(&file.destinations)
             .map_err(|source| PolicyError::Rule { what: WHAT, source })?;
         Ok(Self {
@@ -329,16 +336,7 @@ impl Manifest {
         if text.trim().is_empty() {
             return Ok(Self::minimum());
         }
-        let file: ManifestFile = toml::from_str(text).map_err(|e| PolicyError::Syntax {
-            what: WHAT,
-            message: e.to_string(),
-        })?;
-        if file.version != SCHEMA_VERSION {
-            return Err(PolicyError::Version {
-                what: WHAT,
-                found: file.version,
-            });
-        }
+        let file: ManifestFile = parse_versioned(WHAT, text, |f: &ManifestFile| f.version)?;
         let min = Resources::minimum();
         let l = file.limits;
         Ok(Self {

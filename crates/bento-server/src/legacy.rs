@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bento_protocol::{Frame, InvokeToken, SessionToken};
 use bento_worker::{InstanceOutcome, StartCall};
@@ -24,9 +23,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore, watch};
+use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 use tokio::task::JoinHandle;
 
 use crate::BoxState;
@@ -50,29 +49,6 @@ const MAX_CALL_LEN: usize = 64 * 1024;
 const OUTPUT_BATCH: usize = 1024 * 1024;
 
 type Writer = Arc<Mutex<OwnedWriteHalf>>;
-
-/// Serve the prototype protocol on `listener` until the task is dropped.
-pub(crate) async fn serve(listener: TcpListener, state: Arc<BoxState>) {
-    let permits = Arc::new(Semaphore::new(state.config.max_connections));
-    loop {
-        let (stream, _peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "legacy accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            continue;
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            handle_connection(stream, state).await;
-            drop(permit);
-        });
-    }
-}
 
 /// The session token behind a legacy instance id.
 fn session_token(instance_id: &str) -> SessionToken {
@@ -170,7 +146,8 @@ struct LegacyConn {
     streams: HashMap<String, (watch::Sender<bool>, JoinHandle<()>)>,
 }
 
-async fn handle_connection(stream: TcpStream, state: Arc<BoxState>) {
+/// Serve one prototype-protocol connection.
+pub(crate) async fn handle_connection(stream: TcpStream, state: Arc<BoxState>) {
     let _ = stream.set_nodelay(true);
     let (mut reader, writer) = stream.into_split();
     let mut conn = LegacyConn {

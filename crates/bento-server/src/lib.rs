@@ -103,6 +103,8 @@ pub(crate) struct BoxState {
     pub(crate) sessions: SessionTable,
     pub(crate) pool: WorkerPool,
     pub(crate) counters: Arc<GlobalCounters>,
+    /// Client connections open at once, over all listeners.
+    pub(crate) connection_permits: Arc<Semaphore>,
 }
 
 impl BoxState {
@@ -151,6 +153,7 @@ impl Server {
     /// Open the data directory, start the workers and bind `listen`.
     pub async fn bind(config: ServerConfig, listen: SocketAddr) -> Result<Self, ServerError> {
         let store = FunctionStore::open(&config.data_dir, config.max_stored_bytes)?;
+        let config_max_connections = config.max_connections;
         let pool = WorkerPool::start(config.workers.clone()).await?;
         let listener = TcpListener::bind(listen).await?;
         let legacy_listener = match config.legacy_listen {
@@ -165,6 +168,7 @@ impl Server {
                 sessions: SessionTable::default(),
                 pool,
                 counters: Arc::default(),
+                connection_permits: Arc::new(Semaphore::new(config_max_connections)),
             }),
             listener,
         })
@@ -184,7 +188,11 @@ impl Server {
     pub async fn run(self) -> Result<(), ServerError> {
         let state = self.state;
         if let Some(listener) = self.legacy_listener {
-            tokio::spawn(legacy::serve(listener, state.clone()));
+            tokio::spawn(accept_loop(
+                listener,
+                state.clone(),
+                legacy::handle_connection,
+            ));
         }
         let janitor_state = state.clone();
         tokio::spawn(async move {
@@ -198,27 +206,37 @@ impl Server {
                 }
             }
         });
-        let permits = Arc::new(Semaphore::new(state.config.max_connections));
-        loop {
-            let (stream, _peer) = match self.listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                // Over the connection cap: close at once rather than queue.
-                drop(stream);
+        accept_loop(self.listener, state, connection::handle_connection).await;
+        Ok(())
+    }
+}
+
+/// Accept connections on `listener` and run `handle` for each, within the
+/// box-wide connection cap (shared by all listeners). Never returns.
+async fn accept_loop<F, Fut>(listener: TcpListener, state: Arc<BoxState>, handle: F)
+where
+    F: Fn(tokio::net::TcpStream, Arc<BoxState>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let (stream, _peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
-            };
-            let state = state.clone();
-            tokio::spawn(async move {
-                connection::handle_connection(stream, state).await;
-                drop(permit);
-            });
-        }
+            }
+        };
+        let Ok(permit) = state.connection_permits.clone().try_acquire_owned() else {
+            // Over the connection cap: close at once rather than queue.
+            drop(stream);
+            continue;
+        };
+        let connection = handle(stream, state.clone());
+        tokio::spawn(async move {
+            connection.await;
+            drop(permit);
+        });
     }
 }
