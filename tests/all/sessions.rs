@@ -189,7 +189,21 @@ async fn stored_functions_survive_kill_9_of_the_box() {
     let token = bx
         .store("def main(x):\n    api.send('still here ' + x)\n")
         .await;
+    let old_workers = bx.worker_pids();
+    assert!(!old_workers.is_empty());
     bx.kill9_and_restart();
+    // Workers never outlive their server: they exit when its pipe closes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while old_workers
+        .iter()
+        .any(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers {old_workers:?} outlived their server"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let session = bx.invoke(&token, "[\"after restart\"]").await;
     let (output, result) = bx.read_all(&session).await;
     result.unwrap();

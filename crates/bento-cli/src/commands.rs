@@ -51,20 +51,20 @@ pub struct ServeArgs {
     #[arg(long, value_name = "COMMAND")]
     pub worker_wrapper: Option<String>,
     /// Linear memory per instance, MiB.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
     pub memory_mib: u64,
     /// CPU time per invocation, milliseconds.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub cpu_ms: u64,
     /// Wall-clock time per invocation, milliseconds (includes waiting for input).
-    #[arg(long, default_value_t = 300_000)]
+    #[arg(long, default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub wall_ms: u64,
     /// Output buffered per session while its client is not reading, KiB;
     /// when full, the function's api.send() blocks.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     pub output_buffer_kib: u64,
     /// Most instances running at once.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_instances: u64,
     /// Most output-buffer memory all sessions together may reserve, MiB.
     #[arg(long, default_value_t = 4096)]
