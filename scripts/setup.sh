@@ -17,8 +17,16 @@ mkdir -p "$CACHE/runtime"
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 
-# 1. Rust toolchain (the machine's; nothing to download).
+# 1. Rust toolchain (the machine's; nothing to download) and Python with venv.
 command -v cargo >/dev/null || { say "cargo not found: install Rust 1.95 (rustup)"; exit 1; }
+if ! python3 -m venv --help >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        say "installing python3 and python3-venv (Debian packages)"
+        apt-get update -qq && apt-get install -y -qq python3 python3-venv >/dev/null
+    else
+        say "python3 with the venv module is required (Debian: apt-get install python3-venv)"; exit 1
+    fi
+fi
 
 # 2. componentize-py, pinned, in a private virtualenv.
 VENV=$CACHE/venv
