@@ -215,7 +215,18 @@ async fn the_global_output_buffer_cap_refuses_extra_sessions_clearly() {
     bx.connect().await.kill(&first).await.unwrap();
     bx.connect().await.kill(&second).await.unwrap();
     // Killed sessions release their reservation once they expire.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = bx.connect().await.status().await.unwrap();
+        if status["output_buffer_bytes"]["reserved"] == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reservations never released: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     bx.assert_serves_hello().await;
 }
 
@@ -235,4 +246,38 @@ async fn an_oversized_upload_is_refused_with_the_limit() {
     assert_eq!(code, ErrorCode::InvalidFunction);
     assert!(message.contains("at most 1024"), "{message}");
     bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_worker_is_killed_and_replaced_once_a_session_overruns_its_wall_limit() {
+    let bx = TestBox::start(&["--wall-ms", "1000"]);
+    let token = bx
+        .store("def main():\n    api.send('up')\n    api.recv()\n")
+        .await;
+    let session = bx.invoke(&token, "[]").await;
+    let mut attachment = bx.connect().await.attach(&session, None).await.unwrap();
+    assert_eq!(attachment.next().await.unwrap().unwrap(), "up");
+    let workers = bx.worker_pids();
+    assert_eq!(workers.len(), 1);
+    // SIGSTOP: the worker can no longer enforce the wall-clock limit.
+    // SAFETY: signalling a child process of the test's box.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(workers[0] as i32, libc::SIGSTOP);
+    }
+    let result = match attachment.next().await {
+        Err(e) => Err(e),
+        Ok(other) => panic!("expected the session to fail, got {other:?}"),
+    };
+    assert_eq!(code(&result), ErrorCode::WorkerCrashed);
+    assert!(
+        bx.log().contains("overran its wall-clock limit"),
+        "{}",
+        bx.log()
+    );
+    bx.assert_serves_hello().await;
+    assert!(
+        !bx.worker_pids().contains(&workers[0]),
+        "the hung worker is gone"
+    );
 }

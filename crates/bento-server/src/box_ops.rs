@@ -116,6 +116,7 @@ impl BoxState {
             self.counters.clone(),
             limits.output_buffer_bytes,
             frames_messages,
+            limits.wall(),
         );
         let request = StartRequest {
             source: function.source.clone(),

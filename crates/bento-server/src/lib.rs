@@ -33,6 +33,12 @@ use tokio::sync::Semaphore;
 use crate::function_store::{FunctionStore, StoreError};
 use crate::session::{GlobalCounters, SessionTable};
 
+/// How often finished sessions are expired and overdue ones checked.
+const JANITOR_PERIOD: Duration = Duration::from_secs(1);
+/// How long past its wall-clock limit a running session may stay before the
+/// box concludes its worker is not enforcing limits.
+const WALL_LIMIT_GRACE: Duration = Duration::from_secs(5);
+
 /// Server configuration; [`ServerConfig::new`] gives the documented defaults.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -197,12 +203,21 @@ impl Server {
         let janitor_state = state.clone();
         tokio::spawn(async move {
             let retention = janitor_state.config.session_retention;
-            let period = (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
             loop {
-                tokio::time::sleep(period).await;
+                tokio::time::sleep(JANITOR_PERIOD).await;
                 let expired = janitor_state.sessions.expire(retention);
                 if expired > 0 {
                     tracing::info!(expired, "expired finished sessions nobody read");
+                }
+                // The worker enforces wall time; this backstop catches a
+                // worker that hangs or stops doing so.
+                for session in janitor_state.sessions.overdue(WALL_LIMIT_GRACE) {
+                    if let Some(handle) = session.handle() {
+                        tracing::warn!(
+                            "a session overran its wall-clock limit; killing and replacing its sandbox worker"
+                        );
+                        handle.kill_worker();
+                    }
                 }
             }
         });

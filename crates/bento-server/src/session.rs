@@ -60,6 +60,8 @@ pub struct Session {
     /// Keep message boundaries (the prototype protocol frames by them);
     /// otherwise their credit is returned at once.
     frames_messages: bool,
+    /// When the instance must have ended by (its wall-clock limit).
+    wall_deadline: Instant,
 }
 
 /// Box-wide counters behind the global caps.
@@ -77,6 +79,7 @@ impl Session {
         counters: Arc<GlobalCounters>,
         reserved_buffer: u64,
         frames_messages: bool,
+        wall_limit: std::time::Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
             token,
@@ -96,6 +99,7 @@ impl Session {
             counters,
             reserved_buffer,
             frames_messages,
+            wall_deadline: Instant::now() + wall_limit,
         })
     }
 
@@ -271,6 +275,17 @@ impl SessionTable {
         self.len() == 0
     }
 
+    /// Running sessions more than `grace` past their wall-clock limit: the
+    /// worker should have stopped them and did not.
+    pub(crate) fn overdue(&self, grace: std::time::Duration) -> Vec<Arc<Session>> {
+        let now = Instant::now();
+        self.lock()
+            .values()
+            .filter(|s| now > s.wall_deadline + grace && s.lock().outcome.is_none())
+            .cloned()
+            .collect()
+    }
+
     /// Drop finished sessions older than `retention`; returns how many.
     pub(crate) fn expire(&self, retention: std::time::Duration) -> usize {
         let now = Instant::now();
@@ -293,7 +308,13 @@ mod tests {
         counters
             .reserved_buffer_bytes
             .fetch_add(10, Ordering::Relaxed);
-        Session::new(SessionToken::generate().unwrap(), counters, 10, true)
+        Session::new(
+            SessionToken::generate().unwrap(),
+            counters,
+            10,
+            true,
+            std::time::Duration::from_secs(60),
+        )
     }
 
     #[test]

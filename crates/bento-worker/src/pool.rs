@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::ipc::{FromWorker, InstanceId, InstanceOutcome, StartRequest, ToWorker};
 
@@ -78,6 +78,8 @@ fn lock_map(
 struct LiveWorker {
     to_worker: mpsc::UnboundedSender<Bytes>,
     instances: EventMap,
+    /// Asks the worker's reader task to kill and replace the worker.
+    kill: Arc<Notify>,
 }
 
 struct PoolInner {
@@ -106,6 +108,7 @@ impl std::fmt::Debug for WorkerPool {
 pub struct InstanceHandle {
     id: InstanceId,
     to_worker: mpsc::UnboundedSender<Bytes>,
+    worker_kill: Arc<Notify>,
 }
 
 impl InstanceHandle {
@@ -133,6 +136,13 @@ impl InstanceHandle {
     /// Stop the instance.
     pub fn kill(&self) {
         self.send(ToWorker::Kill(self.id));
+    }
+
+    /// Kill the whole worker process running this instance (which fails
+    /// all its instances) and replace it: for a worker that stopped
+    /// enforcing limits or answering.
+    pub fn kill_worker(&self) {
+        self.worker_kill.notify_one();
     }
 }
 
@@ -190,6 +200,7 @@ impl WorkerPool {
         let handle = InstanceHandle {
             id,
             to_worker: live.to_worker.clone(),
+            worker_kill: live.kill.clone(),
         };
         handle.send(ToWorker::Start(id, Box::new(request)));
         Ok(handle)
@@ -321,6 +332,7 @@ async fn spawn_worker(inner: &Arc<PoolInner>, slot: usize) -> Result<LiveWorker,
     }
     let (to_worker, from_server) = mpsc::unbounded_channel();
     let instances: EventMap = Arc::default();
+    let kill = Arc::new(Notify::new());
     tokio::spawn(write_to_worker(stdin, from_server));
     tokio::spawn(read_from_worker(
         inner.clone(),
@@ -329,11 +341,13 @@ async fn spawn_worker(inner: &Arc<PoolInner>, slot: usize) -> Result<LiveWorker,
         stdout,
         buf,
         instances.clone(),
+        kill.clone(),
     ));
     tracing::info!(slot, "sandbox worker ready");
     Ok(LiveWorker {
         to_worker,
         instances,
+        kill,
     })
 }
 
@@ -352,6 +366,7 @@ async fn read_from_worker(
     mut stdout: ChildStdout,
     mut buf: BytesMut,
     instances: EventMap,
+    kill: Arc<Notify>,
 ) {
     let reason = loop {
         match FromWorker::decode(&mut buf) {
@@ -367,7 +382,11 @@ async fn read_from_worker(
         if buf.capacity() - buf.len() < 1024 * 1024 + 64 * 1024 {
             buf.reserve(4 * 1024 * 1024);
         }
-        match stdout.read_buf(&mut buf).await {
+        let read = tokio::select! {
+            read = stdout.read_buf(&mut buf) => read,
+            () = kill.notified() => break "it stopped enforcing a wall-clock limit".to_string(),
+        };
+        match read {
             Ok(0) => break "its pipe closed".to_string(),
             Ok(_) => {}
             Err(e) => break e.to_string(),
