@@ -309,3 +309,55 @@ fn policy_check_reports_a_malformed_manifest_with_its_line_and_exits_2() {
     assert!(stderr.contains("unknown field `memry`"), "{stderr}");
     assert!(stderr.contains("line 2"), "{stderr}");
 }
+
+#[test]
+fn ctrl_c_detaches_attach_and_a_second_attach_resumes_exactly() {
+    use std::io::{BufRead, BufReader};
+    let bx = TestBox::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let ticks = write_function(
+        &dir,
+        "ticks.py",
+        "import time\ndef main():\n    for i in range(6):\n        api.send(f'tick {i}\\n')\n        time.sleep(0.3)\n",
+    );
+    let token = String::from_utf8(bento(&bx, &["store", &ticks], b"").stdout).unwrap();
+    let session = String::from_utf8(bento(&bx, &["invoke", token.trim()], b"").stdout).unwrap();
+    let session = session.trim();
+
+    let mut child = Command::new(BENTO)
+        .args(["attach", session])
+        .env("BENTO_SERVER", &bx.addr)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert_eq!(first, "tick 0\n");
+    // SAFETY: signalling our own child process.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let mut rest_of_first = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest_of_first).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("detached at output offset"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("bento attach {session}")),
+        "{stderr}"
+    );
+
+    let second = bento(&bx, &["attach", session], b"");
+    assert!(second.status.success());
+    let all = format!(
+        "{first}{rest_of_first}{}",
+        String::from_utf8(second.stdout).unwrap()
+    );
+    let expected: String = (0..6).map(|i| format!("tick {i}\n")).collect();
+    assert_eq!(all, expected, "nothing lost or repeated across the detach");
+}

@@ -398,9 +398,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(legacy_addr = %legacy?, "serving the research prototype's protocol");
     }
     tracing::info!(%addr, workers, "bento box listening");
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         result = server.run() => result?,
-        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+        _ = interrupt.recv() => tracing::info!("interrupted; shutting down"),
+        _ = terminate.recv() => tracing::info!("terminated; shutting down"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -441,6 +444,10 @@ async fn attach(
             }
         }
     });
+    // Registered now, not when first polled: `select!` may not poll a
+    // ctrl_c() future while output keeps arriving, and an unregistered
+    // SIGINT would kill the process instead of detaching.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut stdout = tokio::io::stdout();
     let result = loop {
         tokio::select! {
@@ -452,7 +459,7 @@ async fn attach(
                 Ok(None) => break Ok(ExitCode::SUCCESS),
                 Err(e) => break Err(e),
             },
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupt.recv() => {
                 stdin_task.abort();
                 let offset = attachment.detach().await.unwrap_or(0);
                 eprintln!(

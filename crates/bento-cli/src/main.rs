@@ -15,7 +15,19 @@ use clap::{Args, Parser, Subcommand};
 
 /// Bento: run small Python functions on Tor relays, in a WebAssembly sandbox.
 #[derive(Debug, Parser)]
-#[command(name = "bento", version, about, long_about = None)]
+#[command(
+    name = "bento",
+    version,
+    about = "Bento: run small Python functions on Tor relays, in a WebAssembly sandbox",
+    after_help = "Quick start:\n  \
+        bento serve --data-dir ./box-data &              # a box on 127.0.0.1:7878\n  \
+        bento run hello.py -- world                      # store + invoke + attach\n  \
+        bento store hello.py --json                      # {\"function_id\", \"invoke_token\"}\n  \
+        bento invoke TOKEN --json -- world               # {\"session_token\"}\n  \
+        bento attach SESSION                             # output to stdout, stdin to api.recv()\n\n\
+        Through Tor: --server xyz.onion:PORT --socks 127.0.0.1:9050\n\
+        Docs: README.md, docs/python-api.md, docs/protocol.md, docs/legacy.md"
+)]
 struct Cli {
     #[command(flatten)]
     target: TargetArgs,
