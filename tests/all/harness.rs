@@ -209,9 +209,11 @@ impl TestBox {
                     assert_eq!(out, b"hello next user");
                     return;
                 }
-                // Right after a worker crash the pool may still be respawning.
+                // Right after a worker crash the pool may still be noticing
+                // it (an invocation sent to a dying worker fails with
+                // worker_crashed) or respawning.
                 Err(ClientError::Remote {
-                    code: ErrorCode::Internal,
+                    code: ErrorCode::Internal | ErrorCode::WorkerCrashed,
                     ..
                 }) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;

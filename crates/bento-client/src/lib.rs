@@ -281,6 +281,9 @@ async fn write_frames(
     let _ = writer.shutdown().await;
 }
 
+/// How long [`Attachment::detach`] waits for the box's confirmation.
+const DETACH_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long [`Attachment::close`] waits for queued frames to be written.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -395,15 +398,40 @@ impl Attachment {
 
     /// Acknowledge what was consumed and leave the session running; a later
     /// attach resumes right after it.
+    ///
+    /// Returns once the box has confirmed (with `Detached`) that it
+    /// recorded every acknowledgement, so an immediate re-attach, from here
+    /// or elsewhere, resumes exactly after the consumed output. Output that
+    /// arrives meanwhile was not consumed and will be sent again.
     pub async fn detach(mut self) -> Result<u64, ClientError> {
         self.ack();
         self.outgoing
             .send(Frame::Detach)
             .await
             .map_err(|_| ClientError::Closed)?;
+        let confirmed = tokio::time::timeout(DETACH_TIMEOUT, async {
+            loop {
+                match read_frame(&mut self.reader, &mut self.buf, &mut self.decoder).await? {
+                    Frame::Detached { offset } => return Ok(offset),
+                    // Sent before the box saw the detach; not consumed.
+                    Frame::Output { .. } | Frame::End | Frame::Error { .. } => {}
+                    other => return Err(ClientError::Unexpected(other.frame_type().name().into())),
+                }
+            }
+        })
+        .await;
         let consumed = self.consumed;
         self.close().await;
-        Ok(consumed)
+        match confirmed {
+            Ok(Ok(offset)) if offset == consumed => Ok(consumed),
+            Ok(Ok(offset)) => Err(ClientError::Unexpected(format!(
+                "the box recorded output offset {offset}, the client consumed {consumed}"
+            ))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ClientError::Unexpected(
+                "the box did not confirm the detach".into(),
+            )),
+        }
     }
 
     /// Write every queued frame (the last acknowledgement included) and

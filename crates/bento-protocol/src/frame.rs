@@ -101,6 +101,8 @@ frame_types! {
     Detach = 0x24;
     /// Box → client: the function returned and all its output was sent.
     End = 0x25;
+    /// Box → client: the detach is recorded; a new attach resumes at `offset`.
+    Detached = 0x26;
     /// Either direction: a typed error.
     Error = 0x7f;
 }
@@ -199,6 +201,12 @@ pub enum Frame {
     },
     /// Detach, leaving the session running.
     Detach,
+    /// Reply to `Detach`, after every acknowledgement sent before it was
+    /// recorded: a new attachment resumes at `offset`.
+    Detached {
+        /// The acknowledged offset.
+        offset: u64,
+    },
     /// The function returned; all output was sent.
     End,
     /// A typed error.
@@ -231,6 +239,7 @@ impl Frame {
             Frame::InputEnd => FrameType::InputEnd,
             Frame::Ack { .. } => FrameType::Ack,
             Frame::Detach => FrameType::Detach,
+            Frame::Detached { .. } => FrameType::Detached,
             Frame::End => FrameType::End,
             Frame::Error { .. } => FrameType::Error,
         }
@@ -309,7 +318,9 @@ impl Frame {
                     }
                 }
             }
-            Frame::Attached { offset } | Frame::Ack { offset } => out.put_u64(*offset),
+            Frame::Attached { offset } | Frame::Ack { offset } | Frame::Detached { offset } => {
+                out.put_u64(*offset)
+            }
             Frame::Status { json } => put_str(out, json),
             Frame::Output { data } | Frame::Input { data } => out.put_slice(data),
             Frame::Error { code, message } => {
@@ -545,6 +556,9 @@ impl Reader {
                 offset: self.u64("offset")?,
             },
             FrameType::Detach => Frame::Detach,
+            FrameType::Detached => Frame::Detached {
+                offset: self.u64("offset")?,
+            },
             FrameType::End => Frame::End,
             FrameType::Error => Frame::Error {
                 code: ErrorCode::from_u16(self.u16("code")?),
@@ -627,6 +641,7 @@ mod tests {
             Frame::InputEnd,
             Frame::Ack { offset: u64::MAX },
             Frame::Detach,
+            Frame::Detached { offset: 9 },
             Frame::End,
             Frame::error(ErrorCode::LimitMemory, "too big"),
         ];

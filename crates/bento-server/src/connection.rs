@@ -437,7 +437,13 @@ impl Conn {
                         return Ok(false);
                     }
                 }
-                Frame::Detach => return Ok(false),
+                Frame::Detach => {
+                    // Everything the client acknowledged before detaching
+                    // is recorded; say so, so that it can re-attach at once.
+                    let offset = session.lock().acked;
+                    self.send(&Frame::Detached { offset }).await?;
+                    return Ok(false);
+                }
                 other => {
                     return Err(Close::with(
                         ErrorCode::UnexpectedFrame,

@@ -16,6 +16,8 @@ use crate::ipc::{FromWorker, InstanceId, InstanceOutcome, StartRequest, ToWorker
 
 /// How long a new worker may take to load the runtime and say it is ready.
 const WORKER_READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a store-time check is tried when workers die under it.
+const CHECK_ATTEMPTS: u32 = 3;
 /// How long a request waits for a worker while all are being respawned.
 pub const RESPAWN_PATIENCE: Duration = Duration::from_secs(5);
 /// Longest wait between attempts to respawn a worker that keeps failing.
@@ -241,20 +243,30 @@ impl WorkerPool {
                 }
             }
         }
-        let (tx, rx) = oneshot::channel();
         let request = StartRequest {
             source,
             filename,
             call: crate::ipc::StartCall::Check,
             limits: bento_policy::InstanceLimits::default(),
         };
-        self.start_instance_patiently(
-            request,
-            Arc::new(Once(Mutex::new(Some(tx)))),
-            RESPAWN_PATIENCE,
-        )
-        .await?;
-        Ok(rx.await.unwrap_or(InstanceOutcome::WorkerCrashed))
+        // A check has no effects, so unlike an invocation it can simply be
+        // retried when its worker dies under it (e.g. a worker that had just
+        // been killed when the check was sent to it).
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (tx, rx) = oneshot::channel();
+            self.start_instance_patiently(
+                request.clone(),
+                Arc::new(Once(Mutex::new(Some(tx)))),
+                RESPAWN_PATIENCE,
+            )
+            .await?;
+            let outcome = rx.await.unwrap_or(InstanceOutcome::WorkerCrashed);
+            if outcome != InstanceOutcome::WorkerCrashed || attempts >= CHECK_ATTEMPTS {
+                return Ok(outcome);
+            }
+        }
     }
 
     /// Current figures.
