@@ -524,3 +524,35 @@ async fn logs_and_status_contain_no_tokens_arguments_or_sources() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn printed_lines_reach_the_client_while_the_function_waits_for_input() {
+    let bx = TestBox::start(&[]);
+    let token = bx
+        .store("def main():\n    print('what is your name?')\n    name = api.recv()\n    print('hello', name.decode())\n")
+        .await;
+    let session = bx.invoke(&token, "[]").await;
+    let mut attachment = bx.connect().await.attach(&session, None).await.unwrap();
+    let mut prompt = Vec::new();
+    while !prompt.ends_with(b"\n") {
+        prompt.extend_from_slice(
+            &attachment
+                .next()
+                .await
+                .unwrap()
+                .expect("the prompt before the end"),
+        );
+    }
+    assert_eq!(prompt, b"what is your name?\n");
+    attachment
+        .input()
+        .send(bytes::Bytes::from_static(b"bento"))
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    while let Some(data) = attachment.next().await.unwrap() {
+        rest.extend_from_slice(&data);
+    }
+    attachment.close().await;
+    assert_eq!(rest, b"hello bento\n");
+}
