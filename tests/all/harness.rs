@@ -231,6 +231,14 @@ impl Drop for TestBox {
     }
 }
 
+/// The attachment's next event, which must be the session's failure.
+pub async fn next_failure(attachment: &mut bento_client::Attachment) -> Result<(), ClientError> {
+    match attachment.next().await {
+        Err(e) => Err(e),
+        Ok(other) => panic!("expected the session to fail, got {other:?}"),
+    }
+}
+
 /// The error code of a failed result.
 pub fn code(result: &Result<(), ClientError>) -> ErrorCode {
     match result {

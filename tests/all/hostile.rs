@@ -6,7 +6,7 @@ use std::time::Duration;
 use bento_protocol::ErrorCode;
 use bytes::Bytes;
 
-use crate::harness::{TestBox, code, message};
+use crate::harness::{TestBox, code, message, next_failure};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_infinite_loop_is_stopped_by_the_cpu_limit() {
@@ -105,10 +105,7 @@ async fn a_function_that_never_reads_cannot_make_the_box_buffer_a_flood_of_input
         }
         sent
     });
-    let result = match attachment.next().await {
-        Err(e) => Err(e),
-        Ok(other) => panic!("expected the wall-clock limit, got {other:?}"),
-    };
+    let result = next_failure(&mut attachment).await;
     assert_eq!(code(&result), ErrorCode::LimitWallTime);
     flood.abort();
     let _ = flood.await;
@@ -133,10 +130,7 @@ async fn a_worker_killed_mid_run_fails_only_its_sessions_and_is_replaced() {
             libc::kill(*pid as i32, libc::SIGKILL);
         }
     }
-    let result = match attachment.next().await {
-        Err(e) => Err(e),
-        Ok(other) => panic!("expected a worker-crash error, got {other:?}"),
-    };
+    let result = next_failure(&mut attachment).await;
     assert_eq!(code(&result), ErrorCode::WorkerCrashed);
     bx.assert_serves_hello().await;
     let status = bx.connect().await.status().await.unwrap();
@@ -158,10 +152,7 @@ async fn kill_stops_a_running_session_at_once() {
     let mut attachment = bx.connect().await.attach(&session, None).await.unwrap();
     assert_eq!(attachment.next().await.unwrap().unwrap(), "spinning");
     bx.connect().await.kill(&session).await.unwrap();
-    let result = match attachment.next().await {
-        Err(e) => Err(e),
-        Ok(other) => panic!("expected a killed error, got {other:?}"),
-    };
+    let result = next_failure(&mut attachment).await;
     assert_eq!(code(&result), ErrorCode::Killed);
     bx.assert_serves_hello().await;
 }
@@ -265,10 +256,7 @@ async fn a_hung_worker_is_killed_and_replaced_once_a_session_overruns_its_wall_l
     unsafe {
         libc::kill(workers[0] as i32, libc::SIGSTOP);
     }
-    let result = match attachment.next().await {
-        Err(e) => Err(e),
-        Ok(other) => panic!("expected the session to fail, got {other:?}"),
-    };
+    let result = next_failure(&mut attachment).await;
     assert_eq!(code(&result), ErrorCode::WorkerCrashed);
     assert!(
         bx.log().contains("overran its wall-clock limit"),
