@@ -219,11 +219,16 @@ impl LegacyConn {
                     .await?;
                 return Err(End::Closed);
             }
-            let mut body = vec![0u8; len as usize];
-            match tokio::time::timeout(timeout, reader.read_exact(&mut body)).await {
-                Ok(result) => result?,
+            // Grow the body as bytes arrive rather than allocating the
+            // declared length up front.
+            let mut body = Vec::new();
+            let mut limited = (&mut *reader).take(u64::from(len));
+            match tokio::time::timeout(timeout, limited.read_to_end(&mut body)).await {
+                Ok(Ok(n)) if n == len as usize => {}
+                Ok(Ok(_)) => return Err(End::Closed), // closed inside a request
+                Ok(Err(e)) => return Err(e.into()),
                 Err(_) => return Err(End::Closed),
-            };
+            }
             self.request(kind[0], body).await?;
         }
     }
