@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use bento_policy::Limit;
 use bento_protocol::{ErrorCode, Frame, FunctionId, InvokeToken, SessionToken};
 use bento_worker::{InstanceOutcome, StartCall, StartRequest};
 
 use crate::BoxState;
-use crate::connection::{check_filename, outcome_error};
+use crate::connection::check_filename;
 use crate::function_store::{StoreError, StoredFunction};
 use crate::session::{GlobalCounters, Session};
 
@@ -32,6 +33,32 @@ impl Refusal {
     }
 }
 
+/// How an instance that did not return normally is reported; `None` when
+/// it returned.
+pub(crate) fn outcome_refusal(outcome: &InstanceOutcome) -> Option<Refusal> {
+    Some(match outcome {
+        InstanceOutcome::Returned => return None,
+        InstanceOutcome::LimitExceeded { limit, detail } => {
+            let code = match limit {
+                Limit::Memory => ErrorCode::LimitMemory,
+                Limit::Cpu => ErrorCode::LimitCpu,
+                Limit::WallTime => ErrorCode::LimitWallTime,
+                _ => ErrorCode::LimitStack,
+            };
+            Refusal::new(code, format!("{limit} exceeded: {detail}"))
+        }
+        InstanceOutcome::Exception(traceback) => {
+            Refusal::new(ErrorCode::FunctionException, traceback.clone())
+        }
+        InstanceOutcome::Killed => Refusal::new(ErrorCode::Killed, "the session was killed"),
+        InstanceOutcome::Trap(message) => Refusal::new(ErrorCode::FunctionTrapped, message.clone()),
+        InstanceOutcome::WorkerCrashed => Refusal::new(
+            ErrorCode::WorkerCrashed,
+            "the sandbox worker running this session died; the box has replaced it",
+        ),
+    })
+}
+
 impl BoxState {
     /// Check (size, file name, compiles in the sandbox) and persist a function.
     pub(crate) async fn store_function(
@@ -52,7 +79,6 @@ impl BoxState {
         check_filename(&filename)
             .map_err(|reason| Refusal::new(ErrorCode::InvalidFunction, reason))?;
         match self.pool.check(source.clone(), filename.clone()).await {
-            Ok(InstanceOutcome::Returned) => {}
             Ok(InstanceOutcome::Exception(text)) => {
                 return Err(Refusal::new(
                     ErrorCode::InvalidFunction,
@@ -60,13 +86,9 @@ impl BoxState {
                 ));
             }
             Ok(other) => {
-                let Frame::Error { code, message } = outcome_error(&other) else {
-                    return Err(Refusal::new(
-                        ErrorCode::Internal,
-                        "unexpected check outcome",
-                    ));
-                };
-                return Err(Refusal::new(code, message));
+                if let Some(refusal) = outcome_refusal(&other) {
+                    return Err(refusal);
+                }
             }
             Err(e) => return Err(Refusal::new(ErrorCode::Internal, e.to_string())),
         }

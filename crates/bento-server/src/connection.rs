@@ -5,19 +5,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bento_policy::Limit;
 use bento_protocol::{
     ErrorCode, Frame, FrameDecoder, FrameType, PROTOCOL_VERSION, ProtocolError, SessionToken,
     encode_data_header,
 };
-use bento_worker::{InstanceOutcome, StartCall};
+use bento_worker::StartCall;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::BoxState;
-use crate::session::{INPUT_WINDOW, Session};
+use crate::box_ops::{Refusal, outcome_refusal};
+use crate::session::Session;
 
 /// Output bytes written to the client per wake-up, before looking at its
 /// frames again.
@@ -295,9 +295,7 @@ impl Conn {
                 (
                     Session::output_from(&state, sent, OUTPUT_BATCH),
                     state.outcome.clone(),
-                    // Once the function has ended, input is discarded and
-                    // never blocks.
-                    state.input_in_flight >= INPUT_WINDOW && state.outcome.is_none(),
+                    state.input_blocked(),
                     state.attach_generation != generation,
                 )
             };
@@ -317,10 +315,7 @@ impl Conn {
                 }
                 self.writer.flush().await?;
             } else if let (Some(outcome), false) = (&finished, end_sent) {
-                let frame = match outcome {
-                    InstanceOutcome::Returned => Frame::End,
-                    other => outcome_error(other),
-                };
+                let frame = outcome_refusal(outcome).map_or(Frame::End, Refusal::into_frame);
                 self.send(&frame).await?;
                 end_sent = true;
                 session.lock().end_delivered = true;
@@ -401,20 +396,7 @@ impl Conn {
                 return Ok(true);
             };
             match frame {
-                Frame::Input { data } => {
-                    let mut state = session.lock();
-                    if state.outcome.is_some() {
-                        // The function has ended; input has nowhere to go.
-                        continue;
-                    }
-                    state.input_in_flight += data.len() as u64;
-                    input_blocked =
-                        state.input_in_flight >= INPUT_WINDOW && state.outcome.is_none();
-                    drop(state);
-                    if let Some(handle) = session.handle() {
-                        handle.input(data);
-                    }
-                }
+                Frame::Input { data } => input_blocked = session.push_input(data),
                 Frame::InputEnd => {
                     if let Some(handle) = session.handle() {
                         handle.end_input();
@@ -473,31 +455,6 @@ pub(crate) fn unknown_session() -> Frame {
         ErrorCode::UnknownSession,
         "no session has this token (it never existed, has ended and been read, or expired)",
     )
-}
-
-/// The error frame for an instance that did not return normally.
-pub(crate) fn outcome_error(outcome: &InstanceOutcome) -> Frame {
-    match outcome {
-        InstanceOutcome::Returned => Frame::End,
-        InstanceOutcome::LimitExceeded { limit, detail } => {
-            let code = match limit {
-                Limit::Memory => ErrorCode::LimitMemory,
-                Limit::Cpu => ErrorCode::LimitCpu,
-                Limit::WallTime => ErrorCode::LimitWallTime,
-                _ => ErrorCode::LimitStack,
-            };
-            Frame::error(code, format!("{limit} exceeded: {detail}"))
-        }
-        InstanceOutcome::Exception(traceback) => {
-            Frame::error(ErrorCode::FunctionException, traceback.clone())
-        }
-        InstanceOutcome::Killed => Frame::error(ErrorCode::Killed, "the session was killed"),
-        InstanceOutcome::Trap(message) => Frame::error(ErrorCode::FunctionTrapped, message.clone()),
-        InstanceOutcome::WorkerCrashed => Frame::error(
-            ErrorCode::WorkerCrashed,
-            "the sandbox worker running this session died; the box has replaced it",
-        ),
-    }
 }
 
 pub(crate) fn check_filename(name: &str) -> Result<(), String> {

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bento_protocol::{Frame, InvokeToken, SessionToken};
+use bento_protocol::{InvokeToken, SessionToken};
 use bento_worker::{InstanceOutcome, StartCall};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -29,8 +29,8 @@ use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 use tokio::task::JoinHandle;
 
 use crate::BoxState;
-use crate::connection::outcome_error;
-use crate::session::{INPUT_WINDOW, Session};
+use crate::box_ops::outcome_refusal;
+use crate::session::Session;
 
 const T_STORE: u8 = 0x0;
 const T_EXECUTE: u8 = 0x1;
@@ -354,16 +354,8 @@ async fn deliver_input(session: &Arc<Session>, data: Bytes) {
         tokio::pin!(changed);
         changed.as_mut().enable();
         {
-            let mut state = session.lock();
-            if state.outcome.is_some() {
-                return; // the function is over; input has nowhere to go
-            }
-            if state.input_in_flight < INPUT_WINDOW {
-                state.input_in_flight += data.len() as u64;
-                drop(state);
-                if let Some(handle) = session.handle() {
-                    handle.input(data);
-                }
+            if !session.lock().input_blocked() {
+                session.push_input(data);
                 return;
             }
         }
@@ -515,12 +507,12 @@ async fn stream_instance(
                     frame_guard = None;
                     let text = format!(
                         "{}\n(the function stopped during api.send; the rest of its last Output is zero padding)",
-                        failure_text(&outcome)
+                        outcome_refusal(&outcome).map_or_else(String::new, |r| r.message)
                     );
                     finish(&state, &session, &id, &writer, Some(text)).await
                 }
                 Step::Finished(outcome) => {
-                    let text = (!matches!(outcome, InstanceOutcome::Returned)).then(|| failure_text(&outcome));
+                    let text = outcome_refusal(&outcome).map(|r| r.message);
                     finish(&state, &session, &id, &writer, text).await
                 }
             }
@@ -529,13 +521,6 @@ async fn stream_instance(
         if written.is_err() || terminal {
             return;
         }
-    }
-}
-
-fn failure_text(outcome: &InstanceOutcome) -> String {
-    match outcome_error(outcome) {
-        Frame::Error { message, .. } => message,
-        _ => String::new(),
     }
 }
 

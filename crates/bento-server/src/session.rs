@@ -46,6 +46,14 @@ pub(crate) struct SessionState {
     pub(crate) attach_generation: u64,
 }
 
+impl SessionState {
+    /// The function has a full input window it has not consumed (and is
+    /// still running: after the end, input is discarded and never blocks).
+    pub(crate) fn input_blocked(&self) -> bool {
+        self.input_in_flight >= INPUT_WINDOW && self.outcome.is_none()
+    }
+}
+
 /// One session.
 #[derive(Debug)]
 pub struct Session {
@@ -173,6 +181,22 @@ impl Session {
             handle.grant_credit(granted);
         }
         true
+    }
+
+    /// Forward one client message to the function (dropped if it has
+    /// ended). Returns whether the input window is now full.
+    pub(crate) fn push_input(&self, data: Bytes) -> bool {
+        let mut state = self.lock();
+        if state.outcome.is_some() {
+            return false;
+        }
+        state.input_in_flight += data.len() as u64;
+        let blocked = state.input_blocked();
+        drop(state);
+        if let Some(handle) = self.handle() {
+            handle.input(data);
+        }
+        blocked
     }
 
     pub(crate) fn token(&self) -> &SessionToken {
