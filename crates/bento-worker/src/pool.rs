@@ -62,9 +62,7 @@ pub trait InstanceEvents: Send + Sync + 'static {
     /// The function consumed this many input bytes.
     fn input_consumed(&self, bytes: u64);
     /// The next `length` output bytes are one message (one `api.send`).
-    fn message_start(&self, length: u64) {
-        let _ = length;
-    }
+    fn message_start(&self, _length: u64) {}
     /// The instance ended; called exactly once, last.
     fn finished(&self, outcome: InstanceOutcome);
 }
@@ -441,23 +439,22 @@ fn respawn(inner: Arc<PoolInner>, slot: usize) {
 }
 
 fn dispatch(message: FromWorker, instances: &EventMap) {
+    // The lock is released before calling into the instance's events.
+    let find = |id| lock_map(instances).get(&id).cloned();
     match message {
         FromWorker::Ready => {}
         FromWorker::Output(id, data) => {
-            let events = lock_map(instances).get(&id).cloned();
-            if let Some(events) = events {
+            if let Some(events) = find(id) {
                 events.output(data);
             }
         }
         FromWorker::InputConsumed(id, n) => {
-            let events = lock_map(instances).get(&id).cloned();
-            if let Some(events) = events {
+            if let Some(events) = find(id) {
                 events.input_consumed(n);
             }
         }
         FromWorker::MessageStart(id, n) => {
-            let events = lock_map(instances).get(&id).cloned();
-            if let Some(events) = events {
+            if let Some(events) = find(id) {
                 events.message_start(n);
             }
         }
