@@ -1,0 +1,1 @@
+//! Outbound connections a function may make (skeleton; see the task).

@@ -1,0 +1,1 @@
+//! Instance storage (skeleton; see the task).
