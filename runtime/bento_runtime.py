@@ -61,36 +61,325 @@ import zlib  # noqa: F401
 
 import wit_world
 from componentize_py_types import Err
-from wit_world.imports import session
+from wit_world.imports import capabilities, session
 
 _STDIN = 0
 _STDOUT = 1
+# Larger stream sends are split so the box never stages more than this.
+_SEND_CHUNK = 1024 * 1024
+
+
+class BentoError(Exception):
+    """Base class of errors from Bento capabilities."""
+
+
+class DestinationRefused(BentoError, PermissionError):
+    """The box's rules do not let this function reach that destination."""
+
+
+class QuotaExceeded(BentoError, OSError):
+    """The instance's storage quota would be exceeded."""
+
+
+class ChannelLimit(BentoError):
+    """The instance already has as many channels and connections as granted."""
+
+
+class StreamClosed(BentoError, ConnectionError):
+    """The stream or channel is closed."""
+
+
+_ERRORS = {
+    "refused": DestinationRefused,
+    "quota": QuotaExceeded,
+    "channels": ChannelLimit,
+    "closed": StreamClosed,
+    "timeout": TimeoutError,
+    "invalid": ValueError,
+    "not-granted": PermissionError,
+}
+
+
+def _host(call, *args):
+    """Call a capability import, turning its error text into an exception."""
+    try:
+        return call(*args)
+    except Err as err:
+        text = str(err.value)
+        kind, _, message = text.partition(": ")
+        raise _ERRORS.get(kind, BentoError)(message or text) from None
+
+
+def _write_all(data):
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.write(_STDOUT, view)
+        view = view[written:]
+
+
+def _bytes(data, what):
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return data
+    raise TypeError(f"{what} takes bytes or str, not {type(data).__name__}")
+
+
+def _stage(data):
+    """Hand `data` to the box for the next capability call."""
+    sys.stdout.flush()  # print() output stays on the session, in order
+    length = len(memoryview(data).cast("B"))
+    _host(capabilities.stage, length)
+    _write_all(data)
+
+
+def _read_exact(length):
+    """Read a result body of `length` bytes the box made available on stdin."""
+    parts = []
+    remaining = length
+    while remaining:
+        chunk = os.read(_STDIN, remaining)
+        if not chunk:
+            break
+        parts.append(chunk)
+        remaining -= len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class Stream:
+    """A TCP connection (`api.connect`) or a service channel (`api.accept`)."""
+
+    __slots__ = ("_id", "_closed", "__weakref__")
+
+    def __init__(self, stream_id):
+        self._id = stream_id
+        self._closed = False
+
+    def send(self, data):
+        """Send bytes (or str as UTF-8); blocks under backpressure and bandwidth limits."""
+        data = _bytes(data, "send()")
+        if self._closed:
+            raise StreamClosed("the stream is closed")
+        view = memoryview(data).cast("B")
+        total = len(view)
+        while view:
+            chunk = view[:_SEND_CHUNK]
+            _stage(chunk)
+            _host(capabilities.conn_send, self._id)
+            view = view[len(chunk):]
+        return total
+
+    def sendall(self, data):
+        """Same as send(): it always sends everything."""
+        return self.send(data)
+
+    def recv(self, max_bytes=65536, timeout=None):
+        """Up to `max_bytes` bytes as soon as any arrive; b"" at end of stream.
+
+        Raises TimeoutError when `timeout` seconds pass without data.
+        """
+        if self._closed:
+            raise StreamClosed("the stream is closed")
+        max_bytes = max(1, min(int(max_bytes), _SEND_CHUNK))
+        length = _host(capabilities.conn_recv, self._id, max_bytes,
+                       None if timeout is None else float(timeout))
+        if length is None:
+            return b""
+        return _read_exact(length)
+
+    def recv_exactly(self, length):
+        """Exactly `length` bytes; raises StreamClosed if the stream ends first."""
+        parts = []
+        while length > 0:
+            chunk = self.recv(min(length, _SEND_CHUNK))
+            if not chunk:
+                raise StreamClosed("the stream ended early")
+            parts.append(chunk)
+            length -= len(chunk)
+        return b"".join(parts)
+
+    def close(self):
+        """Close both directions. Closing twice is harmless."""
+        if not self._closed:
+            self._closed = True
+            capabilities.conn_close(self._id)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter teardown
+            pass
+
+    def __repr__(self):
+        return f"<bento stream {self._id}{' closed' if self._closed else ''}>"
+
+
+class HttpResponse:
+    """The answer to `api.http_get` / `api.http_request`."""
+
+    __slots__ = ("status", "headers", "header_list", "body", "url")
+
+    def __init__(self, status, header_list, body, url):
+        self.status = status
+        self.header_list = header_list
+        self.headers = {name.lower(): value for name, value in header_list}
+        self.body = body
+        self.url = url
+
+    @property
+    def text(self):
+        return self.body.decode("utf-8", "replace")
+
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return f"<HttpResponse {self.status} {len(self.body)} bytes from {self.url}>"
+
+
+class Storage:
+    """Instance-scoped key-value storage, encrypted at rest, gone when the instance ends."""
+
+    __slots__ = ()
+
+    def put(self, key, value):
+        """Store bytes (or str as UTF-8) under a str key; raises QuotaExceeded."""
+        if not isinstance(key, str):
+            raise TypeError("storage keys are str")
+        _stage(_bytes(value, "storage.put()"))
+        _host(capabilities.storage_put, key)
+
+    def get(self, key, default=None):
+        """The value stored under `key` as bytes, or `default`."""
+        if not isinstance(key, str):
+            raise TypeError("storage keys are str")
+        length = _host(capabilities.storage_get, key)
+        return default if length is None else _read_exact(length)
+
+    def delete(self, key):
+        """Remove `key`; returns whether it existed."""
+        return _host(capabilities.storage_delete, key)
+
+    def keys(self):
+        """All keys, sorted."""
+        return list(_host(capabilities.storage_keys))
+
+    def usage(self):
+        """(bytes used, quota in bytes)."""
+        return tuple(_host(capabilities.storage_usage))
+
+    def __getitem__(self, key):
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key, value):
+        self.put(key, value)
+
+    def __delitem__(self, key):
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def __contains__(self, key):
+        return self.get(key) is not None
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self):
+        return len(self.keys())
+
+    def __repr__(self):
+        used, quota = self.usage()
+        return f"<bento storage: {used} of {quota} bytes used>"
+
+
+def _connect(host, port):
+    """connect: a TCP stream to host:port, if the box's rules allow it."""
+    return Stream(_host(capabilities.connect, str(host), int(port)))
+
+
+def _accept(timeout=None):
+    """service: the next client channel; None if `timeout` seconds pass first."""
+    stream_id = _host(capabilities.accept, None if timeout is None else float(timeout))
+    return None if stream_id is None else Stream(stream_id)
+
+
+def _http_request(method, url, headers=None, body=b""):
+    """http: one HTTP(S) request; redirects are followed (each hop checked)."""
+    header_list = list((headers or {}).items()) if isinstance(headers, dict) else list(headers or [])
+    _stage(_bytes(body, "http_request(body=)"))
+    meta = json.loads(_host(capabilities.http_request, str(method).upper(), str(url),
+                            json.dumps([[str(k), str(v)] for k, v in header_list])))
+    body = _read_exact(meta["body_length"])
+    return HttpResponse(meta["status"], [tuple(h) for h in meta["headers"]], body, meta["url"])
+
+
+def _http_get(url, headers=None):
+    """http: GET `url`."""
+    return _http_request("GET", url, headers)
+
+
+def _sleep(seconds):
+    """time: block for `seconds` without using CPU."""
+    _host(capabilities.sleep, float(seconds))
+
+
+def _time():
+    """time: seconds since the Unix epoch, as a float."""
+    return capabilities.now()
+
+
+_STORAGE = Storage()
+
+# Which capability makes which `api` attribute exist.
+_CAPABILITY_ATTRIBUTES = {
+    "connect": {"connect": _connect},
+    "http": {"http_get": _http_get, "http_request": _http_request},
+    "storage": {"storage": _STORAGE},
+    "time": {"sleep": _sleep, "time": _time},
+    "service": {"accept": _accept},
+}
 
 
 class Api:
     """The `api` object every function sees as a global."""
 
-    __slots__ = ()
+    __slots__ = ("_granted",)
+
+    BentoError = BentoError
+    DestinationRefused = DestinationRefused
+    QuotaExceeded = QuotaExceeded
+    ChannelLimit = ChannelLimit
+    StreamClosed = StreamClosed
+
+    def __init__(self):
+        self._granted = {}
+
+    def _grant(self, names):
+        granted = {}
+        for name in names:
+            granted.update(_CAPABILITY_ATTRIBUTES.get(name, {}))
+        self._granted = granted
 
     def send(self, data):
         """Send bytes (or str, encoded as UTF-8) to the client; returns the byte count.
 
         Blocks while the session's output buffer is full (backpressure).
         """
-        if isinstance(data, str):
-            data = data.encode("utf-8")
-        elif not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(
-                f"api.send() takes bytes or str, not {type(data).__name__}"
-            )
+        data = _bytes(data, "api.send()")
         # print() output goes to the client too; keep it in order with sends.
         sys.stdout.flush()
-        view = memoryview(data).cast("B")
-        total = len(view)
+        total = len(memoryview(data).cast("B"))
         session.begin_message(total)
-        while view:
-            written = os.write(_STDOUT, view)
-            view = view[written:]
+        _write_all(data)
         return total
 
     def recv(self):
@@ -101,31 +390,31 @@ class Api:
         length = session.next_message()
         if length is None:
             return b""
-        parts = []
-        remaining = length
-        while remaining:
-            chunk = os.read(_STDIN, remaining)
-            if not chunk:
-                break
-            parts.append(chunk)
-            remaining -= len(chunk)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return _read_exact(length)
 
     def poll(self):
         """True when a client message is waiting (recv would not block)."""
         return session.poll()
 
     def __getattr__(self, name):
+        granted = object.__getattribute__(self, "_granted")
+        if name in granted:
+            return granted[name]
         # Capabilities beyond the session channel (network, storage, Tor)
         # exist only when a manifest declares them and the box grants them.
+        needs = [cap for cap, attrs in _CAPABILITY_ATTRIBUTES.items() if name in attrs]
+        hint = f" (it needs the `{needs[0]}` capability)" if needs else ""
         raise AttributeError(
-            f"api.{name} is not available to this function: capabilities beyond "
+            f"api.{name} is not available to this function{hint}: capabilities beyond "
             "send/recv/poll must be declared in the function's manifest and "
             "granted by the box's policy"
         )
 
+    def __dir__(self):
+        return ["send", "recv", "poll", *sorted(self._granted)]
+
     def __repr__(self):
-        return "<bento api: send, recv, poll>"
+        return f"<bento api: {', '.join(self.__dir__())}>"
 
 
 api = Api()
@@ -176,6 +465,8 @@ def _guarded(action):
 
 class WitWorld(wit_world.WitWorld):
     def run(self, source, filename, entry, args_json):
+        api._grant(capabilities.granted())
+
         def action():
             args = json.loads(args_json)
             if not isinstance(args, list):
@@ -191,6 +482,8 @@ class WitWorld(wit_world.WitWorld):
         _guarded(action)
 
     def evaluate(self, source, filename, call):
+        api._grant(capabilities.granted())
+
         def action():
             namespace = _load(source, filename)
             result = eval(compile(call, "<call>", "eval", dont_inherit=True), namespace)

@@ -23,6 +23,25 @@ pub fn runtime() -> PathBuf {
         })
 }
 
+/// A policy for tests that move hundreds of MiB: the default policy with
+/// ceilings high enough that bandwidth limits never slow a test down.
+pub fn fast_policy() -> String {
+    bento_policy::DEFAULT_POLICY_TOML
+        .replace("memory_mib = 128 ", "memory_mib = 256 ")
+        .replace("cpu_ms = 10000 ", "cpu_ms = 60000 ")
+        .replace(
+            "bandwidth_kib_per_s = 1024 ",
+            "bandwidth_kib_per_s = 100000000 ",
+        )
+        .replace(
+            "bandwidth_kib_per_s = 10240 ",
+            "bandwidth_kib_per_s = 100000000 ",
+        )
+}
+
+/// What functions moving hundreds of MiB ask for under [`fast_policy`].
+pub const FAST_MANIFEST: &str = "version = 1\n[limits]\nmemory_mib = 256\ncpu_ms = 60000\nwall_ms = 300000\noutput_buffer_kib = 4096\nbandwidth_kib_per_s = 100000000\n";
+
 pub struct TestBox {
     child: Child,
     pub addr: String,
@@ -31,6 +50,7 @@ pub struct TestBox {
     log: Arc<Mutex<String>>,
     data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
+    _policy_dir: Option<tempfile::TempDir>,
     args: Vec<String>,
 }
 
@@ -98,6 +118,7 @@ impl TestBox {
             log,
             data_dir: data_dir.to_owned(),
             _temp: None,
+            _policy_dir: None,
             args: args.to_vec(),
         }
     }
@@ -154,6 +175,65 @@ impl TestBox {
 
     pub async fn connect(&self) -> Connection {
         Connection::connect(&self.target()).await.unwrap()
+    }
+
+    /// A box whose policy is `policy` (TOML), plus extra `serve` options.
+    pub fn with_policy(policy: &str, args: &[&str]) -> Self {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("policy.toml");
+        std::fs::write(&path, policy).unwrap();
+        let path = path.display().to_string();
+        let mut all = vec!["--policy", path.as_str()];
+        all.extend_from_slice(args);
+        let mut this = Self::start(&all);
+        // Keep the policy file's directory alive as long as the box.
+        this._policy_dir = Some(temp);
+        this
+    }
+
+    /// A box with [`fast_policy`]; store with [`TestBox::store_fast`].
+    pub fn fast(args: &[&str]) -> Self {
+        Self::with_policy(&fast_policy(), args)
+    }
+
+    /// Store with [`FAST_MANIFEST`].
+    pub async fn store_fast(&self, source: &str) -> InvokeToken {
+        self.try_store_with_manifest(source, FAST_MANIFEST)
+            .await
+            .unwrap()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Store with a manifest; the box's answer as it is.
+    pub async fn try_store_with_manifest(
+        &self,
+        source: &str,
+        manifest: &str,
+    ) -> Result<InvokeToken, ClientError> {
+        Ok(self
+            .connect()
+            .await
+            .store_with_manifest("test.py", source, manifest)
+            .await?
+            .1)
+    }
+
+    /// Store (with a manifest), invoke, attach and read everything.
+    pub async fn run_with_manifest(
+        &self,
+        source: &str,
+        manifest: &str,
+        args_json: &str,
+    ) -> (Vec<u8>, Result<(), ClientError>) {
+        let token = self
+            .try_store_with_manifest(source, manifest)
+            .await
+            .unwrap();
+        let session = self.invoke(&token, args_json).await;
+        self.read_all(&session).await
     }
 
     pub async fn store(&self, source: &str) -> InvokeToken {

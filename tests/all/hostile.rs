@@ -66,10 +66,14 @@ async fn deep_recursion_ends_with_a_typed_limit_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gib_sent_in_one_mib_pieces_fits_in_a_128_mib_instance() {
-    let bx = TestBox::start(&["--memory-mib", "128", "--cpu-ms", "60000"]);
+    let bx = TestBox::fast(&[]);
     let token = bx
-        .store("def main():\n    chunk = b'z' * (1 << 20)\n    for _ in range(1024):\n        api.send(chunk)\n")
-        .await;
+        .try_store_with_manifest(
+            "def main():\n    chunk = b'z' * (1 << 20)\n    for _ in range(1024):\n        api.send(chunk)\n",
+            &crate::harness::FAST_MANIFEST.replace("memory_mib = 256", "memory_mib = 128"),
+        )
+        .await
+        .unwrap();
     let session = bx.invoke(&token, "[]").await;
     let mut attachment = bx.connect().await.attach(&session, None).await.unwrap();
     let mut received = 0u64;
@@ -182,8 +186,9 @@ async fn the_concurrent_instance_cap_refuses_extra_invocations_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_global_output_buffer_cap_refuses_extra_sessions_clearly() {
-    // Each session reserves 4 MiB; the box allows 8 MiB in all.
-    let bx = TestBox::start(&["--max-buffered-mib", "8", "--session-retention-secs", "1"]);
+    // Each session reserves 1 MiB (the minimum manifest's output buffer);
+    // the box allows 2 MiB in all.
+    let bx = TestBox::start(&["--max-buffered-mib", "2", "--session-retention-secs", "1"]);
     let token = bx.store("def main():\n    api.recv()\n").await;
     let first = bx.invoke(&token, "[]").await;
     let second = bx.invoke(&token, "[]").await;

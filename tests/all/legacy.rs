@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::harness::TestBox;
+use crate::harness::{FAST_MANIFEST, TestBox, fast_policy};
 
 const STORE: u8 = 0;
 const EXECUTE: u8 = 1;
@@ -166,6 +166,25 @@ fn legacy_box(args: &[&str]) -> TestBox {
     TestBox::start(&all)
 }
 
+/// A legacy box whose prototype functions run under [`FAST_MANIFEST`]
+/// (the prototype's protocol cannot carry a manifest; the operator sets one).
+fn fast_legacy_box() -> (TestBox, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("legacy.toml");
+    std::fs::write(&manifest, FAST_MANIFEST).unwrap();
+    let manifest = manifest.display().to_string();
+    let bx = TestBox::with_policy(
+        &fast_policy(),
+        &[
+            "--legacy-listen",
+            "127.0.0.1:0",
+            "--legacy-manifest",
+            &manifest,
+        ],
+    );
+    (bx, dir)
+}
+
 #[test]
 fn hello_and_a_return_value_arrive_as_outputs_before_function_dead() {
     let bx = legacy_box(&[]);
@@ -208,7 +227,7 @@ fn an_echo_loop_runs_until_stop() {
 
 #[test]
 fn a_hundred_megabytes_from_one_send_arrive_as_one_output() {
-    let bx = legacy_box(&["--memory-mib", "256"]);
+    let (bx, _manifest) = fast_legacy_box();
     let mut client = Client::connect(&bx);
     let id = client.start("def big():\n    api.send(b'x' * 100_000_000)\n", "big()");
     let messages = client.messages_until_dead(&id);

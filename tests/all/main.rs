@@ -5,9 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod capabilities;
 mod cli;
 mod harness;
 mod hostile;
 mod legacy;
+mod local_servers;
 mod protocol_abuse;
 mod sessions;

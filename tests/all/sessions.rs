@@ -6,7 +6,7 @@ use bento_client::ClientError;
 use bento_protocol::{ErrorCode, InvokeToken, SessionToken};
 use sha2::{Digest, Sha256};
 
-use crate::harness::{TestBox, code, message};
+use crate::harness::{FAST_MANIFEST, TestBox, code, message};
 
 /// 100 MiB in 1 MiB chunks, each starting with its index, so loss,
 /// duplication and reordering all change the checksum.
@@ -30,8 +30,10 @@ fn expected_digest(chunks: u32) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_mib_of_output_arrives_complete_and_in_order() {
-    let bx = TestBox::start(&[]);
-    let (output, result) = bx.run(HUNDRED_MIB, "[100]").await;
+    let bx = TestBox::fast(&[]);
+    let (output, result) = bx
+        .run_with_manifest(HUNDRED_MIB, FAST_MANIFEST, "[100]")
+        .await;
     result.unwrap();
     assert_eq!(output.len(), 100 * 1024 * 1024);
     assert_eq!(Sha256::digest(&output).to_vec(), expected_digest(100));
@@ -39,8 +41,8 @@ async fn hundred_mib_of_output_arrives_complete_and_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_mib_survive_a_detach_halfway_and_a_re_attach() {
-    let bx = TestBox::start(&[]);
-    let token = bx.store(HUNDRED_MIB).await;
+    let bx = TestBox::fast(&[]);
+    let token = bx.store_fast(HUNDRED_MIB).await;
     let session = bx.invoke(&token, "[100]").await;
     let mut hasher = Sha256::new();
     let mut received = 0u64;

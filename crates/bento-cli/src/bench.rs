@@ -18,6 +18,9 @@ const HELLO: &str = "def main(name):\n    api.send('hello ' + name)\n";
 const BULK: &str = "def main(mib):\n    chunk = b'x' * (1024 * 1024)\n    for _ in range(mib):\n        api.send(chunk)\n";
 const ECHO: &str = "def main():\n    while True:\n        m = api.recv()\n        if not m:\n            return\n        api.send(m)\n";
 const WAIT: &str = "def main():\n    api.recv()\n";
+/// What every benchmark function asks for: room to move GiBs at full speed
+/// (the benchmark measures the box, not its bandwidth limits).
+const MANIFEST: &str = "version = 1\n[limits]\nmemory_mib = 128\ncpu_ms = 60000\nwall_ms = 600000\noutput_buffer_kib = 4096\nbandwidth_kib_per_s = 100000000\n";
 
 /// Options of `bento bench`.
 #[derive(Debug, Clone, Args)]
@@ -64,7 +67,7 @@ struct Bench {
 impl Bench {
     async fn store(&self, name: &str, source: &str) -> anyhow::Result<InvokeToken> {
         let mut conn = Connection::connect(&self.target).await?;
-        Ok(conn.store(name, source).await?.1)
+        Ok(conn.store_with_manifest(name, source, MANIFEST).await?.1)
     }
 
     /// Invoke and read the session to its end; returns bytes received.
@@ -164,18 +167,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         runtime: args.runtime.clone(),
         workers: args.workers,
         worker_wrapper: None,
-        memory_mib: 128,
-        cpu_ms: 60_000,
-        wall_ms: 600_000,
-        output_buffer_kib: 4096,
-        max_instances: (args.sessions as u64 + 64).max(1024),
-        max_buffered_mib: 4 * (args.sessions as u64 + 64),
-        max_source_kib: 1024,
-        max_stored_mib: 64,
+        policy: None,
+        legacy_manifest: None,
+        http_ca_file: None,
+        memory_mib: Some(128),
+        cpu_ms: Some(60_000),
+        wall_ms: Some(600_000),
+        output_buffer_kib: Some(4096),
+        max_instances: Some((args.sessions as u64 + 64).max(1024)),
+        max_buffered_mib: Some(4 * (args.sessions as u64 + 64)),
+        max_source_kib: Some(1024),
+        max_stored_mib: Some(64),
         session_retention_secs: 60,
         read_timeout_secs: 60,
     };
-    let config = serve.config()?;
+    let mut config = serve.config()?;
+    config.policy.instance.bandwidth_kib_per_s = 100_000_000;
+    config.policy.caps.bandwidth_kib_per_s = 100_000_000;
     let workers = config.workers.workers;
     let server = Server::bind(config, serve.listen).await?;
     let addr = server.local_addr()?;

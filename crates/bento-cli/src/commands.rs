@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bento_client::{Attachment, ClientError, Connection, Target};
-use bento_policy::{InstanceLimits, MIB};
-use bento_protocol::{ErrorKind, InvokeToken, SessionToken};
+use bento_policy::BoxPolicy;
+use bento_protocol::{ErrorKind, InvokeToken, ServiceToken, SessionToken};
 use bento_server::{Server, ServerConfig};
 use bento_worker::WorkerPoolConfig;
 use clap::Args;
@@ -50,31 +50,47 @@ pub struct ServeArgs {
     /// stdout through untouched: they carry the worker protocol.
     #[arg(long, value_name = "COMMAND")]
     pub worker_wrapper: Option<String>,
-    /// Linear memory per instance, MiB.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
-    pub memory_mib: u64,
-    /// CPU time per invocation, milliseconds.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub cpu_ms: u64,
-    /// Wall-clock time per invocation, milliseconds (includes waiting for input).
-    #[arg(long, default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub wall_ms: u64,
-    /// Output buffered per session while its client is not reading, KiB;
-    /// when full, the function's api.send() blocks.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
-    pub output_buffer_kib: u64,
-    /// Most instances running at once.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_instances: u64,
-    /// Most output-buffer memory all sessions together may reserve, MiB.
-    #[arg(long, default_value_t = 4096)]
-    pub max_buffered_mib: u64,
-    /// Largest accepted function source, KiB.
-    #[arg(long, default_value_t = 1024)]
-    pub max_source_kib: usize,
-    /// Most bytes of stored functions, MiB.
-    #[arg(long, default_value_t = 1024)]
-    pub max_stored_mib: u64,
+    /// The box policy (TOML): what functions may ask for and reach (see
+    /// docs/policy.md; `bento policy default` prints the default, which is
+    /// used when this is absent). The options below override its values.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// The manifest (TOML) functions stored through --legacy-listen run
+    /// under, since the prototype's protocol cannot carry one [default: the
+    /// minimum].
+    #[arg(long, value_name = "FILE")]
+    pub legacy_manifest: Option<PathBuf>,
+    /// Extra trusted CA certificates (PEM) for functions' HTTPS requests,
+    /// besides the Mozilla roots.
+    #[arg(long, value_name = "PEM")]
+    pub http_ca_file: Option<PathBuf>,
+    /// Ceiling: linear memory per instance, MiB [policy: instance.memory_mib].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub memory_mib: Option<u64>,
+    /// Ceiling: CPU time per invocation, ms [policy: instance.cpu_ms].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub cpu_ms: Option<u64>,
+    /// Ceiling: wall-clock time per invocation, ms, including waiting for
+    /// input [policy: instance.wall_ms].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub wall_ms: Option<u64>,
+    /// Ceiling: output buffered per session while its client is not
+    /// reading, KiB; when full, api.send() blocks [policy: instance.output_buffer_kib].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub output_buffer_kib: Option<u64>,
+    /// Most instances running at once [policy: box.max_instances].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_instances: Option<u64>,
+    /// Most output-buffer memory all sessions together may reserve, MiB
+    /// [policy: box.max_buffered_mib].
+    #[arg(long)]
+    pub max_buffered_mib: Option<u64>,
+    /// Largest accepted function source, KiB [policy: box.max_upload_kib].
+    #[arg(long)]
+    pub max_source_kib: Option<u64>,
+    /// Most bytes of stored functions, MiB [policy: box.max_stored_mib].
+    #[arg(long)]
+    pub max_stored_mib: Option<u64>,
     /// Seconds a finished session's unread output is kept.
     #[arg(long, default_value_t = 600)]
     pub session_retention_secs: u64,
@@ -116,21 +132,53 @@ impl ServeArgs {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),
         };
         let mut config = ServerConfig::new(self.data_dir.clone(), workers);
-        config.limits = InstanceLimits {
-            memory_bytes: self.memory_mib * MIB,
-            cpu_ms: self.cpu_ms,
-            wall_ms: self.wall_ms,
-            output_buffer_bytes: self.output_buffer_kib * 1024,
-        };
-        config.max_instances = self.max_instances;
-        config.max_buffered_bytes = self.max_buffered_mib * MIB;
-        config.max_source_bytes = self.max_source_kib * 1024;
-        config.max_stored_bytes = self.max_stored_mib * MIB;
+        config.policy = self.policy()?;
+        if let Some(path) = &self.legacy_manifest {
+            let text = read_text(path)?;
+            bento_policy::Manifest::from_toml(&text)
+                .with_context(|| format!("--legacy-manifest {}", path.display()))?;
+            config.legacy_manifest = text;
+        }
+        if let Some(path) = &self.http_ca_file {
+            config.http_extra_roots_pem = Some(read_text(path)?);
+        }
         config.session_retention = Duration::from_secs(self.session_retention_secs);
         config.read_timeout = Duration::from_secs(self.read_timeout_secs.max(1));
         config.legacy_listen = self.legacy_listen;
         Ok(config)
     }
+}
+
+impl ServeArgs {
+    /// The policy file (or the default) with the command-line overrides.
+    fn policy(&self) -> anyhow::Result<BoxPolicy> {
+        let mut policy = match &self.policy {
+            Some(path) => BoxPolicy::from_toml(&read_text(path)?)
+                .with_context(|| format!("--policy {}", path.display()))?,
+            None => BoxPolicy::default(),
+        };
+        let set = |value: Option<u64>, target: &mut u64| {
+            if let Some(value) = value {
+                *target = value;
+            }
+        };
+        set(self.memory_mib, &mut policy.instance.memory_mib);
+        set(self.cpu_ms, &mut policy.instance.cpu_ms);
+        set(self.wall_ms, &mut policy.instance.wall_ms);
+        set(
+            self.output_buffer_kib,
+            &mut policy.instance.output_buffer_kib,
+        );
+        set(self.max_instances, &mut policy.caps.max_instances);
+        set(self.max_buffered_mib, &mut policy.caps.max_buffered_mib);
+        set(self.max_source_kib, &mut policy.caps.max_upload_kib);
+        set(self.max_stored_mib, &mut policy.caps.max_stored_mib);
+        Ok(policy)
+    }
+}
+
+fn read_text(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// `bento worker`: load the runtime, serve the pipe protocol on stdio.
@@ -248,14 +296,32 @@ pub fn args_to_json(args: &[String]) -> String {
     serde_json::Value::Array(values).to_string()
 }
 
-fn read_source(file: &Path) -> anyhow::Result<(String, String)> {
-    let source =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+/// A function to upload: its file name, source and manifest.
+struct Upload {
+    filename: String,
+    source: String,
+    manifest: String,
+}
+
+/// Read a function and its manifest: `manifest` if given, else the `.toml`
+/// next to the source if there is one, else none (the minimum).
+fn read_function(file: &Path, manifest: Option<&Path>) -> anyhow::Result<Upload> {
+    let source = read_text(file)?;
     let filename = file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "function.py".into());
-    Ok((filename, source))
+    let beside = file.with_extension("toml");
+    let manifest = match manifest {
+        Some(path) => read_text(path)?,
+        None if beside.is_file() => read_text(&beside)?,
+        None => String::new(),
+    };
+    Ok(Upload {
+        filename,
+        source,
+        manifest,
+    })
 }
 
 /// Map a client error to an exit code and report it on stderr.
@@ -285,13 +351,18 @@ fn print_line(text: &str) {
 pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Result<ExitCode> {
     let target = target(&target_args);
     match command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Bench(args) => bench_dispatch(args).await,
-        Command::Store { file, json } => {
-            let (filename, source) = read_source(&file)?;
+        Command::Store {
+            file,
+            manifest,
+            json,
+        } => {
+            let upload = read_function(&file, manifest.as_deref())?;
             let result = async {
                 let mut conn = Connection::connect(&target).await?;
-                conn.store(&filename, &source).await
+                conn.store_with_manifest(&upload.filename, &upload.source, &upload.manifest)
+                    .await
             }
             .await;
             match result {
@@ -318,30 +389,49 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
             let token = InvokeToken::from_hex(&token)?;
             let result = async {
                 let mut conn = Connection::connect(&target).await?;
-                conn.invoke(&token, &entry, &args_to_json(&args)).await
+                conn.invoke_service(&token, &entry, &args_to_json(&args))
+                    .await
             }
             .await;
             match result {
-                Ok(session) if json => {
-                    print_line(&serde_json::json!({"session_token": session.to_hex()}).to_string());
+                Ok((session, service)) if json => {
+                    let mut out = serde_json::json!({"session_token": session.to_hex()});
+                    if let Some(service) = service {
+                        out["service_token"] = service.to_hex().into();
+                    }
+                    print_line(&out.to_string());
                     Ok(ExitCode::SUCCESS)
                 }
-                Ok(session) => {
+                Ok((session, service)) => {
                     print_line(&session.to_hex());
+                    if let Some(service) = service {
+                        print_line(&service.to_hex());
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => Ok(report(&e)),
             }
         }
+        Command::Connect { service } => {
+            let service = ServiceToken::from_hex(&service)?;
+            connect_service(&target, &service).await
+        }
         Command::Attach { session, from } => {
             let session = SessionToken::from_hex(&session)?;
             attach(&target, &session, from).await
         }
-        Command::Run { file, entry, args } => {
-            let (filename, source) = read_source(&file)?;
+        Command::Run {
+            file,
+            manifest,
+            entry,
+            args,
+        } => {
+            let upload = read_function(&file, manifest.as_deref())?;
             let started = async {
                 let mut conn = Connection::connect(&target).await?;
-                let (_, token) = conn.store(&filename, &source).await?;
+                let (_, token) = conn
+                    .store_with_manifest(&upload.filename, &upload.source, &upload.manifest)
+                    .await?;
                 conn.invoke(&token, &entry, &args_to_json(&args)).await
             }
             .await;
@@ -406,6 +496,53 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         _ = terminate.recv() => tracing::info!("terminated; shutting down"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Forward stdin to a service channel, write what the function sends to stdout.
+async fn connect_service(target: &Target, service: &ServiceToken) -> anyhow::Result<ExitCode> {
+    let channel = match Connection::connect(target).await {
+        Ok(conn) => conn.connect_service(service).await,
+        Err(e) => Err(e),
+    };
+    let (mut reader, mut writer) = match channel {
+        Ok(channel) => channel.into_split(),
+        Err(e) => return Ok(report(&e)),
+    };
+    let stdin_task = tokio::spawn(async move {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stdin.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = writer.end_input().await;
+                    // Keep the write half open: closing it would tell the
+                    // box this client left before the function answered.
+                    return writer;
+                }
+                Ok(n) => {
+                    if writer.send(&buf[..n]).await.is_err() {
+                        return writer;
+                    }
+                }
+            }
+        }
+    });
+    let mut stdout = tokio::io::stdout();
+    let result = loop {
+        match reader.next().await {
+            Ok(Some(data)) => {
+                stdout.write_all(&data).await?;
+                stdout.flush().await?;
+            }
+            Ok(None) => break Ok(ExitCode::SUCCESS),
+            Err(e) => break Err(e),
+        }
+    };
+    stdin_task.abort();
+    match result {
+        Ok(code) => Ok(code),
+        Err(e) => Ok(report(&e)),
+    }
 }
 
 /// Forward stdin to the session, write its output to stdout.

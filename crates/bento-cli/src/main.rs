@@ -22,11 +22,12 @@ use clap::{Args, Parser, Subcommand};
     after_help = "Quick start:\n  \
         bento serve --data-dir ./box-data &              # a box on 127.0.0.1:7878\n  \
         bento run hello.py -- world                      # store + invoke + attach\n  \
+        bento run fetch.py --manifest fetch.toml         # with capabilities (docs/policy.md)\n  \
         bento store hello.py --json                      # {\"function_id\", \"invoke_token\"}\n  \
         bento invoke TOKEN --json -- world               # {\"session_token\"}\n  \
         bento attach SESSION                             # output to stdout, stdin to api.recv()\n\n\
         Through Tor: --server xyz.onion:PORT --socks 127.0.0.1:9050\n\
-        Docs: README.md, docs/python-api.md, docs/protocol.md, docs/legacy.md"
+        Docs: README.md, docs/python-api.md, docs/policy.md, docs/protocol.md, docs/legacy.md"
 )]
 struct Cli {
     #[command(flatten)]
@@ -55,23 +56,32 @@ struct TargetArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a Bento box.
-    Serve(commands::ServeArgs),
+    Serve(Box<commands::ServeArgs>),
     /// Store a Python function; prints its invoke token.
+    ///
+    /// The function's manifest (what it asks for: limits, capabilities,
+    /// destinations) is FILE.toml next to FILE.py unless --manifest names
+    /// another; without one it gets the minimum (session I/O only).
     Store {
         /// The function's source file.
         file: PathBuf,
+        /// The function's manifest (TOML) [default: the .toml next to FILE, if any].
+        #[arg(long)]
+        manifest: Option<PathBuf>,
         /// Print {"function_id": …, "invoke_token": …}.
         #[arg(long)]
         json: bool,
     },
-    /// Start a session of a stored function; prints its session token.
+    /// Start a session of a stored function; prints its session token
+    /// (and, for a function with the `service` capability, its service
+    /// token on a second line).
     Invoke {
         /// Invoke token from `bento store`.
         token: String,
         /// Function to call.
         #[arg(long, default_value = "main")]
         entry: String,
-        /// Print {"session_token": …}.
+        /// Print {"session_token": …} (plus "service_token" for a service).
         #[arg(long)]
         json: bool,
         /// Arguments: each is parsed as JSON when it parses, else taken as a string.
@@ -95,12 +105,26 @@ enum Command {
     Run {
         /// The function's source file.
         file: PathBuf,
+        /// The function's manifest (TOML) [default: the .toml next to FILE, if any].
+        #[arg(long)]
+        manifest: Option<PathBuf>,
         /// Function to call.
         #[arg(long, default_value = "main")]
         entry: String,
         /// Arguments: each is parsed as JSON when it parses, else taken as a string.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Open a channel to a running function's service (what it gets from
+    /// api.accept()): stdin to the function, its output to stdout.
+    ///
+    /// Exits 0 when the function closed the channel, 1 when its instance
+    /// failed, 2 for an unknown token, 3 when the service is at its channel
+    /// limit or the box failed.
+    Connect {
+        /// Service token from `bento invoke` (of a function with the
+        /// `service` capability).
+        service: String,
     },
     /// Stop a session's instance at once.
     Kill {

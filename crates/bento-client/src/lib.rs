@@ -14,7 +14,7 @@ mod socks;
 
 use bento_protocol::{
     ErrorCode, Frame, FrameDecoder, FunctionId, InvokeToken, MAX_DATA_LEN, PROTOCOL_VERSION,
-    ProtocolError, SessionToken,
+    ProtocolError, ServiceToken, SessionToken,
 };
 use bytes::{Bytes, BytesMut};
 use std::time::Duration;
@@ -117,16 +117,28 @@ impl Connection {
         read_frame(&mut self.reader, &mut self.buf, &mut self.decoder).await
     }
 
-    /// Store a function; returns its public id and secret invoke token.
+    /// Store a function without a manifest (it gets the minimum: session
+    /// I/O only, small limits); returns its public id and secret invoke token.
     pub async fn store(
         &mut self,
         filename: &str,
         source: &str,
     ) -> Result<(FunctionId, InvokeToken), ClientError> {
+        self.store_with_manifest(filename, source, "").await
+    }
+
+    /// Store a function with its manifest (TOML). The box refuses a
+    /// manifest that asks for more than its policy allows, listing why.
+    pub async fn store_with_manifest(
+        &mut self,
+        filename: &str,
+        source: &str,
+        manifest: &str,
+    ) -> Result<(FunctionId, InvokeToken), ClientError> {
         self.send(&Frame::Store {
             filename: filename.into(),
             source: source.into(),
-            manifest: String::new(),
+            manifest: manifest.into(),
         })
         .await?;
         match self.recv().await? {
@@ -145,6 +157,17 @@ impl Connection {
         entry: &str,
         args_json: &str,
     ) -> Result<SessionToken, ClientError> {
+        Ok(self.invoke_service(token, entry, args_json).await?.0)
+    }
+
+    /// Like [`Connection::invoke`], also returning the service token when
+    /// the function's manifest declares the `service` capability.
+    pub async fn invoke_service(
+        &mut self,
+        token: &InvokeToken,
+        entry: &str,
+        args_json: &str,
+    ) -> Result<(SessionToken, Option<ServiceToken>), ClientError> {
         self.send(&Frame::Invoke {
             invoke_token: token.clone(),
             entry: entry.into(),
@@ -152,7 +175,33 @@ impl Connection {
         })
         .await?;
         match self.recv().await? {
-            Frame::Invoked { session_token } => Ok(session_token),
+            Frame::Invoked {
+                session_token,
+                service_token,
+            } => Ok((session_token, service_token)),
+            other => Err(remote(other)),
+        }
+    }
+
+    /// Open a channel to a running instance's service (the function gets
+    /// it from `api.accept()`).
+    pub async fn connect_service(mut self, token: &ServiceToken) -> Result<Channel, ClientError> {
+        self.send(&Frame::Connect {
+            service_token: token.clone(),
+        })
+        .await?;
+        match self.recv().await? {
+            Frame::Connected => Ok(Channel {
+                reader: ChannelReader {
+                    reader: self.reader,
+                    buf: self.buf,
+                    decoder: self.decoder,
+                    ended: false,
+                },
+                writer: ChannelWriter {
+                    writer: self.writer,
+                },
+            }),
             other => Err(remote(other)),
         }
     }
@@ -446,6 +495,96 @@ impl Attachment {
             .is_err()
         {
             writer.abort();
+        }
+    }
+}
+
+/// A live channel to an instance's service: bytes both ways, no
+/// acknowledgements and no resumption (unlike an [`Attachment`]).
+#[derive(Debug)]
+pub struct Channel {
+    reader: ChannelReader,
+    writer: ChannelWriter,
+}
+
+/// The receiving half of a [`Channel`].
+#[derive(Debug)]
+pub struct ChannelReader {
+    reader: OwnedReadHalf,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+    ended: bool,
+}
+
+/// The sending half of a [`Channel`].
+#[derive(Debug)]
+pub struct ChannelWriter {
+    writer: OwnedWriteHalf,
+}
+
+impl Channel {
+    /// Split into halves that can be used from different tasks.
+    pub fn into_split(self) -> (ChannelReader, ChannelWriter) {
+        (self.reader, self.writer)
+    }
+
+    /// Send bytes to the function.
+    pub async fn send(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        self.writer.send(data).await
+    }
+
+    /// No more input (the function's `recv` then returns `b""`).
+    pub async fn end_input(&mut self) -> Result<(), ClientError> {
+        self.writer.end_input().await
+    }
+
+    /// The next bytes from the function; `None` once it closed the channel.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, ClientError> {
+        self.reader.next().await
+    }
+
+    /// Everything until the function closes the channel.
+    pub async fn read_to_end(&mut self) -> Result<Vec<u8>, ClientError> {
+        let mut out = Vec::new();
+        while let Some(data) = self.next().await? {
+            out.extend_from_slice(&data);
+        }
+        Ok(out)
+    }
+}
+
+impl ChannelWriter {
+    /// Send bytes to the function.
+    pub async fn send(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        for chunk in data.chunks(MAX_DATA_LEN) {
+            let frame = Frame::Input {
+                data: Bytes::copy_from_slice(chunk),
+            };
+            self.writer.write_all(&frame.to_bytes()).await?;
+        }
+        Ok(())
+    }
+
+    /// No more input.
+    pub async fn end_input(&mut self) -> Result<(), ClientError> {
+        self.writer.write_all(&Frame::InputEnd.to_bytes()).await?;
+        Ok(())
+    }
+}
+
+impl ChannelReader {
+    /// The next bytes from the function; `None` once it closed the channel.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, ClientError> {
+        if self.ended {
+            return Ok(None);
+        }
+        match read_frame(&mut self.reader, &mut self.buf, &mut self.decoder).await? {
+            Frame::Output { data } => Ok(Some(data)),
+            Frame::End => {
+                self.ended = true;
+                Ok(None)
+            }
+            other => Err(remote(other)),
         }
     }
 }

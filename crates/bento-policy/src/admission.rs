@@ -8,6 +8,10 @@ use crate::box_policy::{BoxPolicy, Capability, Manifest, Resources};
 use crate::exit_policy::{Action, AddrPattern, ExitPolicy};
 use crate::{InstanceLimits, MIB};
 
+/// Channels granted to a function that uses `connect`, `service` or Tor
+/// streams without saying how many it needs.
+pub const DEFAULT_CHANNELS: u64 = 4;
+
 /// One way a manifest exceeds a policy, in words.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation(pub String);
@@ -72,12 +76,13 @@ pub fn admit(
     own: &[IpAddr],
 ) -> Result<Grant, Vec<Violation>> {
     let mut violations = Vec::new();
-    for ((what, unit, asked), (_, _, allowed)) in manifest
+    for (asked, (what, unit, allowed)) in manifest
         .limits
         .entries()
         .into_iter()
         .zip(policy.instance.entries())
     {
+        let Some(asked) = asked else { continue };
         if asked > allowed {
             violations.push(Violation(format!(
                 "asks for {} {what}; this box allows {}",
@@ -122,8 +127,15 @@ pub fn admit(
         }
     }
     if violations.is_empty() {
+        let mut resources = manifest.limits.resolve(&policy.instance);
+        let opens_channels = manifest.capabilities.iter().any(|c| c.opens_channels());
+        if manifest.limits.channels.is_none() && opens_channels {
+            // A function that connects or serves needs a channel or few;
+            // the minimum (0) would make the capability useless.
+            resources.channels = DEFAULT_CHANNELS.min(policy.instance.channels);
+        }
         Ok(Grant {
-            resources: manifest.limits.clone(),
+            resources,
             capabilities: manifest.capabilities.clone(),
             destinations: manifest.destinations.clone(),
         })

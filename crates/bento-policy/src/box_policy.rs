@@ -45,6 +45,17 @@ impl Capability {
         }
     }
 
+    /// Capabilities whose streams count towards the `channels` limit.
+    pub fn opens_channels(self) -> bool {
+        matches!(
+            self,
+            Capability::Connect
+                | Capability::Service
+                | Capability::TorConnect
+                | Capability::OnionService
+        )
+    }
+
     /// Capabilities that reach destinations and so need destination rules.
     pub fn uses_destinations(self) -> bool {
         matches!(self, Capability::Connect | Capability::Http)
@@ -293,27 +304,77 @@ struct ManifestFile {
     #[serde(default)]
     destinations: Vec<String>,
     #[serde(default)]
-    limits: PartialResources,
+    limits: ResourceRequest,
 }
 
-/// Manifest limits: any key may be left out (it then gets the minimum).
-#[derive(Debug, Default, Deserialize)]
+/// What a manifest asks for, per resource; a key left out gets the
+/// minimum, lowered to the box's ceiling if that is lower (see
+/// [`ResourceRequest::resolve`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PartialResources {
-    memory_mib: Option<u64>,
-    cpu_ms: Option<u64>,
-    wall_ms: Option<u64>,
-    output_buffer_kib: Option<u64>,
-    storage_kib: Option<u64>,
-    bandwidth_kib_per_s: Option<u64>,
-    channels: Option<u64>,
+pub struct ResourceRequest {
+    /// Linear memory, MiB.
+    pub memory_mib: Option<u64>,
+    /// CPU time per invocation, ms.
+    pub cpu_ms: Option<u64>,
+    /// Wall-clock time per invocation, ms.
+    pub wall_ms: Option<u64>,
+    /// Output buffered while the client is away, KiB.
+    pub output_buffer_kib: Option<u64>,
+    /// Storage quota, KiB.
+    pub storage_kib: Option<u64>,
+    /// Bandwidth of all traffic, KiB/s.
+    pub bandwidth_kib_per_s: Option<u64>,
+    /// Concurrent service channels and outbound connections.
+    pub channels: Option<u64>,
+}
+
+impl ResourceRequest {
+    /// The explicit requests, in the order of [`Resources::entries`].
+    pub fn entries(&self) -> [Option<u64>; 7] {
+        [
+            self.memory_mib,
+            self.cpu_ms,
+            self.wall_ms,
+            self.output_buffer_kib,
+            self.storage_kib,
+            self.bandwidth_kib_per_s,
+            self.channels,
+        ]
+    }
+
+    /// What this request amounts to under `ceiling`: each explicit value as
+    /// asked (admission checks it fits), each missing one the minimum or
+    /// the ceiling, whichever is lower.
+    pub fn resolve(&self, ceiling: &Resources) -> Resources {
+        let min = Resources::minimum();
+        let pick =
+            |asked: Option<u64>, minimum: u64, ceiling: u64| asked.unwrap_or(minimum.min(ceiling));
+        Resources {
+            memory_mib: pick(self.memory_mib, min.memory_mib, ceiling.memory_mib),
+            cpu_ms: pick(self.cpu_ms, min.cpu_ms, ceiling.cpu_ms),
+            wall_ms: pick(self.wall_ms, min.wall_ms, ceiling.wall_ms),
+            output_buffer_kib: pick(
+                self.output_buffer_kib,
+                min.output_buffer_kib,
+                ceiling.output_buffer_kib,
+            ),
+            storage_kib: pick(self.storage_kib, min.storage_kib, ceiling.storage_kib),
+            bandwidth_kib_per_s: pick(
+                self.bandwidth_kib_per_s,
+                min.bandwidth_kib_per_s,
+                ceiling.bandwidth_kib_per_s,
+            ),
+            channels: pick(self.channels, min.channels, ceiling.channels),
+        }
+    }
 }
 
 /// What a function asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
-    /// Resources it asks for.
-    pub limits: Resources,
+    /// Resources it asks for (missing keys: the minimum).
+    pub limits: ResourceRequest,
     /// Capabilities it uses.
     pub capabilities: BTreeSet<Capability>,
     /// Destinations it needs.
@@ -324,7 +385,7 @@ impl Manifest {
     /// The manifest of a function that has none: session I/O only, small limits.
     pub fn minimum() -> Self {
         Self {
-            limits: Resources::minimum(),
+            limits: ResourceRequest::default(),
             capabilities: BTreeSet::new(),
             destinations: ExitPolicy::default(),
         }
@@ -337,18 +398,8 @@ impl Manifest {
             return Ok(Self::minimum());
         }
         let file: ManifestFile = parse_versioned(WHAT, text, |f: &ManifestFile| f.version)?;
-        let min = Resources::minimum();
-        let l = file.limits;
         Ok(Self {
-            limits: Resources {
-                memory_mib: l.memory_mib.unwrap_or(min.memory_mib),
-                cpu_ms: l.cpu_ms.unwrap_or(min.cpu_ms),
-                wall_ms: l.wall_ms.unwrap_or(min.wall_ms),
-                output_buffer_kib: l.output_buffer_kib.unwrap_or(min.output_buffer_kib),
-                storage_kib: l.storage_kib.unwrap_or(min.storage_kib),
-                bandwidth_kib_per_s: l.bandwidth_kib_per_s.unwrap_or(min.bandwidth_kib_per_s),
-                channels: l.channels.unwrap_or(min.channels),
-            },
+            limits: file.limits,
             capabilities: file.capabilities,
             destinations: ExitPolicy::parse(&file.destinations)
                 .map_err(|source| PolicyError::Rule { what: WHAT, source })?,
@@ -400,8 +451,18 @@ mod tests {
     fn a_missing_or_empty_manifest_is_the_minimum() {
         assert_eq!(Manifest::from_toml("").unwrap(), Manifest::minimum());
         let m = Manifest::from_toml("version = 1\n[limits]\nmemory_mib = 96\n").unwrap();
-        assert_eq!(m.limits.memory_mib, 96);
-        assert_eq!(m.limits.cpu_ms, Resources::minimum().cpu_ms);
+        let resolved = m.limits.resolve(&Resources::default());
+        assert_eq!(resolved.memory_mib, 96);
+        assert_eq!(resolved.cpu_ms, Resources::minimum().cpu_ms);
+        let low_ceiling = Resources {
+            cpu_ms: 500,
+            ..Resources::default()
+        };
+        assert_eq!(
+            m.limits.resolve(&low_ceiling).cpu_ms,
+            500,
+            "an unasked resource never exceeds the ceiling"
+        );
         assert!(m.capabilities.is_empty());
     }
 

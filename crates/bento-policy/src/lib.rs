@@ -14,10 +14,10 @@ mod admission;
 mod box_policy;
 mod exit_policy;
 
-pub use admission::{Grant, Violation, admit};
+pub use admission::{DEFAULT_CHANNELS, Grant, Violation, admit};
 pub use box_policy::{
-    BoxCaps, BoxPolicy, Capability, DEFAULT_POLICY_TOML, Manifest, PolicyError, Resources,
-    SCHEMA_VERSION,
+    BoxCaps, BoxPolicy, Capability, DEFAULT_POLICY_TOML, Manifest, PolicyError, ResourceRequest,
+    Resources, SCHEMA_VERSION,
 };
 pub use exit_policy::{
     Action, AddrPattern, Decision, DestinationRule, ExitPolicy, RuleParseError, is_private_or_local,

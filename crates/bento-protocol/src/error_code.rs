@@ -86,12 +86,17 @@ error_codes! {
     InvalidFunction = 6, BadRequest, "invalid_function";
     /// Invocation arguments are not a JSON array, or the entry name is bad.
     InvalidArguments = 7, BadRequest, "invalid_arguments";
+    /// The function's manifest asks for more than the box's policy allows;
+    /// the message lists every violation.
+    ManifestRejected = 8, BadRequest, "manifest_rejected";
     /// No stored function has this invoke token.
     UnknownInvokeToken = 16, UnknownToken, "unknown_invoke_token";
     /// No session has this session token (never existed, ended or expired).
     UnknownSession = 17, UnknownToken, "unknown_session";
     /// The session already has an attached client.
     SessionBusy = 18, Busy, "session_attached";
+    /// No running instance offers a service under this token.
+    UnknownService = 19, UnknownToken, "unknown_service";
     /// The instance exceeded its memory limit.
     LimitMemory = 32, LimitExceeded, "limit.memory";
     /// The instance exceeded its CPU time limit.
@@ -114,6 +119,10 @@ error_codes! {
     BufferCapReached = 65, Busy, "buffer_cap_reached";
     /// The box stores as many function bytes as it allows.
     StorageFull = 66, Busy, "storage_full";
+    /// The service already has as many channels as its grant allows.
+    ChannelLimit = 67, Busy, "channel_limit";
+    /// The box has reserved as much instance storage as it allows.
+    InstanceStorageFull = 68, Busy, "instance_storage_full";
     /// An internal error in the box.
     Internal = 96, Internal, "internal";
 }

@@ -3,7 +3,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error_code::ErrorCode;
-use crate::token::{FunctionId, InvokeToken, SessionToken, TOKEN_BYTES};
+use crate::token::{FunctionId, InvokeToken, ServiceToken, SessionToken, TOKEN_BYTES};
 use crate::{HELLO_MAGIC, MAX_DATA_LEN, MAX_FRAME_LEN, MAX_NAME_LEN};
 
 /// Why bytes could not be decoded into a frame.
@@ -89,6 +89,10 @@ frame_types! {
     StatusRequest = 0x18;
     /// Box → client: status as a JSON object.
     Status = 0x19;
+    /// Client → box: open a channel to a running instance's service.
+    Connect = 0x1a;
+    /// Box → client: the instance accepted the channel.
+    Connected = 0x1b;
     /// Box → client: function output bytes.
     Output = 0x20;
     /// Client → box: one input message for the function.
@@ -154,6 +158,9 @@ pub enum Frame {
     Invoked {
         /// Secret capability to attach to and kill the session.
         session_token: SessionToken,
+        /// Secret capability to open channels to the instance's service,
+        /// when its manifest declares the `service` capability.
+        service_token: Option<ServiceToken>,
     },
     /// Attach to a session's I/O stream.
     Attach {
@@ -175,6 +182,16 @@ pub enum Frame {
     },
     /// Reply to `Kill`.
     Killed,
+    /// Open a channel to an instance's service (`api.accept()`); after
+    /// `Connected`, `Input`/`InputEnd` go to the channel and `Output`,
+    /// `End` (the function closed it) or `Error` come back. No acks: a
+    /// channel is live, not resumable.
+    Connect {
+        /// The service.
+        service_token: ServiceToken,
+    },
+    /// Reply to `Connect`.
+    Connected,
     /// Ask for status.
     StatusRequest,
     /// Reply to `StatusRequest`: a JSON object.
@@ -232,6 +249,8 @@ impl Frame {
             Frame::Attached { .. } => FrameType::Attached,
             Frame::Kill { .. } => FrameType::Kill,
             Frame::Killed => FrameType::Killed,
+            Frame::Connect { .. } => FrameType::Connect,
+            Frame::Connected => FrameType::Connected,
             Frame::StatusRequest => FrameType::StatusRequest,
             Frame::Status { .. } => FrameType::Status,
             Frame::Output { .. } => FrameType::Output,
@@ -299,9 +318,19 @@ impl Frame {
                 put_str(out, entry);
                 put_str(out, args_json);
             }
-            Frame::Invoked { session_token } | Frame::Kill { session_token } => {
+            Frame::Invoked {
+                session_token,
+                service_token,
+            } => {
+                out.put_slice(session_token.as_bytes());
+                if let Some(service_token) = service_token {
+                    out.put_slice(service_token.as_bytes());
+                }
+            }
+            Frame::Kill { session_token } => {
                 out.put_slice(session_token.as_bytes());
             }
+            Frame::Connect { service_token } => out.put_slice(service_token.as_bytes()),
             Frame::Attach {
                 session_token,
                 resume_from,
@@ -327,8 +356,12 @@ impl Frame {
                 out.put_u16(code.to_u16());
                 put_str(out, message);
             }
-            Frame::Killed | Frame::StatusRequest | Frame::InputEnd | Frame::Detach | Frame::End => {
-            }
+            Frame::Killed
+            | Frame::Connected
+            | Frame::StatusRequest
+            | Frame::InputEnd
+            | Frame::Detach
+            | Frame::End => {}
         }
         let len = u32::try_from(out.len() - start - 4).unwrap_or(u32::MAX);
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -521,7 +554,16 @@ impl Reader {
             },
             FrameType::Invoked => Frame::Invoked {
                 session_token: SessionToken::from_bytes(self.token("session_token")?),
+                service_token: if self.body.has_remaining() {
+                    Some(ServiceToken::from_bytes(self.token("service_token")?))
+                } else {
+                    None
+                },
             },
+            FrameType::Connect => Frame::Connect {
+                service_token: ServiceToken::from_bytes(self.token("service_token")?),
+            },
+            FrameType::Connected => Frame::Connected,
             FrameType::Attach => {
                 let session_token = SessionToken::from_bytes(self.token("session_token")?);
                 let flag = self.u8("resume flag")?;
@@ -616,7 +658,16 @@ mod tests {
             },
             Frame::Invoked {
                 session_token: SessionToken::from_bytes(token()),
+                service_token: None,
             },
+            Frame::Invoked {
+                session_token: SessionToken::from_bytes(token()),
+                service_token: Some(ServiceToken::from_bytes(token())),
+            },
+            Frame::Connect {
+                service_token: ServiceToken::from_bytes(token()),
+            },
+            Frame::Connected,
             Frame::Attach {
                 session_token: SessionToken::from_bytes(token()),
                 resume_from: None,

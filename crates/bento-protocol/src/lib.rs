@@ -24,7 +24,9 @@ pub use error_code::{ErrorCode, ErrorKind};
 pub use frame::{
     Frame, FrameDecoder, FrameType, ProtocolError, encode_data_header, reserve_for_read,
 };
-pub use token::{FunctionId, InvokeToken, SessionToken, TOKEN_BYTES, TokenParseError};
+pub use token::{
+    FunctionId, InvokeToken, ServiceToken, SessionToken, TOKEN_BYTES, TokenParseError,
+};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u16 = 1;

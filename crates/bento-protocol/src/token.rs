@@ -93,6 +93,12 @@ secret_token!(
     SessionToken,
     "session token"
 );
+secret_token!(
+    /// Secret capability to open a channel to a running instance's service
+    /// (`api.accept()`); its invoker hands it to whoever should connect.
+    ServiceToken,
+    "service token"
+);
 
 /// Public content hash identifying a stored function (SHA-256 of its
 /// filename, source and manifest).

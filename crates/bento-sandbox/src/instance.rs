@@ -8,8 +8,10 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::capabilities::Capabilities;
 use crate::engine::PythonRuntime;
 use crate::error::Failure;
+use crate::grant::CapabilityGrant;
 use crate::session_io::{SessionHost, SessionIo, SessionStdin, SessionStdout, StopReason};
 
 wasmtime::component::bindgen!({
@@ -29,6 +31,8 @@ pub struct Job {
     pub call: Call,
     /// Limits for this instance.
     pub limits: InstanceLimits,
+    /// What the instance may do beyond its session channel.
+    pub grant: CapabilityGrant,
 }
 
 /// How to call into a function module.
@@ -55,6 +59,7 @@ pub(crate) struct InstanceState {
     table: ResourceTable,
     io: Arc<SessionIo>,
     limiter: MemoryLimiter,
+    capabilities: Capabilities,
 }
 
 impl WasiView for InstanceState {
@@ -81,6 +86,100 @@ impl bento::runtime::session::Host for InstanceState {
 
     fn begin_message(&mut self, length: u64) -> wasmtime::Result<()> {
         self.io.begin_message(length).map_err(stopped)
+    }
+}
+
+impl bento::runtime::capabilities::Host for InstanceState {
+    fn granted(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(self.capabilities.granted())
+    }
+
+    fn stage(&mut self, length: u64) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.io.stage(length))
+    }
+
+    fn now(&mut self) -> wasmtime::Result<f64> {
+        Ok(self.capabilities.now())
+    }
+
+    fn sleep(&mut self, seconds: f64) -> wasmtime::Result<Result<(), String>> {
+        self.stop_check(self.capabilities.sleep(&self.io, seconds))
+    }
+
+    fn connect(&mut self, host: String, port: u16) -> wasmtime::Result<Result<u32, String>> {
+        let result = self.capabilities.connect(&self.io, &host, port);
+        self.stop_check(result)
+    }
+
+    fn accept(&mut self, timeout: Option<f64>) -> wasmtime::Result<Result<Option<u32>, String>> {
+        let result = self.capabilities.accept(&self.io, timeout);
+        self.stop_check(result)
+    }
+
+    fn conn_send(&mut self, stream: u32) -> wasmtime::Result<Result<(), String>> {
+        let result = self.capabilities.stream_send(&self.io, stream);
+        self.stop_check(result)
+    }
+
+    fn conn_recv(
+        &mut self,
+        stream: u32,
+        max: u32,
+        timeout: Option<f64>,
+    ) -> wasmtime::Result<Result<Option<u32>, String>> {
+        let result = self
+            .capabilities
+            .stream_recv(&self.io, stream, max, timeout);
+        self.stop_check(result)
+    }
+
+    fn conn_close(&mut self, stream: u32) -> wasmtime::Result<()> {
+        self.capabilities.stream_close(&self.io, stream);
+        Ok(())
+    }
+
+    fn http_request(
+        &mut self,
+        method: String,
+        url: String,
+        headers_json: String,
+    ) -> wasmtime::Result<Result<String, String>> {
+        let result = self
+            .capabilities
+            .http_request(&self.io, method, url, &headers_json);
+        self.stop_check(result)
+    }
+
+    fn storage_put(&mut self, key: String) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.capabilities.storage_put(&self.io, &key))
+    }
+
+    fn storage_get(&mut self, key: String) -> wasmtime::Result<Result<Option<u32>, String>> {
+        Ok(self.capabilities.storage_get(&self.io, &key))
+    }
+
+    fn storage_delete(&mut self, key: String) -> wasmtime::Result<Result<bool, String>> {
+        Ok(self.capabilities.storage_delete(&key))
+    }
+
+    fn storage_keys(&mut self) -> wasmtime::Result<Result<Vec<String>, String>> {
+        Ok(self.capabilities.storage_keys())
+    }
+
+    fn storage_usage(&mut self) -> wasmtime::Result<Result<(u64, u64), String>> {
+        Ok(self.capabilities.storage_usage())
+    }
+}
+
+impl InstanceState {
+    /// A capability call that ended because the instance is being stopped
+    /// traps (so the stop reason, not a Python exception, ends the
+    /// instance); any other result goes back to the function.
+    fn stop_check<T>(&self, result: Result<T, String>) -> wasmtime::Result<Result<T, String>> {
+        match self.io.stop_reason() {
+            Some(reason) if result.is_err() => Err(stopped(reason)),
+            _ => Ok(result),
+        }
     }
 }
 
@@ -148,7 +247,12 @@ fn thread_cpu_time() -> Duration {
 }
 
 impl PythonRuntime {
-    fn new_store(&self, io: Arc<SessionIo>, limits: &InstanceLimits) -> Store<InstanceState> {
+    fn new_store(
+        &self,
+        io: Arc<SessionIo>,
+        limits: &InstanceLimits,
+        grant: CapabilityGrant,
+    ) -> Store<InstanceState> {
         let wasi = WasiCtxBuilder::new()
             .stdin(SessionStdin(io.clone()))
             .stdout(SessionStdout(io.clone()))
@@ -164,6 +268,7 @@ impl PythonRuntime {
                 max_memory: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
                 io: io.clone(),
             },
+            capabilities: Capabilities::new(grant),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -193,7 +298,7 @@ impl PythonRuntime {
     /// Run `job` in a fresh instance, on the calling thread, until the entry
     /// function returns or a limit, kill or error ends it.
     pub fn run(&self, job: &Job, io: Arc<SessionIo>) -> Outcome {
-        let mut store = self.new_store(io.clone(), &job.limits);
+        let mut store = self.new_store(io.clone(), &job.limits, job.grant.clone());
         let result = self
             .pre
             .instantiate(&mut store)
@@ -205,6 +310,11 @@ impl PythonRuntime {
                     instance.call_evaluate(&mut store, &job.source, &job.filename, call)
                 }
             });
+        // Connections and channels end with the instance; its storage is
+        // deleted when the store drops.
+        let state = store.data_mut();
+        state.capabilities.close_all(&state.io);
+        drop(store);
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(traceback)) => Err(Failure::Exception(traceback)),
@@ -226,7 +336,7 @@ impl PythonRuntime {
             ..InstanceLimits::default()
         };
         let io = SessionIo::new(Arc::new(Discard), Instant::now() + limits.wall(), 0);
-        let mut store = self.new_store(io.clone(), &limits);
+        let mut store = self.new_store(io.clone(), &limits, CapabilityGrant::default());
         let result = self
             .pre
             .instantiate(&mut store)

@@ -13,17 +13,29 @@
 //! - output backpressure: `api.send` blocks while the session's output
 //!   credit is used up (see [`SessionIo`]).
 //!
+//! Capabilities beyond the session channel (outbound connections, HTTP,
+//! encrypted storage, time, service channels) are host functions that check
+//! the instance's [`CapabilityGrant`]; all traffic is charged to its
+//! bandwidth [`Throttle`].
+//!
 //! Nothing is ambient: no filesystem, no environment, no sockets, no name
 //! resolution. Session bytes flow through WASI stdin/stdout, implemented by
 //! [`SessionIo`], never through `list<u8>` arguments (componentize-py leaks
 //! those).
 
+mod capabilities;
 mod engine;
 mod error;
+mod grant;
 mod instance;
 mod session_io;
+mod throttle;
 
 pub use engine::{PythonRuntime, precompile_runtime};
 pub use error::{Failure, SandboxError};
+pub use grant::{CapabilityGrant, StorageGrant};
 pub use instance::{Call, Job, Outcome};
-pub use session_io::{MESSAGE_CREDIT, SessionHost, SessionIo, StopReason};
+pub use session_io::{
+    CHANNEL_CREDIT, MAX_STAGED, MESSAGE_CREDIT, SessionHost, SessionIo, StopReason,
+};
+pub use throttle::{Throttle, TokenBucket};

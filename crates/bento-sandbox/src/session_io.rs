@@ -9,15 +9,17 @@
 //!
 //! Every blocking wait wakes on kill and on the wall-clock deadline.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdinStream, StdoutStream};
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
+
+use crate::throttle::Throttle;
 
 /// Output credit one message boundary costs, so that a function sending
 /// many tiny (or empty) messages cannot make the box keep unbounded
@@ -27,6 +29,14 @@ pub const MESSAGE_CREDIT: u64 = 32;
 /// Largest chunk handed to [`SessionHost::deliver_output`] in one call.
 pub(crate) const MAX_OUTPUT_CHUNK: usize = 1024 * 1024;
 
+/// Largest body a function may stage for one capability call; stream
+/// sends are split into pieces of at most 1 MiB by the runtime.
+pub const MAX_STAGED: u64 = 16 * 1024 * 1024;
+
+/// Output a service channel may have in flight before the box has passed
+/// it on to the channel's client.
+pub const CHANNEL_CREDIT: u64 = 256 * 1024;
+
 /// Where a running instance's output and input acknowledgements go.
 pub trait SessionHost: Send + Sync + 'static {
     /// Output bytes the function wrote; always within granted credit.
@@ -35,6 +45,42 @@ pub trait SessionHost: Send + Sync + 'static {
     fn input_consumed(&self, bytes: u64);
     /// The next `length` output bytes are one message (one `api.send`).
     fn message_start(&self, length: u64);
+    /// Whether the service channel `channel` was accepted (the instance
+    /// had room for it) or refused.
+    fn channel_opened(&self, _channel: u32, _accepted: bool) {}
+    /// Bytes the function sent on service channel `channel`.
+    fn channel_output(&self, _channel: u32, _data: Bytes) {}
+    /// The function consumed `bytes` of the channel's input.
+    fn channel_consumed(&self, _channel: u32, _bytes: u64) {}
+    /// The function closed service channel `channel`.
+    fn channel_closed(&self, _channel: u32) {}
+}
+
+/// Why a blocking capability call returned without its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WaitError {
+    /// The instance is being stopped.
+    Stopped(StopReason),
+    /// The caller's own timeout passed.
+    TimedOut,
+}
+
+impl From<StopReason> for WaitError {
+    fn from(reason: StopReason) -> Self {
+        WaitError::Stopped(reason)
+    }
+}
+
+/// One service channel, as the instance sees it.
+#[derive(Debug, Default)]
+struct ChannelState {
+    inbound: VecDeque<Bytes>,
+    /// The client ended its input.
+    input_ended: bool,
+    /// The client is gone: sending fails.
+    gone: bool,
+    /// Bytes the function may still send before the box passes them on.
+    credit: u64,
 }
 
 /// Why a running instance is being stopped from outside the guest.
@@ -59,6 +105,19 @@ struct IoState {
     input_closed: bool,
     output_credit: u64,
     stop: Option<StopReason>,
+    /// Output bytes still to be staged for a capability call instead of
+    /// reaching the session (see `capabilities.stage`).
+    route_remaining: u64,
+    staged: Vec<u8>,
+    /// A capability result the guest reads from stdin before any session
+    /// input (not session traffic: not acknowledged, not throttled).
+    pending: Bytes,
+    /// Service channels by the box's channel id.
+    channels: HashMap<u32, ChannelState>,
+    /// Channels the function has not accepted yet.
+    incoming: VecDeque<u32>,
+    /// Channels and connections open (including not yet accepted ones).
+    open_channels: u64,
 }
 
 /// Shared state of one session's I/O, between the guest's thread and the
@@ -68,6 +127,8 @@ pub struct SessionIo {
     changed: Condvar,
     host: Arc<dyn SessionHost>,
     deadline: Instant,
+    throttle: Throttle,
+    channel_limit: u64,
 }
 
 impl std::fmt::Debug for SessionIo {
@@ -80,6 +141,18 @@ impl SessionIo {
     /// A session channel whose waits end at `deadline` (the wall-clock
     /// limit), starting with `initial_credit` bytes of output credit.
     pub fn new(host: Arc<dyn SessionHost>, deadline: Instant, initial_credit: u64) -> Arc<Self> {
+        Self::with_limits(host, deadline, initial_credit, Throttle::unlimited(), 0)
+    }
+
+    /// Like [`SessionIo::new`], charging all traffic to `throttle` and
+    /// allowing `channel_limit` service channels and connections at once.
+    pub fn with_limits(
+        host: Arc<dyn SessionHost>,
+        deadline: Instant,
+        initial_credit: u64,
+        throttle: Throttle,
+        channel_limit: u64,
+    ) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(IoState {
                 output_credit: initial_credit,
@@ -88,6 +161,8 @@ impl SessionIo {
             changed: Condvar::new(),
             host,
             deadline,
+            throttle,
+            channel_limit,
         })
     }
 
@@ -162,13 +237,69 @@ impl SessionIo {
         }
     }
 
+    /// Like `wait_until`, but also gives up at `until` (a caller's timeout).
+    fn wait_until_or<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, IoState>,
+        mut ready: impl FnMut(&mut IoState) -> bool,
+        until: Option<Instant>,
+    ) -> Result<MutexGuard<'a, IoState>, WaitError> {
+        loop {
+            if let Some(reason) = state.stop {
+                return Err(reason.into());
+            }
+            if ready(&mut state) {
+                return Ok(state);
+            }
+            let now = Instant::now();
+            if now >= self.deadline {
+                state.stop.get_or_insert(StopReason::WallTime);
+                continue;
+            }
+            let mut wake = self.deadline;
+            if let Some(until) = until {
+                if now >= until {
+                    return Err(WaitError::TimedOut);
+                }
+                wake = wake.min(until);
+            }
+            state = self
+                .changed
+                .wait_timeout(state, wake - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Block for `duration` (or until stopped), using no CPU.
+    pub(crate) fn sleep(&self, duration: Duration) -> Result<(), StopReason> {
+        let until = Instant::now()
+            .checked_add(duration)
+            .unwrap_or(self.deadline);
+        match self.wait_until_or(self.lock(), |_| false, Some(until)) {
+            Err(WaitError::Stopped(reason)) => Err(reason),
+            _ => Ok(()),
+        }
+    }
+
+    /// Charge `bytes` of traffic to the instance's bandwidth limits and
+    /// wait as long as they say (backpressure, not failure).
+    pub(crate) fn throttle(&self, bytes: u64) -> Result<(), StopReason> {
+        let wait = self.throttle.charge(bytes);
+        if wait.is_zero() {
+            return Ok(());
+        }
+        self.sleep(wait)
+    }
+
     /// Block until the next client message; returns its length, or `None`
     /// once input is closed and drained.
     pub(crate) fn next_message(&self) -> Result<Option<u32>, StopReason> {
         let state = self.lock();
         let mut state = self.wait_until(state, |s| !s.messages.is_empty() || s.input_closed)?;
-        // An unread remainder of the previous message is dropped: recv()
-        // always returns whole messages.
+        // An unread capability result is dropped, like an unread remainder
+        // of the previous message: recv() always returns whole messages.
+        state.pending = Bytes::new();
         let skipped = state.current.len() as u64;
         match state.messages.pop_front() {
             Some(message) => {
@@ -205,6 +336,10 @@ impl SessionIo {
         if state.stop.is_some() {
             return Err(StreamError::Closed);
         }
+        if !state.pending.is_empty() {
+            let take = max.min(state.pending.len());
+            return Ok(state.pending.split_to(take));
+        }
         if state.current.is_empty() {
             match state.messages.pop_front() {
                 Some(message) => state.current = message,
@@ -215,6 +350,9 @@ impl SessionIo {
         let take = max.min(state.current.len());
         let chunk = state.current.split_to(take);
         drop(state);
+        if self.throttle(chunk.len() as u64).is_err() {
+            return Err(StreamError::Closed);
+        }
         self.host.input_consumed(chunk.len() as u64);
         Ok(chunk)
     }
@@ -223,7 +361,10 @@ impl SessionIo {
         let state = self.lock();
         // A stop is reported by the next read; nothing to do with it here.
         drop(self.wait_until(state, |s| {
-            !s.current.is_empty() || !s.messages.is_empty() || s.input_closed
+            !s.pending.is_empty()
+                || !s.current.is_empty()
+                || !s.messages.is_empty()
+                || s.input_closed
         }));
     }
 
@@ -231,6 +372,11 @@ impl SessionIo {
         let state = self.lock();
         if let Some(reason) = state.stop {
             return Err(StreamError::trap(&format!("session stopped: {reason:?}")));
+        }
+        if state.route_remaining > 0 {
+            return Ok(usize::try_from(state.route_remaining)
+                .unwrap_or(usize::MAX)
+                .min(MAX_OUTPUT_CHUNK));
         }
         Ok(usize::try_from(state.output_credit)
             .unwrap_or(usize::MAX)
@@ -243,11 +389,22 @@ impl SessionIo {
             return Err(StreamError::trap(&format!("session stopped: {reason:?}")));
         }
         let len = data.len() as u64;
+        if state.route_remaining > 0 {
+            if len > state.route_remaining {
+                return Err(StreamError::trap("wrote more than check-write permitted"));
+            }
+            state.route_remaining -= len;
+            state.staged.extend_from_slice(&data);
+            return Ok(());
+        }
         if len > state.output_credit {
             return Err(StreamError::trap("wrote more than check-write permitted"));
         }
         state.output_credit -= len;
         drop(state);
+        if let Err(reason) = self.throttle(len) {
+            return Err(StreamError::trap(&format!("session stopped: {reason:?}")));
+        }
         self.host.deliver_output(data);
         Ok(())
     }
@@ -255,7 +412,199 @@ impl SessionIo {
     fn wait_output_credit(&self) {
         let state = self.lock();
         // A stop is reported by the next check-write; nothing to do here.
-        drop(self.wait_until(state, |s| s.output_credit > 0));
+        drop(self.wait_until(state, |s| s.output_credit > 0 || s.route_remaining > 0));
+    }
+
+    // ---- capability plumbing ------------------------------------------
+
+    /// Route the next `length` stdout bytes into the staging buffer.
+    pub(crate) fn stage(&self, length: u64) -> Result<(), String> {
+        if length > MAX_STAGED {
+            return Err(format!(
+                "invalid: {length} bytes is more than the {MAX_STAGED} bytes one call can take"
+            ));
+        }
+        let mut state = self.lock();
+        state.route_remaining = length;
+        state.staged = Vec::with_capacity(usize::try_from(length.min(1 << 20)).unwrap_or(0));
+        Ok(())
+    }
+
+    /// The staged body, once completely written.
+    pub(crate) fn take_staged(&self) -> Result<Vec<u8>, String> {
+        let mut state = self.lock();
+        if state.route_remaining > 0 {
+            state.route_remaining = 0;
+            state.staged = Vec::new();
+            return Err("invalid: the staged body was not completely written".into());
+        }
+        Ok(std::mem::take(&mut state.staged))
+    }
+
+    /// Make `data` the next bytes the guest reads from stdin.
+    pub(crate) fn set_pending(&self, data: Bytes) {
+        self.lock().pending = data;
+    }
+
+    /// Count one more channel or connection, if the grant allows it.
+    pub(crate) fn try_open_channel(&self) -> bool {
+        let mut state = self.lock();
+        if state.open_channels >= self.channel_limit {
+            return false;
+        }
+        state.open_channels += 1;
+        true
+    }
+
+    /// A channel or connection was closed.
+    pub(crate) fn channel_released(&self) {
+        let mut state = self.lock();
+        state.open_channels = state.open_channels.saturating_sub(1);
+    }
+
+    /// The channel limit, for messages.
+    pub(crate) fn channel_limit(&self) -> u64 {
+        self.channel_limit
+    }
+
+    /// A client connected to the instance's service: queue the channel for
+    /// `accept`, or refuse it when the instance is at its channel limit.
+    pub fn open_channel(&self, channel: u32) {
+        let accepted = {
+            let mut state = self.lock();
+            let room = state.stop.is_none()
+                && state.open_channels < self.channel_limit
+                && !state.channels.contains_key(&channel);
+            if room {
+                state.open_channels += 1;
+                state.channels.insert(
+                    channel,
+                    ChannelState {
+                        credit: CHANNEL_CREDIT,
+                        ..ChannelState::default()
+                    },
+                );
+                state.incoming.push_back(channel);
+            }
+            room
+        };
+        self.changed.notify_all();
+        self.host.channel_opened(channel, accepted);
+    }
+
+    /// Bytes from a service channel's client.
+    pub fn channel_input(&self, channel: u32, data: Bytes) {
+        if let Some(ch) = self.lock().channels.get_mut(&channel) {
+            ch.inbound.push_back(data);
+        }
+        self.changed.notify_all();
+    }
+
+    /// The channel's client ended its input (`gone`: and went away, so
+    /// sending fails too).
+    pub fn channel_end(&self, channel: u32, gone: bool) {
+        if let Some(ch) = self.lock().channels.get_mut(&channel) {
+            ch.input_ended = true;
+            ch.gone |= gone;
+        }
+        self.changed.notify_all();
+    }
+
+    /// The box passed `bytes` of the channel's output on.
+    pub fn channel_credit(&self, channel: u32, bytes: u64) {
+        if let Some(ch) = self.lock().channels.get_mut(&channel) {
+            ch.credit = ch.credit.saturating_add(bytes);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Wait for the next incoming service channel.
+    pub(crate) fn accept(&self, until: Option<Instant>) -> Result<u32, WaitError> {
+        let state = self.lock();
+        let mut state = self.wait_until_or(state, |s| !s.incoming.is_empty(), until)?;
+        state.incoming.pop_front().ok_or(WaitError::TimedOut)
+    }
+
+    /// Wait for input on a service channel; `None` at its end.
+    pub(crate) fn channel_recv(
+        &self,
+        channel: u32,
+        max: usize,
+        until: Option<Instant>,
+    ) -> Result<Option<Bytes>, WaitError> {
+        let state = self.lock();
+        let mut state = self.wait_until_or(
+            state,
+            |s| {
+                s.channels
+                    .get(&channel)
+                    .is_none_or(|c| !c.inbound.is_empty() || c.input_ended)
+            },
+            until,
+        )?;
+        let Some(ch) = state.channels.get_mut(&channel) else {
+            return Ok(None);
+        };
+        let Some(front) = ch.inbound.front_mut() else {
+            return Ok(None);
+        };
+        let chunk = if front.len() <= max {
+            ch.inbound.pop_front().unwrap_or_default()
+        } else {
+            front.split_to(max)
+        };
+        drop(state);
+        self.throttle(chunk.len() as u64)?;
+        self.host.channel_consumed(channel, chunk.len() as u64);
+        Ok(Some(chunk))
+    }
+
+    /// Send on a service channel, waiting for channel credit.
+    pub(crate) fn channel_send(&self, channel: u32, data: &[u8]) -> Result<(), String> {
+        let mut rest = data;
+        while !rest.is_empty() {
+            let state = self.lock();
+            let state = self.wait_until_or(
+                state,
+                |s| {
+                    s.channels
+                        .get(&channel)
+                        .is_none_or(|c| c.credit > 0 || c.gone)
+                },
+                None,
+            );
+            let mut state = match state {
+                Ok(state) => state,
+                Err(WaitError::Stopped(reason)) => return Err(format!("stopped: {reason:?}")),
+                Err(WaitError::TimedOut) => return Err("timeout: the channel is stalled".into()),
+            };
+            let Some(ch) = state.channels.get_mut(&channel) else {
+                return Err("closed: the channel is closed".into());
+            };
+            if ch.gone {
+                return Err("closed: the channel's client went away".into());
+            }
+            let take = usize::try_from(ch.credit)
+                .unwrap_or(usize::MAX)
+                .min(rest.len());
+            ch.credit -= take as u64;
+            drop(state);
+            self.throttle(take as u64)
+                .map_err(|reason| format!("stopped: {reason:?}"))?;
+            self.host
+                .channel_output(channel, Bytes::copy_from_slice(&rest[..take]));
+            rest = &rest[take..];
+        }
+        Ok(())
+    }
+
+    /// The function closed a service channel.
+    pub(crate) fn channel_close(&self, channel: u32) {
+        let existed = self.lock().channels.remove(&channel).is_some();
+        if existed {
+            self.channel_released();
+            self.host.channel_closed(channel);
+        }
     }
 }
 

@@ -4,14 +4,18 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bento_policy::Limit;
-use bento_protocol::{ErrorCode, Frame, FunctionId, InvokeToken, SessionToken};
-use bento_worker::{InstanceOutcome, StartCall, StartRequest};
+use bento_policy::{Capability, Grant, Limit, Manifest, admit};
+use bento_protocol::{ErrorCode, Frame, FunctionId, InvokeToken, ServiceToken, SessionToken};
+use bento_worker::{CapabilityGrant, InstanceOutcome, StartCall, StartRequest, StorageGrant};
 
 use crate::BoxState;
 use crate::connection::check_filename;
 use crate::function_store::{StoreError, StoredFunction};
-use crate::session::{GlobalCounters, Session};
+use crate::session::{GlobalCounters, Service, Session};
+
+/// Largest HTTP response body a function may receive (and never more than
+/// half its memory, which has to hold it).
+const HTTP_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// A refusal, as the protocol reports it.
 #[derive(Debug, Clone)]
@@ -60,13 +64,32 @@ pub(crate) fn outcome_refusal(outcome: &InstanceOutcome) -> Option<Refusal> {
 }
 
 impl BoxState {
-    /// Check (size, file name, compiles in the sandbox) and persist a function.
+    /// Check a manifest against the box's policy: the grant, or a refusal
+    /// listing every violation.
+    pub(crate) fn admit_manifest(&self, manifest: &str) -> Result<Grant, Refusal> {
+        let manifest = Manifest::from_toml(manifest)
+            .map_err(|e| Refusal::new(ErrorCode::ManifestRejected, e.to_string()))?;
+        admit(&manifest, &self.config.policy, &self.own_addresses).map_err(|violations| {
+            let list: Vec<String> = violations.iter().map(|v| format!("  - {v}")).collect();
+            Refusal::new(
+                ErrorCode::ManifestRejected,
+                format!(
+                    "the manifest asks for more than this box allows:\n{}",
+                    list.join("\n")
+                ),
+            )
+        })
+    }
+
+    /// Check (size, file name, manifest against the policy, compiles in the
+    /// sandbox) and persist a function.
     pub(crate) async fn store_function(
         self: &Arc<Self>,
         filename: String,
         source: String,
+        manifest: String,
     ) -> Result<(FunctionId, InvokeToken), Refusal> {
-        let max = self.config.max_source_bytes;
+        let max = self.config.max_source_bytes();
         if source.len() > max {
             return Err(Refusal::new(
                 ErrorCode::InvalidFunction,
@@ -78,6 +101,16 @@ impl BoxState {
         }
         check_filename(&filename)
             .map_err(|reason| Refusal::new(ErrorCode::InvalidFunction, reason))?;
+        if manifest.len() > max {
+            return Err(Refusal::new(
+                ErrorCode::ManifestRejected,
+                format!(
+                    "the manifest is {} bytes; this box accepts at most {max}",
+                    manifest.len()
+                ),
+            ));
+        }
+        self.admit_manifest(&manifest)?;
         match self.pool.check(source.clone(), filename.clone()).await {
             Ok(InstanceOutcome::Exception(text)) => {
                 return Err(Refusal::new(
@@ -94,7 +127,8 @@ impl BoxState {
         }
         let state = self.clone();
         let stored =
-            tokio::task::spawn_blocking(move || state.store.store(&filename, &source, "")).await;
+            tokio::task::spawn_blocking(move || state.store.store(&filename, &source, &manifest))
+                .await;
         match stored {
             Ok(Ok(stored)) => {
                 tracing::info!("stored a function");
@@ -118,33 +152,62 @@ impl BoxState {
     }
 
     /// Start a fresh instance of `function` as a new session under `token`,
-    /// within the box's instance and buffer caps.
+    /// with exactly what its manifest declared and within the box's caps.
+    /// Returns the session and, if the function offers a service, the
+    /// token clients connect to it with.
     pub(crate) async fn start_session(
         &self,
         function: &StoredFunction,
         call: StartCall,
         token: SessionToken,
         frames_messages: bool,
-    ) -> Result<Arc<Session>, Refusal> {
-        let limits = self.config.limits.clone();
+    ) -> Result<(Arc<Session>, Option<ServiceToken>), Refusal> {
+        // The policy may have changed since the function was stored.
+        let grant = self.admit_manifest(&function.manifest)?;
+        let limits = grant.instance_limits();
+        let service = if grant.capabilities.contains(&Capability::Service) {
+            let token = ServiceToken::generate()
+                .map_err(|_| Refusal::new(ErrorCode::Internal, "cannot generate a token"))?;
+            Some(token)
+        } else {
+            None
+        };
+        let storage = self.storage_for(&grant)?;
+        let storage_reserved = storage.as_ref().map_or(0, |s| s.quota_bytes);
         reserve(
             &self.counters,
-            self.config.max_instances,
+            self.config.max_instances(),
             limits.output_buffer_bytes,
-            self.config.max_buffered_bytes,
+            self.config.max_buffered_bytes(),
         )?;
+        if let Err(refusal) = reserve_storage(
+            &self.counters,
+            storage_reserved,
+            self.config.max_storage_bytes(),
+        ) {
+            self.counters
+                .running_instances
+                .fetch_sub(1, Ordering::Relaxed);
+            self.counters
+                .reserved_buffer_bytes
+                .fetch_sub(limits.output_buffer_bytes, Ordering::Relaxed);
+            return Err(refusal);
+        }
         let session = Session::new(
             token,
             self.counters.clone(),
             limits.output_buffer_bytes,
             frames_messages,
             limits.wall(),
+            service.clone().map(Service::new),
+            storage.as_ref().map(|s| (s.dir.clone(), s.quota_bytes)),
         );
         let request = StartRequest {
             source: function.source.clone(),
             filename: function.filename.clone(),
             call,
             limits,
+            grant: self.capability_grant(&grant, storage),
         };
         let started = self
             .pool
@@ -153,18 +216,90 @@ impl BoxState {
         match started {
             Ok(handle) => session.set_handle(handle),
             Err(e) => {
-                // Never started: undo the instance count; dropping the
-                // session releases its buffer reservation.
+                // Never started: undo the counts; dropping the session
+                // releases its buffer reservation.
                 self.counters
                     .running_instances
                     .fetch_sub(1, Ordering::Relaxed);
+                self.counters
+                    .reserved_storage_bytes
+                    .fetch_sub(storage_reserved, Ordering::Relaxed);
                 return Err(Refusal::new(ErrorCode::Internal, e.to_string()));
             }
         }
         self.sessions.insert(session.clone());
+        self.services.insert(&session);
         tracing::info!("started a session");
-        Ok(session)
+        Ok((session, service))
     }
+
+    /// A fresh storage directory for an instance granted storage.
+    fn storage_for(&self, grant: &Grant) -> Result<Option<StorageGrant>, Refusal> {
+        if !grant.capabilities.contains(&Capability::Storage) || grant.resources.storage_kib == 0 {
+            return Ok(None);
+        }
+        // A random name: nothing on disk links storage to a session.
+        let name = SessionToken::generate()
+            .map_err(|_| Refusal::new(ErrorCode::Internal, "cannot generate a name"))?;
+        Ok(Some(StorageGrant {
+            dir: self.storage_root.join(&name.to_hex()[..32]),
+            quota_bytes: grant.resources.storage_kib.saturating_mul(1024),
+        }))
+    }
+
+    /// Everything the worker needs to enforce `grant`.
+    fn capability_grant(&self, grant: &Grant, storage: Option<StorageGrant>) -> CapabilityGrant {
+        let policy = &self.config.policy;
+        let workers = u64::try_from(self.config.workers.workers.max(1)).unwrap_or(1);
+        let memory = grant.resources.memory_mib.saturating_mul(bento_policy::MIB);
+        CapabilityGrant {
+            capabilities: grant.capabilities.clone(),
+            grant_destinations: grant
+                .destinations
+                .rules()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            policy_destinations: policy
+                .destinations
+                .rules()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            own_addresses: self.own_addresses.clone(),
+            storage,
+            bandwidth_bytes_per_s: grant.resources.bandwidth_kib_per_s.saturating_mul(1024),
+            // Each worker enforces an equal share, so all together never
+            // exceed the box's limit.
+            box_bandwidth_bytes_per_s: policy.caps.bandwidth_kib_per_s.saturating_mul(1024)
+                / workers,
+            channels: grant.resources.channels,
+            http_max_response_bytes: HTTP_MAX_RESPONSE_BYTES.min(memory / 2),
+            http_extra_roots_pem: self.config.http_extra_roots_pem.clone(),
+        }
+    }
+}
+
+/// Reserve instance storage within the box-wide cap, or refuse.
+fn reserve_storage(counters: &GlobalCounters, bytes: u64, max: u64) -> Result<(), Refusal> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    let reserved = counters
+        .reserved_storage_bytes
+        .fetch_add(bytes, Ordering::Relaxed);
+    if reserved + bytes > max {
+        counters
+            .reserved_storage_bytes
+            .fetch_sub(bytes, Ordering::Relaxed);
+        return Err(Refusal::new(
+            ErrorCode::InstanceStorageFull,
+            format!(
+                "the box reserves at most {max} bytes of instance storage and that is taken; try again later"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Count one more instance and reserve its output buffer, or refuse.

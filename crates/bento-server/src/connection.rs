@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bento_protocol::{
-    ErrorCode, Frame, FrameDecoder, FrameType, PROTOCOL_VERSION, ProtocolError, SessionToken,
-    encode_data_header,
+    ErrorCode, Frame, FrameDecoder, FrameType, MAX_DATA_LEN, PROTOCOL_VERSION, ProtocolError,
+    ServiceToken, SessionToken, encode_data_header,
 };
-use bento_worker::StartCall;
+use bento_worker::{ChannelEvent, StartCall};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
@@ -17,7 +17,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::BoxState;
 use crate::box_ops::{Refusal, outcome_refusal};
-use crate::session::Session;
+use crate::session::{INPUT_WINDOW, Session};
 
 /// Output bytes written to the client per wake-up, before looking at its
 /// frames again.
@@ -181,6 +181,9 @@ impl Conn {
                     session_token,
                     resume_from,
                 } => return self.attach(session_token, resume_from).await,
+                Frame::Connect { service_token } => {
+                    return self.connect_service(service_token).await;
+                }
                 other => {
                     return Err(Close::with(
                         ErrorCode::UnexpectedFrame,
@@ -193,13 +196,7 @@ impl Conn {
     }
 
     async fn store(&mut self, filename: String, source: String, manifest: String) -> Frame {
-        if !manifest.trim().is_empty() {
-            return Frame::error(
-                ErrorCode::InvalidFunction,
-                "this box does not accept function manifests yet; store the function without one",
-            );
-        }
-        match self.state.store_function(filename, source).await {
+        match self.state.store_function(filename, source, manifest).await {
             Ok((function_id, invoke_token)) => Frame::Stored {
                 function_id,
                 invoke_token,
@@ -251,8 +248,108 @@ impl Conn {
             .start_session(&function, call, session_token.clone(), false)
             .await
         {
-            Ok(_) => Frame::Invoked { session_token },
+            Ok((_, service_token)) => Frame::Invoked {
+                session_token,
+                service_token,
+            },
             Err(e) => e.into_frame(),
+        }
+    }
+
+    /// Serve one channel to a running instance's service until the function
+    /// closes it, the instance ends, or the client goes away.
+    async fn connect_service(&mut self, token: ServiceToken) -> Result<(), Close> {
+        let unknown = || {
+            Close::with(
+                ErrorCode::UnknownService,
+                "no running instance offers a service under this token (it never existed or has ended)",
+            )
+        };
+        let session = self.state.services.get(&token).ok_or_else(unknown)?;
+        let handle = session.handle().cloned().ok_or_else(unknown)?;
+        let (channel, mut events) = session.open_channel().ok_or_else(unknown)?;
+        // However this ends, the instance learns that the client is gone.
+        let _guard = ChannelGuard {
+            session: session.clone(),
+            channel,
+        };
+        match events.recv().await {
+            Some(ChannelEvent::Opened(true)) => {}
+            Some(ChannelEvent::Opened(false)) => {
+                return Err(Close::with(
+                    ErrorCode::ChannelLimit,
+                    "the service has as many channels open as its grant allows; try again later",
+                ));
+            }
+            _ => return Err(unknown()),
+        }
+        self.send(&Frame::Connected).await?;
+        let mut in_flight = 0u64;
+        loop {
+            while in_flight < INPUT_WINDOW {
+                match self.decoder.decode(&mut self.buf)? {
+                    Some(Frame::Input { data }) => {
+                        in_flight += data.len() as u64;
+                        handle.channel_input(channel, data);
+                    }
+                    Some(Frame::InputEnd) => handle.channel_end(channel, false),
+                    Some(other) => {
+                        return Err(Close::with(
+                            ErrorCode::UnexpectedFrame,
+                            format!(
+                                "{} is not allowed on a service channel",
+                                other.frame_type().name()
+                            ),
+                        ));
+                    }
+                    None => break,
+                }
+            }
+            bento_protocol::reserve_for_read(&mut self.buf);
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(ChannelEvent::Output(data)) => {
+                        for chunk in data.chunks(MAX_DATA_LEN) {
+                            self.writer
+                                .write_all(&encode_data_header(FrameType::Output, chunk.len()))
+                                .await?;
+                            self.writer.write_all(chunk).await?;
+                        }
+                        self.writer.flush().await?;
+                        handle.channel_credit(channel, data.len() as u64);
+                    }
+                    Some(ChannelEvent::Consumed(n)) => in_flight = in_flight.saturating_sub(n),
+                    Some(ChannelEvent::Closed) => {
+                        self.send(&Frame::End).await?;
+                        return Ok(());
+                    }
+                    Some(ChannelEvent::Opened(_)) => {}
+                    None => {
+                        let frame = session
+                            .lock()
+                            .outcome
+                            .as_ref()
+                            .and_then(outcome_refusal)
+                            .map_or_else(
+                                || Frame::error(ErrorCode::UnknownService, "the service's instance ended"),
+                                |refusal| {
+                                    Frame::error(
+                                        refusal.code,
+                                        format!("the service's instance ended: {}", refusal.message),
+                                    )
+                                },
+                            );
+                        return Err(Close(Some(frame)));
+                    }
+                },
+                read = self.reader.read_buf(&mut self.buf), if in_flight < INPUT_WINDOW => {
+                    match read {
+                        Ok(0) => return Ok(()),
+                        Ok(_) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
         }
     }
 
@@ -438,6 +535,18 @@ impl Conn {
             }
         }
         Ok(true)
+    }
+}
+
+/// Tells the instance a channel's client is gone when its connection ends.
+struct ChannelGuard {
+    session: Arc<Session>,
+    channel: u32,
+}
+
+impl Drop for ChannelGuard {
+    fn drop(&mut self) {
+        self.session.close_channel(self.channel);
     }
 }
 

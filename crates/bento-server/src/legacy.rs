@@ -182,7 +182,7 @@ impl LegacyConn {
 
     fn max_request(&self) -> u32 {
         // JSON may escape each source byte as up to six characters.
-        let max = self.state.config.max_source_bytes.saturating_mul(6) + 64 * 1024;
+        let max = self.state.config.max_source_bytes().saturating_mul(6) + 64 * 1024;
         u32::try_from(max.max(bento_protocol::MAX_DATA_LEN + INSTANCE_ID_LEN)).unwrap_or(u32::MAX)
     }
 
@@ -239,7 +239,11 @@ impl LegacyConn {
                 let reply = match serde_json::from_slice::<StoreRequest>(&body) {
                     Ok(req) => match self
                         .state
-                        .store_function(filename_for(&req.name), req.code)
+                        .store_function(
+                            filename_for(&req.name),
+                            req.code,
+                            self.state.config.legacy_manifest.clone(),
+                        )
                         .await
                     {
                         Ok((_, token)) => response(T_STORE, false, token.to_hex().as_bytes()),

@@ -17,6 +17,7 @@ mod box_ops;
 mod connection;
 pub mod function_store;
 mod legacy;
+mod own_addresses;
 pub mod session;
 
 use std::net::SocketAddr;
@@ -25,13 +26,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bento_policy::InstanceLimits;
+use bento_policy::{BoxPolicy, MIB};
 use bento_worker::{WorkerPool, WorkerPoolConfig};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::function_store::{FunctionStore, StoreError};
-use crate::session::{GlobalCounters, SessionTable};
+use crate::session::{GlobalCounters, ServiceTable, SessionTable};
 
 /// How often finished sessions are expired and overdue ones checked.
 const JANITOR_PERIOD: Duration = Duration::from_secs(1);
@@ -42,19 +43,17 @@ const WALL_LIMIT_GRACE: Duration = Duration::from_secs(5);
 /// Server configuration; [`ServerConfig::new`] gives the documented defaults.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Data directory (stored functions).
+    /// Data directory (stored functions, instance storage).
     pub data_dir: PathBuf,
-    /// Limits for every instance.
-    pub limits: InstanceLimits,
-    /// Most instances running at once (default 1024).
-    pub max_instances: u64,
-    /// Most output-buffer bytes reserved by all live sessions together
-    /// (default 4 GiB; each session reserves `limits.output_buffer_bytes`).
-    pub max_buffered_bytes: u64,
-    /// Largest function source accepted (default 1 MiB).
-    pub max_source_bytes: usize,
-    /// Most bytes of stored functions (default 1 GiB).
-    pub max_stored_bytes: u64,
+    /// The operator's policy: per-instance ceilings, box-wide caps,
+    /// grantable capabilities, destination rules.
+    pub policy: BoxPolicy,
+    /// The manifest (TOML) functions stored through the research
+    /// prototype's protocol run under, since that protocol cannot carry
+    /// one; empty for the minimum.
+    pub legacy_manifest: String,
+    /// Extra PEM trust anchors for functions' HTTPS requests.
+    pub http_extra_roots_pem: Option<String>,
     /// How long a finished session stays attachable (default 10 min).
     pub session_retention: Duration,
     /// How long a client may idle between requests or stall inside a frame
@@ -73,17 +72,40 @@ impl ServerConfig {
     pub fn new(data_dir: PathBuf, workers: WorkerPoolConfig) -> Self {
         Self {
             data_dir,
-            limits: InstanceLimits::default(),
-            max_instances: 1024,
-            max_buffered_bytes: 4 * 1024 * 1024 * 1024,
-            max_source_bytes: 1024 * 1024,
-            max_stored_bytes: 1024 * 1024 * 1024,
+            policy: BoxPolicy::default(),
+            legacy_manifest: String::new(),
+            http_extra_roots_pem: None,
             session_retention: Duration::from_secs(600),
             read_timeout: Duration::from_secs(30),
             max_connections: 4096,
             workers,
             legacy_listen: None,
         }
+    }
+
+    /// Most instances running at once.
+    pub fn max_instances(&self) -> u64 {
+        self.policy.caps.max_instances
+    }
+
+    /// Most output-buffer bytes all live sessions together may reserve.
+    pub fn max_buffered_bytes(&self) -> u64 {
+        self.policy.caps.max_buffered_mib.saturating_mul(MIB)
+    }
+
+    /// Largest function source accepted, bytes.
+    pub fn max_source_bytes(&self) -> usize {
+        usize::try_from(self.policy.caps.max_upload_kib.saturating_mul(1024)).unwrap_or(usize::MAX)
+    }
+
+    /// Most bytes of stored functions.
+    pub fn max_stored_bytes(&self) -> u64 {
+        self.policy.caps.max_stored_mib.saturating_mul(MIB)
+    }
+
+    /// Most instance-storage bytes all instances together may reserve.
+    pub fn max_storage_bytes(&self) -> u64 {
+        self.policy.caps.max_storage_mib.saturating_mul(MIB)
     }
 }
 
@@ -111,6 +133,12 @@ pub(crate) struct BoxState {
     pub(crate) counters: Arc<GlobalCounters>,
     /// Client connections open at once, over all listeners.
     pub(crate) connection_permits: Arc<Semaphore>,
+    /// Running instances that offer a service, by service token.
+    pub(crate) services: ServiceTable,
+    /// The box's own addresses, never reachable through a wildcard rule.
+    pub(crate) own_addresses: Vec<std::net::IpAddr>,
+    /// Where instances' encrypted storage directories are created.
+    pub(crate) storage_root: PathBuf,
 }
 
 impl BoxState {
@@ -128,15 +156,24 @@ impl BoxState {
             },
             "instances": {
                 "running": self.counters.running_instances.load(Ordering::Relaxed),
-                "max": self.config.max_instances,
+                "max": self.config.max_instances(),
             },
             "sessions": self.sessions.len(),
             "output_buffer_bytes": {
                 "reserved": self.counters.reserved_buffer_bytes.load(Ordering::Relaxed),
-                "max": self.config.max_buffered_bytes,
+                "max": self.config.max_buffered_bytes(),
             },
-            "stored_functions": { "count": functions, "bytes": stored_bytes, "max_bytes": self.config.max_stored_bytes },
-            "limits": self.config.limits,
+            "instance_storage_bytes": {
+                "reserved": self.counters.reserved_storage_bytes.load(Ordering::Relaxed),
+                "max": self.config.max_storage_bytes(),
+            },
+            "stored_functions": { "count": functions, "bytes": stored_bytes, "max_bytes": self.config.max_stored_bytes() },
+            // What function authors may ask for (the policy is public).
+            "policy": {
+                "capabilities": self.config.policy.capabilities.iter().map(|c| c.name()).collect::<Vec<_>>(),
+                "instance": self.config.policy.instance,
+                "destinations": self.config.policy.destinations.rules().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            },
         })
         .to_string()
     }
@@ -158,7 +195,15 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Open the data directory, start the workers and bind `listen`.
     pub async fn bind(config: ServerConfig, listen: SocketAddr) -> Result<Self, ServerError> {
-        let store = FunctionStore::open(&config.data_dir, config.max_stored_bytes)?;
+        let store = FunctionStore::open(&config.data_dir, config.max_stored_bytes())?;
+        // Storage of instances that were running when the box last stopped
+        // is unreadable (its keys died with them): remove it.
+        let storage_root = config.data_dir.join("instance-storage");
+        match bento_storage::remove_leftovers(&storage_root) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(n, "removed storage left by instances of an earlier run"),
+            Err(e) => tracing::warn!(error = %e, "cannot remove old instance storage"),
+        }
         let config_max_connections = config.max_connections;
         let pool = WorkerPool::start(config.workers.clone()).await?;
         let listener = TcpListener::bind(listen).await?;
@@ -166,6 +211,11 @@ impl Server {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
         };
+        let mut listening = vec![listener.local_addr()?];
+        if let Some(legacy) = &legacy_listener {
+            listening.push(legacy.local_addr()?);
+        }
+        let own_addresses = own_addresses::own_addresses(&listening);
         Ok(Self {
             legacy_listener,
             state: Arc::new(BoxState {
@@ -175,6 +225,9 @@ impl Server {
                 pool,
                 counters: Arc::default(),
                 connection_permits: Arc::new(Semaphore::new(config_max_connections)),
+                services: ServiceTable::default(),
+                own_addresses,
+                storage_root,
             }),
             listener,
         })
@@ -205,6 +258,7 @@ impl Server {
             let retention = janitor_state.config.session_retention;
             loop {
                 tokio::time::sleep(JANITOR_PERIOD).await;
+                janitor_state.services.purge();
                 let expired = janitor_state.sessions.expire(retention);
                 if expired > 0 {
                     tracing::info!(expired, "expired finished sessions nobody read");

@@ -12,15 +12,17 @@
 //! killed or losing output.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Instant;
 
-use bento_protocol::SessionToken;
-use bento_worker::{InstanceEvents, InstanceHandle, InstanceOutcome};
+use bento_protocol::{ServiceToken, SessionToken};
+use bento_worker::{ChannelEvent, InstanceEvents, InstanceHandle, InstanceOutcome};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
+use tokio::sync::mpsc;
 
 /// Input bytes the box forwards to a worker before the function consumed
 /// them; beyond this the box stops reading the client (backpressure).
@@ -70,6 +72,34 @@ pub struct Session {
     frames_messages: bool,
     /// When the instance must have ended by (its wall-clock limit).
     wall_deadline: Instant,
+    /// The instance's service, if its manifest declares one.
+    service: Option<Service>,
+    /// The instance's storage directory and the bytes reserved for it.
+    storage: Option<(PathBuf, u64)>,
+}
+
+/// The service side of a session: channels opened by clients holding the
+/// service token.
+#[derive(Debug)]
+pub(crate) struct Service {
+    token: ServiceToken,
+    next_channel: AtomicU32,
+    /// Each open channel's events, to the connection serving its client.
+    channels: Mutex<HashMap<u32, mpsc::UnboundedSender<ChannelEvent>>>,
+}
+
+impl Service {
+    pub(crate) fn new(token: ServiceToken) -> Self {
+        Self {
+            token,
+            next_channel: AtomicU32::new(1),
+            channels: Mutex::default(),
+        }
+    }
+
+    fn channels(&self) -> MutexGuard<'_, HashMap<u32, mpsc::UnboundedSender<ChannelEvent>>> {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Box-wide counters behind the global caps.
@@ -79,6 +109,8 @@ pub struct GlobalCounters {
     pub running_instances: AtomicU64,
     /// Output buffer bytes reserved by live sessions.
     pub reserved_buffer_bytes: AtomicU64,
+    /// Instance storage bytes reserved by running instances.
+    pub reserved_storage_bytes: AtomicU64,
 }
 
 impl Session {
@@ -88,6 +120,8 @@ impl Session {
         reserved_buffer: u64,
         frames_messages: bool,
         wall_limit: std::time::Duration,
+        service: Option<Service>,
+        storage: Option<(PathBuf, u64)>,
     ) -> Arc<Self> {
         Arc::new(Self {
             token,
@@ -108,7 +142,46 @@ impl Session {
             reserved_buffer,
             frames_messages,
             wall_deadline: Instant::now() + wall_limit,
+            service,
+            storage,
         })
+    }
+
+    /// Whether the instance is still running.
+    pub(crate) fn is_running(&self) -> bool {
+        self.lock().outcome.is_none()
+    }
+
+    /// Open a channel to the instance's service: its id and the events
+    /// the connection will receive. `None` if the session offers no service
+    /// or has ended.
+    pub(crate) fn open_channel(&self) -> Option<(u32, mpsc::UnboundedReceiver<ChannelEvent>)> {
+        let service = self.service.as_ref()?;
+        let handle = self.handle()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let channel = {
+            // Registered under the state lock, so a concurrent `finished`
+            // either sees this channel (and closes it) or we see the end.
+            let state = self.lock();
+            if state.outcome.is_some() {
+                return None;
+            }
+            let channel = service.next_channel.fetch_add(1, Ordering::Relaxed);
+            service.channels().insert(channel, tx);
+            channel
+        };
+        handle.channel_open(channel);
+        Some((channel, rx))
+    }
+
+    /// The client of `channel` left: forget it and tell the instance.
+    pub(crate) fn close_channel(&self, channel: u32) {
+        if let Some(service) = &self.service {
+            let removed = service.channels().remove(&channel).is_some();
+            if let (true, Some(handle)) = (removed, self.handle()) {
+                handle.channel_end(channel, true);
+            }
+        }
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, SessionState> {
@@ -246,9 +319,70 @@ impl InstanceEvents for Session {
             self.counters
                 .running_instances
                 .fetch_sub(1, Ordering::Relaxed);
+            if let Some((dir, reserved)) = &self.storage {
+                // The worker deletes the storage when the instance ends;
+                // this covers a worker that died first.
+                bento_storage::remove_dir_quietly(dir);
+                self.counters
+                    .reserved_storage_bytes
+                    .fetch_sub(*reserved, Ordering::Relaxed);
+            }
+            if let Some(service) = &self.service {
+                // Dropping the senders ends every channel's connection.
+                service.channels().clear();
+            }
         }
         drop(state);
         self.changed.notify_waiters();
+    }
+
+    fn channel(&self, channel: u32, event: ChannelEvent) {
+        let Some(service) = &self.service else { return };
+        let mut channels = service.channels();
+        let closed = matches!(event, ChannelEvent::Closed | ChannelEvent::Opened(false));
+        if let Some(tx) = channels.get(&channel) {
+            let _ = tx.send(event);
+        }
+        if closed {
+            channels.remove(&channel);
+        }
+    }
+}
+
+/// Running sessions that offer a service, keyed by the SHA-256 of their
+/// service token.
+#[derive(Debug, Default)]
+pub struct ServiceTable {
+    services: Mutex<HashMap<[u8; 32], Weak<Session>>>,
+}
+
+fn service_key(token: &ServiceToken) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl ServiceTable {
+    fn lock(&self) -> MutexGuard<'_, HashMap<[u8; 32], Weak<Session>>> {
+        self.services.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn insert(&self, session: &Arc<Session>) {
+        if let Some(service) = &session.service {
+            self.lock()
+                .insert(service_key(&service.token), Arc::downgrade(session));
+        }
+    }
+
+    /// The running session offering a service under exactly `token`.
+    pub(crate) fn get(&self, token: &ServiceToken) -> Option<Arc<Session>> {
+        let session = self.lock().get(&service_key(token))?.upgrade()?;
+        let matches = session.service.as_ref().is_some_and(|s| s.token == *token);
+        (matches && session.is_running()).then_some(session)
+    }
+
+    /// Forget services whose instance has ended.
+    pub(crate) fn purge(&self) {
+        self.lock()
+            .retain(|_, session| session.upgrade().is_some_and(|s| s.is_running()));
     }
 }
 
@@ -338,6 +472,8 @@ mod tests {
             10,
             true,
             std::time::Duration::from_secs(60),
+            None,
+            None,
         )
     }
 

@@ -5,6 +5,7 @@
 //! Server → worker on the worker's stdin, worker → server on its stdout.
 
 use bento_policy::{InstanceLimits, Limit};
+use bento_sandbox::CapabilityGrant;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +26,9 @@ pub struct StartRequest {
     pub call: StartCall,
     /// Limits for the instance.
     pub limits: InstanceLimits,
+    /// Capabilities beyond the session channel.
+    #[serde(default)]
+    pub grant: CapabilityGrant,
 }
 
 /// What an instance does with its source.
@@ -94,6 +98,14 @@ pub enum ToWorker {
     Credit(InstanceId, u64),
     /// Stop the instance.
     Kill(InstanceId),
+    /// A client connected to the instance's service as channel `u32`.
+    ChannelOpen(InstanceId, u32),
+    /// Bytes from a channel's client.
+    ChannelInput(InstanceId, u32, Bytes),
+    /// The channel's client ended its input; `true`: and went away.
+    ChannelEnd(InstanceId, u32, bool),
+    /// The box passed this many of the channel's output bytes on.
+    ChannelCredit(InstanceId, u32, u64),
 }
 
 /// Worker → server messages.
@@ -109,6 +121,14 @@ pub enum FromWorker {
     MessageStart(InstanceId, u64),
     /// The instance ended.
     Finished(InstanceId, InstanceOutcome),
+    /// Channel `u32` was accepted (`true`) or refused at the channel limit.
+    ChannelOpened(InstanceId, u32, bool),
+    /// Bytes the function sent on a channel.
+    ChannelOutput(InstanceId, u32, Bytes),
+    /// The function consumed this many of the channel's input bytes.
+    ChannelConsumed(InstanceId, u32, u64),
+    /// The function closed the channel.
+    ChannelClosed(InstanceId, u32),
 }
 
 /// An IPC frame that could not be decoded: the peer is broken or hostile
@@ -122,11 +142,19 @@ const T_INPUT: u8 = 2;
 const T_INPUT_END: u8 = 3;
 const T_CREDIT: u8 = 4;
 const T_KILL: u8 = 5;
+const T_CHANNEL_OPEN: u8 = 6;
+const T_CHANNEL_INPUT: u8 = 7;
+const T_CHANNEL_END: u8 = 8;
+const T_CHANNEL_CREDIT: u8 = 9;
 const T_READY: u8 = 64;
 const T_OUTPUT: u8 = 65;
 const T_CONSUMED: u8 = 66;
 const T_FINISHED: u8 = 67;
 const T_MESSAGE: u8 = 68;
+const T_CHANNEL_OPENED: u8 = 69;
+const T_CHANNEL_OUTPUT: u8 = 70;
+const T_CHANNEL_CONSUMED: u8 = 71;
+const T_CHANNEL_CLOSED: u8 = 72;
 
 /// Header bytes before a payload: length, type, id.
 pub const IPC_HEADER_LEN: usize = 4 + 1 + 8;
@@ -139,6 +167,23 @@ pub fn header(kind: u8, id: InstanceId, payload_len: usize) -> [u8; IPC_HEADER_L
     out[4] = kind;
     out[5..].copy_from_slice(&id.to_be_bytes());
     out
+}
+
+/// A channel message's payload: the channel id, then `rest`.
+fn channel_payload(channel: u32, rest: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(4 + rest.len());
+    out.put_u32(channel);
+    out.put_slice(rest);
+    out.freeze()
+}
+
+/// Split a channel message's payload into the channel id and the rest.
+fn split_channel(mut payload: Bytes) -> Result<(u32, Bytes), IpcError> {
+    if payload.len() < 4 {
+        return Err(IpcError("channel message without a channel id".into()));
+    }
+    let channel = payload.get_u32();
+    Ok((channel, payload))
 }
 
 fn json<T: Serialize>(value: &T) -> Vec<u8> {
@@ -155,6 +200,18 @@ impl ToWorker {
             ToWorker::InputEnd(id) => (T_INPUT_END, *id, Bytes::new()),
             ToWorker::Credit(id, n) => (T_CREDIT, *id, Bytes::copy_from_slice(&n.to_be_bytes())),
             ToWorker::Kill(id) => (T_KILL, *id, Bytes::new()),
+            ToWorker::ChannelOpen(id, ch) => (T_CHANNEL_OPEN, *id, channel_payload(*ch, &[])),
+            ToWorker::ChannelInput(id, ch, data) => {
+                (T_CHANNEL_INPUT, *id, channel_payload(*ch, data))
+            }
+            ToWorker::ChannelEnd(id, ch, gone) => {
+                (T_CHANNEL_END, *id, channel_payload(*ch, &[u8::from(*gone)]))
+            }
+            ToWorker::ChannelCredit(id, ch, n) => (
+                T_CHANNEL_CREDIT,
+                *id,
+                channel_payload(*ch, &n.to_be_bytes()),
+            ),
         };
         let mut out = BytesMut::with_capacity(IPC_HEADER_LEN + payload.len());
         out.put_slice(&header(kind, id, payload.len()));
@@ -177,6 +234,20 @@ impl FromWorker {
             FromWorker::MessageStart(id, n) => {
                 (T_MESSAGE, *id, Bytes::copy_from_slice(&n.to_be_bytes()))
             }
+            FromWorker::ChannelOpened(id, ch, accepted) => (
+                T_CHANNEL_OPENED,
+                *id,
+                channel_payload(*ch, &[u8::from(*accepted)]),
+            ),
+            FromWorker::ChannelOutput(id, ch, data) => {
+                (T_CHANNEL_OUTPUT, *id, channel_payload(*ch, data))
+            }
+            FromWorker::ChannelConsumed(id, ch, n) => (
+                T_CHANNEL_CONSUMED,
+                *id,
+                channel_payload(*ch, &n.to_be_bytes()),
+            ),
+            FromWorker::ChannelClosed(id, ch) => (T_CHANNEL_CLOSED, *id, channel_payload(*ch, &[])),
         };
         (header(kind, id, payload.len()), payload)
     }
@@ -225,6 +296,19 @@ impl ToWorker {
             T_INPUT_END => ToWorker::InputEnd(id),
             T_CREDIT => ToWorker::Credit(id, u64_payload(&payload)?),
             T_KILL => ToWorker::Kill(id),
+            T_CHANNEL_OPEN => ToWorker::ChannelOpen(id, split_channel(payload)?.0),
+            T_CHANNEL_INPUT => {
+                let (ch, data) = split_channel(payload)?;
+                ToWorker::ChannelInput(id, ch, data)
+            }
+            T_CHANNEL_END => {
+                let (ch, flag) = split_channel(payload)?;
+                ToWorker::ChannelEnd(id, ch, flag.first() == Some(&1))
+            }
+            T_CHANNEL_CREDIT => {
+                let (ch, n) = split_channel(payload)?;
+                ToWorker::ChannelCredit(id, ch, u64_payload(&n)?)
+            }
             other => return Err(IpcError(format!("unknown server message type {other}"))),
         }))
     }
@@ -242,6 +326,19 @@ impl FromWorker {
             T_CONSUMED => FromWorker::InputConsumed(id, u64_payload(&payload)?),
             T_FINISHED => FromWorker::Finished(id, from_json(&payload)?),
             T_MESSAGE => FromWorker::MessageStart(id, u64_payload(&payload)?),
+            T_CHANNEL_OPENED => {
+                let (ch, flag) = split_channel(payload)?;
+                FromWorker::ChannelOpened(id, ch, flag.first() == Some(&1))
+            }
+            T_CHANNEL_OUTPUT => {
+                let (ch, data) = split_channel(payload)?;
+                FromWorker::ChannelOutput(id, ch, data)
+            }
+            T_CHANNEL_CONSUMED => {
+                let (ch, n) = split_channel(payload)?;
+                FromWorker::ChannelConsumed(id, ch, u64_payload(&n)?)
+            }
+            T_CHANNEL_CLOSED => FromWorker::ChannelClosed(id, split_channel(payload)?.0),
             other => return Err(IpcError(format!("unknown worker message type {other}"))),
         }))
     }
@@ -273,6 +370,29 @@ mod tests {
         assert!(
             matches!(decoded, Some(FromWorker::Finished(3, InstanceOutcome::Exception(ref t))) if t == "tb")
         );
+    }
+
+    #[test]
+    fn channel_messages_carry_their_channel_id() {
+        let mut buf = BytesMut::new();
+        buf.put_slice(&ToWorker::ChannelInput(4, 9, Bytes::from_static(b"x")).encode());
+        buf.put_slice(&ToWorker::ChannelEnd(4, 9, true).encode());
+        assert!(matches!(
+            ToWorker::decode(&mut buf).unwrap(),
+            Some(ToWorker::ChannelInput(4, 9, ref d)) if d == "x"
+        ));
+        assert!(matches!(
+            ToWorker::decode(&mut buf).unwrap(),
+            Some(ToWorker::ChannelEnd(4, 9, true))
+        ));
+        let (head, payload) = FromWorker::ChannelConsumed(2, 7, 1000).encode_parts();
+        let mut buf = BytesMut::new();
+        buf.put_slice(&head);
+        buf.put_slice(&payload);
+        assert!(matches!(
+            FromWorker::decode(&mut buf).unwrap(),
+            Some(FromWorker::ChannelConsumed(2, 7, 1000))
+        ));
     }
 
     #[test]

@@ -17,11 +17,11 @@ mod pipe_size;
 mod pool;
 mod worker_process;
 
-pub use bento_sandbox::MESSAGE_CREDIT;
+pub use bento_sandbox::{CHANNEL_CREDIT, CapabilityGrant, MESSAGE_CREDIT, StorageGrant};
 pub use ipc::{InstanceId, InstanceOutcome, StartCall, StartRequest};
 pub use pipe_size::grow_pipe;
 pub use pool::{
-    InstanceEvents, InstanceHandle, PoolError, PoolStats, RESPAWN_PATIENCE, WorkerPool,
-    WorkerPoolConfig,
+    ChannelEvent, InstanceEvents, InstanceHandle, PoolError, PoolStats, RESPAWN_PATIENCE,
+    WorkerPool, WorkerPoolConfig,
 };
 pub use worker_process::{WorkerError, run_worker};

@@ -65,6 +65,21 @@ pub trait InstanceEvents: Send + Sync + 'static {
     fn message_start(&self, _length: u64) {}
     /// The instance ended; called exactly once, last.
     fn finished(&self, outcome: InstanceOutcome);
+    /// A channel event of the instance's service.
+    fn channel(&self, _channel: u32, _event: ChannelEvent) {}
+}
+
+/// What happened on a service channel, as reported by the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelEvent {
+    /// The instance accepted the channel (`true`) or was at its limit.
+    Opened(bool),
+    /// Bytes the function sent on the channel.
+    Output(Bytes),
+    /// The function consumed this many input bytes.
+    Consumed(u64),
+    /// The function closed the channel.
+    Closed,
 }
 
 type EventMap = Arc<Mutex<HashMap<InstanceId, Arc<dyn InstanceEvents>>>>;
@@ -136,6 +151,26 @@ impl InstanceHandle {
     /// Stop the instance.
     pub fn kill(&self) {
         self.send(ToWorker::Kill(self.id));
+    }
+
+    /// A client connected to the instance's service as `channel`.
+    pub fn channel_open(&self, channel: u32) {
+        self.send(ToWorker::ChannelOpen(self.id, channel));
+    }
+
+    /// Bytes from a channel's client.
+    pub fn channel_input(&self, channel: u32, data: Bytes) {
+        self.send(ToWorker::ChannelInput(self.id, channel, data));
+    }
+
+    /// The channel's client ended its input; `gone`: and disconnected.
+    pub fn channel_end(&self, channel: u32, gone: bool) {
+        self.send(ToWorker::ChannelEnd(self.id, channel, gone));
+    }
+
+    /// The box passed `bytes` of the channel's output on to its client.
+    pub fn channel_credit(&self, channel: u32, bytes: u64) {
+        self.send(ToWorker::ChannelCredit(self.id, channel, bytes));
     }
 
     /// Kill the whole worker process running this instance (which fails
@@ -246,6 +281,7 @@ impl WorkerPool {
             filename,
             call: crate::ipc::StartCall::Check,
             limits: bento_policy::InstanceLimits::default(),
+            grant: bento_sandbox::CapabilityGrant::default(),
         };
         // A check has no effects, so unlike an invocation it can simply be
         // retried when its worker dies under it (e.g. a worker that had just
@@ -462,6 +498,26 @@ fn dispatch(message: FromWorker, instances: &EventMap) {
             let events = lock_map(instances).remove(&id);
             if let Some(events) = events {
                 events.finished(outcome);
+            }
+        }
+        FromWorker::ChannelOpened(id, channel, accepted) => {
+            if let Some(events) = find(id) {
+                events.channel(channel, ChannelEvent::Opened(accepted));
+            }
+        }
+        FromWorker::ChannelOutput(id, channel, data) => {
+            if let Some(events) = find(id) {
+                events.channel(channel, ChannelEvent::Output(data));
+            }
+        }
+        FromWorker::ChannelConsumed(id, channel, n) => {
+            if let Some(events) = find(id) {
+                events.channel(channel, ChannelEvent::Consumed(n));
+            }
+        }
+        FromWorker::ChannelClosed(id, channel) => {
+            if let Some(events) = find(id) {
+                events.channel(channel, ChannelEvent::Closed);
             }
         }
     }

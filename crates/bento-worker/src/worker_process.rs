@@ -9,7 +9,9 @@ use std::io::{IoSlice, Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bento_sandbox::{Call, Job, PythonRuntime, SessionHost, SessionIo, StopReason};
+use bento_sandbox::{
+    Call, Job, PythonRuntime, SessionHost, SessionIo, StopReason, Throttle, TokenBucket,
+};
 use bytes::{Bytes, BytesMut};
 
 use crate::ipc::{FromWorker, InstanceId, InstanceOutcome, StartCall, StartRequest, ToWorker};
@@ -77,6 +79,45 @@ impl<W: Write + Send + 'static> SessionHost for InstanceHost<W> {
     fn message_start(&self, length: u64) {
         self.outbox.send(&FromWorker::MessageStart(self.id, length));
     }
+
+    fn channel_opened(&self, channel: u32, accepted: bool) {
+        self.outbox
+            .send(&FromWorker::ChannelOpened(self.id, channel, accepted));
+    }
+
+    fn channel_output(&self, channel: u32, data: Bytes) {
+        self.outbox
+            .send(&FromWorker::ChannelOutput(self.id, channel, data));
+    }
+
+    fn channel_consumed(&self, channel: u32, bytes: u64) {
+        self.outbox
+            .send(&FromWorker::ChannelConsumed(self.id, channel, bytes));
+    }
+
+    fn channel_closed(&self, channel: u32) {
+        self.outbox
+            .send(&FromWorker::ChannelClosed(self.id, channel));
+    }
+}
+
+/// The worker's share of the box-wide bandwidth limit, shared by all its
+/// instances; replaced when the server asks for a different rate.
+#[derive(Default)]
+struct BoxBandwidth(Mutex<Option<Arc<TokenBucket>>>);
+
+impl BoxBandwidth {
+    fn bucket(&self, bytes_per_s: u64) -> Arc<TokenBucket> {
+        let mut current = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match current.as_ref() {
+            Some(bucket) if bucket.rate() == bytes_per_s.max(1) => bucket.clone(),
+            _ => {
+                let bucket = TokenBucket::new(bytes_per_s);
+                *current = Some(bucket.clone());
+                bucket
+            }
+        }
+    }
 }
 
 type Instances = Arc<Mutex<HashMap<InstanceId, Arc<SessionIo>>>>;
@@ -93,13 +134,14 @@ pub fn run_worker<R: Read, W: Write + Send + 'static>(
     });
     outbox.send(&FromWorker::Ready);
     let instances: Instances = Arc::default();
+    let bandwidth = BoxBandwidth::default();
     let mut buf = BytesMut::with_capacity(256 * 1024);
     let mut chunk = vec![0u8; 256 * 1024];
     loop {
         while let Some(message) =
             ToWorker::decode(&mut buf).map_err(|e| WorkerError::Pipe(e.to_string()))?
         {
-            handle(message, &runtime, &outbox, &instances);
+            handle(message, &runtime, &outbox, &instances, &bandwidth);
         }
         let n = input
             .read(&mut chunk)
@@ -124,10 +166,13 @@ fn handle<W: Write + Send + 'static>(
     runtime: &Arc<PythonRuntime>,
     outbox: &Arc<Outbox<W>>,
     instances: &Instances,
+    bandwidth: &BoxBandwidth,
 ) {
     let find = |id| lock(instances).get(&id).cloned();
     match message {
-        ToWorker::Start(id, request) => start(id, *request, runtime, outbox, instances),
+        ToWorker::Start(id, request) => {
+            start(id, *request, runtime, outbox, instances, bandwidth);
+        }
         ToWorker::Input(id, data) => {
             if let Some(io) = find(id) {
                 io.push_input(data);
@@ -148,6 +193,25 @@ fn handle<W: Write + Send + 'static>(
                 io.stop(StopReason::Killed);
             }
         }
+        ToWorker::ChannelOpen(id, channel) => match find(id) {
+            Some(io) => io.open_channel(channel),
+            None => outbox.send(&FromWorker::ChannelOpened(id, channel, false)),
+        },
+        ToWorker::ChannelInput(id, channel, data) => {
+            if let Some(io) = find(id) {
+                io.channel_input(channel, data);
+            }
+        }
+        ToWorker::ChannelEnd(id, channel, gone) => {
+            if let Some(io) = find(id) {
+                io.channel_end(channel, gone);
+            }
+        }
+        ToWorker::ChannelCredit(id, channel, n) => {
+            if let Some(io) = find(id) {
+                io.channel_credit(channel, n);
+            }
+        }
     }
 }
 
@@ -157,15 +221,29 @@ fn start<W: Write + Send + 'static>(
     runtime: &Arc<PythonRuntime>,
     outbox: &Arc<Outbox<W>>,
     instances: &Instances,
+    bandwidth: &BoxBandwidth,
 ) {
     let host = Arc::new(InstanceHost {
         id,
         outbox: outbox.clone(),
     });
-    let io = SessionIo::new(
+    let grant = &request.grant;
+    // Store-time checks move no traffic; everything else is charged to the
+    // instance's bandwidth and the box's.
+    let throttle = if request.call == StartCall::Check {
+        Throttle::unlimited()
+    } else {
+        Throttle::new(vec![
+            TokenBucket::new(grant.bandwidth_bytes_per_s),
+            bandwidth.bucket(grant.box_bandwidth_bytes_per_s),
+        ])
+    };
+    let io = SessionIo::with_limits(
         host,
         Instant::now() + request.limits.wall(),
         request.limits.output_buffer_bytes,
+        throttle,
+        grant.channels,
     );
     lock(instances).insert(id, io.clone());
     let runtime = runtime.clone();
@@ -188,6 +266,7 @@ fn start<W: Write + Send + 'static>(
                         filename: request.filename,
                         call,
                         limits: request.limits,
+                        grant: request.grant,
                     };
                     runtime.run(&job, io)
                 }

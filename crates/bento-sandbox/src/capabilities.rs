@@ -1,0 +1,415 @@
+//! The host side of the `capabilities` interface: what a function can do
+//! beyond its session channel, each call checked against the instance's
+//! [`CapabilityGrant`].
+//!
+//! Errors reach Python as `"kind: message"` strings; the runtime turns the
+//! kind into an exception class (`refused` → `DestinationRefused`, …).
+//! Messages never contain anything the function did not already know.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bento_egress::{DestinationCheck, EgressError, HttpLimits, HttpRequest, TlsSettings};
+use bento_policy::{Capability, ExitPolicy};
+use bento_storage::InstanceStorage;
+use bytes::Bytes;
+
+use crate::grant::CapabilityGrant;
+use crate::session_io::{SessionIo, WaitError};
+
+/// How often blocked socket calls look for a kill or the deadline.
+const SOCKET_POLL: Duration = Duration::from_millis(50);
+/// Most redirects an HTTP request follows.
+const MAX_REDIRECTS: u32 = 5;
+
+/// One open stream of an instance.
+enum Stream {
+    /// An outbound TCP connection (`api.connect`).
+    Tcp(TcpStream),
+    /// A service channel, by the box's channel id (`api.accept`).
+    Service(u32),
+}
+
+/// Everything an instance's capabilities need, owned by its store.
+pub(crate) struct Capabilities {
+    grant: CapabilityGrant,
+    destinations: Option<DestinationCheck>,
+    tls: Option<TlsSettings>,
+    storage: Option<InstanceStorage>,
+    storage_error: Option<String>,
+    streams: HashMap<u32, Stream>,
+    next_stream: u32,
+}
+
+impl Capabilities {
+    /// Set up what `grant` allows. Problems that only matter when a
+    /// capability is used (a bad rule, storage that cannot be created) are
+    /// reported by that use, never by failing the whole instance.
+    pub(crate) fn new(grant: CapabilityGrant) -> Self {
+        let reaches_out = grant.has(Capability::Connect) || grant.has(Capability::Http);
+        let destinations = reaches_out
+            .then(|| {
+                Some(DestinationCheck {
+                    grant: ExitPolicy::parse(&grant.grant_destinations).ok()?,
+                    policy: ExitPolicy::parse(&grant.policy_destinations).ok()?,
+                    own: grant.own_addresses.clone(),
+                })
+            })
+            .flatten();
+        let tls = grant.has(Capability::Http).then(|| {
+            grant
+                .http_extra_roots_pem
+                .as_deref()
+                .and_then(|pem| TlsSettings::with_extra_roots_pem(pem.as_bytes()).ok())
+                .unwrap_or_default()
+        });
+        let (storage, storage_error) = match (&grant.storage, grant.has(Capability::Storage)) {
+            (Some(spec), true) => match InstanceStorage::create(spec.dir.clone(), spec.quota_bytes)
+            {
+                Ok(storage) => (Some(storage), None),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create instance storage");
+                    (
+                        None,
+                        Some(format!("io: the box could not create storage: {e}")),
+                    )
+                }
+            },
+            _ => (None, None),
+        };
+        Self {
+            grant,
+            destinations,
+            tls,
+            storage,
+            storage_error,
+            streams: HashMap::new(),
+            next_stream: 1,
+        }
+    }
+
+    /// The granted capabilities' names.
+    pub(crate) fn granted(&self) -> Vec<String> {
+        self.grant
+            .capabilities
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect()
+    }
+
+    fn require(&self, capability: Capability) -> Result<(), String> {
+        if self.grant.has(capability) {
+            Ok(())
+        } else {
+            Err(format!(
+                "not-granted: this function was not granted the `{}` capability",
+                capability.name()
+            ))
+        }
+    }
+
+    fn add_stream(&mut self, stream: Stream) -> u32 {
+        let id = self.next_stream;
+        self.next_stream = self.next_stream.wrapping_add(1).max(1);
+        self.streams.insert(id, stream);
+        id
+    }
+
+    pub(crate) fn sleep(&self, io: &SessionIo, seconds: f64) -> Result<(), String> {
+        self.require(Capability::Time)?;
+        if !seconds.is_finite() || seconds < 0.0 {
+            return Err("invalid: sleep() needs a finite, non-negative number of seconds".into());
+        }
+        let duration = Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX);
+        io.sleep(duration).map_err(stopped)
+    }
+
+    pub(crate) fn now(&self) -> f64 {
+        if !self.grant.has(Capability::Time) {
+            return f64::NAN;
+        }
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    }
+
+    pub(crate) fn connect(&mut self, io: &SessionIo, host: &str, port: u16) -> Result<u32, String> {
+        self.require(Capability::Connect)?;
+        let check = self.destinations.as_ref().ok_or_else(no_rules)?;
+        if !io.try_open_channel() {
+            return Err(channel_limit(io));
+        }
+        match bento_egress::connect(check, host, port, io.deadline()) {
+            Ok(stream) => Ok(self.add_stream(Stream::Tcp(stream))),
+            Err(e) => {
+                io.channel_released();
+                Err(egress_error(&e))
+            }
+        }
+    }
+
+    pub(crate) fn accept(
+        &mut self,
+        io: &SessionIo,
+        timeout: Option<f64>,
+    ) -> Result<Option<u32>, String> {
+        self.require(Capability::Service)?;
+        match io.accept(until(timeout)?) {
+            Ok(channel) => Ok(Some(self.add_stream(Stream::Service(channel)))),
+            Err(WaitError::TimedOut) => Ok(None),
+            Err(WaitError::Stopped(reason)) => Err(stopped(reason)),
+        }
+    }
+
+    pub(crate) fn stream_send(&mut self, io: &SessionIo, id: u32) -> Result<(), String> {
+        let data = io.take_staged()?;
+        match self.streams.get_mut(&id).ok_or_else(unknown_stream)? {
+            Stream::Service(channel) => io.channel_send(*channel, &data),
+            Stream::Tcp(tcp) => {
+                io.throttle(data.len() as u64).map_err(stopped)?;
+                write_socket(io, tcp, &data)
+            }
+        }
+    }
+
+    pub(crate) fn stream_recv(
+        &mut self,
+        io: &SessionIo,
+        id: u32,
+        max: u32,
+        timeout: Option<f64>,
+    ) -> Result<Option<u32>, String> {
+        let max = usize::try_from(max.clamp(1, 1 << 20)).unwrap_or(1 << 20);
+        let until = until(timeout)?;
+        let data = match self.streams.get_mut(&id).ok_or_else(unknown_stream)? {
+            Stream::Service(channel) => match io.channel_recv(*channel, max, until) {
+                Ok(data) => data,
+                Err(WaitError::TimedOut) => {
+                    return Err("timeout: no data within the timeout".into());
+                }
+                Err(WaitError::Stopped(reason)) => return Err(stopped(reason)),
+            },
+            Stream::Tcp(tcp) => {
+                let data = read_socket(io, tcp, max, until)?;
+                if let Some(data) = &data {
+                    io.throttle(data.len() as u64).map_err(stopped)?;
+                }
+                data
+            }
+        };
+        Ok(data.map(|data| {
+            let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+            io.set_pending(data);
+            len
+        }))
+    }
+
+    pub(crate) fn stream_close(&mut self, io: &SessionIo, id: u32) {
+        match self.streams.remove(&id) {
+            Some(Stream::Tcp(tcp)) => {
+                let _ = tcp.shutdown(Shutdown::Both);
+                io.channel_released();
+            }
+            Some(Stream::Service(channel)) => io.channel_close(channel),
+            None => {}
+        }
+    }
+
+    /// Close everything when the instance ends.
+    pub(crate) fn close_all(&mut self, io: &SessionIo) {
+        let ids: Vec<u32> = self.streams.keys().copied().collect();
+        for id in ids {
+            self.stream_close(io, id);
+        }
+    }
+
+    pub(crate) fn http_request(
+        &mut self,
+        io: &SessionIo,
+        method: String,
+        url: String,
+        headers_json: &str,
+    ) -> Result<String, String> {
+        self.require(Capability::Http)?;
+        let body = io.take_staged()?;
+        let check = self.destinations.as_ref().ok_or_else(no_rules)?;
+        let headers: Vec<(String, String)> = serde_json::from_str(headers_json)
+            .map_err(|e| format!("invalid: headers must be name/value pairs: {e}"))?;
+        let tls = self.tls.clone().unwrap_or_default();
+        io.throttle(body.len() as u64).map_err(stopped)?;
+        let request = HttpRequest {
+            method,
+            url,
+            headers,
+            body,
+        };
+        let limits = HttpLimits {
+            max_redirects: MAX_REDIRECTS,
+            max_response_bytes: self.grant.http_max_response_bytes,
+            deadline: io.deadline(),
+        };
+        let mut throttle =
+            |bytes: usize| io.throttle(bytes as u64).map_err(|_| EgressError::Stopped);
+        let response = bento_egress::http_request(check, &tls, &request, &limits, &mut throttle)
+            .map_err(|e| egress_error(&e))?;
+        let meta = serde_json::json!({
+            "status": response.status,
+            "headers": response.headers,
+            "url": response.url,
+            "body_length": response.body.len(),
+        });
+        io.set_pending(Bytes::from(response.body));
+        Ok(meta.to_string())
+    }
+
+    fn storage(&mut self) -> Result<&mut InstanceStorage, String> {
+        self.require(Capability::Storage)?;
+        match (&mut self.storage, &self.storage_error) {
+            (Some(storage), _) => Ok(storage),
+            (None, Some(error)) => Err(error.clone()),
+            (None, None) => Err("io: this instance has no storage".into()),
+        }
+    }
+
+    pub(crate) fn storage_put(&mut self, io: &SessionIo, key: &str) -> Result<(), String> {
+        let value = io.take_staged()?;
+        self.storage()?.put(key, &value).map_err(storage_error)
+    }
+
+    pub(crate) fn storage_get(&mut self, io: &SessionIo, key: &str) -> Result<Option<u32>, String> {
+        let value = self.storage()?.get(key).map_err(storage_error)?;
+        Ok(value.map(|value| {
+            let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
+            io.set_pending(Bytes::from(value));
+            len
+        }))
+    }
+
+    pub(crate) fn storage_delete(&mut self, key: &str) -> Result<bool, String> {
+        self.storage()?.delete(key).map_err(storage_error)
+    }
+
+    pub(crate) fn storage_keys(&mut self) -> Result<Vec<String>, String> {
+        Ok(self.storage()?.keys())
+    }
+
+    pub(crate) fn storage_usage(&mut self) -> Result<(u64, u64), String> {
+        let storage = self.storage()?;
+        Ok((storage.used(), storage.quota()))
+    }
+}
+
+fn stopped(reason: crate::StopReason) -> String {
+    format!("stopped: the instance is being stopped ({reason:?})")
+}
+
+fn no_rules() -> String {
+    "refused: the box could not read this function's destination rules".into()
+}
+
+fn unknown_stream() -> String {
+    "closed: no such stream (it was closed)".into()
+}
+
+fn channel_limit(io: &SessionIo) -> String {
+    format!(
+        "channels: this function may have at most {} channels and connections open at once",
+        io.channel_limit()
+    )
+}
+
+fn until(timeout: Option<f64>) -> Result<Option<Instant>, String> {
+    match timeout {
+        None => Ok(None),
+        Some(t) if t.is_finite() && t >= 0.0 => {
+            Ok(Instant::now().checked_add(Duration::try_from_secs_f64(t).unwrap_or(Duration::MAX)))
+        }
+        Some(_) => {
+            Err("invalid: a timeout must be a finite, non-negative number of seconds".into())
+        }
+    }
+}
+
+fn egress_error(error: &EgressError) -> String {
+    let kind = match error {
+        EgressError::Refused { .. } => "refused",
+        EgressError::Timeout => "timeout",
+        EgressError::InvalidUrl { .. } => "invalid",
+        EgressError::Stopped => "stopped",
+        _ => "io",
+    };
+    format!("{kind}: {error}")
+}
+
+fn storage_error(error: bento_storage::StorageError) -> String {
+    let kind = match error {
+        bento_storage::StorageError::QuotaExceeded { .. } => "quota",
+        bento_storage::StorageError::InvalidKey(_) => "invalid",
+        _ => "io",
+    };
+    format!("{kind}: {error}")
+}
+
+fn check_stop(io: &SessionIo) -> Result<(), String> {
+    if let Some(reason) = io.stop_reason() {
+        return Err(stopped(reason));
+    }
+    if Instant::now() >= io.deadline() {
+        io.stop(crate::StopReason::WallTime);
+        return Err(stopped(crate::StopReason::WallTime));
+    }
+    Ok(())
+}
+
+/// Write all of `data`, giving up when the instance is stopped.
+fn write_socket(io: &SessionIo, tcp: &mut TcpStream, data: &[u8]) -> Result<(), String> {
+    let _ = tcp.set_write_timeout(Some(SOCKET_POLL));
+    let mut rest = data;
+    while !rest.is_empty() {
+        check_stop(io)?;
+        match tcp.write(rest) {
+            Ok(0) => return Err("closed: the connection was closed".into()),
+            Ok(n) => rest = &rest[n..],
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(format!("closed: the connection failed: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// Read what is available (up to `max`), waiting for at least one byte;
+/// `None` at end of stream.
+fn read_socket(
+    io: &SessionIo,
+    tcp: &mut TcpStream,
+    max: usize,
+    until: Option<Instant>,
+) -> Result<Option<Bytes>, String> {
+    let _ = tcp.set_read_timeout(Some(SOCKET_POLL));
+    let mut buf = vec![0u8; max];
+    loop {
+        check_stop(io)?;
+        if until.is_some_and(|u| Instant::now() >= u) {
+            return Err("timeout: no data within the timeout".into());
+        }
+        match tcp.read(&mut buf) {
+            Ok(0) => return Ok(None),
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(Bytes::from(buf)));
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(format!("closed: the connection failed: {e}")),
+        }
+    }
+}

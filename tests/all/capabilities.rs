@@ -1,0 +1,595 @@
+//! Capabilities and the policy: every attack a hostile function might try
+//! against the operator (reaching loopback, the LAN, the box itself,
+//! exceeding quotas and limits), each refused with a clear error, and each
+//! followed by a fresh hello-world to show the box still serves the next
+//! user. All traffic stays on 127.0.0.1: the "allowed" destinations are
+//! local servers that the test policy accepts explicitly.
+
+use std::time::{Duration, Instant};
+
+use bento_protocol::ErrorCode;
+use bytes::Bytes;
+
+use crate::harness::{TestBox, code, message};
+use crate::local_servers::LocalServer;
+
+/// A policy granting every non-Tor capability, with `destinations` as its
+/// rules and generous ceilings.
+fn policy(destinations: &[String]) -> String {
+    let rules: Vec<String> = destinations.iter().map(|r| format!("{r:?}")).collect();
+    format!(
+        r#"version = 1
+capabilities = ["connect", "http", "storage", "time", "service"]
+destinations = [{}]
+[instance]
+memory_mib = 128
+cpu_ms = 10000
+wall_ms = 60000
+output_buffer_kib = 4096
+storage_kib = 1024
+bandwidth_kib_per_s = 100000
+channels = 8
+[box]
+max_instances = 64
+max_buffered_mib = 512
+max_upload_kib = 1024
+max_stored_mib = 64
+max_storage_mib = 64
+bandwidth_kib_per_s = 1000000
+"#,
+        rules.join(", ")
+    )
+}
+
+fn manifest(capabilities: &[&str], destinations: &[String], limits: &str) -> String {
+    let caps: Vec<String> = capabilities.iter().map(|c| format!("{c:?}")).collect();
+    let rules: Vec<String> = destinations.iter().map(|r| format!("{r:?}")).collect();
+    format!(
+        "version = 1\ncapabilities = [{}]\ndestinations = [{}]\n[limits]\n{limits}\n",
+        caps.join(", "),
+        rules.join(", ")
+    )
+}
+
+fn text(output: &[u8]) -> String {
+    String::from_utf8_lossy(output).into_owned()
+}
+
+/// Tries each destination and reports, one line each, "ok" or the
+/// exception's class name.
+const PROBE: &str = r#"
+def main(targets):
+    for host, port in targets:
+        try:
+            s = api.connect(host, port)
+            s.send(b"ping")
+            api.send("ok %s:%d %r\n" % (host, port, s.recv(4)))
+            s.close()
+        except Exception as e:
+            api.send("%s %s:%d %s\n" % (type(e).__name__, host, port, e))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_without_a_grant_cannot_reach_anything_or_use_any_capability() {
+    let bx = TestBox::start(&[]);
+    let source = r#"
+def main():
+    for name in ["connect", "http_get", "http_request", "storage", "sleep", "time", "accept"]:
+        try:
+            getattr(api, name)
+            api.send("has %s\n" % name)
+        except AttributeError as e:
+            api.send("no %s: %s\n" % (name, e))
+"#;
+    let (output, result) = bx.run(source, "[]").await;
+    result.unwrap();
+    let output = text(&output);
+    assert!(!output.contains("has "), "{output}");
+    assert!(
+        output.contains("no connect: api.connect is not available to this function (it needs the `connect` capability)"),
+        "{output}"
+    );
+    assert!(output.contains("no storage:"), "{output}");
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_granted_one_port_reaches_exactly_that_port_and_nothing_else_names_included() {
+    let allowed = LocalServer::echo();
+    let forbidden = LocalServer::echo();
+    let rule = format!("accept 127.0.0.1:{}", allowed.port);
+    let bx = TestBox::with_policy(&policy(std::slice::from_ref(&rule)), &[]);
+    let box_port: u16 = bx.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let targets = serde_json::json!([
+        ["127.0.0.1", allowed.port],
+        ["localhost", allowed.port],
+        ["127.0.0.1", forbidden.port],
+        ["localhost", forbidden.port],
+        ["127.0.0.1", box_port],
+        ["::1", allowed.port],
+        ["10.0.0.1", 80],
+        ["169.254.169.254", 80],
+        ["127.0.0.1", 9051],
+    ]);
+    let (output, result) = bx
+        .run_with_manifest(
+            PROBE,
+            &manifest(&["connect"], &[rule], ""),
+            &serde_json::json!([targets]).to_string(),
+        )
+        .await;
+    result.unwrap();
+    let output = text(&output);
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(lines.len(), 9, "{output}");
+    assert!(lines[0].starts_with("ok 127.0.0.1:"), "{output}");
+    assert!(
+        lines[1].starts_with("ok localhost:"),
+        "a name that resolves to the accepted address is allowed: {output}"
+    );
+    for line in &lines[2..] {
+        assert!(line.starts_with("DestinationRefused"), "{line}\n{output}");
+    }
+    assert!(
+        lines[3].contains("localhost resolved to"),
+        "the refusal explains the resolution: {}",
+        lines[3]
+    );
+    assert_eq!(
+        forbidden.accepted(),
+        0,
+        "a refused destination is never contacted"
+    );
+    assert_eq!(allowed.accepted(), 2);
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_rules_never_open_loopback_private_link_local_or_the_box_itself() {
+    let server = LocalServer::echo();
+    let everything = vec!["accept *:*".to_string()];
+    let bx = TestBox::with_policy(&policy(&everything), &[]);
+    let box_port: u16 = bx.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let targets = serde_json::json!([
+        ["127.0.0.1", server.port],
+        ["localhost", server.port],
+        ["127.0.0.1", box_port],
+        ["::1", server.port],
+        ["10.0.0.1", 80],
+        ["192.168.1.1", 80],
+        ["169.254.169.254", 80],
+        ["::ffff:127.0.0.1", server.port],
+    ]);
+    let (output, result) = bx
+        .run_with_manifest(
+            PROBE,
+            &manifest(&["connect"], &everything, ""),
+            &serde_json::json!([targets]).to_string(),
+        )
+        .await;
+    result.unwrap();
+    let output = text(&output);
+    assert_eq!(output.lines().count(), 8, "{output}");
+    for line in output.lines() {
+        assert!(line.starts_with("DestinationRefused"), "{line}\n{output}");
+    }
+    assert_eq!(server.accepted(), 0);
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_reaches_an_allowed_server_and_a_redirect_to_loopback_is_refused() {
+    let forbidden = LocalServer::http("200 OK", String::new(), b"secret".to_vec());
+    let redirecting = LocalServer::redirect(format!("http://127.0.0.1:{}/admin", forbidden.port));
+    let page = LocalServer::http(
+        "200 OK",
+        "Content-Type: text/plain\r\n".into(),
+        b"hello from the origin".to_vec(),
+    );
+    let rules = vec![
+        format!("accept 127.0.0.1:{}", page.port),
+        format!("accept 127.0.0.1:{}", redirecting.port),
+    ];
+    let bx = TestBox::with_policy(&policy(&rules), &[]);
+    let source = r#"
+def main(page, redirecting):
+    r = api.http_get(page)
+    api.send("%d %s %s\n" % (r.status, r.headers["content-type"], r.text))
+    try:
+        api.http_get(redirecting)
+        api.send("followed the redirect\n")
+    except api.DestinationRefused as e:
+        api.send("refused: %s\n" % e)
+"#;
+    let args = serde_json::json!([
+        format!("http://127.0.0.1:{}/", page.port),
+        format!("http://127.0.0.1:{}/", redirecting.port),
+    ]);
+    let (output, result) = bx
+        .run_with_manifest(source, &manifest(&["http"], &rules, ""), &args.to_string())
+        .await;
+    result.unwrap();
+    let output = text(&output);
+    assert!(
+        output.starts_with("200 text/plain hello from the origin\n"),
+        "{output}"
+    );
+    assert!(
+        output.contains("refused: connection to 127.0.0.1:"),
+        "{output}"
+    );
+    assert_eq!(redirecting.accepted(), 1);
+    assert_eq!(
+        forbidden.accepted(),
+        0,
+        "the redirect target was never contacted"
+    );
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_asking_for_more_than_the_policy_is_refused_at_store_with_every_reason() {
+    let bx = TestBox::start(&[]);
+    let greedy = "version = 1\ncapabilities = [\"connect\", \"http\"]\ndestinations = [\"accept 10.0.0.1:80\"]\n[limits]\nmemory_mib = 512\nstorage_kib = 999999\n";
+    let err = bx
+        .try_store_with_manifest("def main():\n    pass\n", greedy)
+        .await
+        .unwrap_err();
+    let result = Err(err);
+    assert_eq!(code(&result), ErrorCode::ManifestRejected);
+    let reasons = message(&result);
+    for expected in [
+        "asks for 512 MiB memory per instance; this box allows 128 MiB",
+        "asks for 999999 KiB storage per instance; this box allows 1024 KiB",
+        "asks for the `connect` capability; this box does not grant it",
+        "asks for the `http` capability; this box does not grant it",
+        "asks to reach `accept 10.0.0.1:80`",
+    ] {
+        assert!(
+            reasons.contains(expected),
+            "missing {expected:?} in:\n{reasons}"
+        );
+    }
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_boxs_own_port_cannot_even_be_asked_for_under_the_default_policy() {
+    let bx = TestBox::start(&[]);
+    let box_port = bx.addr.rsplit(':').next().unwrap().to_string();
+    let wants_box = format!(
+        "version = 1\ncapabilities = [\"connect\"]\ndestinations = [\"accept 127.0.0.1:{box_port}\"]\n"
+    );
+    let result = bx
+        .try_store_with_manifest("def main():\n    pass\n", &wants_box)
+        .await
+        .map(|_| ());
+    assert_eq!(code(&result), ErrorCode::ManifestRejected);
+    assert!(
+        message(&result).contains(&format!("this box refuses 127.0.0.1:{box_port}")),
+        "{}",
+        message(&result)
+    );
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exceeding_the_storage_quota_raises_quota_exceeded_and_keeps_the_old_data() {
+    let bx = TestBox::with_policy(&policy(&[]), &[]);
+    let source = r#"
+def main():
+    api.storage.put("a", b"x" * 1000)
+    try:
+        api.storage.put("b", b"y" * 2000)
+        api.send("stored beyond the quota\n")
+    except api.QuotaExceeded as e:
+        api.send("quota: %s\n" % e)
+    api.send("%d %r %r\n" % (len(api.storage.get("a")), api.storage.get("b"), api.storage.usage()))
+"#;
+    let (output, result) = bx
+        .run_with_manifest(
+            source,
+            &manifest(&["storage"], &[], "storage_kib = 2"),
+            "[]",
+        )
+        .await;
+    result.unwrap();
+    let output = text(&output);
+    assert!(
+        output.starts_with("quota: storage quota exceeded"),
+        "{output}"
+    );
+    assert!(output.ends_with("1000 None (1001, 2048)\n"), "{output}");
+    bx.assert_serves_hello().await;
+}
+
+/// Every regular file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_is_not_plaintext_on_disk_and_is_gone_when_the_instance_ends() {
+    let bx = TestBox::with_policy(&policy(&[]), &[]);
+    let source = r#"
+def main():
+    api.storage.put("diary-key-NEEDLE", b"PLAINTEXT-NEEDLE " * 100)
+    api.send("stored")
+    api.recv()
+    api.send(api.storage.get("diary-key-NEEDLE")[:17])
+"#;
+    let token = bx
+        .try_store_with_manifest(source, &manifest(&["storage"], &[], "storage_kib = 64"))
+        .await
+        .unwrap();
+    let session = bx.invoke(&token, "[]").await;
+    let mut attachment = bx.connect().await.attach(&session, None).await.unwrap();
+    assert_eq!(attachment.next().await.unwrap().unwrap(), "stored");
+    let storage_root = bx.data_dir().join("instance-storage");
+    let files = files_under(&storage_root);
+    assert!(
+        !files.is_empty(),
+        "the instance's storage is on disk while it runs"
+    );
+    for file in &files {
+        let bytes = std::fs::read(file).unwrap();
+        let name = file.display().to_string();
+        assert!(
+            !name.contains("NEEDLE"),
+            "a file name reveals the key: {name}"
+        );
+        assert!(
+            !bytes.windows(6).any(|w| w == b"NEEDLE"),
+            "plaintext on disk in {name}"
+        );
+    }
+    attachment
+        .input()
+        .send(Bytes::from_static(b"go"))
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    while let Some(data) = attachment.next().await.unwrap() {
+        rest.extend_from_slice(&data);
+    }
+    assert_eq!(rest, b"PLAINTEXT-NEEDLE ");
+    attachment.close().await;
+    // The worker deletes the directory as the instance ends, just before
+    // the box reports the end.
+    assert!(
+        files_under(&storage_root).is_empty(),
+        "storage survives its instance: {:?}",
+        files_under(&storage_root)
+    );
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_more_connections_than_granted_raises_channel_limit() {
+    let server = LocalServer::echo();
+    let rules = vec![format!("accept 127.0.0.1:{}", server.port)];
+    let bx = TestBox::with_policy(&policy(&rules), &[]);
+    let source = r#"
+def main(port):
+    held = [api.connect("127.0.0.1", port) for _ in range(2)]
+    try:
+        api.connect("127.0.0.1", port)
+        api.send("a third connection\n")
+    except api.ChannelLimit as e:
+        api.send("limit: %s\n" % e)
+    held.pop().close()
+    api.connect("127.0.0.1", port)
+    api.send("a slot was freed\n")
+"#;
+    let (output, result) = bx
+        .run_with_manifest(
+            source,
+            &manifest(&["connect"], &rules, "channels = 2"),
+            &format!("[{}]", server.port),
+        )
+        .await;
+    result.unwrap();
+    let output = text(&output);
+    assert_eq!(
+        output,
+        "limit: this function may have at most 2 channels and connections open at once\na slot was freed\n"
+    );
+    assert_eq!(server.accepted(), 3);
+    bx.assert_serves_hello().await;
+}
+
+/// The Dropbox pattern: the invoker drops data on the primary channel;
+/// holders of the service token pick it up.
+const DROPBOX: &str = r#"
+def main(pickups):
+    data = api.recv()
+    api.send("holding %d bytes" % len(data))
+    for _ in range(pickups):
+        channel = api.accept()
+        channel.send(data)
+        channel.close()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropbox_hands_its_data_to_a_second_client_holding_the_service_token() {
+    let bx = TestBox::start(&[]);
+    let token = bx
+        .try_store_with_manifest(DROPBOX, "version = 1\ncapabilities = [\"service\"]\n")
+        .await
+        .unwrap();
+    let (session, service) = bx
+        .connect()
+        .await
+        .invoke_service(&token, "main", "[1]")
+        .await
+        .unwrap();
+    let service = service.expect("a service function gets a service token");
+    let mut owner = bx.connect().await.attach(&session, None).await.unwrap();
+    let file: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    owner.input().send(Bytes::from(file.clone())).await.unwrap();
+    assert_eq!(owner.next().await.unwrap().unwrap(), "holding 300000 bytes");
+
+    let mut pickup = bx.connect().await.connect_service(&service).await.unwrap();
+    assert_eq!(pickup.read_to_end().await.unwrap(), file);
+    assert!(
+        owner.next().await.unwrap().is_none(),
+        "the dropbox ends after its pick-up"
+    );
+    owner.close().await;
+
+    let gone = bx
+        .connect()
+        .await
+        .connect_service(&service)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            gone,
+            bento_client::ClientError::Remote {
+                code: ErrorCode::UnknownService,
+                ..
+            }
+        ),
+        "{gone:?}"
+    );
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_more_service_channels_than_granted_is_refused_with_channel_limit() {
+    let bx = TestBox::start(&[]);
+    let source = r#"
+def main():
+    first = api.accept()
+    api.send("accepted one")
+    first.send(first.recv())
+    api.recv()
+"#;
+    let token = bx
+        .try_store_with_manifest(
+            source,
+            "version = 1\ncapabilities = [\"service\"]\n[limits]\nchannels = 1\n",
+        )
+        .await
+        .unwrap();
+    let (session, service) = bx
+        .connect()
+        .await
+        .invoke_service(&token, "main", "[]")
+        .await
+        .unwrap();
+    let service = service.unwrap();
+    let mut owner = bx.connect().await.attach(&session, None).await.unwrap();
+    let mut first = bx.connect().await.connect_service(&service).await.unwrap();
+    assert_eq!(owner.next().await.unwrap().unwrap(), "accepted one");
+    let second = bx
+        .connect()
+        .await
+        .connect_service(&service)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            second,
+            bento_client::ClientError::Remote {
+                code: ErrorCode::ChannelLimit,
+                ..
+            }
+        ),
+        "{second:?}"
+    );
+    // The first channel still works.
+    first.send(b"still here").await.unwrap();
+    assert_eq!(first.next().await.unwrap().unwrap(), "still here");
+    owner
+        .input()
+        .send(Bytes::from_static(b"done"))
+        .await
+        .unwrap();
+    assert!(owner.next().await.unwrap().is_none());
+    owner.close().await;
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_over_its_bandwidth_is_slowed_down_not_killed_and_loses_nothing() {
+    // 48 KiB/s with a 1 s burst: sending 160 KiB takes about 2.3 s of
+    // throttling. The test checks the outcome, not the time (the benchmark
+    // reports the measured rate).
+    let bx = TestBox::with_policy(&policy(&[]), &[]);
+    let source =
+        "def main():\n    for i in range(160):\n        api.send(bytes([i % 256]) * 1024)\n";
+    let started = Instant::now();
+    let (output, result) = bx
+        .run_with_manifest(
+            source,
+            &manifest(&[], &[], "bandwidth_kib_per_s = 48\ncpu_ms = 2000"),
+            "[]",
+        )
+        .await;
+    result.unwrap();
+    assert_eq!(output.len(), 160 * 1024);
+    assert!(
+        output
+            .chunks(1024)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|&b| b == (i % 256) as u8))
+    );
+    eprintln!(
+        "throttled session: 160 KiB at a 48 KiB/s limit took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleeping_uses_no_cpu_time() {
+    let bx = TestBox::with_policy(&policy(&[]), &["--cpu-ms", "300"]);
+    let source = "def main():\n    t = api.time()\n    api.sleep(1.0)\n    api.send('%.1f' % (api.time() - t))\n";
+    let (output, result) = bx
+        .run_with_manifest(source, &manifest(&["time"], &[], ""), "[]")
+        .await;
+    result.unwrap();
+    let slept: f64 = text(&output).parse().unwrap();
+    assert!(slept >= 1.0, "{slept}");
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleeping_function_is_still_stopped_by_its_wall_clock_limit_and_by_kill() {
+    let bx = TestBox::with_policy(&policy(&[]), &[]);
+    let (_, result) = bx
+        .run_with_manifest(
+            "def main():\n    api.sleep(3600)\n",
+            &manifest(&["time"], &[], "wall_ms = 500"),
+            "[]",
+        )
+        .await;
+    assert_eq!(code(&result), ErrorCode::LimitWallTime);
+    let token = bx
+        .try_store_with_manifest(
+            "def main():\n    api.sleep(3600)\n",
+            &manifest(&["time"], &[], ""),
+        )
+        .await
+        .unwrap();
+    let session = bx.invoke(&token, "[]").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    bx.connect().await.kill(&session).await.unwrap();
+    let (_, result) = bx.read_all(&session).await;
+    assert_eq!(code(&result), ErrorCode::Killed);
+    bx.assert_serves_hello().await;
+}

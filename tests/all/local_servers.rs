@@ -1,0 +1,75 @@
+//! Servers on 127.0.0.1 that functions are (or are not) allowed to reach.
+//! Each counts the connections it accepted, so a test can prove that a
+//! refused destination was never contacted.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A listening server and how many connections it has accepted.
+pub struct LocalServer {
+    pub port: u16,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl LocalServer {
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    fn spawn(handle: impl Fn(TcpStream) + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let handle = Arc::new(handle);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let handle = handle.clone();
+                std::thread::spawn(move || handle(stream));
+            }
+        });
+        Self { port, accepted }
+    }
+
+    /// Echoes every byte back until the client closes.
+    pub fn echo() -> Self {
+        Self::spawn(|mut stream| {
+            let mut buf = [0u8; 16 * 1024];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
+    /// Answers every HTTP request with `status`, extra header lines and
+    /// `body`, then closes.
+    pub fn http(status: &'static str, headers: String, body: Vec<u8>) -> Self {
+        Self::spawn(move |mut stream| {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        })
+    }
+
+    /// Redirects every request to `location`.
+    pub fn redirect(location: String) -> Self {
+        Self::http("302 Found", format!("Location: {location}\r\n"), Vec::new())
+    }
+}
