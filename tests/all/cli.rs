@@ -361,3 +361,104 @@ fn ctrl_c_detaches_attach_and_a_second_attach_resumes_exactly() {
     let expected: String = (0..6).map(|i| format!("tick {i}\n")).collect();
     assert_eq!(all, expected, "nothing lost or repeated across the detach");
 }
+
+#[test]
+fn a_store_refused_by_the_policy_gives_the_same_reasons_as_policy_check() {
+    let bx = TestBox::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_function(&dir, "greedy.py", "def main():\n    pass\n");
+    // Picked up from next to the source, as greedy.toml.
+    let manifest = write_function(
+        &dir,
+        "greedy.toml",
+        "version = 1\ncapabilities = [\"http\"]\ndestinations = [\"accept 192.168.0.10:80\"]\n[limits]\nmemory_mib = 1024\nchannels = 100\n",
+    );
+    let check = bento_offline(&["policy", "check", &manifest]);
+    assert_eq!(check.status.code(), Some(1));
+    let check_reasons: Vec<String> = String::from_utf8_lossy(&check.stderr)
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- "))
+        .map(|l| l.trim().to_owned())
+        .collect();
+    assert_eq!(check_reasons.len(), 4, "{check_reasons:?}");
+
+    let store = bento(&bx, &["store", &source], b"");
+    assert_eq!(
+        store.status.code(),
+        Some(2),
+        "a refused manifest is a bad request"
+    );
+    let stderr = String::from_utf8_lossy(&store.stderr);
+    assert!(stderr.contains("[manifest_rejected]"), "{stderr}");
+    for reason in &check_reasons {
+        assert!(
+            stderr.contains(reason.as_str()),
+            "missing {reason:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn bento_connect_picks_up_what_the_invoker_dropped_using_the_service_token() {
+    let bx = TestBox::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let dropbox = write_function(
+        &dir,
+        "dropbox.py",
+        "def main():\n    data = api.recv()\n    api.send('ok')\n    channel = api.accept()\n    channel.send(data)\n    channel.close()\n",
+    );
+    write_function(
+        &dir,
+        "dropbox.toml",
+        "version = 1\ncapabilities = [\"service\"]\n",
+    );
+    let token = String::from_utf8(bento(&bx, &["store", &dropbox], b"").stdout).unwrap();
+    let invoked = bento(&bx, &["invoke", token.trim(), "--json"], b"");
+    assert!(invoked.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&invoked.stdout).unwrap();
+    let session = json["session_token"].as_str().unwrap().to_owned();
+    let service = json["service_token"].as_str().unwrap().to_owned();
+
+    // The invoker's attach ends when the function does, after the pick-up.
+    let addr = bx.addr.clone();
+    let drop_off = std::thread::spawn(move || {
+        let mut child = Command::new(BENTO)
+            .args(["attach", &session])
+            .env("BENTO_SERVER", &addr)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(b"a secret for someone else").unwrap();
+        drop(pipe);
+        child.wait_with_output().unwrap()
+    });
+    let pick_up = bento(&bx, &["connect", &service], b"");
+    assert!(
+        pick_up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pick_up.stderr)
+    );
+    assert_eq!(pick_up.stdout, b"a secret for someone else");
+    let drop_off = drop_off.join().unwrap();
+    assert!(drop_off.status.success());
+    assert_eq!(drop_off.stdout, b"ok");
+
+    // The instance has ended: its service token no longer opens anything.
+    let again = bento(&bx, &["connect", &service], b"");
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("[unknown_service]"));
+}
+
+#[test]
+fn a_function_without_the_service_capability_gets_no_service_token() {
+    let bx = TestBox::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let hello = write_function(&dir, "plain.py", "def main():\n    pass\n");
+    let token = String::from_utf8(bento(&bx, &["store", &hello], b"").stdout).unwrap();
+    let invoked = bento(&bx, &["invoke", token.trim(), "--json"], b"");
+    let json: serde_json::Value = serde_json::from_slice(&invoked.stdout).unwrap();
+    assert!(json.get("service_token").is_none(), "{json}");
+}

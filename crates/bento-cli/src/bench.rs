@@ -18,6 +18,8 @@ const HELLO: &str = "def main(name):\n    api.send('hello ' + name)\n";
 const BULK: &str = "def main(mib):\n    chunk = b'x' * (1024 * 1024)\n    for _ in range(mib):\n        api.send(chunk)\n";
 const ECHO: &str = "def main():\n    while True:\n        m = api.recv()\n        if not m:\n            return\n        api.send(m)\n";
 const WAIT: &str = "def main():\n    api.recv()\n";
+const THROTTLED: &str =
+    "def main(kib):\n    chunk = b't' * 1024\n    for _ in range(kib):\n        api.send(chunk)\n";
 /// What every benchmark function asks for: room to move GiBs at full speed
 /// (the benchmark measures the box, not its bandwidth limits).
 const MANIFEST: &str = "version = 1\n[limits]\nmemory_mib = 128\ncpu_ms = 60000\nwall_ms = 600000\noutput_buffer_kib = 4096\nbandwidth_kib_per_s = 100000000\n";
@@ -37,6 +39,10 @@ pub struct BenchArgs {
     /// Concurrent sessions waiting in api.recv() for the memory figure.
     #[arg(long, default_value_t = 1000)]
     pub sessions: usize,
+    /// Bandwidth limit of the throttled-session measurement, KiB/s (it
+    /// sends 6 s worth).
+    #[arg(long, default_value_t = 1024)]
+    pub throttle_kib_per_s: u64,
     /// Sandbox worker processes [default: number of CPUs].
     #[arg(long)]
     pub workers: Option<usize>,
@@ -237,6 +243,36 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     rates.sort_by(f64::total_cmp);
     let bulk_mb_s = rates[1];
 
+    // 2b. A bandwidth-limited session: how closely the throttle holds the
+    // limit. The first second's worth is burst; the rate is measured from
+    // the first byte to the last.
+    let limit_kib = args.throttle_kib_per_s;
+    let throttled_manifest = MANIFEST.replace(
+        "bandwidth_kib_per_s = 100000000",
+        &format!("bandwidth_kib_per_s = {limit_kib}"),
+    );
+    let throttled = {
+        let mut conn = Connection::connect(&bench.target).await?;
+        conn.store_with_manifest("throttled.py", THROTTLED, &throttled_manifest)
+            .await?
+            .1
+    };
+    let throttled_kib = limit_kib * 6;
+    let started = Instant::now();
+    let got = bench
+        .invoke_to_end(&throttled, &format!("[{throttled_kib}]"))
+        .await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    if got != throttled_kib * 1024 {
+        bail!(
+            "the throttled run delivered {got} bytes, expected {}",
+            throttled_kib * 1024
+        );
+    }
+    // Burst (1 s of the rate) arrives at once; the rest at the rate.
+    let throttled_rate = (throttled_kib - limit_kib) as f64 / elapsed;
+    eprintln!("  throttled: {throttled_rate:.0} KiB/s at a {limit_kib} KiB/s limit");
+
     // 3. Echo round trip over one attached session.
     let echo = bench.store("echo.py", ECHO).await?;
     let mut conn = Connection::connect(&bench.target).await?;
@@ -292,11 +328,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Measured before the settling pause below, which is not start-up time.
+    let start_rate = args.sessions as f64 / started.elapsed().as_secs_f64();
     // Let the instances reach api.recv() (status counts them from start).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (busy_rss, busy_pss) = total_memory_mib();
     let available_drop = available_before - mem_available_mib();
-    let start_rate = args.sessions as f64 / started.elapsed().as_secs_f64();
     for session in &sessions {
         conn.kill(session).await?;
     }
@@ -311,6 +348,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "p99": ms(percentile(&latencies, 0.99)),
         },
         "bulk_output_mb_s": { "mib_per_run": args.bulk_mib, "median": bulk_mb_s, "runs": rates },
+        "throttled_session_kib_s": { "limit": limit_kib, "measured_after_burst": throttled_rate },
         "echo_round_trip_ms": {
             "round_trips": args.round_trips,
             "message_bytes": message.len(),
@@ -343,6 +381,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!(
             "| bulk output, {} MiB in 1 MiB sends (median of 3) | {bulk_mb_s:.0} MB/s |",
             args.bulk_mib
+        );
+        println!(
+            "| session limited to {limit_kib} KiB/s, {throttled_kib} KiB sent (rate after the 1 s burst) | {throttled_rate:.0} KiB/s |"
         );
         println!(
             "| echo round trip, 32 B (n={}) | p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms |",

@@ -796,4 +796,73 @@ mod tests {
         assert_eq!(io.next_message(), Ok(None));
         assert_eq!(*recorder.consumed.lock().unwrap(), 11);
     }
+
+    #[test]
+    fn staged_bytes_go_to_the_capability_call_not_the_session_and_need_no_credit() {
+        let (recorder, io) = io(0, Duration::from_secs(60));
+        io.stage(5).unwrap();
+        assert_eq!(
+            io.output_permit().unwrap(),
+            5,
+            "staging needs no session credit"
+        );
+        io.write_output(Bytes::from_static(b"abc")).unwrap();
+        assert!(
+            io.take_staged().is_err(),
+            "a half-written body is refused, not used"
+        );
+        io.stage(3).unwrap();
+        io.write_output(Bytes::from_static(b"xyz")).unwrap();
+        assert_eq!(io.take_staged().unwrap(), b"xyz");
+        assert!(recorder.output.lock().unwrap().is_empty());
+        assert!(io.stage(MAX_STAGED + 1).is_err());
+    }
+
+    #[test]
+    fn a_capability_result_is_read_before_session_input_and_not_acknowledged() {
+        let (recorder, io) = io(0, Duration::from_secs(60));
+        io.push_input(Bytes::from_static(b"client"));
+        io.set_pending(Bytes::from_static(b"result"));
+        assert_eq!(io.read_input(100).unwrap(), "result");
+        assert_eq!(*recorder.consumed.lock().unwrap(), 0);
+        assert_eq!(io.read_input(100).unwrap(), "client");
+        assert_eq!(*recorder.consumed.lock().unwrap(), 6);
+    }
+
+    #[test]
+    fn channels_beyond_the_limit_are_refused_and_a_closed_one_frees_its_slot() {
+        #[derive(Default)]
+        struct Opened(Mutex<Vec<(u32, bool)>>);
+        impl SessionHost for Opened {
+            fn deliver_output(&self, _data: Bytes) {}
+            fn input_consumed(&self, _bytes: u64) {}
+            fn message_start(&self, _length: u64) {}
+            fn channel_opened(&self, channel: u32, accepted: bool) {
+                self.0.lock().unwrap().push((channel, accepted));
+            }
+        }
+        let host = Arc::new(Opened::default());
+        let io = SessionIo::with_limits(
+            host.clone(),
+            Instant::now() + Duration::from_secs(60),
+            0,
+            Throttle::unlimited(),
+            2,
+        );
+        assert!(io.try_open_channel(), "an outbound connection takes a slot");
+        io.open_channel(1);
+        io.open_channel(2);
+        assert_eq!(*host.0.lock().unwrap(), vec![(1, true), (2, false)]);
+        assert_eq!(io.accept(None), Ok(1));
+        io.channel_close(1);
+        io.open_channel(3);
+        assert_eq!(host.0.lock().unwrap().last(), Some(&(3, true)));
+    }
+
+    #[test]
+    fn waiting_for_a_channel_gives_up_at_the_callers_timeout() {
+        let (_, io) = io(0, Duration::from_secs(60));
+        let until = Instant::now() + Duration::from_millis(20);
+        assert_eq!(io.accept(Some(until)), Err(WaitError::TimedOut));
+    }
 }
