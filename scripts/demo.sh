@@ -41,6 +41,20 @@ step "bento run functions/examples/hello.py -- world   # the same in one go"
 "$BENTO" run functions/examples/hello.py -- world </dev/null
 step "echo 'ping' | bento run functions/examples/echo.py"
 echo ping | "$BENTO" run functions/examples/echo.py
+step "bento policy check functions/examples/dropbox.toml   # what a function asks for, checked offline"
+"$BENTO" policy check functions/examples/dropbox.toml
+step "bento invoke \$DROPBOX_TOKEN --json   # a service function also gets a service token"
+DROP_TOKEN=$("$BENTO" store functions/examples/dropbox.py)  # dropbox.toml is picked up
+DROPPED=$("$BENTO" invoke "$DROP_TOKEN" --json)
+echo "$DROPPED"
+DROP_SESSION=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["session_token"])' "$DROPPED")
+SERVICE=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["service_token"])' "$DROPPED")
+step "echo 'meet at noon' | bento attach \$SESSION_TOKEN &   # drop off"
+echo 'meet at noon' | "$BENTO" attach "$DROP_SESSION" &
+DROP_OFF=$!
+step "bento connect \$SERVICE_TOKEN   # pick up, as a second client"
+"$BENTO" connect "$SERVICE" </dev/null
+wait "$DROP_OFF"
 step "bento status"
 "$BENTO" status
 printf '\n\033[1mdemo finished; the box is stopped.\033[0m\n'

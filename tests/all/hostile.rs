@@ -274,3 +274,35 @@ async fn a_hung_worker_is_killed_and_replaced_once_a_session_overruns_its_wall_l
         "the hung worker is gone"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasi_sleep_past_the_wall_limit_ends_at_the_limit_without_taking_its_worker_down() {
+    let bx = TestBox::start(&[]);
+    // A bystander on the same (only) worker, waiting for input.
+    let echo = bx.store("def main():\n    api.send(api.recv())\n").await;
+    let bystander = bx.invoke(&echo, "[]").await;
+    let sleeper = bx
+        .try_store_with_manifest(
+            "import time\ndef main():\n    time.sleep(3600)\n",
+            "version = 1\n[limits]\nwall_ms = 1000\n",
+        )
+        .await
+        .unwrap();
+    let session = bx.invoke(&sleeper, "[]").await;
+    let (_, result) = bx.read_all(&session).await;
+    assert_eq!(code(&result), ErrorCode::LimitWallTime, "{result:?}");
+    let mut attachment = bx.connect().await.attach(&bystander, None).await.unwrap();
+    attachment
+        .input()
+        .send(Bytes::from_static(b"still alive"))
+        .await
+        .unwrap();
+    assert_eq!(attachment.next().await.unwrap().unwrap(), "still alive");
+    attachment.close().await;
+    assert!(
+        !bx.log().contains("killing and replacing"),
+        "the sleeper's worker was killed:\n{}",
+        bx.log()
+    );
+    bx.assert_serves_hello().await;
+}

@@ -288,7 +288,7 @@ mod tests {
         let err = c.check("93.184.216.34".parse().unwrap(), 22).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "connection to 93.184.216.34:22 refused by the function's grant: no rule accepts it"
+            "connection to 93.184.216.34:22 refused by the function's grant: no rule accepts 93.184.216.34:22"
         );
         let c = check(&["reject *:22"], &["reject *:*"]);
         let err = c.check("93.184.216.34".parse().unwrap(), 22).unwrap_err();
@@ -317,7 +317,7 @@ mod tests {
         let err = resolve_checked(&c, "2001:db8::2", 443, soon()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "connection to [2001:db8::2]:443 refused by the function's grant: no rule accepts it"
+            "connection to [2001:db8::2]:443 refused by the function's grant: no rule accepts [2001:db8::2]:443"
         );
         // A literal needs no lookup, so even a passed deadline is fine.
         assert!(resolve_checked(&c, "[2001:db8::1]", 443, Instant::now()).is_ok());

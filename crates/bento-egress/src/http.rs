@@ -702,7 +702,10 @@ mod tests {
             err,
             EgressError::Refused {
                 destination: format!("127.0.0.1:{}", server.port),
-                reason: "by the box policy: 127.0.0.1 is a private, local or own address and no rule accepts it explicitly".to_owned(),
+                reason: format!(
+                    "by the box policy: 127.0.0.1 is a private, local or own address and no rule names 127.0.0.1:{} explicitly",
+                    server.port
+                ),
             }
         );
         let err = get(&check, &format!("http://localhost:{}/", server.port)).unwrap_err();

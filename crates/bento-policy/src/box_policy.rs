@@ -45,6 +45,11 @@ impl Capability {
         }
     }
 
+    /// Capabilities that need the box's own Tor connection.
+    pub fn needs_tor(self) -> bool {
+        matches!(self, Capability::TorConnect | Capability::OnionService)
+    }
+
     /// Capabilities whose streams count towards the `channels` limit.
     pub fn opens_channels(self) -> bool {
         matches!(

@@ -336,12 +336,15 @@ impl ExitPolicy {
                 ),
             };
         }
+        let destination = std::net::SocketAddr::new(ip, port);
         Decision {
             allowed: false,
             reason: if protected {
-                format!("{ip} is a private, local or own address and no rule accepts it explicitly")
+                format!(
+                    "{ip} is a private, local or own address and no rule names {destination} explicitly"
+                )
             } else {
-                "no rule accepts it".to_owned()
+                format!("no rule accepts {destination}")
             },
         }
     }

@@ -13,6 +13,7 @@ use crate::engine::PythonRuntime;
 use crate::error::Failure;
 use crate::grant::CapabilityGrant;
 use crate::session_io::{SessionHost, SessionIo, SessionStdin, SessionStdout, StopReason};
+use crate::wasi_sleep::{InstanceClock, shadow_clock_subscriptions};
 
 wasmtime::component::bindgen!({
     path: "../../runtime/wit",
@@ -56,8 +57,9 @@ pub type Outcome = Result<(), Failure>;
 /// Host state of one instance.
 pub(crate) struct InstanceState {
     wasi: WasiCtx,
-    table: ResourceTable,
-    io: Arc<SessionIo>,
+    pub(crate) table: ResourceTable,
+    pub(crate) io: Arc<SessionIo>,
+    pub(crate) clock: InstanceClock,
     limiter: MemoryLimiter,
     capabilities: Capabilities,
 }
@@ -188,6 +190,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
     // context grants nothing: no preopened directories, no environment, no
     // sockets, no name lookup (see `new_store`).
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    shadow_clock_subscriptions(linker)?;
     FunctionRuntime::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
 }
 
@@ -253,7 +256,9 @@ impl PythonRuntime {
         limits: &InstanceLimits,
         grant: CapabilityGrant,
     ) -> Store<InstanceState> {
+        let clock = InstanceClock::new();
         let wasi = WasiCtxBuilder::new()
+            .monotonic_clock(clock)
             .stdin(SessionStdin(io.clone()))
             .stdout(SessionStdout(io.clone()))
             .allow_tcp(false)
@@ -264,6 +269,7 @@ impl PythonRuntime {
             wasi,
             table: ResourceTable::new(),
             io: io.clone(),
+            clock,
             limiter: MemoryLimiter {
                 max_memory: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
                 io: io.clone(),

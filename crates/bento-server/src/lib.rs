@@ -194,7 +194,17 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     /// Open the data directory, start the workers and bind `listen`.
-    pub async fn bind(config: ServerConfig, listen: SocketAddr) -> Result<Self, ServerError> {
+    pub async fn bind(mut config: ServerConfig, listen: SocketAddr) -> Result<Self, ServerError> {
+        // This box has no Tor connection to serve them with: refuse Tor
+        // capabilities at admission rather than admit functions whose
+        // `api` would lack them.
+        let before = config.policy.capabilities.len();
+        config.policy.capabilities.retain(|c| !c.needs_tor());
+        if config.policy.capabilities.len() != before {
+            tracing::info!(
+                "tor_connect and onion_service are not granted: this box has no Tor connection"
+            );
+        }
         let store = FunctionStore::open(&config.data_dir, config.max_stored_bytes())?;
         // Storage of instances that were running when the box last stopped
         // is unreadable (its keys died with them): remove it.
