@@ -1,0 +1,1 @@
+//! Tor integration (skeleton; see the task).
