@@ -65,6 +65,10 @@ from wit_world.imports import capabilities, session
 
 _STDIN = 0
 _STDOUT = 1
+# Set once the function has raised, before its frames (and streams) are
+# released; see Stream.__del__.
+_FAILING = [False]
+
 # Larger stream sends are split so the box never stages more than this.
 _SEND_CHUNK = 1024 * 1024
 
@@ -89,6 +93,10 @@ class StreamClosed(BentoError, ConnectionError):
     """The stream or channel is closed."""
 
 
+class BoxIOError(BentoError, OSError):
+    """A capability failed for a reason outside the function (network, TLS, disk)."""
+
+
 _ERRORS = {
     "refused": DestinationRefused,
     "quota": QuotaExceeded,
@@ -97,6 +105,7 @@ _ERRORS = {
     "timeout": TimeoutError,
     "invalid": ValueError,
     "not-granted": PermissionError,
+    "io": BoxIOError,
 }
 
 
@@ -211,6 +220,10 @@ class Stream:
         self.close()
 
     def __del__(self):
+        # A stream dropped while the function fails must not look closed on
+        # purpose: its channel client then learns of the failure instead.
+        if _FAILING[0]:
+            return
         try:
             self.close()
         except Exception:  # noqa: BLE001 - interpreter teardown
@@ -359,6 +372,7 @@ class Api:
     QuotaExceeded = QuotaExceeded
     ChannelLimit = ChannelLimit
     StreamClosed = StreamClosed
+    BoxIOError = BoxIOError
 
     def __init__(self):
         self._granted = {}
@@ -455,6 +469,7 @@ def _guarded(action):
     except BaseException as exc:  # noqa: BLE001 - report everything, incl. SystemExit
         if isinstance(exc, SystemExit) and exc.code in (None, 0):
             return
+        _FAILING[0] = True
         raise Err(_format_failure(exc))
     finally:
         try:

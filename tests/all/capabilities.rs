@@ -299,7 +299,7 @@ def main():
         output.starts_with("quota: storage quota exceeded"),
         "{output}"
     );
-    assert!(output.ends_with("1000 None (1001, 2048)\n"), "{output}");
+    assert!(output.ends_with("1000 None (1065, 2048)\n"), "{output}");
     bx.assert_serves_hello().await;
 }
 
@@ -591,5 +591,46 @@ async fn a_sleeping_function_is_still_stopped_by_its_wall_clock_limit_and_by_kil
     bx.connect().await.kill(&session).await.unwrap();
     let (_, result) = bx.read_all(&session).await;
     assert_eq!(code(&result), ErrorCode::Killed);
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_client_learns_that_the_service_failed_but_never_sees_its_traceback() {
+    let bx = TestBox::start(&[]);
+    let source = r#"
+def main():
+    channel = api.accept()
+    secret = "the invoker's secret"
+    raise RuntimeError(secret)
+"#;
+    let token = bx
+        .try_store_with_manifest(source, "version = 1\ncapabilities = [\"service\"]\n")
+        .await
+        .unwrap();
+    let (session, service) = bx
+        .connect()
+        .await
+        .invoke_service(&token, "main", "[]")
+        .await
+        .unwrap();
+    let mut channel = bx
+        .connect()
+        .await
+        .connect_service(&service.unwrap())
+        .await
+        .unwrap();
+    let err = channel.next().await.unwrap_err();
+    match &err {
+        bento_client::ClientError::Remote { code, message } => {
+            assert_eq!(*code, ErrorCode::FunctionException);
+            assert!(!message.contains("secret"), "{message}");
+        }
+        other => panic!("expected the service's failure, got {other:?}"),
+    }
+    let (_, result) = bx.read_all(&session).await;
+    assert!(
+        message(&result).contains("the invoker's secret"),
+        "the invoker gets the traceback"
+    );
     bx.assert_serves_hello().await;
 }

@@ -462,3 +462,33 @@ fn a_function_without_the_service_capability_gets_no_service_token() {
     let json: serde_json::Value = serde_json::from_slice(&invoked.stdout).unwrap();
     assert!(json.get("service_token").is_none(), "{json}");
 }
+
+#[test]
+fn serve_refuses_an_unusable_ca_file_and_a_legacy_manifest_the_policy_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let runtime = crate::harness::runtime().display().to_string();
+    let bad_ca = write_function(&dir, "ca.pem", "not a certificate\n");
+    let greedy = write_function(
+        &dir,
+        "legacy.toml",
+        "version = 1\n[limits]\nmemory_mib = 4096\n",
+    );
+    for (option, file, expected) in [
+        ("--http-ca-file", &bad_ca, "--http-ca-file"),
+        (
+            "--legacy-manifest",
+            &greedy,
+            "asks for 4096 MiB memory per instance",
+        ),
+    ] {
+        let out = Command::new(BENTO)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", &data])
+            .args(["--runtime", &runtime, option, file])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{option} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{option}: {stderr}");
+    }
+}

@@ -135,12 +135,25 @@ impl ServeArgs {
         config.policy = self.policy()?;
         if let Some(path) = &self.legacy_manifest {
             let text = read_text(path)?;
-            bento_policy::Manifest::from_toml(&text)
+            let manifest = bento_policy::Manifest::from_toml(&text)
                 .with_context(|| format!("--legacy-manifest {}", path.display()))?;
+            // Every prototype function would be refused at store time:
+            // better to say so now, once.
+            if let Err(violations) = bento_policy::admit(&manifest, &config.policy, &[]) {
+                let list: Vec<String> = violations.iter().map(|v| format!("  - {v}")).collect();
+                bail!(
+                    "--legacy-manifest {} asks for more than the policy allows:\n{}",
+                    path.display(),
+                    list.join("\n")
+                );
+            }
             config.legacy_manifest = text;
         }
         if let Some(path) = &self.http_ca_file {
-            config.http_extra_roots_pem = Some(read_text(path)?);
+            let pem = read_text(path)?;
+            bento_egress::TlsSettings::with_extra_roots_pem(pem.as_bytes())
+                .map_err(|e| anyhow::anyhow!("--http-ca-file {}: {e}", path.display()))?;
+            config.http_extra_roots_pem = Some(pem);
         }
         config.session_retention = Duration::from_secs(self.session_retention_secs);
         config.read_timeout = Duration::from_secs(self.read_timeout_secs.max(1));
@@ -432,11 +445,17 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
                 let (_, token) = conn
                     .store_with_manifest(&upload.filename, &upload.source, &upload.manifest)
                     .await?;
-                conn.invoke(&token, &entry, &args_to_json(&args)).await
+                conn.invoke_service(&token, &entry, &args_to_json(&args))
+                    .await
             }
             .await;
             match started {
-                Ok(session) => attach(&target, &session, None).await,
+                Ok((session, service)) => {
+                    if let Some(service) = service {
+                        eprintln!("service token (for `bento connect`): {}", service.to_hex());
+                    }
+                    attach(&target, &session, None).await
+                }
                 Err(e) => Ok(report(&e)),
             }
         }

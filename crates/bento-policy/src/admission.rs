@@ -12,6 +12,9 @@ use crate::{InstanceLimits, MIB};
 /// streams without saying how many it needs.
 pub const DEFAULT_CHANNELS: u64 = 4;
 
+/// Storage quota of a function that uses `storage` without saying how much.
+pub const DEFAULT_STORAGE_KIB: u64 = 256;
+
 /// One way a manifest exceeds a policy, in words.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation(pub String);
@@ -83,6 +86,16 @@ pub fn admit(
         .zip(policy.instance.entries())
     {
         let Some(asked) = asked else { continue };
+        // Storage and channels may be zero; nothing else can run on zero.
+        let may_be_zero = matches!(
+            what,
+            "storage per instance" | "concurrent channels and connections"
+        );
+        if asked == 0 && !may_be_zero {
+            violations.push(Violation(format!(
+                "asks for 0 {unit} {what}; a function needs at least 1"
+            )));
+        }
         if asked > allowed {
             violations.push(Violation(format!(
                 "asks for {} {what}; this box allows {}",
@@ -133,6 +146,12 @@ pub fn admit(
             // A function that connects or serves needs a channel or few;
             // the minimum (0) would make the capability useless.
             resources.channels = DEFAULT_CHANNELS.min(policy.instance.channels);
+        }
+        if manifest.limits.storage_kib.is_none()
+            && manifest.capabilities.contains(&Capability::Storage)
+        {
+            // Likewise storage: the minimum quota is 0.
+            resources.storage_kib = DEFAULT_STORAGE_KIB.min(policy.instance.storage_kib);
         }
         Ok(Grant {
             resources,
@@ -217,6 +236,32 @@ mod tests {
             "never more than asked, even if the policy allows more"
         );
         assert!(!grant.capabilities.contains(&Capability::Time));
+    }
+
+    #[test]
+    fn zero_limits_that_nothing_can_run_on_are_violations() {
+        let manifest =
+            Manifest::from_toml("version = 1\n[limits]\nwall_ms = 0\nstorage_kib = 0\n").unwrap();
+        let violations = admit(&manifest, &BoxPolicy::default(), &[]).unwrap_err();
+        assert_eq!(
+            violations,
+            vec![Violation(
+                "asks for 0 ms wall-clock time per invocation; a function needs at least 1".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn storage_and_channels_get_a_useful_default_when_their_capability_is_asked_for() {
+        let manifest =
+            Manifest::from_toml("version = 1\ncapabilities = [\"storage\", \"service\"]\n")
+                .unwrap();
+        let grant = admit(&manifest, &BoxPolicy::default(), &[]).unwrap();
+        assert_eq!(grant.resources.storage_kib, DEFAULT_STORAGE_KIB);
+        assert_eq!(grant.resources.channels, DEFAULT_CHANNELS);
+        let plain = admit(&Manifest::minimum(), &BoxPolicy::default(), &[]).unwrap();
+        assert_eq!(plain.resources.storage_kib, 0);
+        assert_eq!(plain.resources.channels, 0);
     }
 
     #[test]

@@ -234,7 +234,8 @@ fn parse_versioned<T: serde::de::DeserializeOwned>(
 }
 
 /// The default box policy, with every key documented (`bento policy default`).
-pub const DEFAULT_POLICY_TOML: &str = r#"# Bento box policy (see docs/policy.md). Every key is required.
+pub const DEFAULT_POLICY_TOML: &str = r#"# Bento box policy (see docs/policy.md). Every key in [instance] and [box]
+# is required; capabilities and destinations default to none.
 version = 1
 
 # Capabilities functions may be granted at all. A function gets only what its

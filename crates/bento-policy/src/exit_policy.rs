@@ -270,6 +270,8 @@ pub fn is_private_or_local(ip: IpAddr) -> bool {
                 || v4.is_broadcast()
                 || o[0] == 0
                 || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64/10 shared (CGNAT)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0/24 protocol assignments
+                || (o[0] == 198 && (o[1] & 0xfe) == 18) // 198.18/15 benchmarking, often internal
                 || o[0] >= 240 // reserved
         }
         IpAddr::V6(v6) => {
@@ -277,6 +279,21 @@ pub fn is_private_or_local(ip: IpAddr) -> bool {
                 return is_private_or_local(IpAddr::V4(v4));
             }
             let s = v6.segments();
+            // Prefixes that carry an IPv4 address onward: judge that address.
+            let embedded = |hi: u16, lo: u16| {
+                let [a, b] = hi.to_be_bytes();
+                let [c, d] = lo.to_be_bytes();
+                is_private_or_local(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)))
+            };
+            if s[0] == 0x0064 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+                return embedded(s[6], s[7]); // NAT64 64:ff9b::/96
+            }
+            if s[0] == 0x0064 && s[1] == 0xff9b && s[2] == 1 {
+                return true; // local-use NAT64 64:ff9b:1::/48
+            }
+            if s[0] == 0x2002 {
+                return embedded(s[1], s[2]); // 6to4 2002::/16
+            }
             v6.is_unspecified()
                 || v6.is_loopback()
                 || v6.is_multicast()
@@ -369,6 +386,23 @@ mod tests {
         let (ip, port) = target.rsplit_once(':').unwrap();
         let ip: IpAddr = ip.trim_matches(['[', ']']).parse().unwrap();
         p.decide(ip, port.parse().unwrap(), &[]).allowed
+    }
+
+    #[test]
+    fn ipv6_prefixes_that_carry_a_private_ipv4_address_are_private() {
+        for ip in [
+            "64:ff9b::a00:1",
+            "64:ff9b::7f00:1",
+            "2002:c0a8:101::1",
+            "64:ff9b:1::1",
+        ] {
+            assert!(is_private_or_local(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["64:ff9b::5db8:d822", "2002:5db8:d822::1", "2606:4700::1"] {
+            assert!(!is_private_or_local(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(is_private_or_local("198.18.0.1".parse().unwrap()));
+        assert!(is_private_or_local("192.0.0.8".parse().unwrap()));
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod admission;
 mod box_policy;
 mod exit_policy;
 
-pub use admission::{DEFAULT_CHANNELS, Grant, Violation, admit};
+pub use admission::{DEFAULT_CHANNELS, DEFAULT_STORAGE_KIB, Grant, Violation, admit};
 pub use box_policy::{
     BoxCaps, BoxPolicy, Capability, DEFAULT_POLICY_TOML, Manifest, PolicyError, ResourceRequest,
     Resources, SCHEMA_VERSION,

@@ -217,11 +217,20 @@ impl Capabilities {
         }
     }
 
-    /// Close everything when the instance ends.
-    pub(crate) fn close_all(&mut self, io: &SessionIo) {
+    /// Close everything when the instance ends. Service channels are
+    /// reported closed only when the function returned (`clean`): after a
+    /// failure their clients learn of it from the instance's outcome
+    /// instead of seeing an ordinary end.
+    pub(crate) fn close_all(&mut self, io: &SessionIo, clean: bool) {
         let ids: Vec<u32> = self.streams.keys().copied().collect();
         for id in ids {
-            self.stream_close(io, id);
+            match self.streams.get(&id) {
+                Some(Stream::Service(channel)) if !clean => {
+                    io.channel_forget(*channel);
+                    self.streams.remove(&id);
+                }
+                _ => self.stream_close(io, id),
+            }
         }
     }
 
@@ -336,7 +345,7 @@ fn egress_error(error: &EgressError) -> String {
     let kind = match error {
         EgressError::Refused { .. } => "refused",
         EgressError::Timeout => "timeout",
-        EgressError::InvalidUrl { .. } => "invalid",
+        EgressError::InvalidUrl { .. } | EgressError::Http(_) => "invalid",
         EgressError::Stopped => "stopped",
         _ => "io",
     };

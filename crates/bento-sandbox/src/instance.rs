@@ -319,7 +319,8 @@ impl PythonRuntime {
         // Connections and channels end with the instance; its storage is
         // deleted when the store drops.
         let state = store.data_mut();
-        state.capabilities.close_all(&state.io);
+        let clean = matches!(result, Ok(Ok(())));
+        state.capabilities.close_all(&state.io, clean);
         drop(store);
         match result {
             Ok(Ok(())) => Ok(()),

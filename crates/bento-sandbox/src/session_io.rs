@@ -598,6 +598,14 @@ impl SessionIo {
         Ok(())
     }
 
+    /// Drop a service channel without telling its client (the instance
+    /// failed; the outcome tells it).
+    pub(crate) fn channel_forget(&self, channel: u32) {
+        if self.lock().channels.remove(&channel).is_some() {
+            self.channel_released();
+        }
+    }
+
     /// The function closed a service channel.
     pub(crate) fn channel_close(&self, channel: u32) {
         let existed = self.lock().channels.remove(&channel).is_some();

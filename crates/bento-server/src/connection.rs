@@ -325,21 +325,8 @@ impl Conn {
                     }
                     Some(ChannelEvent::Opened(_)) => {}
                     None => {
-                        let frame = session
-                            .lock()
-                            .outcome
-                            .as_ref()
-                            .and_then(outcome_refusal)
-                            .map_or_else(
-                                || Frame::error(ErrorCode::UnknownService, "the service's instance ended"),
-                                |refusal| {
-                                    Frame::error(
-                                        refusal.code,
-                                        format!("the service's instance ended: {}", refusal.message),
-                                    )
-                                },
-                            );
-                        return Err(Close(Some(frame)));
+                        let outcome = session.lock().outcome.clone();
+                        return Err(Close(Some(service_ended(outcome.as_ref()))));
                     }
                 },
                 read = self.reader.read_buf(&mut self.buf), if in_flight < INPUT_WINDOW => {
@@ -535,6 +522,27 @@ impl Conn {
             }
         }
         Ok(true)
+    }
+}
+
+/// The error a channel's client gets when the instance ends without
+/// closing the channel. A traceback stays with the invoker: it can show the
+/// function's source and data, and a channel client is someone else.
+fn service_ended(outcome: Option<&bento_worker::InstanceOutcome>) -> Frame {
+    use bento_worker::InstanceOutcome;
+    match outcome {
+        Some(InstanceOutcome::Exception(_)) => Frame::error(
+            ErrorCode::FunctionException,
+            "the service's instance failed with an exception (its invoker has the traceback)",
+        ),
+        Some(other) => match outcome_refusal(other) {
+            Some(refusal) => Frame::error(
+                refusal.code,
+                format!("the service's instance ended: {}", refusal.message),
+            ),
+            None => Frame::error(ErrorCode::UnknownService, "the service's instance ended"),
+        },
+        None => Frame::error(ErrorCode::UnknownService, "the service's instance ended"),
     }
 }
 

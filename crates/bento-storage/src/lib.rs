@@ -69,7 +69,7 @@ pub enum StorageError {
         "storage quota exceeded: this put needs {needed} bytes but {used} of {quota} bytes are already in use"
     )]
     QuotaExceeded {
-        /// Bytes the new entry would use (key bytes + value bytes).
+        /// Bytes the new entry would use (key + value + [`ENTRY_OVERHEAD`]).
         needed: u64,
         /// Bytes in use by all other entries (not counting the value this put
         /// would replace), so `needed + used > quota`.
@@ -182,12 +182,15 @@ impl InstanceStorage {
 
     /// Store `value` under `key`, replacing any old value.
     ///
-    /// The quota counts key bytes + value bytes of all live entries. A put
+    /// The quota counts key bytes + value bytes + [`ENTRY_OVERHEAD`] of all
+    /// live entries. A put
     /// that would exceed it fails with [`StorageError::QuotaExceeded`] and
     /// changes nothing; so does any other failure (the old value stays).
     pub fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StorageError> {
         validate_key(key)?;
-        let needed = (key.len() as u64).saturating_add(value.len() as u64);
+        let needed = (key.len() as u64)
+            .saturating_add(value.len() as u64)
+            .saturating_add(ENTRY_OVERHEAD);
         let old = self.index.get(key).copied();
         let others = match old {
             Some(entry) => self.used.saturating_sub(entry_size(key, entry)),
@@ -307,7 +310,7 @@ impl InstanceStorage {
         self.index.keys().cloned().collect()
     }
 
-    /// Bytes in use: key bytes + value bytes of all live entries.
+    /// Bytes in use: key bytes + value bytes + [`ENTRY_OVERHEAD`] of all live entries.
     pub fn used(&self) -> u64 {
         self.used
     }
@@ -419,9 +422,14 @@ fn validate_key(key: &str) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// What every entry costs beyond its key and value bytes: each is a file
+/// (an inode, a block, an index slot), so without this a quota filled with
+/// one-byte entries would cost far more disk and memory than its size.
+pub const ENTRY_OVERHEAD: u64 = 64;
+
 /// Bytes an entry counts against the quota.
 fn entry_size(key: &str, entry: Entry) -> u64 {
-    key.len() as u64 + entry.value_len
+    key.len() as u64 + entry.value_len + ENTRY_OVERHEAD
 }
 
 /// Associated data binding a ciphertext to its entry: the file serial number

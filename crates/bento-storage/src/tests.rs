@@ -44,14 +44,14 @@ fn put_get_delete_and_keys_round_trip() {
     assert_eq!(s.get("b").unwrap().as_deref(), Some(&b"two"[..]));
     assert_eq!(s.get("empty").unwrap().as_deref(), Some(&b""[..]));
     assert_eq!(s.keys(), ["a", "b", "empty"]);
-    assert_eq!(s.used(), 1 + 3 + 1 + 3 + 5);
+    assert_eq!(s.used(), 1 + 3 + 1 + 3 + 5 + 3 * ENTRY_OVERHEAD);
     assert_eq!(s.quota(), 1024);
 
     assert!(s.delete("a").unwrap());
     assert!(!s.delete("a").unwrap());
     assert_eq!(s.get("a").unwrap(), None);
     assert_eq!(s.keys(), ["b", "empty"]);
-    assert_eq!(s.used(), 1 + 3 + 5);
+    assert_eq!(s.used(), 1 + 3 + 5 + 2 * ENTRY_OVERHEAD);
     assert_eq!(
         files_under(s.dir()).len(),
         2,
@@ -63,21 +63,21 @@ fn put_get_delete_and_keys_round_trip() {
 fn replacing_a_value_adjusts_usage_and_removes_the_old_file() {
     let (_root, mut s) = new_storage(1024);
     s.put("key", &[1; 100]).unwrap();
-    assert_eq!(s.used(), 103);
+    assert_eq!(s.used(), 103 + ENTRY_OVERHEAD);
     s.put("key", &[2; 10]).unwrap();
-    assert_eq!(s.used(), 13);
+    assert_eq!(s.used(), 13 + ENTRY_OVERHEAD);
     assert_eq!(s.get("key").unwrap(), Some(vec![2; 10]));
     s.put("key", &[3; 500]).unwrap();
-    assert_eq!(s.used(), 503);
+    assert_eq!(s.used(), 503 + ENTRY_OVERHEAD);
     assert_eq!(s.get("key").unwrap(), Some(vec![3; 500]));
     assert_eq!(files_under(s.dir()).len(), 1);
 }
 
 #[test]
 fn a_value_may_fill_the_quota_exactly() {
-    let (_root, mut s) = new_storage(10);
+    let (_root, mut s) = new_storage(10 + ENTRY_OVERHEAD);
     s.put("k", &[0; 9]).unwrap();
-    assert_eq!(s.used(), 10);
+    assert_eq!(s.used(), 10 + ENTRY_OVERHEAD);
     // Replacing counts only the other entries, so an equal-sized
     // replacement fits.
     s.put("k", &[1; 9]).unwrap();
@@ -99,8 +99,12 @@ fn exceeding_the_quota_fails_and_leaves_the_old_value_and_usage_unchanged() {
             used: in_use,
             quota,
         } => {
-            assert_eq!(needed, 2048);
-            assert_eq!(in_use, 105, "the value being replaced is not counted");
+            assert_eq!(needed, 2048 + ENTRY_OVERHEAD);
+            assert_eq!(
+                in_use,
+                105 + ENTRY_OVERHEAD,
+                "the value being replaced is not counted"
+            );
             assert_eq!(quota, 1024);
         }
         other => panic!("expected QuotaExceeded, got {other:?}"),
@@ -118,8 +122,8 @@ fn exceeding_the_quota_fails_and_leaves_the_old_value_and_usage_unchanged() {
 #[test]
 fn quota_error_reads_as_a_sentence() {
     let (_root, mut s) = new_storage(1024);
-    s.put("x", &[0; 999]).unwrap();
-    let err = s.put("y", &[0; 2047]).unwrap_err();
+    s.put("x", &[0; 935]).unwrap();
+    let err = s.put("y", &[0; 1983]).unwrap_err();
     assert_eq!(
         err.to_string(),
         "storage quota exceeded: this put needs 2048 bytes but 1000 of 1024 bytes are already in use"
