@@ -325,6 +325,20 @@ def _accept(timeout=None):
     return None if stream_id is None else Stream(stream_id)
 
 
+def _tor_connect(host, port):
+    """tor_connect: a stream to host:port over Tor (names resolved by the exit; .onion works)."""
+    return Stream(_host(capabilities.tor_connect, str(host), int(port)))
+
+
+def _onion_service(port, key=None):
+    """onion_service: publish an onion service on virtual `port`; returns "xyz.onion".
+
+    Streams to it arrive as channels from api.accept(). It is removed when
+    the instance ends, however it ends.
+    """
+    return _host(capabilities.onion_service, int(port), None if key is None else str(key))
+
+
 def _http_request(method, url, headers=None, body=b""):
     """http: one HTTP(S) request; redirects are followed (each hop checked)."""
     header_list = list((headers or {}).items()) if isinstance(headers, dict) else list(headers or [])
@@ -359,6 +373,8 @@ _CAPABILITY_ATTRIBUTES = {
     "storage": {"storage": _STORAGE},
     "time": {"sleep": _sleep, "time": _time},
     "service": {"accept": _accept},
+    "tor_connect": {"tor_connect": _tor_connect},
+    "onion_service": {"onion_service": _onion_service, "accept": _accept},
 }
 
 

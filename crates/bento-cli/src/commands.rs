@@ -60,6 +60,21 @@ pub struct ServeArgs {
     /// minimum].
     #[arg(long, value_name = "FILE")]
     pub legacy_manifest: Option<PathBuf>,
+    /// The local tor's ControlPort (cookie authentication): publish the
+    /// box as a v3 onion service (key kept in the data directory, so the
+    /// address survives restarts) and serve functions' tor_connect and
+    /// onion_service capabilities.
+    #[arg(long, value_name = "ADDR")]
+    pub tor_control: Option<String>,
+    /// tor's SocksPort for functions' tor_connect [default: asked from tor].
+    #[arg(long, value_name = "ADDR", requires = "tor_control")]
+    pub tor_socks: Option<SocketAddr>,
+    /// Exit when this process does (used by `bento testnet up` for tests).
+    #[arg(long, hide = true)]
+    pub exit_with_pid: Option<u32>,
+    /// Virtual port of the box's onion service.
+    #[arg(long, default_value_t = 7878, requires = "tor_control")]
+    pub onion_port: u16,
     /// Extra trusted CA certificates (PEM) for functions' HTTPS requests,
     /// besides the Mozilla roots.
     #[arg(long, value_name = "PEM")]
@@ -155,6 +170,9 @@ impl ServeArgs {
                 .map_err(|e| anyhow::anyhow!("--http-ca-file {}: {e}", path.display()))?;
             config.http_extra_roots_pem = Some(pem);
         }
+        config.tor_control = self.tor_control.clone();
+        config.tor_socks = self.tor_socks;
+        config.onion_port = self.onion_port;
         config.session_retention = Duration::from_secs(self.session_retention_secs);
         config.read_timeout = Duration::from_secs(self.read_timeout_secs.max(1));
         config.legacy_listen = self.legacy_listen;
@@ -365,6 +383,7 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
     let target = target(&target_args);
     match command {
         Command::Serve(args) => serve(*args).await,
+        Command::Testnet(command) => crate::testnet_cmd::run(command).await,
         Command::Bench(args) => bench_dispatch(args).await,
         Command::Store {
             file,
@@ -507,10 +526,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(legacy_addr = %legacy?, "serving the research prototype's protocol");
     }
     tracing::info!(%addr, workers, "bento box listening");
+    if let (Some(onion), Some(published)) = (
+        server.onion_address(),
+        server.onion_published(Duration::from_secs(120)),
+    ) {
+        tracing::info!(%onion, "bento box onion service added; publishing");
+        tokio::spawn(async move {
+            match published.await {
+                Ok(()) => tracing::info!(%onion, "bento box onion service published"),
+                Err(e) => tracing::warn!(error = %e, "the onion service is not published yet"),
+            }
+        });
+    }
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let owner_gone = async {
+        match args.exit_with_pid {
+            Some(pid) => {
+                while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         result = server.run() => result?,
+        () = owner_gone => tracing::info!("the owning process exited; shutting down"),
         _ = interrupt.recv() => tracing::info!("interrupted; shutting down"),
         _ = terminate.recv() => tracing::info!("terminated; shutting down"),
     }

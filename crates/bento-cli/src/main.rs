@@ -7,6 +7,7 @@
 mod bench;
 mod commands;
 mod runtime_path;
+mod testnet_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -142,6 +143,9 @@ enum Command {
     /// Box policies and function manifests.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// A private Tor network on loopback with Bento boxes, for tests and demos.
+    #[command(subcommand)]
+    Testnet(testnet_cmd::TestnetCommand),
     /// Internal: a sandbox worker process (started by `bento serve`).
     #[command(hide = true)]
     Worker {

@@ -86,10 +86,13 @@ pub fn admit(
         .zip(policy.instance.entries())
     {
         let Some(asked) = asked else { continue };
-        // Storage and channels may be zero; nothing else can run on zero.
+        // Storage, channels and onion services may be zero; nothing else
+        // can run on zero.
         let may_be_zero = matches!(
             what,
-            "storage per instance" | "concurrent channels and connections"
+            "storage per instance"
+                | "concurrent channels and connections"
+                | "onion services per instance"
         );
         if asked == 0 && !may_be_zero {
             violations.push(Violation(format!(
@@ -146,6 +149,11 @@ pub fn admit(
             // A function that connects or serves needs a channel or few;
             // the minimum (0) would make the capability useless.
             resources.channels = DEFAULT_CHANNELS.min(policy.instance.channels);
+        }
+        if manifest.limits.onion_services.is_none()
+            && manifest.capabilities.contains(&Capability::OnionService)
+        {
+            resources.onion_services = 1.min(policy.instance.onion_services);
         }
         if manifest.limits.storage_kib.is_none()
             && manifest.capabilities.contains(&Capability::Storage)

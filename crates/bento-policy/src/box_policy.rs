@@ -86,6 +86,18 @@ pub struct Resources {
     pub bandwidth_kib_per_s: u64,
     /// Concurrent service channels and outbound connections.
     pub channels: u64,
+    /// Ephemeral onion services an instance may create (optional in a
+    /// policy file: 2).
+    #[serde(default = "default_onion_services")]
+    pub onion_services: u64,
+}
+
+fn default_onion_services() -> u64 {
+    2
+}
+
+fn default_max_onion_services() -> u64 {
+    64
 }
 
 impl Resources {
@@ -99,11 +111,12 @@ impl Resources {
             storage_kib: 0,
             bandwidth_kib_per_s: 1024,
             channels: 0,
+            onion_services: 0,
         }
     }
 
     /// Each resource with its name, unit and value, for messages.
-    pub fn entries(&self) -> [(&'static str, &'static str, u64); 7] {
+    pub fn entries(&self) -> [(&'static str, &'static str, u64); 8] {
         [
             ("memory per instance", "MiB", self.memory_mib),
             ("CPU time per invocation", "ms", self.cpu_ms),
@@ -112,6 +125,7 @@ impl Resources {
             ("storage per instance", "KiB", self.storage_kib),
             ("bandwidth per session", "KiB/s", self.bandwidth_kib_per_s),
             ("concurrent channels and connections", "", self.channels),
+            ("onion services per instance", "", self.onion_services),
         ]
     }
 }
@@ -126,6 +140,7 @@ impl Default for Resources {
             storage_kib: 1024,
             bandwidth_kib_per_s: 1024,
             channels: 16,
+            onion_services: 2,
         }
     }
 }
@@ -146,6 +161,10 @@ pub struct BoxCaps {
     pub max_storage_mib: u64,
     /// Bandwidth of all functions together, KiB/s.
     pub bandwidth_kib_per_s: u64,
+    /// Functions' onion services alive at once, over all instances
+    /// (optional in a policy file: 64).
+    #[serde(default = "default_max_onion_services")]
+    pub max_onion_services: u64,
 }
 
 impl Default for BoxCaps {
@@ -157,6 +176,7 @@ impl Default for BoxCaps {
             max_stored_mib: 1024,
             max_storage_mib: 1024,
             bandwidth_kib_per_s: 10_240,
+            max_onion_services: 64,
         }
     }
 }
@@ -235,7 +255,8 @@ fn parse_versioned<T: serde::de::DeserializeOwned>(
 
 /// The default box policy, with every key documented (`bento policy default`).
 pub const DEFAULT_POLICY_TOML: &str = r#"# Bento box policy (see docs/policy.md). Every key in [instance] and [box]
-# is required; capabilities and destinations default to none.
+# is required but onion_services and max_onion_services; capabilities and
+# destinations default to none.
 version = 1
 
 # Capabilities functions may be granted at all. A function gets only what its
@@ -262,6 +283,7 @@ output_buffer_kib = 4096    # output kept while the client is away
 storage_kib = 1024          # api.storage quota
 bandwidth_kib_per_s = 1024  # all of one session's traffic
 channels = 16               # concurrent service channels + connections
+onion_services = 2          # api.onion_service() services per instance
 
 # Caps for the whole box.
 [box]
@@ -271,6 +293,7 @@ max_upload_kib = 1024       # largest function source
 max_stored_mib = 1024       # all stored functions
 max_storage_mib = 1024      # all instance storage
 bandwidth_kib_per_s = 10240 # all functions' traffic together
+max_onion_services = 64     # functions' onion services alive at once
 "#;
 
 impl BoxPolicy {
@@ -333,11 +356,13 @@ pub struct ResourceRequest {
     pub bandwidth_kib_per_s: Option<u64>,
     /// Concurrent service channels and outbound connections.
     pub channels: Option<u64>,
+    /// Ephemeral onion services.
+    pub onion_services: Option<u64>,
 }
 
 impl ResourceRequest {
     /// The explicit requests, in the order of [`Resources::entries`].
-    pub fn entries(&self) -> [Option<u64>; 7] {
+    pub fn entries(&self) -> [Option<u64>; 8] {
         [
             self.memory_mib,
             self.cpu_ms,
@@ -346,6 +371,7 @@ impl ResourceRequest {
             self.storage_kib,
             self.bandwidth_kib_per_s,
             self.channels,
+            self.onion_services,
         ]
     }
 
@@ -372,6 +398,11 @@ impl ResourceRequest {
                 ceiling.bandwidth_kib_per_s,
             ),
             channels: pick(self.channels, min.channels, ceiling.channels),
+            onion_services: pick(
+                self.onion_services,
+                min.onion_services,
+                ceiling.onion_services,
+            ),
         }
     }
 }

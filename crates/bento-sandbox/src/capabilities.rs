@@ -41,6 +41,9 @@ pub(crate) struct Capabilities {
     storage_error: Option<String>,
     streams: HashMap<u32, Stream>,
     next_stream: u32,
+    /// SOCKS credentials that give this instance its own Tor circuits.
+    tor_isolation: String,
+    onion_services_created: u64,
 }
 
 impl Capabilities {
@@ -87,6 +90,8 @@ impl Capabilities {
             storage_error,
             streams: HashMap::new(),
             next_stream: 1,
+            tor_isolation: crate::tor_stream::isolation_token(),
+            onion_services_created: 0,
         }
     }
 
@@ -150,12 +155,60 @@ impl Capabilities {
         }
     }
 
+    pub(crate) fn tor_connect(
+        &mut self,
+        io: &SessionIo,
+        host: &str,
+        port: u16,
+    ) -> Result<u32, String> {
+        self.require(Capability::TorConnect)?;
+        let socks = self
+            .grant
+            .tor_socks
+            .ok_or_else(|| "io: this box has no Tor SocksPort configured".to_owned())?;
+        if !io.try_open_channel() {
+            return Err(channel_limit(io));
+        }
+        match crate::tor_stream::tor_connect(socks, &self.tor_isolation, host, port, io.deadline())
+        {
+            Ok(stream) => Ok(self.add_stream(Stream::Tcp(stream))),
+            Err(e) => {
+                io.channel_released();
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn onion_service(
+        &mut self,
+        io: &SessionIo,
+        port: u16,
+        key: Option<String>,
+    ) -> Result<String, String> {
+        self.require(Capability::OnionService)?;
+        if port == 0 {
+            return Err("invalid: the virtual port must be 1-65535".into());
+        }
+        if self.onion_services_created >= self.grant.onion_services {
+            return Err(format!(
+                "channels: this function may create at most {} onion services",
+                self.grant.onion_services
+            ));
+        }
+        let address = io.onion_request(port, key)?;
+        self.onion_services_created += 1;
+        Ok(address)
+    }
+
     pub(crate) fn accept(
         &mut self,
         io: &SessionIo,
         timeout: Option<f64>,
     ) -> Result<Option<u32>, String> {
-        self.require(Capability::Service)?;
+        // Onion-service streams arrive as channels too.
+        if !self.grant.has(Capability::OnionService) {
+            self.require(Capability::Service)?;
+        }
         match io.accept(until(timeout)?) {
             Ok(channel) => Ok(Some(self.add_stream(Stream::Service(channel)))),
             Err(WaitError::TimedOut) => Ok(None),

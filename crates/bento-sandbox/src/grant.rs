@@ -33,6 +33,12 @@ pub struct CapabilityGrant {
     pub http_max_response_bytes: u64,
     /// Extra PEM trust anchors for HTTPS (the operator's choice).
     pub http_extra_roots_pem: Option<String>,
+    /// The box's tor SocksPort, for `tor_connect`.
+    #[serde(default)]
+    pub tor_socks: Option<std::net::SocketAddr>,
+    /// Onion services the instance may create.
+    #[serde(default)]
+    pub onion_services: u64,
 }
 
 /// Where an instance's encrypted storage lives and how big it may get.

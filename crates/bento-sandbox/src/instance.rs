@@ -140,6 +140,20 @@ impl bento::runtime::capabilities::Host for InstanceState {
         Ok(())
     }
 
+    fn tor_connect(&mut self, host: String, port: u16) -> wasmtime::Result<Result<u32, String>> {
+        let result = self.capabilities.tor_connect(&self.io, &host, port);
+        self.stop_check(result)
+    }
+
+    fn onion_service(
+        &mut self,
+        port: u16,
+        key: Option<String>,
+    ) -> wasmtime::Result<Result<String, String>> {
+        let result = self.capabilities.onion_service(&self.io, port, key);
+        self.stop_check(result)
+    }
+
     fn http_request(
         &mut self,
         method: String,

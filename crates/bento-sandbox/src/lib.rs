@@ -30,6 +30,7 @@ mod grant;
 mod instance;
 mod session_io;
 mod throttle;
+mod tor_stream;
 mod wasi_sleep;
 
 pub use engine::{PythonRuntime, precompile_runtime};

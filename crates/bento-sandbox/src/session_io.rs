@@ -54,6 +54,11 @@ pub trait SessionHost: Send + Sync + 'static {
     fn channel_consumed(&self, _channel: u32, _bytes: u64) {}
     /// The function closed service channel `channel`.
     fn channel_closed(&self, _channel: u32) {}
+    /// The function asks for an onion service on virtual `port` (request
+    /// `request`); the answer comes back through [`SessionIo::onion_reply`].
+    fn onion_request(&self, request: u32, _port: u16, _key: Option<String>) {
+        let _ = request;
+    }
 }
 
 /// Why a blocking capability call returned without its result.
@@ -118,6 +123,9 @@ struct IoState {
     incoming: VecDeque<u32>,
     /// Channels and connections open (including not yet accepted ones).
     open_channels: u64,
+    /// Answers to onion-service requests, by request number.
+    onion_replies: HashMap<u32, Result<String, String>>,
+    next_onion_request: u32,
 }
 
 /// Shared state of one session's I/O, between the guest's thread and the
@@ -596,6 +604,35 @@ impl SessionIo {
             rest = &rest[take..];
         }
         Ok(())
+    }
+
+    /// Ask the box for an onion service and wait for its address.
+    pub(crate) fn onion_request(&self, port: u16, key: Option<String>) -> Result<String, String> {
+        let request = {
+            let mut state = self.lock();
+            state.next_onion_request += 1;
+            state.next_onion_request
+        };
+        self.host.onion_request(request, port, key);
+        // Publishing takes a few seconds on a healthy tor; the box answers
+        // with an error after its own timeout, so wait up to the deadline.
+        let state = self.lock();
+        let mut state = self
+            .wait_until_or(state, |s| s.onion_replies.contains_key(&request), None)
+            .map_err(|e| match e {
+                WaitError::Stopped(reason) => format!("stopped: {reason:?}"),
+                WaitError::TimedOut => "timeout: no answer from the box".to_owned(),
+            })?;
+        state
+            .onion_replies
+            .remove(&request)
+            .unwrap_or_else(|| Err("io: no answer from the box".into()))
+    }
+
+    /// The box's answer to onion-service request `request`.
+    pub fn onion_reply(&self, request: u32, result: Result<String, String>) {
+        self.lock().onion_replies.insert(request, result);
+        self.changed.notify_all();
     }
 
     /// Drop a service channel without telling its client (the instance

@@ -11,7 +11,7 @@ use bento_worker::{CapabilityGrant, InstanceOutcome, StartCall, StartRequest, St
 use crate::BoxState;
 use crate::connection::check_filename;
 use crate::function_store::{StoreError, StoredFunction};
-use crate::session::{GlobalCounters, Service, Session};
+use crate::session::{GlobalCounters, Service, Session, SessionExtras};
 
 /// Largest HTTP response body a function may receive (and never more than
 /// half its memory, which has to hold it).
@@ -165,13 +165,22 @@ impl BoxState {
         // The policy may have changed since the function was stored.
         let grant = self.admit_manifest(&function.manifest)?;
         let limits = grant.instance_limits();
-        let service = if grant.capabilities.contains(&Capability::Service) {
+        // Onion-service streams arrive as channels too, so an instance
+        // with either capability has channels; only `service` hands out a
+        // token for them.
+        let has_channels = grant.capabilities.contains(&Capability::Service)
+            || grant.capabilities.contains(&Capability::OnionService);
+        let service = if has_channels {
             let token = ServiceToken::generate()
                 .map_err(|_| Refusal::new(ErrorCode::Internal, "cannot generate a token"))?;
             Some(token)
         } else {
             None
         };
+        let tor = self
+            .tor
+            .clone()
+            .filter(|_| grant.capabilities.contains(&Capability::OnionService));
         let storage = self.storage_for(&grant)?;
         let storage_reserved = storage.as_ref().map_or(0, |s| s.quota_bytes);
         reserve(
@@ -199,8 +208,11 @@ impl BoxState {
             limits.output_buffer_bytes,
             frames_messages,
             limits.wall(),
-            service.clone().map(Service::new),
-            storage.as_ref().map(|s| (s.dir.clone(), s.quota_bytes)),
+            SessionExtras {
+                service: service.clone().map(Service::new),
+                storage: storage.as_ref().map(|s| (s.dir.clone(), s.quota_bytes)),
+                tor,
+            },
         );
         let request = StartRequest {
             source: function.source.clone(),
@@ -228,7 +240,10 @@ impl BoxState {
             }
         }
         self.sessions.insert(session.clone());
-        self.services.insert(&session);
+        let service = service.filter(|_| grant.capabilities.contains(&Capability::Service));
+        if service.is_some() {
+            self.services.insert(&session);
+        }
         tracing::info!("started a session");
         Ok((session, service))
     }
@@ -276,6 +291,8 @@ impl BoxState {
             channels: grant.resources.channels,
             http_max_response_bytes: HTTP_MAX_RESPONSE_BYTES.min(memory / 2),
             http_extra_roots_pem: self.config.http_extra_roots_pem.clone(),
+            tor_socks: self.tor.as_ref().and_then(|t| t.socks),
+            onion_services: grant.resources.onion_services,
         }
     }
 }

@@ -547,9 +547,15 @@ fn service_ended(outcome: Option<&bento_worker::InstanceOutcome>) -> Frame {
 }
 
 /// Tells the instance a channel's client is gone when its connection ends.
-struct ChannelGuard {
+pub(crate) struct ChannelGuard {
     session: Arc<Session>,
     channel: u32,
+}
+
+impl ChannelGuard {
+    pub(crate) fn new(session: Arc<Session>, channel: u32) -> Self {
+        Self { session, channel }
+    }
 }
 
 impl Drop for ChannelGuard {

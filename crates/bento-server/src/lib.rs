@@ -17,6 +17,7 @@ mod box_ops;
 mod connection;
 pub mod function_store;
 mod legacy;
+mod onion;
 mod own_addresses;
 pub mod session;
 
@@ -65,6 +66,14 @@ pub struct ServerConfig {
     pub workers: WorkerPoolConfig,
     /// Where to serve the research prototype's protocol too, if anywhere.
     pub legacy_listen: Option<SocketAddr>,
+    /// The local tor's ControlPort: publish the box as an onion service
+    /// and serve functions' Tor capabilities.
+    pub tor_control: Option<String>,
+    /// tor's SocksPort for functions' `tor_connect` (default: asked from
+    /// tor).
+    pub tor_socks: Option<SocketAddr>,
+    /// The box's onion service port (default 7878).
+    pub onion_port: u16,
 }
 
 impl ServerConfig {
@@ -80,6 +89,9 @@ impl ServerConfig {
             max_connections: 4096,
             workers,
             legacy_listen: None,
+            tor_control: None,
+            tor_socks: None,
+            onion_port: 7878,
         }
     }
 
@@ -122,6 +134,9 @@ pub enum ServerError {
     /// The listener failed.
     #[error("listener: {0}")]
     Listen(#[from] std::io::Error),
+    /// The box could not publish itself through tor.
+    #[error("tor: {0}")]
+    Tor(#[from] onion::OnionError),
 }
 
 /// Everything connections share.
@@ -139,6 +154,8 @@ pub(crate) struct BoxState {
     pub(crate) own_addresses: Vec<std::net::IpAddr>,
     /// Where instances' encrypted storage directories are created.
     pub(crate) storage_root: PathBuf,
+    /// The box's tor, when it has one.
+    pub(crate) tor: Option<Arc<onion::TorBox>>,
 }
 
 impl BoxState {
@@ -159,6 +176,7 @@ impl BoxState {
                 "max": self.config.max_instances(),
             },
             "sessions": self.sessions.len(),
+            "onion": self.tor.as_ref().map(|t| t.onion_address.clone()),
             "output_buffer_bytes": {
                 "reserved": self.counters.reserved_buffer_bytes.load(Ordering::Relaxed),
                 "max": self.config.max_buffered_bytes(),
@@ -195,15 +213,17 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Open the data directory, start the workers and bind `listen`.
     pub async fn bind(mut config: ServerConfig, listen: SocketAddr) -> Result<Self, ServerError> {
-        // This box has no Tor connection to serve them with: refuse Tor
-        // capabilities at admission rather than admit functions whose
-        // `api` would lack them.
-        let before = config.policy.capabilities.len();
-        config.policy.capabilities.retain(|c| !c.needs_tor());
-        if config.policy.capabilities.len() != before {
-            tracing::info!(
-                "tor_connect and onion_service are not granted: this box has no Tor connection"
-            );
+        if config.tor_control.is_none() {
+            // No Tor connection to serve them with: refuse Tor capabilities
+            // at admission rather than admit functions whose `api` would
+            // lack them.
+            let before = config.policy.capabilities.len();
+            config.policy.capabilities.retain(|c| !c.needs_tor());
+            if config.policy.capabilities.len() != before {
+                tracing::info!(
+                    "tor_connect and onion_service are not granted: this box has no Tor connection (--tor-control)"
+                );
+            }
         }
         let store = FunctionStore::open(&config.data_dir, config.max_stored_bytes())?;
         // Storage of instances that were running when the box last stopped
@@ -226,6 +246,20 @@ impl Server {
             listening.push(legacy.local_addr()?);
         }
         let own_addresses = own_addresses::own_addresses(&listening);
+        let tor = match &config.tor_control {
+            Some(control) => Some(Arc::new(
+                onion::TorBox::publish(
+                    control,
+                    config.tor_socks,
+                    &config.data_dir,
+                    config.onion_port,
+                    listening[0],
+                    config.policy.caps.max_onion_services,
+                )
+                .await?,
+            )),
+            None => None,
+        };
         Ok(Self {
             legacy_listener,
             state: Arc::new(BoxState {
@@ -238,6 +272,7 @@ impl Server {
                 services: ServiceTable::default(),
                 own_addresses,
                 storage_root,
+                tor,
             }),
             listener,
         })
@@ -246,6 +281,25 @@ impl Server {
     /// The address the box listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The box's onion address (`xyz.onion:PORT`), with `--tor-control`.
+    pub fn onion_address(&self) -> Option<String> {
+        self.state.tor.as_ref().map(|t| t.onion_address.clone())
+    }
+
+    /// A future that ends when the box's onion service descriptor is
+    /// published (or `timeout` passes); `None` without `--tor-control`.
+    /// It does not borrow the server, so it can run beside [`Server::run`].
+    pub fn onion_published(
+        &self,
+        timeout: Duration,
+    ) -> Option<impl std::future::Future<Output = Result<(), ServerError>> + Send + 'static> {
+        let tor = self.state.tor.clone()?;
+        Some(async move {
+            tor.wait_published(timeout).await?;
+            Ok(())
+        })
     }
 
     /// The address of the research prototype's protocol, if enabled.

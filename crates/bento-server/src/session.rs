@@ -76,6 +76,36 @@ pub struct Session {
     service: Option<Service>,
     /// The instance's storage directory and the bytes reserved for it.
     storage: Option<(PathBuf, u64)>,
+    /// The box's tor, if the instance may create onion services.
+    tor: Option<Arc<crate::onion::TorBox>>,
+    /// What removes each onion service the instance created.
+    onion_cleanups: OnionCleanups,
+    /// This session, for tasks it starts on its own behalf.
+    me: Weak<Session>,
+}
+
+/// What a session has beyond its session channel, from its grant.
+#[derive(Debug, Default)]
+pub(crate) struct SessionExtras {
+    /// Channels (`service` or `onion_service`).
+    pub(crate) service: Option<Service>,
+    /// Storage directory and reserved bytes.
+    pub(crate) storage: Option<(PathBuf, u64)>,
+    /// The box's tor, for `onion_service`.
+    pub(crate) tor: Option<Arc<crate::onion::TorBox>>,
+}
+
+/// Removes one of an instance's onion services.
+pub(crate) type OnionCleanup = Box<dyn FnOnce() + Send>;
+
+/// An instance's onion-service cleanups, run when it ends.
+#[derive(Default)]
+struct OnionCleanups(Mutex<Vec<OnionCleanup>>);
+
+impl std::fmt::Debug for OnionCleanups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnionCleanups").finish_non_exhaustive()
+    }
 }
 
 /// The service side of a session: channels opened by clients holding the
@@ -120,10 +150,14 @@ impl Session {
         reserved_buffer: u64,
         frames_messages: bool,
         wall_limit: std::time::Duration,
-        service: Option<Service>,
-        storage: Option<(PathBuf, u64)>,
+        extras: SessionExtras,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        let SessionExtras {
+            service,
+            storage,
+            tor,
+        } = extras;
+        Arc::new_cyclic(|me| Self {
             token,
             state: Mutex::new(SessionState {
                 buffer: VecDeque::new(),
@@ -144,7 +178,27 @@ impl Session {
             wall_deadline: Instant::now() + wall_limit,
             service,
             storage,
+            tor,
+            onion_cleanups: OnionCleanups::default(),
+            me: me.clone(),
         })
+    }
+
+    /// Record how to remove an onion service of this instance. If the
+    /// instance has already ended, removes it at once and returns false.
+    pub(crate) fn add_onion_service(&self, cleanup: OnionCleanup) -> bool {
+        let state = self.lock();
+        if state.outcome.is_some() {
+            drop(state);
+            cleanup();
+            return false;
+        }
+        self.onion_cleanups
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(cleanup);
+        true
     }
 
     /// Whether the instance is still running.
@@ -331,9 +385,29 @@ impl InstanceEvents for Session {
                 // Dropping the senders ends every channel's connection.
                 service.channels().clear();
             }
+            let cleanups = std::mem::take(
+                &mut *self
+                    .onion_cleanups
+                    .0
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()),
+            );
+            for cleanup in cleanups {
+                cleanup();
+            }
         }
         drop(state);
         self.changed.notify_waiters();
+    }
+
+    fn onion_request(&self, request: u32, details: bento_worker::OnionRequest) {
+        let (Some(tor), Some(me)) = (self.tor.clone(), self.me.upgrade()) else {
+            if let Some(handle) = self.handle() {
+                handle.onion_reply(request, Err("io: this box has no Tor connection".into()));
+            }
+            return;
+        };
+        tokio::spawn(tor.serve_function(me, request, details));
     }
 
     fn channel(&self, channel: u32, event: ChannelEvent) {
@@ -472,8 +546,7 @@ mod tests {
             10,
             true,
             std::time::Duration::from_secs(60),
-            None,
-            None,
+            SessionExtras::default(),
         )
     }
 

@@ -106,6 +106,8 @@ pub enum ToWorker {
     ChannelEnd(InstanceId, u32, bool),
     /// The box passed this many of the channel's output bytes on.
     ChannelCredit(InstanceId, u32, u64),
+    /// The answer to onion-service request `u32`: the address or why not.
+    OnionReply(InstanceId, u32, Result<String, String>),
 }
 
 /// Worker → server messages.
@@ -129,6 +131,17 @@ pub enum FromWorker {
     ChannelConsumed(InstanceId, u32, u64),
     /// The function closed the channel.
     ChannelClosed(InstanceId, u32),
+    /// The function asks for an onion service (request number, details).
+    OnionRequest(InstanceId, u32, OnionRequest),
+}
+
+/// What `api.onion_service` asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnionRequest {
+    /// Virtual port clients connect to.
+    pub port: u16,
+    /// "ED25519-V3:…" to reuse an address; `None` for a fresh one.
+    pub key: Option<String>,
 }
 
 /// An IPC frame that could not be decoded: the peer is broken or hostile
@@ -146,6 +159,7 @@ const T_CHANNEL_OPEN: u8 = 6;
 const T_CHANNEL_INPUT: u8 = 7;
 const T_CHANNEL_END: u8 = 8;
 const T_CHANNEL_CREDIT: u8 = 9;
+const T_ONION_REPLY: u8 = 10;
 const T_READY: u8 = 64;
 const T_OUTPUT: u8 = 65;
 const T_CONSUMED: u8 = 66;
@@ -155,6 +169,7 @@ const T_CHANNEL_OPENED: u8 = 69;
 const T_CHANNEL_OUTPUT: u8 = 70;
 const T_CHANNEL_CONSUMED: u8 = 71;
 const T_CHANNEL_CLOSED: u8 = 72;
+const T_ONION_REQUEST: u8 = 73;
 
 /// Header bytes before a payload: length, type, id.
 pub const IPC_HEADER_LEN: usize = 4 + 1 + 8;
@@ -212,6 +227,9 @@ impl ToWorker {
                 *id,
                 channel_payload(*ch, &n.to_be_bytes()),
             ),
+            ToWorker::OnionReply(id, request, result) => {
+                (T_ONION_REPLY, *id, channel_payload(*request, &json(result)))
+            }
         };
         let mut out = BytesMut::with_capacity(IPC_HEADER_LEN + payload.len());
         out.put_slice(&header(kind, id, payload.len()));
@@ -248,6 +266,11 @@ impl FromWorker {
                 channel_payload(*ch, &n.to_be_bytes()),
             ),
             FromWorker::ChannelClosed(id, ch) => (T_CHANNEL_CLOSED, *id, channel_payload(*ch, &[])),
+            FromWorker::OnionRequest(id, request, details) => (
+                T_ONION_REQUEST,
+                *id,
+                channel_payload(*request, &json(details)),
+            ),
         };
         (header(kind, id, payload.len()), payload)
     }
@@ -309,6 +332,10 @@ impl ToWorker {
                 let (ch, n) = split_channel(payload)?;
                 ToWorker::ChannelCredit(id, ch, u64_payload(&n)?)
             }
+            T_ONION_REPLY => {
+                let (request, result) = split_channel(payload)?;
+                ToWorker::OnionReply(id, request, from_json(&result)?)
+            }
             other => return Err(IpcError(format!("unknown server message type {other}"))),
         }))
     }
@@ -339,6 +366,10 @@ impl FromWorker {
                 FromWorker::ChannelConsumed(id, ch, u64_payload(&n)?)
             }
             T_CHANNEL_CLOSED => FromWorker::ChannelClosed(id, split_channel(payload)?.0),
+            T_ONION_REQUEST => {
+                let (request, details) = split_channel(payload)?;
+                FromWorker::OnionRequest(id, request, from_json(&details)?)
+            }
             other => return Err(IpcError(format!("unknown worker message type {other}"))),
         }))
     }

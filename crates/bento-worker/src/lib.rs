@@ -18,7 +18,7 @@ mod pool;
 mod worker_process;
 
 pub use bento_sandbox::{CHANNEL_CREDIT, CapabilityGrant, MESSAGE_CREDIT, StorageGrant};
-pub use ipc::{InstanceId, InstanceOutcome, StartCall, StartRequest};
+pub use ipc::{InstanceId, InstanceOutcome, OnionRequest, StartCall, StartRequest};
 pub use pipe_size::grow_pipe;
 pub use pool::{
     ChannelEvent, InstanceEvents, InstanceHandle, PoolError, PoolStats, RESPAWN_PATIENCE,

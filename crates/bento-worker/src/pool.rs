@@ -67,6 +67,9 @@ pub trait InstanceEvents: Send + Sync + 'static {
     fn finished(&self, outcome: InstanceOutcome);
     /// A channel event of the instance's service.
     fn channel(&self, _channel: u32, _event: ChannelEvent) {}
+    /// The function asks for an onion service; answer with
+    /// [`InstanceHandle::onion_reply`].
+    fn onion_request(&self, _request: u32, _details: crate::ipc::OnionRequest) {}
 }
 
 /// What happened on a service channel, as reported by the worker.
@@ -166,6 +169,11 @@ impl InstanceHandle {
     /// The channel's client ended its input; `gone`: and disconnected.
     pub fn channel_end(&self, channel: u32, gone: bool) {
         self.send(ToWorker::ChannelEnd(self.id, channel, gone));
+    }
+
+    /// Answer onion-service request `request`.
+    pub fn onion_reply(&self, request: u32, result: Result<String, String>) {
+        self.send(ToWorker::OnionReply(self.id, request, result));
     }
 
     /// The box passed `bytes` of the channel's output on to its client.
@@ -518,6 +526,11 @@ fn dispatch(message: FromWorker, instances: &EventMap) {
         FromWorker::ChannelClosed(id, channel) => {
             if let Some(events) = find(id) {
                 events.channel(channel, ChannelEvent::Closed);
+            }
+        }
+        FromWorker::OnionRequest(id, request, details) => {
+            if let Some(events) = find(id) {
+                events.onion_request(request, details);
             }
         }
     }

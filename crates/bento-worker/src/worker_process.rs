@@ -99,6 +99,14 @@ impl<W: Write + Send + 'static> SessionHost for InstanceHost<W> {
         self.outbox
             .send(&FromWorker::ChannelClosed(self.id, channel));
     }
+
+    fn onion_request(&self, request: u32, port: u16, key: Option<String>) {
+        self.outbox.send(&FromWorker::OnionRequest(
+            self.id,
+            request,
+            crate::ipc::OnionRequest { port, key },
+        ));
+    }
 }
 
 /// The worker's share of the box-wide bandwidth limit, shared by all its
@@ -210,6 +218,11 @@ fn handle<W: Write + Send + 'static>(
         ToWorker::ChannelCredit(id, channel, n) => {
             if let Some(io) = find(id) {
                 io.channel_credit(channel, n);
+            }
+        }
+        ToWorker::OnionReply(id, request, result) => {
+            if let Some(io) = find(id) {
+                io.onion_reply(request, result);
             }
         }
     }

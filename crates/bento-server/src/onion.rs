@@ -1,0 +1,313 @@
+//! The box's Tor side: its own onion service, and functions' ephemeral
+//! onion services, published through the local tor's ControlPort.
+//!
+//! Functions never touch the ControlPort: the box issues `ADD_ONION` and
+//! `DEL_ONION` on their behalf and nothing else (the paper's "Stem
+//! firewall"). None of the services is detached, so tor removes every one
+//! of them if the box dies; while the box runs, a function's services are
+//! removed as its instance ends, however it ends.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bento_tor::{OnionKey, TorControl};
+use bento_worker::{ChannelEvent, OnionRequest};
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::session::{INPUT_WINDOW, Session};
+
+/// How long publishing a function's onion service may take before the
+/// function is told it failed.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The box's connection to its tor.
+pub(crate) struct TorBox {
+    control: tokio::sync::Mutex<TorControl>,
+    /// tor's SocksPort, for functions' `tor_connect`.
+    pub(crate) socks: Option<SocketAddr>,
+    /// The box's own onion address, `xyz.onion:PORT`.
+    pub(crate) onion_address: String,
+    /// Functions' onion services alive now, and the box-wide cap.
+    function_services: AtomicU64,
+    max_function_services: u64,
+}
+
+impl std::fmt::Debug for TorBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TorBox").finish_non_exhaustive()
+    }
+}
+
+/// Errors setting up the box's Tor side.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OnionError {
+    /// tor refused or failed.
+    #[error(transparent)]
+    Tor(#[from] bento_tor::TorError),
+    /// The persisted key could not be read or written.
+    #[error("onion service key {path}: {source}")]
+    Key {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl TorBox {
+    /// Connect to tor's ControlPort and publish the box as an onion service
+    /// on `onion_port`, forwarding to `listen`. The service key lives in
+    /// `data_dir/onion-service.key`, so the address survives restarts.
+    pub(crate) async fn publish(
+        control_addr: &str,
+        socks: Option<SocketAddr>,
+        data_dir: &Path,
+        onion_port: u16,
+        listen: SocketAddr,
+        max_function_services: u64,
+    ) -> Result<Self, OnionError> {
+        let mut control = TorControl::connect(control_addr).await?;
+        let socks = match socks {
+            Some(socks) => Some(socks),
+            None => control.socks_listeners().await?.into_iter().next(),
+        };
+        let key_path = data_dir.join("onion-service.key");
+        let key = match std::fs::read_to_string(&key_path) {
+            Ok(text) => OnionKey::Existing(text.trim().to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => OnionKey::New,
+            Err(source) => {
+                return Err(OnionError::Key {
+                    path: key_path,
+                    source,
+                });
+            }
+        };
+        // A wildcard listener is reached through loopback.
+        let target = if listen.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], listen.port()))
+        } else {
+            listen
+        };
+        let service = control
+            .add_onion(&key, &[(onion_port, target)], &[])
+            .await?;
+        if let Some(private_key) = &service.private_key {
+            write_key(&key_path, private_key).map_err(|source| OnionError::Key {
+                path: key_path.clone(),
+                source,
+            })?;
+        }
+        Ok(Self {
+            control: tokio::sync::Mutex::new(control),
+            socks,
+            onion_address: format!("{}:{onion_port}", service.onion_address()),
+            function_services: AtomicU64::new(0),
+            max_function_services,
+        })
+    }
+
+    /// Wait until the box's own descriptor is uploaded (reachable).
+    pub(crate) async fn wait_published(&self, timeout: Duration) -> Result<(), OnionError> {
+        let id = self
+            .onion_address
+            .split('.')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        self.control
+            .lock()
+            .await
+            .wait_for_descriptor_upload(&id, timeout)
+            .await?;
+        Ok(())
+    }
+
+    /// Publish a function's onion service; its streams become channels of
+    /// `session`. Answers the instance either way.
+    pub(crate) async fn serve_function(
+        self: Arc<Self>,
+        session: Arc<Session>,
+        request_id: u32,
+        request: OnionRequest,
+    ) {
+        let result = self.clone().add_function_service(&session, request).await;
+        if let Some(handle) = session.handle() {
+            handle.onion_reply(request_id, result);
+        }
+    }
+
+    async fn add_function_service(
+        self: Arc<Self>,
+        session: &Arc<Session>,
+        request: OnionRequest,
+    ) -> Result<String, String> {
+        let taken = self.function_services.fetch_add(1, Ordering::Relaxed);
+        if taken >= self.max_function_services {
+            self.function_services.fetch_sub(1, Ordering::Relaxed);
+            return Err(format!(
+                "channels: this box runs at most {} onion services for functions at once; try again later",
+                self.max_function_services
+            ));
+        }
+        match self
+            .clone()
+            .publish_function_service(session, request)
+            .await
+        {
+            Ok(address) => Ok(address),
+            Err(e) => {
+                self.function_services.fetch_sub(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    async fn publish_function_service(
+        self: Arc<Self>,
+        session: &Arc<Session>,
+        request: OnionRequest,
+    ) -> Result<String, String> {
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(|e| format!("io: the box cannot listen for the service: {e}"))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| format!("io: the box cannot listen for the service: {e}"))?;
+        let (key, flags): (OnionKey, &[&str]) = match request.key {
+            Some(key) => (OnionKey::Existing(key), &[]),
+            None => (OnionKey::New, &["DiscardPK"]),
+        };
+        let service = {
+            let mut control = self.control.lock().await;
+            control
+                .add_onion(&key, &[(request.port, local)], flags)
+                .await
+                .map_err(|e| format!("io: tor refused the onion service: {}", tor_reason(&e)))?
+        };
+        let id = service.service_id.clone();
+        let accept = tokio::spawn(accept_streams(listener, Arc::downgrade(session)));
+        let tor = self.clone();
+        let registered = session.add_onion_service(Box::new(move || {
+            accept.abort();
+            tokio::spawn(async move {
+                if let Err(e) = tor.control.lock().await.del_onion(&id).await {
+                    tracing::warn!(error = %e, "cannot remove a function's onion service");
+                }
+                tor.function_services.fetch_sub(1, Ordering::Relaxed);
+            });
+        }));
+        if !registered {
+            return Err("stopped: the instance ended".into());
+        }
+        // Reachable only once the descriptor is out: wait, so the function
+        // can hand out an address that works.
+        let uploaded = {
+            let mut control = self.control.lock().await;
+            control
+                .wait_for_descriptor_upload(&service.service_id, PUBLISH_TIMEOUT)
+                .await
+        };
+        if let Err(e) = uploaded {
+            return Err(format!(
+                "timeout: tor did not publish the onion service: {}",
+                tor_reason(&e)
+            ));
+        }
+        Ok(service.onion_address())
+    }
+}
+
+/// tor's reason without our ControlPort address (functions need not know it).
+fn tor_reason(error: &bento_tor::TorError) -> String {
+    match error {
+        bento_tor::TorError::Command { code, message, .. } => format!("{code} {message}"),
+        other => other.to_string(),
+    }
+}
+
+fn write_key(path: &Path, key: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let temp = path.with_extension("key.tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)?;
+    file.write_all(key.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)
+}
+
+/// Each stream to a function's onion service becomes a channel.
+async fn accept_streams(listener: TcpListener, session: std::sync::Weak<Session>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let Some(session) = session.upgrade() else {
+            return;
+        };
+        tokio::spawn(bridge(stream, session));
+    }
+}
+
+/// Carry bytes between one onion stream and its channel until either side
+/// closes.
+async fn bridge(stream: TcpStream, session: Arc<Session>) {
+    let _ = stream.set_nodelay(true);
+    let Some(handle) = session.handle().cloned() else {
+        return;
+    };
+    let Some((channel, mut events)) = session.open_channel() else {
+        return;
+    };
+    let _guard = crate::connection::ChannelGuard::new(session.clone(), channel);
+    match events.recv().await {
+        Some(ChannelEvent::Opened(true)) => {}
+        // At the channel limit the stream is simply closed.
+        _ => return,
+    }
+    let (mut reader, mut writer) = stream.into_split();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut in_flight = 0u64;
+    let mut reading = true;
+    loop {
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(ChannelEvent::Output(data)) => {
+                    if writer.write_all(&data).await.is_err() {
+                        return;
+                    }
+                    handle.channel_credit(channel, data.len() as u64);
+                }
+                Some(ChannelEvent::Consumed(n)) => in_flight = in_flight.saturating_sub(n),
+                Some(ChannelEvent::Opened(_)) => {}
+                Some(ChannelEvent::Closed) | None => {
+                    let _ = writer.shutdown().await;
+                    return;
+                }
+            },
+            read = reader.read_buf(&mut buf), if reading && in_flight < INPUT_WINDOW => match read {
+                Ok(0) | Err(_) => {
+                    reading = false;
+                    handle.channel_end(channel, false);
+                }
+                Ok(n) => {
+                    in_flight += n as u64;
+                    handle.channel_input(channel, buf.split().freeze());
+                }
+            },
+        }
+    }
+}
