@@ -28,6 +28,18 @@ if ! python3 -m venv --help >/dev/null 2>&1; then
     fi
 fi
 
+# 1b. tor and tor-gencert (Debian's package) for the private Tor network used
+# by the Tor tests and the demo. Installing it may also start the system's
+# tor service (ports 9050/9051); Bento never uses or depends on it.
+if ! command -v tor >/dev/null || ! command -v tor-gencert >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        say "installing tor (Debian package)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tor >/dev/null
+    else
+        say "tor is required (Debian: apt-get install tor)"; exit 1
+    fi
+fi
+
 # 2. componentize-py, pinned, in a private virtualenv.
 VENV=$CACHE/venv
 if [ ! -x "$VENV/bin/componentize-py" ] || [ "$("$VENV/bin/componentize-py" --version 2>/dev/null)" != "componentize-py $COMPONENTIZE_PY_VERSION" ]; then

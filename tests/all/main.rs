@@ -13,3 +13,4 @@ mod legacy;
 mod local_servers;
 mod protocol_abuse;
 mod sessions;
+mod tor;

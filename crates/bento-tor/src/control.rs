@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, mpsc};
@@ -148,6 +148,9 @@ pub struct TorControl {
     replies: mpsc::UnboundedReceiver<Reply>,
     shared: Arc<Shared>,
     hs_events: bool,
+    /// Set when a reply timed out: a late reply would be taken for the
+    /// next command's, so the connection is not used again.
+    desynced: bool,
     reader: JoinHandle<()>,
 }
 
@@ -183,6 +186,7 @@ impl TorControl {
             replies,
             shared,
             hs_events: false,
+            desynced: false,
             reader,
         };
         control.authenticate().await?;
@@ -254,6 +258,13 @@ impl TorControl {
                 detail: "contains a line break".into(),
             });
         }
+        if self.desynced {
+            return Err(TorError::Protocol {
+                addr: self.addr.clone(),
+                step: verb,
+                detail: "an earlier command timed out; reconnect".into(),
+            });
+        }
         let mut line = Vec::with_capacity(cmd.len() + 2);
         line.extend_from_slice(cmd.as_bytes());
         line.extend_from_slice(b"\r\n");
@@ -263,9 +274,12 @@ impl TorControl {
             .map_err(|e| TorError::io(format!("tor control {}: sending {verb}", self.addr), e))?;
         let reply = tokio::time::timeout(COMMAND_TIMEOUT, self.replies.recv())
             .await
-            .map_err(|_| TorError::Timeout {
-                what: format!("reply to {verb} from tor control {}", self.addr),
-                secs: COMMAND_TIMEOUT.as_secs_f64(),
+            .map_err(|_| {
+                self.desynced = true;
+                TorError::Timeout {
+                    what: format!("reply to {verb} from tor control {}", self.addr),
+                    secs: COMMAND_TIMEOUT.as_secs_f64(),
+                }
             })?
             .ok_or_else(|| TorError::Closed {
                 addr: self.addr.clone(),
@@ -416,6 +430,15 @@ impl TorControl {
             step: "GETINFO net/listeners/socks".into(),
             detail,
         })
+    }
+
+    /// `SIGNAL name`, e.g. `"NEWNYM"` (new circuits for new streams) or
+    /// `"RELOAD"` (like SIGHUP: re-read the torrc and retry directory
+    /// downloads at once).
+    pub async fn signal(&mut self, name: &str) -> Result<(), TorError> {
+        check_token("SIGNAL name", name)?;
+        self.command(&format!("SIGNAL {name}")).await?;
+        Ok(())
     }
 
     /// Bootstrap progress 0..=100 (`GETINFO status/bootstrap-phase`).

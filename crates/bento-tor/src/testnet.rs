@@ -345,6 +345,9 @@ impl Testnet {
                 detail: "no authority".into(),
             })?;
         net.wait_for_consensus(&auth.0, auth.1, deadline).await?;
+        // Relays asked for the consensus before it existed and are backing
+        // off (up to ~20 s); RELOAD resets their download schedules.
+        net.reload_relays().await;
         progress(&format!(
             "consensus published after {:.1} s; starting clients",
             started.elapsed().as_secs_f64()
@@ -490,7 +493,10 @@ impl Testnet {
     ) -> Result<(), TorError> {
         loop {
             self.check_alive()?;
-            if fetch_status(dir_port, "/tor/status-vote/current/consensus").await == Some(200) {
+            if fetch_status(dir_port, "/tor/status-vote/current/consensus").await == Some(200)
+                && fetch_status(dir_port, "/tor/status-vote/current/consensus-microdesc").await
+                    == Some(200)
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -504,6 +510,25 @@ impl Testnet {
                 });
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// `SIGNAL RELOAD` to every non-authority relay (best effort: a relay
+    /// that misses it only bootstraps later).
+    async fn reload_relays(&mut self) {
+        for node in &self.state.nodes {
+            if !matches!(node.role, NodeRole::Middle | NodeRole::Exit) {
+                continue;
+            }
+            let addr = node.control_addr().to_string();
+            let result = async {
+                let mut c = TorControl::connect(&addr).await?;
+                c.signal("RELOAD").await
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::debug!(node = %node.nickname, error = %e, "RELOAD failed");
+            }
         }
     }
 
@@ -550,7 +575,18 @@ impl Testnet {
             }
             if ready != last_reported {
                 last_reported = ready;
-                progress(&format!("waiting for bootstrap: {ready}/{n} tors at 100 %"));
+                let pending: Vec<&str> = self
+                    .state
+                    .nodes
+                    .iter()
+                    .zip(&done)
+                    .filter(|(_, d)| !**d)
+                    .map(|(node, _)| node.nickname.as_str())
+                    .collect();
+                progress(&format!(
+                    "waiting for bootstrap: {ready}/{n} tors at 100 % (waiting for {})",
+                    pending.join(", ")
+                ));
             }
             if Instant::now() > deadline {
                 let i = done.iter().position(|d| !d).unwrap_or(0);

@@ -1,0 +1,308 @@
+//! Bento over a real private Tor network (Debian's tor on 127.0.0.0/8):
+//! boxes published as onion services, functions' Tor capabilities. One
+//! network serves every test here; it is started once, by the CLI's own
+//! `bento testnet up`, and its processes exit with this test process.
+
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bento_client::{ClientError, Connection, Target};
+use bento_protocol::ErrorCode;
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::{BENTO, runtime};
+
+/// The running network, as `bento testnet status --json` reports it.
+struct Net {
+    socks: String,
+    boxes: Vec<String>,
+}
+
+fn net() -> &'static Net {
+    static NET: OnceLock<Net> = OnceLock::new();
+    NET.get_or_init(|| {
+        remove_networks_of_dead_runs();
+        let dir = std::env::temp_dir().join(format!("bento-test-tor-{}", std::process::id()));
+        let policy = dir.with_extension("policy.toml");
+        // Room for the tests' functions, nothing more.
+        std::fs::write(&policy, bento_policy::DEFAULT_POLICY_TOML).unwrap();
+        let up = Command::new(BENTO)
+            .args(["testnet", "up", "--boxes", "2", "--owner-pid"])
+            .arg(std::process::id().to_string())
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--policy")
+            .arg(&policy)
+            .arg("--runtime")
+            .arg(runtime())
+            .output()
+            .unwrap();
+        assert!(
+            up.status.success(),
+            "bento testnet up failed:\n{}",
+            String::from_utf8_lossy(&up.stderr)
+        );
+        let status = Command::new(BENTO)
+            .args(["testnet", "status", "--json", "--dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        Net {
+            socks: json["socks"].as_str().unwrap().to_owned(),
+            boxes: json["boxes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["onion"].as_str().unwrap().to_owned())
+                .collect(),
+        }
+    })
+}
+
+/// Earlier runs' networks died with their test process; their files stay
+/// in the temporary directory until removed here.
+fn remove_networks_of_dead_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("bento-test-tor-") else {
+            continue;
+        };
+        let pid = rest.split('.').next().unwrap_or_default();
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let path = entry.path();
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+    }
+}
+
+fn onion_box(index: usize) -> Target {
+    let net = net();
+    Target {
+        server: net.boxes[index].clone(),
+        socks: Some(net.socks.clone()),
+    }
+}
+
+async fn connect(target: &Target) -> Connection {
+    Connection::connect(target).await.unwrap()
+}
+
+async fn read_to_end(
+    target: &Target,
+    session: &bento_protocol::SessionToken,
+) -> (Vec<u8>, Result<(), ClientError>) {
+    let mut attachment = connect(target).await.attach(session, None).await.unwrap();
+    let mut out = Vec::new();
+    let result = loop {
+        match attachment.next().await {
+            Ok(Some(data)) => out.extend_from_slice(&data),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    attachment.close().await;
+    (out, result)
+}
+
+/// A function that publishes an onion service on port 80 and echoes (in
+/// upper case) on every stream to it.
+const ONION_ECHO: &str = r#"
+def main():
+    api.send(api.onion_service(80))
+    while True:
+        channel = api.accept()
+        while True:
+            data = channel.recv()
+            if not data:
+                break
+            channel.send(data.upper())
+        channel.close()
+"#;
+const ONION_MANIFEST: &str =
+    "version = 1\ncapabilities = [\"onion_service\"]\n[limits]\nwall_ms = 240000\n";
+
+/// Start ONION_ECHO on `target`; returns its session and onion address.
+async fn start_onion_echo(target: &Target) -> (bento_protocol::SessionToken, String) {
+    let mut conn = connect(target).await;
+    let (_, token) = conn
+        .store_with_manifest("echo.py", ONION_ECHO, ONION_MANIFEST)
+        .await
+        .unwrap();
+    let session = conn.invoke(&token, "main", "[]").await.unwrap();
+    let mut attachment = connect(target).await.attach(&session, None).await.unwrap();
+    let address = attachment.next().await.unwrap().expect("the onion address");
+    attachment.detach().await.unwrap();
+    (session, String::from_utf8(address.to_vec()).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_through_an_onion_box_survives_detach_and_re_attach() {
+    let target = onion_box(0);
+    let mut conn = connect(&target).await;
+    let (_, token) = conn
+        .store(
+            "steps.py",
+            "def main():\n    api.send('first half;')\n    api.send(api.recv().upper())\n",
+        )
+        .await
+        .unwrap();
+    let session = conn.invoke(&token, "main", "[]").await.unwrap();
+    let mut first = connect(&target).await.attach(&session, None).await.unwrap();
+    assert_eq!(first.next().await.unwrap().unwrap(), "first half;");
+    let offset = first.detach().await.unwrap();
+    assert_eq!(offset, 11);
+
+    let mut second = connect(&target).await.attach(&session, None).await.unwrap();
+    second
+        .input()
+        .send(Bytes::from_static(b"second half"))
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    while let Some(data) = second.next().await.unwrap() {
+        rest.extend_from_slice(&data);
+    }
+    assert_eq!(
+        rest, b"SECOND HALF",
+        "nothing lost or repeated across the detach"
+    );
+    second.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_reaches_a_service_function_on_another_box_over_tor() {
+    let (service_session, address) = start_onion_echo(&onion_box(1)).await;
+    let caller = onion_box(0);
+    let mut conn = connect(&caller).await;
+    let (_, token) = conn
+        .store_with_manifest(
+            "caller.py",
+            "def main(onion):\n    s = api.tor_connect(onion, 80)\n    s.send(b'hello from another box')\n    api.send(s.recv_exactly(22))\n    s.close()\n",
+            "version = 1\ncapabilities = [\"tor_connect\"]\n[limits]\nwall_ms = 120000\n",
+        )
+        .await
+        .unwrap();
+    let session = conn
+        .invoke(&token, "main", &serde_json::json!([address]).to_string())
+        .await
+        .unwrap();
+    let (out, result) = read_to_end(&caller, &session).await;
+    result.unwrap();
+    assert_eq!(out, b"HELLO FROM ANOTHER BOX");
+    connect(&onion_box(1))
+        .await
+        .kill(&service_session)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_functions_onion_service_is_reachable_while_it_runs_and_gone_after_kill() {
+    let target = onion_box(1);
+    let (session, address) = start_onion_echo(&target).await;
+    let socks: std::net::SocketAddr = net().socks.parse().unwrap();
+    let host = address.trim_end_matches(".onion").to_owned() + ".onion";
+
+    // An outside Tor client reaches it (the first lookup may race the
+    // descriptor reaching the HSDirs: retry briefly).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut stream = loop {
+        match bento_tor::socks5_connect(socks, &host, 80, None).await {
+            Ok(stream) => break stream,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("not reachable yet: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("the function's onion service is unreachable: {e}"),
+        }
+    };
+    stream.write_all(b"ping").await.unwrap();
+    let mut reply = [0u8; 4];
+    stream.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"PING");
+    drop(stream);
+
+    connect(&target).await.kill(&session).await.unwrap();
+    let (_, result) = read_to_end(&target, &session).await;
+    assert!(
+        matches!(
+            result,
+            Err(ClientError::Remote {
+                code: ErrorCode::Killed,
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    // Gone: new streams fail once tor has removed the service.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(30),
+            bento_tor::socks5_connect(socks, &host, 80, Some(("fresh", "circuit"))),
+        )
+        .await;
+        match attempt {
+            Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(mut stream)) => {
+                // A stream that opens must at least no longer reach the
+                // function.
+                let _ = stream.write_all(b"ping").await;
+                let mut buf = [0u8; 4];
+                if stream.read_exact(&mut buf).await.is_err() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the onion service still answers after its function was killed"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tor_streams_never_go_to_private_addresses_and_need_the_capability() {
+    let target = onion_box(0);
+    let mut conn = connect(&target).await;
+    let probe = "def main():\n    for host in ['127.0.0.1', 'localhost', '10.0.0.1', '::1']:\n        try:\n            api.tor_connect(host, 9051)\n            api.send('reached %s\\n' % host)\n        except api.DestinationRefused:\n            api.send('refused %s\\n' % host)\n";
+    let (_, token) = conn
+        .store_with_manifest(
+            "probe.py",
+            probe,
+            "version = 1\ncapabilities = [\"tor_connect\"]\n",
+        )
+        .await
+        .unwrap();
+    let session = conn.invoke(&token, "main", "[]").await.unwrap();
+    let (out, result) = read_to_end(&target, &session).await;
+    result.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "refused 127.0.0.1\nrefused localhost\nrefused 10.0.0.1\nrefused ::1\n"
+    );
+    let (_, token) = conn
+        .store(
+            "plain.py",
+            "def main():\n    api.tor_connect('example.com', 80)\n",
+        )
+        .await
+        .unwrap();
+    let session = conn.invoke(&token, "main", "[]").await.unwrap();
+    let (_, result) = read_to_end(&target, &session).await;
+    let Err(ClientError::Remote { code, message }) = result else {
+        panic!("expected a failure, got {result:?}")
+    };
+    assert_eq!(code, ErrorCode::FunctionException);
+    assert!(
+        message.contains("needs the `tor_connect` capability"),
+        "{message}"
+    );
+}
