@@ -451,13 +451,15 @@ api = Api()
 
 
 def _format_failure(exc):
-    """The traceback of a user function, without the runner's own frames."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-        tb = tb.tb_next
+    """The traceback of a user function, without the runner's own frames
+    (neither the call into the function nor the api's internals below it)."""
     if isinstance(exc, SyntaxError):
         return "".join(traceback.format_exception_only(exc))
-    return "".join(traceback.format_exception(type(exc), exc, tb))
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != __file__]
+    lines = ["Traceback (most recent call last):\n"] if frames else []
+    lines += traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines)
 
 
 def _compile(source, filename):

@@ -80,7 +80,13 @@ echo
 step "a function on one box publishes an onion service; a function on the other reaches it with api.tor_connect"
 cat functions/examples/onion_echo.py
 SERVICE_SESSION=$("$BENTO" --server "$ONION1" invoke "$("$BENTO" --server "$ONION1" store functions/examples/onion_echo.py)")
-ADDRESS=$("$BENTO" --server "$ONION1" attach "$SERVICE_SESSION" </dev/null 2>/dev/null | head -c 62 || true)
+# Read the address (the function's first output), then detach: Ctrl-C
+# leaves the session running.
+"$BENTO" --server "$ONION1" attach "$SERVICE_SESSION" </dev/null >"$DATA/address" 2>/dev/null &
+ATTACH=$!
+for _ in $(seq 600); do [ "$(wc -c <"$DATA/address")" -ge 62 ] && break; sleep 0.1; done
+kill -INT "$ATTACH"; wait "$ATTACH" 2>/dev/null || true
+ADDRESS=$(head -c 62 "$DATA/address")
 echo "service function published $ADDRESS"
 "$BENTO" --server "$ONION0" run functions/examples/tor_call.py -- "$ADDRESS" </dev/null
 echo

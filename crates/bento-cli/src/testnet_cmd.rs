@@ -97,13 +97,13 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         bail!("--boxes: at most 4 (the network has 4 non-authority relays)");
     }
     let dir = args.dir.path();
-    if let Ok(state) = Testnet::load(&dir) {
-        if state.nodes.iter().any(|n| pid_alive(n.pid)) {
-            bail!(
-                "a test network is already running in {} (stop it with `bento testnet down`)",
-                dir.display()
-            );
-        }
+    if let Ok(state) = Testnet::load(&dir)
+        && state.nodes.iter().any(|n| pid_alive(n.pid))
+    {
+        bail!(
+            "a test network is already running in {} (stop it with `bento testnet down`)",
+            dir.display()
+        );
     }
     let runtime = args
         .runtime
