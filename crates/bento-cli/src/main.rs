@@ -5,6 +5,7 @@
 //! box it starts itself. `bento worker` is internal: the box starts it.
 
 mod bench;
+mod bench_tor;
 mod commands;
 mod runtime_path;
 mod testnet_cmd;

@@ -37,6 +37,11 @@ pub enum TestnetCommand {
         #[command(flatten)]
         dir: DirArg,
     },
+    /// Measure what Bento costs on top of Tor, on a network of its own:
+    /// round trip and throughput of a raw Tor stream vs a Bento session
+    /// beside the same relay, and the time to bring the network up and to
+    /// publish an onion service.
+    Bench(crate::bench_tor::TorBenchArgs),
 }
 
 /// Where the network lives.
@@ -85,6 +90,10 @@ pub async fn run(command: TestnetCommand) -> anyhow::Result<ExitCode> {
         TestnetCommand::Up(args) => up(args).await,
         TestnetCommand::Status { dir, json } => status(&dir.path(), json),
         TestnetCommand::Down { dir } => down(&dir.path()),
+        TestnetCommand::Bench(args) => {
+            crate::bench_tor::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -147,7 +156,9 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn start_boxes(
+/// Start a box beside each box-host relay and wait until each answers
+/// through Tor; records them in `state`.
+pub(crate) async fn start_boxes(
     state: &mut TestnetState,
     args: &UpArgs,
     runtime: &Path,

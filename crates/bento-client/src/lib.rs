@@ -278,6 +278,15 @@ async fn read_frame(
     }
 }
 
+/// Acknowledged-but-unsent output beyond which an ack goes out at once
+/// (it returns credit the function may be waiting for).
+const ACK_EAGER_BYTES: u64 = 64 * 1024;
+/// How long a small ack may wait to ride along with the next input frame.
+/// Sent alone, right before that input, it would hold the input back behind
+/// Nagle's algorithm on tor's (never TCP_NODELAY) sockets until the box's
+/// delayed ACK: up to 40 ms per round trip.
+const ACK_DELAY: Duration = Duration::from_millis(20);
+
 /// Writes an attachment's outgoing frames. Acknowledgements travel on a
 /// `watch` channel: they are cumulative, so they coalesce, go out before any
 /// queued input, and sending one never blocks the reader (input can be
@@ -289,30 +298,62 @@ async fn write_frames(
     mut close: oneshot::Receiver<()>,
 ) {
     let mut frames_open = true;
+    let mut last_sent = *ack.borrow();
+    // An ack waiting to ride along with the next frame (see ACK_DELAY).
+    let mut pending: Option<u64> = None;
+    let mut pending_since = tokio::time::Instant::now();
     loop {
-        let frame = tokio::select! {
+        let mut out = BytesMut::new();
+        tokio::select! {
             biased;
             _ = &mut close => break,
             changed = ack.changed() => match changed {
-                Ok(()) => Frame::Ack { offset: *ack.borrow_and_update() },
+                Ok(()) => {
+                    let offset = *ack.borrow_and_update();
+                    if offset.saturating_sub(last_sent) >= ACK_EAGER_BYTES {
+                        Frame::Ack { offset }.encode(&mut out);
+                        last_sent = offset;
+                        pending = None;
+                    } else {
+                        if pending.is_none() {
+                            pending_since = tokio::time::Instant::now();
+                        }
+                        pending = Some(offset);
+                        continue;
+                    }
+                }
                 Err(_) => break,
             },
+            () = tokio::time::sleep_until(pending_since + ACK_DELAY), if pending.is_some() => {
+                if let Some(offset) = pending.take() {
+                    Frame::Ack { offset }.encode(&mut out);
+                    last_sent = offset;
+                }
+            }
             frame = frames.recv(), if frames_open => match frame {
-                Some(frame) => frame,
+                Some(frame) => {
+                    // The ack goes first, in the same write: it must precede
+                    // a Detach, and one write avoids a Nagle stall behind it.
+                    if let Some(offset) = pending.take() {
+                        Frame::Ack { offset }.encode(&mut out);
+                        last_sent = offset;
+                    }
+                    frame.encode(&mut out);
+                }
                 None => {
                     frames_open = false;
                     continue;
                 }
             },
-        };
-        if writer.write_all(&frame.to_bytes()).await.is_err() {
+        }
+        if writer.write_all(&out).await.is_err() {
             return;
         }
     }
     // Closing: the pending ack first (it must precede a queued Detach, or a
     // re-attach would resume before bytes already consumed), then whatever
     // else is queued.
-    if ack.has_changed().unwrap_or(false) {
+    if ack.has_changed().unwrap_or(false) || pending.is_some() {
         let offset = *ack.borrow_and_update();
         if writer
             .write_all(&Frame::Ack { offset }.to_bytes())
