@@ -1,9 +1,10 @@
 //! `bento testnet bench`: what Bento costs on top of Tor.
 //!
-//! On one private network, beside the same relay: (a) a raw Tor stream to
-//! an echo/source service published as an onion service through that
-//! relay's tor, and (b) a Bento session through the box's onion service on
-//! that relay. Same client, same kind of circuit; the difference is Bento.
+//! On one private network, through one onion service on the box's relay:
+//! (a) a raw Tor stream to an echo/source service beside the relay (port
+//! 80), and (b) a Bento session with the box beside it (port 7878). Streams
+//! from one client to one onion address share a circuit, so both paths
+//! cross the same relays; the difference is Bento.
 //! Reports medians; asserts nothing.
 
 use std::time::{Duration, Instant};
@@ -134,11 +135,13 @@ pub async fn run(args: TorBenchArgs) -> anyhow::Result<()> {
         .first()
         .map(|n| n.control_addr())
         .context("no box host")?;
-    let box_onion = state
+    let box_listen: std::net::SocketAddr = state
         .boxes
         .first()
-        .map(|b| b.onion.clone())
-        .context("no box")?;
+        .context("no box")?
+        .listen
+        .parse()
+        .context("the box's listen address")?;
 
     // 2. The raw service beside the same relay, as an onion service; timed
     // from ADD_ONION to the first stream through it.
@@ -147,8 +150,16 @@ pub async fn run(args: TorBenchArgs) -> anyhow::Result<()> {
     tokio::spawn(raw_service(listener));
     let mut control = TorControl::connect(&host.to_string()).await?;
     let publish_started = Instant::now();
+    // One onion service for both paths: port 80 is the raw service, port
+    // 7878 the box. Streams from one client to one onion address share a
+    // circuit, so both paths cross exactly the same relays and the
+    // difference is Bento alone.
     let service = control
-        .add_onion(&OnionKey::New, &[(80, local)], &["DiscardPK"])
+        .add_onion(
+            &OnionKey::New,
+            &[(80, local), (7878, box_listen)],
+            &["DiscardPK"],
+        )
         .await?;
     control
         .wait_for_descriptor_upload(&service.service_id, Duration::from_secs(60))
@@ -187,7 +198,7 @@ pub async fn run(args: TorBenchArgs) -> anyhow::Result<()> {
         }
     }
     let target = Target {
-        server: box_onion.clone(),
+        server: format!("{raw_host}:7878"),
         socks: Some(socks.to_string()),
     };
     let mut bento_rtts = Vec::with_capacity(args.round_trips);
@@ -242,7 +253,9 @@ pub async fn run(args: TorBenchArgs) -> anyhow::Result<()> {
         raw_rates.push(bytes as f64 / t.elapsed().as_secs_f64() / 1e6);
 
         let t = Instant::now();
-        let session = conn
+        // A fresh connection: an idle one is closed after the read timeout.
+        let session = Connection::connect(&target)
+            .await?
             .invoke(&source, "main", &format!("[{}]", args.mib))
             .await?;
         let mut attachment = Connection::connect(&target)
