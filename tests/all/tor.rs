@@ -306,3 +306,87 @@ async fn tor_streams_never_go_to_private_addresses_and_need_the_capability() {
         "{message}"
     );
 }
+
+/// A ControlPort of the network (a relay's), for boxes started by tests.
+fn control_port() -> String {
+    let dir = std::env::temp_dir().join(format!("bento-test-tor-{}", std::process::id()));
+    let status = Command::new(BENTO)
+        .args(["testnet", "status", "--json", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let node = json["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["role"] == "exit")
+        .expect("an exit relay");
+    format!("127.0.0.1:{}", node["control_port"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boxs_onion_address_survives_a_restart_and_shows_in_status() {
+    net();
+    let control = control_port();
+    let mut bx = crate::harness::TestBox::start(&["--tor-control", &control]);
+    let status = bx.connect().await.status().await.unwrap();
+    let first = status["onion"]
+        .as_str()
+        .expect("an onion address")
+        .to_owned();
+    assert!(first.ends_with(".onion:7878"), "{first}");
+    let key = bx.data_dir().join("onion-service.key");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the key is private to the box");
+    bx.kill9_and_restart();
+    let status = bx.connect().await.status().await.unwrap();
+    assert_eq!(status["onion"].as_str(), Some(first.as_str()));
+    // And it is reachable through Tor under that address.
+    let target = Target {
+        server: first.clone(),
+        socks: Some(net().socks.clone()),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match Connection::connect(&target).await {
+            Ok(mut conn) => {
+                assert_eq!(
+                    conn.status().await.unwrap()["onion"].as_str(),
+                    Some(first.as_str())
+                );
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("not reachable yet: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("the restarted box is unreachable at its old address: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_cannot_create_more_onion_services_than_granted() {
+    let target = onion_box(0);
+    let mut conn = connect(&target).await;
+    let source = "def main():\n    api.send(api.onion_service(80) + '\\n')\n    try:\n        api.onion_service(81)\n    except api.ChannelLimit as e:\n        api.send('limit: %s' % e)\n";
+    let (_, token) = conn
+        .store_with_manifest(
+            "two.py",
+            source,
+            "version = 1\ncapabilities = [\"onion_service\"]\n[limits]\nonion_services = 1\nwall_ms = 120000\n",
+        )
+        .await
+        .unwrap();
+    let session = conn.invoke(&token, "main", "[]").await.unwrap();
+    let (out, result) = read_to_end(&target, &session).await;
+    result.unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.lines().next().unwrap().ends_with(".onion"), "{out}");
+    assert!(
+        out.contains("limit: this function may create at most 1 onion services"),
+        "{out}"
+    );
+}

@@ -309,6 +309,7 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
             })).collect::<Vec<_>>(),
             "nodes": state.nodes.iter().map(|n| serde_json::json!({
                 "nickname": n.nickname, "role": n.role, "pid": n.pid, "alive": pid_alive(n.pid),
+                "box_host": n.box_host,
                 "or_port": n.or_port, "control_port": n.control_port, "socks_port": n.socks_port,
             })).collect::<Vec<_>>(),
             "dir": state.dir,
