@@ -37,7 +37,8 @@ pub enum TestnetCommand {
         #[command(flatten)]
         dir: DirArg,
     },
-    /// Measure what Bento costs on top of Tor, on a network of its own:
+    /// Measure what Bento costs on top of Tor, on a network of its own
+    /// (in a temporary directory unless --dir names an empty one):
     /// round trip and throughput of a raw Tor stream vs a Bento session
     /// beside the same relay, and the time to bring the network up and to
     /// publish an onion service.

@@ -128,6 +128,15 @@ fn socks_reply(code: u8) -> &'static str {
         6 => "timed out",
         7 => "command not supported",
         8 => "address type not supported",
+        // tor's extended errors for onion services (ExtendedErrors).
+        0xf0 => "onion service descriptor not found",
+        0xf1 => "onion service descriptor is invalid",
+        0xf2 => "onion service introduction failed",
+        0xf3 => "onion service rendezvous failed",
+        0xf4 => "onion service needs client authorization",
+        0xf5 => "onion service client authorization is wrong",
+        0xf6 => "bad onion address",
+        0xf7 => "onion service introduction timed out",
         _ => "unknown SOCKS error",
     }
 }

@@ -155,65 +155,64 @@ impl TorBox {
                 self.max_function_services
             ));
         }
-        match self
-            .clone()
-            .publish_function_service(session, request)
-            .await
-        {
-            Ok(address) => Ok(address),
+        // From here the slot is released exactly once: by `release` below
+        // once the service exists, or right here if it never came to be.
+        let listener = match TcpListener::bind(("127.0.0.1", 0)).await {
+            Ok(listener) => listener,
             Err(e) => {
                 self.function_services.fetch_sub(1, Ordering::Relaxed);
-                Err(e)
+                return Err(format!("io: the box cannot listen for the service: {e}"));
             }
-        }
-    }
-
-    async fn publish_function_service(
-        self: Arc<Self>,
-        session: &Arc<Session>,
-        request: OnionRequest,
-    ) -> Result<String, String> {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .map_err(|e| format!("io: the box cannot listen for the service: {e}"))?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| format!("io: the box cannot listen for the service: {e}"))?;
+        };
+        let local = match listener.local_addr() {
+            Ok(local) => local,
+            Err(e) => {
+                self.function_services.fetch_sub(1, Ordering::Relaxed);
+                return Err(format!("io: the box cannot listen for the service: {e}"));
+            }
+        };
         let (key, flags): (OnionKey, &[&str]) = match request.key {
             Some(key) => (OnionKey::Existing(key), &[]),
             None => (OnionKey::New, &["DiscardPK"]),
         };
-        let service = {
-            let mut control = self.control.lock().await;
-            control
-                .add_onion(&key, &[(request.port, local)], flags)
-                .await
-                .map_err(|e| format!("io: tor refused the onion service: {}", tor_reason(&e)))?
+        let added = self
+            .control
+            .lock()
+            .await
+            .add_onion(&key, &[(request.port, local)], flags)
+            .await;
+        let service = match added {
+            Ok(service) => service,
+            Err(e) => {
+                self.function_services.fetch_sub(1, Ordering::Relaxed);
+                return Err(format!(
+                    "io: tor refused the onion service: {}",
+                    tor_reason(&e)
+                ));
+            }
         };
-        let id = service.service_id.clone();
         let accept = tokio::spawn(accept_streams(listener, Arc::downgrade(session)));
-        let tor = self.clone();
-        let registered = session.add_onion_service(Box::new(move || {
-            accept.abort();
-            tokio::spawn(async move {
-                if let Err(e) = tor.control.lock().await.del_onion(&id).await {
-                    tracing::warn!(error = %e, "cannot remove a function's onion service");
-                }
-                tor.function_services.fetch_sub(1, Ordering::Relaxed);
-            });
-        }));
-        if !registered {
+        let release = Arc::new(Release {
+            tor: self.clone(),
+            service_id: service.service_id.clone(),
+            accept,
+            done: std::sync::atomic::AtomicBool::new(false),
+        });
+        let on_end = release.clone();
+        if !session.add_onion_service(Box::new(move || on_end.run())) {
             return Err("stopped: the instance ended".into());
         }
         // Reachable only once the descriptor is out: wait, so the function
         // can hand out an address that works.
-        let uploaded = {
-            let mut control = self.control.lock().await;
-            control
-                .wait_for_descriptor_upload(&service.service_id, PUBLISH_TIMEOUT)
-                .await
-        };
+        let uploaded = self
+            .control
+            .lock()
+            .await
+            .wait_for_descriptor_upload(&service.service_id, PUBLISH_TIMEOUT)
+            .await;
         if let Err(e) = uploaded {
+            // Not left half-published: remove it now.
+            release.run();
             return Err(format!(
                 "timeout: tor did not publish the onion service: {}",
                 tor_reason(&e)
@@ -223,11 +222,40 @@ impl TorBox {
     }
 }
 
-/// tor's reason without our ControlPort address (functions need not know it).
+/// Removes one function onion service and frees its box-wide slot, once.
+struct Release {
+    tor: Arc<TorBox>,
+    service_id: String,
+    accept: tokio::task::JoinHandle<()>,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Release {
+    fn run(self: &Arc<Self>) {
+        if self.done.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.accept.abort();
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.tor.control.lock().await.del_onion(&me.service_id).await {
+                tracing::warn!(error = %e, "cannot remove a function's onion service");
+            }
+            me.tor.function_services.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// tor's reason, without our ControlPort address (functions need not
+/// know where it is).
 fn tor_reason(error: &bento_tor::TorError) -> String {
     match error {
         bento_tor::TorError::Command { code, message, .. } => format!("{code} {message}"),
-        other => other.to_string(),
+        bento_tor::TorError::Timeout { secs, .. } => {
+            format!("no answer from tor within {secs:.0} s")
+        }
+        bento_tor::TorError::Closed { .. } => "the box lost its connection to tor".into(),
+        _ => "tor failed (see the box's log)".into(),
     }
 }
 
