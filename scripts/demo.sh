@@ -11,7 +11,8 @@ LOG=$DATA/box.log
 # Port 0: the box picks a free port and logs it.
 "$BENTO" serve --listen 127.0.0.1:0 --data-dir "$DATA/box" 2>"$LOG" &
 BOX=$!
-TESTNET=$DATA/testnet
+# The network lives under .cache so its relay keys are cached between runs.
+TESTNET=$PWD/.cache/demo-testnet
 cleanup() {
     kill "$BOX" 2>/dev/null || true; wait "$BOX" 2>/dev/null || true
     [ -f "$TESTNET/testnet.json" ] && "$BENTO" testnet down --dir "$TESTNET" >/dev/null 2>&1

@@ -160,8 +160,10 @@ enum Command {
 enum PolicyCommand {
     /// Print the default box policy, every key documented.
     Default,
-    /// Check a function manifest against a box policy, offline, exactly as a
-    /// box checks it at store time. Exits 1 listing every violation.
+    /// Check a function manifest against a box policy, offline, as a box
+    /// checks it at store time (a box also knows its own addresses and,
+    /// without --tor-control, refuses the Tor capabilities). Exits 1
+    /// listing every violation.
     Check {
         /// The manifest (TOML).
         manifest: PathBuf,

@@ -301,6 +301,22 @@ impl BoxPolicy {
     pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
         const WHAT: &str = "box policy";
         let file: PolicyFile = parse_versioned(WHAT, text, |f: &PolicyFile| f.version)?;
+        // A ceiling of 0 would make every function without an explicit ask
+        // get 0, which nothing can run on.
+        for (what, _, value) in file.instance.entries() {
+            let may_be_zero = matches!(
+                what,
+                "storage per instance"
+                    | "concurrent channels and connections"
+                    | "onion services per instance"
+            );
+            if value == 0 && !may_be_zero {
+                return Err(PolicyError::Syntax {
+                    what: WHAT,
+                    message: format!("[instance] {what} is 0; it must be at least 1"),
+                });
+            }
+        }
         let destinations = ExitPolicy::parse(&file.destinations)
             .map_err(|source| PolicyError::Rule { what: WHAT, source })?;
         Ok(Self {
@@ -482,6 +498,20 @@ mod tests {
         assert!(err.to_string().contains("memory"), "{err}");
         let err = Manifest::from_toml("version = 1\ncapabilities = [\"root\"]\n").unwrap_err();
         assert!(err.to_string().contains("root"), "{err}");
+    }
+
+    #[test]
+    fn a_policy_ceiling_nothing_can_run_on_is_refused() {
+        let err =
+            BoxPolicy::from_toml(&DEFAULT_POLICY_TOML.replace("wall_ms = 300000", "wall_ms = 0"))
+                .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("wall-clock time per invocation is 0"),
+            "{err}"
+        );
+        BoxPolicy::from_toml(&DEFAULT_POLICY_TOML.replace("storage_kib = 1024", "storage_kib = 0"))
+            .unwrap();
     }
 
     #[test]
