@@ -120,11 +120,8 @@ impl TorBox {
             .next()
             .unwrap_or_default()
             .to_owned();
-        self.control
-            .lock()
-            .await
-            .wait_for_descriptor_upload(&id, timeout)
-            .await?;
+        let upload = self.control.lock().await.descriptor_upload(&id, timeout);
+        upload.await?;
         Ok(())
     }
 
@@ -204,12 +201,14 @@ impl TorBox {
         }
         // Reachable only once the descriptor is out: wait, so the function
         // can hand out an address that works.
-        let uploaded = self
+        // Waited for without holding the control connection, so other
+        // functions' requests go on meanwhile.
+        let upload = self
             .control
             .lock()
             .await
-            .wait_for_descriptor_upload(&service.service_id, PUBLISH_TIMEOUT)
-            .await;
+            .descriptor_upload(&service.service_id, PUBLISH_TIMEOUT);
+        let uploaded = upload.await;
         if let Err(e) = uploaded {
             // Not left half-published: remove it now.
             release.run();

@@ -389,36 +389,52 @@ impl TorControl {
         service_id: &str,
         timeout: Duration,
     ) -> Result<(), TorError> {
-        let id = service_id.strip_suffix(".onion").unwrap_or(service_id);
         self.enable_hs_events().await?;
+        self.descriptor_upload(service_id, timeout).await
+    }
+
+    /// Like [`wait_for_descriptor_upload`](Self::wait_for_descriptor_upload)
+    /// for a service added on this connection, but without borrowing it:
+    /// the returned future can wait (seconds) while the connection serves
+    /// other commands. `add_onion` has already subscribed to the events.
+    pub fn descriptor_upload(
+        &self,
+        service_id: &str,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<(), TorError>> + Send + 'static {
+        let id = service_id
+            .strip_suffix(".onion")
+            .unwrap_or(service_id)
+            .to_owned();
         let shared = self.shared.clone();
-        let wait = async {
-            loop {
-                let notified = shared.notify.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if shared
-                    .uploaded
-                    .lock()
-                    .map(|s| s.contains(id))
-                    .unwrap_or(false)
-                {
-                    return Ok(());
+        let addr = self.addr.clone();
+        async move {
+            let wait = async {
+                loop {
+                    let notified = shared.notify.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    if shared
+                        .uploaded
+                        .lock()
+                        .map(|s| s.contains(&id))
+                        .unwrap_or(false)
+                    {
+                        return Ok(());
+                    }
+                    if shared.closed.load(Ordering::SeqCst) {
+                        return Err(TorError::Closed { addr: addr.clone() });
+                    }
+                    notified.await;
                 }
-                if shared.closed.load(Ordering::SeqCst) {
-                    return Err(TorError::Closed {
-                        addr: self.addr.clone(),
-                    });
-                }
-                notified.await;
-            }
-        };
-        tokio::time::timeout(timeout, wait)
-            .await
-            .map_err(|_| TorError::Timeout {
-                what: format!("HS_DESC UPLOADED for {id} from tor control {}", self.addr),
-                secs: timeout.as_secs_f64(),
-            })?
+            };
+            tokio::time::timeout(timeout, wait)
+                .await
+                .map_err(|_| TorError::Timeout {
+                    what: format!("HS_DESC UPLOADED for {id} from tor control {addr}"),
+                    secs: timeout.as_secs_f64(),
+                })?
+        }
     }
 
     /// The SocksPort listeners (`GETINFO net/listeners/socks`); Unix-socket
