@@ -444,6 +444,8 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
                 Err(e) => Ok(report(&e)),
             }
         }
+        Command::Browse(args) => crate::browse_cmd::run(&target, args).await,
+        Command::Drop(command) => crate::drop_cmd::run(&target, command).await,
         Command::Connect { service } => {
             let service = ServiceToken::from_hex(&service)?;
             connect_service(&target, &service).await

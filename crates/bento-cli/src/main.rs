@@ -6,7 +6,9 @@
 
 mod bench;
 mod bench_tor;
+mod browse_cmd;
 mod commands;
+mod drop_cmd;
 mod runtime_path;
 mod testnet_cmd;
 
@@ -128,6 +130,14 @@ enum Command {
         /// `service` capability).
         service: String,
     },
+    /// Fetch a web page and everything it references at a box, padded to
+    /// hide its size, and unpack it for offline viewing (the Browser
+    /// function; see docs/functions/browser.md).
+    Browse(browse_cmd::BrowseArgs),
+    /// Anonymous drop-off and pick-up of a file (the Dropbox function; see
+    /// docs/functions/dropbox.md).
+    #[command(subcommand)]
+    Drop(drop_cmd::DropCommand),
     /// Stop a session's instance at once.
     Kill {
         /// Session token.
