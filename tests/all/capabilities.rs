@@ -441,7 +441,12 @@ async fn a_dropbox_hands_its_data_to_a_second_client_holding_the_service_token()
     owner.input().send(Bytes::from(file.clone())).await.unwrap();
     assert_eq!(owner.next().await.unwrap().unwrap(), "holding 300000 bytes");
 
-    let mut pickup = bx.connect().await.connect_service(&service).await.unwrap();
+    let mut pickup = bx
+        .connect()
+        .await
+        .connect_service(&service)
+        .await
+        .unwrap_or_else(|e| panic!("pick-up refused: {e:?}"));
     assert_eq!(pickup.read_to_end().await.unwrap(), file);
     assert!(
         owner.next().await.unwrap().is_none(),

@@ -5,8 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod browser;
 mod capabilities;
 mod cli;
+mod dropbox;
 mod harness;
 mod hostile;
 mod legacy;

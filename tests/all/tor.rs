@@ -15,12 +15,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::harness::{BENTO, runtime};
 
 /// The running network, as `bento testnet status --json` reports it.
-struct Net {
-    socks: String,
-    boxes: Vec<String>,
+pub(crate) struct Net {
+    pub(crate) socks: String,
+    pub(crate) boxes: Vec<String>,
 }
 
-fn net() -> &'static Net {
+pub(crate) fn net() -> &'static Net {
     static NET: OnceLock<Net> = OnceLock::new();
     NET.get_or_init(|| {
         remove_networks_of_dead_runs();

@@ -356,7 +356,7 @@ fn read_function(file: &Path, manifest: Option<&Path>) -> anyhow::Result<Upload>
 }
 
 /// Map a client error to an exit code and report it on stderr.
-fn report(error: &ClientError) -> ExitCode {
+pub(crate) fn report(error: &ClientError) -> ExitCode {
     let code = match error {
         ClientError::Remote { code, message } => {
             eprintln!("error [{}]: {}", code.name(), message.trim_end());

@@ -492,12 +492,17 @@ impl SessionIo {
                         ..ChannelState::default()
                     },
                 );
-                state.incoming.push_back(channel);
             }
             room
         };
-        self.changed.notify_all();
+        // The box hears that the channel is open before the function can
+        // accept it (and send on it): the other order would let output
+        // overtake the acceptance.
         self.host.channel_opened(channel, accepted);
+        if accepted {
+            self.lock().incoming.push_back(channel);
+            self.changed.notify_all();
+        }
     }
 
     /// Bytes from a service channel's client.

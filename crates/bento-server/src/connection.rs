@@ -265,9 +265,15 @@ impl Conn {
                 "no running instance offers a service under this token (it never existed or has ended)",
             )
         };
-        let session = self.state.services.get(&token).ok_or_else(unknown)?;
+        let session = self.state.services.get(&token).ok_or_else(|| {
+            tracing::debug!("connect: no running service under this token");
+            unknown()
+        })?;
         let handle = session.handle().cloned().ok_or_else(unknown)?;
-        let (channel, mut events) = session.open_channel().ok_or_else(unknown)?;
+        let (channel, mut events) = session.open_channel().ok_or_else(|| {
+            tracing::debug!("connect: the service could not open a channel");
+            unknown()
+        })?;
         // However this ends, the instance learns that the client is gone.
         let _guard = ChannelGuard {
             session: session.clone(),
@@ -281,7 +287,10 @@ impl Conn {
                     "the service has as many channels open as its grant allows; try again later",
                 ));
             }
-            _ => return Err(unknown()),
+            _ => {
+                tracing::debug!("connect: the instance ended before accepting the channel");
+                return Err(unknown());
+            }
         }
         self.send(&Frame::Connected).await?;
         let mut in_flight = 0u64;
