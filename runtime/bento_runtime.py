@@ -216,8 +216,13 @@ class Stream:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, tb):
+        # On an exception the close is left to __del__: if the exception
+        # ends the function, its channel client then learns of the failure
+        # instead of seeing an ordinary end; if it is caught, the stream is
+        # closed as soon as it is collected.
+        if exc_type is None:
+            self.close()
 
     def __del__(self):
         # A stream dropped while the function fails must not look closed on

@@ -639,3 +639,38 @@ def main():
     );
     bx.assert_serves_hello().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exception_inside_a_with_block_reaches_the_channel_client_as_a_failure() {
+    let bx = TestBox::start(&[]);
+    let source = "def main():\n    with api.accept() as channel:\n        channel.send(b'partial')\n        raise RuntimeError('boom')\n";
+    let token = bx
+        .try_store_with_manifest(source, "version = 1\ncapabilities = [\"service\"]\n")
+        .await
+        .unwrap();
+    let (_, service) = bx
+        .connect()
+        .await
+        .invoke_service(&token, "main", "[]")
+        .await
+        .unwrap();
+    let mut channel = bx
+        .connect()
+        .await
+        .connect_service(&service.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(channel.next().await.unwrap().unwrap(), "partial");
+    let err = channel.next().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            bento_client::ClientError::Remote {
+                code: ErrorCode::FunctionException,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    bx.assert_serves_hello().await;
+}
