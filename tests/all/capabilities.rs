@@ -599,15 +599,11 @@ async fn a_sleeping_function_is_still_stopped_by_its_wall_clock_limit_and_by_kil
     bx.assert_serves_hello().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_channel_client_learns_that_the_service_failed_but_never_sees_its_traceback() {
-    let bx = TestBox::start(&[]);
-    let source = r#"
-def main():
-    channel = api.accept()
-    secret = "the invoker's secret"
-    raise RuntimeError(secret)
-"#;
+/// Store `source` as a service function, invoke it and open one channel.
+async fn start_service_and_connect(
+    bx: &TestBox,
+    source: &str,
+) -> (bento_protocol::SessionToken, bento_client::Channel) {
     let token = bx
         .try_store_with_manifest(source, "version = 1\ncapabilities = [\"service\"]\n")
         .await
@@ -618,12 +614,25 @@ def main():
         .invoke_service(&token, "main", "[]")
         .await
         .unwrap();
-    let mut channel = bx
+    let channel = bx
         .connect()
         .await
-        .connect_service(&service.unwrap())
+        .connect_service(&service.expect("a service token"))
         .await
         .unwrap();
+    (session, channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_client_learns_that_the_service_failed_but_never_sees_its_traceback() {
+    let bx = TestBox::start(&[]);
+    let source = r#"
+def main():
+    channel = api.accept()
+    secret = "the invoker's secret"
+    raise RuntimeError(secret)
+"#;
+    let (session, mut channel) = start_service_and_connect(&bx, source).await;
     let err = channel.next().await.unwrap_err();
     match &err {
         bento_client::ClientError::Remote { code, message } => {
@@ -644,22 +653,7 @@ def main():
 async fn an_exception_inside_a_with_block_reaches_the_channel_client_as_a_failure() {
     let bx = TestBox::start(&[]);
     let source = "def main():\n    with api.accept() as channel:\n        channel.send(b'partial')\n        raise RuntimeError('boom')\n";
-    let token = bx
-        .try_store_with_manifest(source, "version = 1\ncapabilities = [\"service\"]\n")
-        .await
-        .unwrap();
-    let (_, service) = bx
-        .connect()
-        .await
-        .invoke_service(&token, "main", "[]")
-        .await
-        .unwrap();
-    let mut channel = bx
-        .connect()
-        .await
-        .connect_service(&service.unwrap())
-        .await
-        .unwrap();
+    let (_, mut channel) = start_service_and_connect(&bx, source).await;
     assert_eq!(channel.next().await.unwrap().unwrap(), "partial");
     let err = channel.next().await.unwrap_err();
     assert!(
