@@ -95,6 +95,17 @@ pub async fn run(args: TorBenchArgs) -> anyhow::Result<()> {
     let dir = args.dir.dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("bento-bench-tor-{}", std::process::id()))
     });
+    if let Ok(state) = Testnet::load(&dir)
+        && state
+            .nodes
+            .iter()
+            .any(|n| std::path::Path::new(&format!("/proc/{}", n.pid)).exists())
+    {
+        bail!(
+            "a test network is running in {}; the benchmark builds its own (give another --dir or none)",
+            dir.display()
+        );
+    }
     let policy = dir.with_extension("policy.toml");
     std::fs::write(
         &policy,
