@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use bento_policy::ExitPolicy;
+use bento_policy::{Action, ExitPolicy};
 
 use crate::EgressError;
 
@@ -164,13 +164,34 @@ pub fn resolve_checked(
         return match check.refusal(ip, port) {
             None => Ok(vec![SocketAddr::new(ip, port)]),
             Some(reason) => {
-                tracing::debug!(%ip, port, %reason, "egress destination refused");
+                // Destinations are the function's business: not logged.
+                tracing::debug!("egress destination refused");
                 Err(EgressError::Refused {
                     destination: SocketAddr::new(ip, port).to_string(),
                     reason,
                 })
             }
         };
+    }
+    // No lookup for a port no rule could accept: a function must not be
+    // able to make the box's resolver look up arbitrary names (a channel
+    // out, through DNS) for destinations it could never reach anyway.
+    for (list, rules) in [
+        ("the function's grant", &check.grant),
+        ("the box policy", &check.policy),
+    ] {
+        let port_open = rules
+            .rules()
+            .iter()
+            .any(|r| r.action == Action::Accept && (r.ports.0..=r.ports.1).contains(&port));
+        if !port_open {
+            return Err(EgressError::Refused {
+                destination: destination(host, port),
+                reason: format!(
+                    "by {list}: no rule accepts port {port} (the name was not looked up)"
+                ),
+            });
+        }
     }
     let ips = lookup(host, port, deadline)?;
     let mut allowed = Vec::new();
@@ -198,7 +219,7 @@ pub fn resolve_checked(
             why.join("; ")
         )
     };
-    tracing::debug!(host, port, %reason, "egress destination refused");
+    tracing::debug!("egress destination refused");
     Err(EgressError::Refused {
         destination: destination(host, port),
         reason,
@@ -230,7 +251,7 @@ pub fn connect(
                 return Ok(stream);
             }
             Err(e) => {
-                tracing::debug!(%addr, error = %e, "egress connect failed");
+                tracing::debug!(error = %e, "egress connect failed");
                 failures.push(format!("{addr}: {e}"));
             }
         }
@@ -356,7 +377,10 @@ mod tests {
 
     #[test]
     fn localhost_is_refused_when_only_a_different_port_is_accepted() {
-        let c = check(&["accept 127.0.0.1:8080"], &["accept 127.0.0.1:8080"]);
+        let c = check(
+            &["accept 127.0.0.1:8080", "accept *:8081"],
+            &["accept 127.0.0.1:8080", "accept *:8081"],
+        );
         let err = resolve_checked(&c, "localhost", 8081, soon()).unwrap_err();
         let EgressError::Refused {
             destination,
@@ -368,6 +392,20 @@ mod tests {
         assert_eq!(destination, "localhost:8081");
         assert!(reason.contains("localhost resolved to"), "{reason}");
         assert!(reason.contains("127.0.0.1"), "{reason}");
+    }
+
+    #[test]
+    fn a_name_is_not_even_looked_up_for_a_port_no_rule_accepts() {
+        let c = check(&["accept 127.0.0.1:8080"], &["accept *:*"]);
+        // An unresolvable name: a lookup would fail with Resolve instead.
+        let err = resolve_checked(&c, "no-such-host.invalid", 8081, soon()).unwrap_err();
+        let EgressError::Refused { reason, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(
+            reason,
+            "by the function's grant: no rule accepts port 8081 (the name was not looked up)"
+        );
     }
 
     #[test]

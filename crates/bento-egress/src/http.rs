@@ -582,7 +582,7 @@ pub fn http_request(
                     !ORIGIN_BOUND_HEADERS.contains(&n.to_ascii_lowercase().as_str())
                 });
             }
-            tracing::debug!(status, from = %redacted(&url), to = %redacted(&next), "following redirect");
+            tracing::debug!(status, "following a redirect");
             url = next;
             continue;
         }
