@@ -1,8 +1,7 @@
-//! A minimal SOCKS5 client (RFC 1928, CONNECT, no authentication) that
-//! always sends the destination as a name, so the proxy resolves it: Tor
-//! needs this for `.onion` addresses, and it keeps DNS off the client.
+//! Reaching a box through a SOCKS5 proxy (Tor's SocksPort). A destination
+//! name is sent as a name, so the proxy resolves it: Tor needs this for
+//! `.onion` addresses, and it keeps DNS off the client.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::ClientError;
@@ -11,21 +10,10 @@ fn socks_error(message: impl Into<String>) -> ClientError {
     ClientError::Socks(message.into())
 }
 
-fn reply_text(code: u8) -> &'static str {
-    match code {
-        1 => "general failure",
-        2 => "connection not allowed by ruleset",
-        3 => "network unreachable",
-        4 => "host unreachable",
-        5 => "connection refused",
-        6 => "TTL expired",
-        7 => "command not supported",
-        8 => "address type not supported",
-        _ => "unknown error",
-    }
-}
-
-/// Connect to `target` (`host:port`) through the SOCKS5 proxy at `proxy`.
+/// Connect to `target` (`host:port`) through the SOCKS5 proxy at `proxy`
+/// (`host:port`; a name is resolved locally: it is the proxy's address, not
+/// the destination). The handshake itself is `bento_tor`'s, the one SOCKS5
+/// client of the project.
 pub(crate) async fn connect(proxy: &str, target: &str) -> Result<TcpStream, ClientError> {
     let (host, port) = target
         .rsplit_once(':')
@@ -34,54 +22,24 @@ pub(crate) async fn connect(proxy: &str, target: &str) -> Result<TcpStream, Clie
     let port: u16 = port
         .parse()
         .map_err(|_| socks_error(format!("bad port in {target:?}")))?;
-    let host_len =
-        u8::try_from(host.len()).map_err(|_| socks_error("host name longer than 255 bytes"))?;
-
-    let mut stream = TcpStream::connect(proxy)
+    let proxy_addr = tokio::net::lookup_host(proxy)
         .await
-        .map_err(|e| socks_error(format!("cannot reach the proxy at {proxy}: {e}")))?;
-    stream.set_nodelay(true)?;
-    stream.write_all(&[5, 1, 0]).await?;
-    let mut choice = [0u8; 2];
-    stream.read_exact(&mut choice).await?;
-    if choice != [5, 0] {
-        return Err(socks_error(
-            "the proxy requires authentication Bento does not offer",
-        ));
-    }
-    let mut request = vec![5, 1, 0, 3, host_len];
-    request.extend_from_slice(host.as_bytes());
-    request.extend_from_slice(&port.to_be_bytes());
-    stream.write_all(&request).await?;
-    let mut head = [0u8; 4];
-    stream.read_exact(&mut head).await?;
-    if head[0] != 5 {
-        return Err(socks_error("not a SOCKS5 proxy"));
-    }
-    if head[1] != 0 {
-        return Err(socks_error(format!(
-            "cannot reach {target}: {}",
-            reply_text(head[1])
-        )));
-    }
-    let skip = match head[3] {
-        1 => 4 + 2,
-        4 => 16 + 2,
-        3 => {
-            let mut len = [0u8; 1];
-            stream.read_exact(&mut len).await?;
-            usize::from(len[0]) + 2
-        }
-        other => return Err(socks_error(format!("bad address type {other} in reply"))),
-    };
-    let mut bound = vec![0u8; skip];
-    stream.read_exact(&mut bound).await?;
-    Ok(stream)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            socks_error(format!(
+                "cannot reach the proxy at {proxy}: no such address"
+            ))
+        })?;
+    bento_tor::socks5_connect(proxy_addr, host, port, None)
+        .await
+        .map_err(|e| socks_error(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// A one-shot SOCKS5 server that records the request and relays to an
