@@ -2,7 +2,7 @@
 //! function and starting a session, with every check and cap applied.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bento_policy::{Capability, Grant, Limit, Manifest, admit};
 use bento_protocol::{ErrorCode, Frame, FunctionId, InvokeToken, ServiceToken, SessionToken};
@@ -11,7 +11,7 @@ use bento_worker::{CapabilityGrant, InstanceOutcome, StartCall, StartRequest, St
 use crate::BoxState;
 use crate::connection::check_filename;
 use crate::function_store::{StoreError, StoredFunction};
-use crate::session::{GlobalCounters, Service, Session, SessionExtras};
+use crate::session::{Service, Session, SessionExtras};
 
 /// Largest HTTP response body a function may receive (and never more than
 /// half its memory, which has to hold it).
@@ -182,26 +182,47 @@ impl BoxState {
             .clone()
             .filter(|_| grant.capabilities.contains(&Capability::OnionService));
         let storage = self.storage_for(&grant)?;
-        let storage_reserved = storage.as_ref().map_or(0, |s| s.quota_bytes);
-        reserve(
-            &self.counters,
-            self.config.max_instances(),
+        // Each reservation is undone when its guard drops, unless kept:
+        // a refusal or a failed start leaves the counters as they were.
+        let counters = &self.counters;
+        let max_instances = self.config.max_instances();
+        let instance = Reservation::take(&counters.running_instances, 1, max_instances)
+            .ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::TooManyInstances,
+                    format!(
+                        "the box runs at most {max_instances} instances at once; try again later"
+                    ),
+                )
+            })?;
+        let max_buffered = self.config.max_buffered_bytes();
+        let buffer = Reservation::take(
+            &counters.reserved_buffer_bytes,
             limits.output_buffer_bytes,
-            self.config.max_buffered_bytes(),
-        )?;
-        if let Err(refusal) = reserve_storage(
-            &self.counters,
-            storage_reserved,
-            self.config.max_storage_bytes(),
-        ) {
-            self.counters
-                .running_instances
-                .fetch_sub(1, Ordering::Relaxed);
-            self.counters
-                .reserved_buffer_bytes
-                .fetch_sub(limits.output_buffer_bytes, Ordering::Relaxed);
-            return Err(refusal);
-        }
+            max_buffered,
+        )
+        .ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::BufferCapReached,
+                format!(
+                    "the box buffers at most {max_buffered} bytes of session output and that is reserved; try again later"
+                ),
+            )
+        })?;
+        let max_storage = self.config.max_storage_bytes();
+        let storage_reservation = Reservation::take(
+            &counters.reserved_storage_bytes,
+            storage.as_ref().map_or(0, |s| s.quota_bytes),
+            max_storage,
+        )
+        .ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::InstanceStorageFull,
+                format!(
+                    "the box reserves at most {max_storage} bytes of instance storage and that is taken; try again later"
+                ),
+            )
+        })?;
         let session = Session::new(
             token,
             self.counters.clone(),
@@ -214,6 +235,8 @@ impl BoxState {
                 tor,
             },
         );
+        // The session releases its buffer reservation when it is dropped.
+        buffer.keep();
         let request = StartRequest {
             source: function.source.clone(),
             filename: function.filename.clone(),
@@ -227,18 +250,14 @@ impl BoxState {
             .await;
         match started {
             Ok(handle) => session.set_handle(handle),
-            Err(e) => {
-                // Never started: undo the counts; dropping the session
-                // releases its buffer reservation.
-                self.counters
-                    .running_instances
-                    .fetch_sub(1, Ordering::Relaxed);
-                self.counters
-                    .reserved_storage_bytes
-                    .fetch_sub(storage_reserved, Ordering::Relaxed);
-                return Err(Refusal::new(ErrorCode::Internal, e.to_string()));
-            }
+            // Never started: the guards undo the instance and storage
+            // counts; dropping the session releases its buffer.
+            Err(e) => return Err(Refusal::new(ErrorCode::Internal, e.to_string())),
         }
+        // From here the session gives the instance and its storage back
+        // when the instance finishes.
+        instance.keep();
+        storage_reservation.keep();
         self.sessions.insert(session.clone());
         let service = service.filter(|_| grant.capabilities.contains(&Capability::Service));
         if service.is_some() {
@@ -297,57 +316,34 @@ impl BoxState {
     }
 }
 
-/// Reserve instance storage within the box-wide cap, or refuse.
-fn reserve_storage(counters: &GlobalCounters, bytes: u64, max: u64) -> Result<(), Refusal> {
-    if bytes == 0 {
-        return Ok(());
-    }
-    let reserved = counters
-        .reserved_storage_bytes
-        .fetch_add(bytes, Ordering::Relaxed);
-    if reserved + bytes > max {
-        counters
-            .reserved_storage_bytes
-            .fetch_sub(bytes, Ordering::Relaxed);
-        return Err(Refusal::new(
-            ErrorCode::InstanceStorageFull,
-            format!(
-                "the box reserves at most {max} bytes of instance storage and that is taken; try again later"
-            ),
-        ));
-    }
-    Ok(())
+/// An amount reserved on a box-wide counter, given back when dropped unless
+/// [`Reservation::keep`] hands it over to the session.
+struct Reservation<'a> {
+    counter: &'a AtomicU64,
+    amount: u64,
 }
 
-/// Count one more instance and reserve its output buffer, or refuse.
-fn reserve(
-    counters: &GlobalCounters,
-    max_instances: u64,
-    buffer: u64,
-    max_buffered: u64,
-) -> Result<(), Refusal> {
-    let running = counters.running_instances.fetch_add(1, Ordering::Relaxed);
-    if running >= max_instances {
-        counters.running_instances.fetch_sub(1, Ordering::Relaxed);
-        return Err(Refusal::new(
-            ErrorCode::TooManyInstances,
-            format!("the box runs at most {max_instances} instances at once; try again later"),
-        ));
+impl<'a> Reservation<'a> {
+    /// Add `amount` to `counter` if the total stays within `max`.
+    fn take(counter: &'a AtomicU64, amount: u64, max: u64) -> Option<Self> {
+        let before = counter.fetch_add(amount, Ordering::Relaxed);
+        if amount > 0 && before.saturating_add(amount) > max {
+            counter.fetch_sub(amount, Ordering::Relaxed);
+            return None;
+        }
+        Some(Self { counter, amount })
     }
-    let reserved = counters
-        .reserved_buffer_bytes
-        .fetch_add(buffer, Ordering::Relaxed);
-    if reserved + buffer > max_buffered {
-        counters
-            .reserved_buffer_bytes
-            .fetch_sub(buffer, Ordering::Relaxed);
-        counters.running_instances.fetch_sub(1, Ordering::Relaxed);
-        return Err(Refusal::new(
-            ErrorCode::BufferCapReached,
-            format!(
-                "the box buffers at most {max_buffered} bytes of session output and that is reserved; try again later"
-            ),
-        ));
+
+    /// Leave the amount reserved: its owner now gives it back.
+    fn keep(mut self) {
+        self.amount = 0;
     }
-    Ok(())
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.amount > 0 {
+            self.counter.fetch_sub(self.amount, Ordering::Relaxed);
+        }
+    }
 }
