@@ -54,7 +54,8 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+/// The `p` percentile (0..=1) of sorted durations; zero for none.
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -62,7 +63,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
-fn ms(d: Duration) -> f64 {
+/// A duration in milliseconds.
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 

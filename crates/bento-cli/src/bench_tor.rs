@@ -44,12 +44,9 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// A percentile of sorted durations, in milliseconds.
 fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+    crate::bench::ms(crate::bench::percentile(sorted, p))
 }
 
 /// The raw service: one byte `e` then echo, or `s` + 8-byte count then
@@ -99,7 +96,7 @@ pub async fn run(args: TorBenchArgs) -> anyhow::Result<()> {
         && state
             .nodes
             .iter()
-            .any(|n| std::path::Path::new(&format!("/proc/{}", n.pid)).exists())
+            .any(|n| crate::testnet_cmd::pid_alive(n.pid))
     {
         bail!(
             "a test network is running in {}; the benchmark builds its own (give another --dir or none)",

@@ -545,7 +545,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let owner_gone = async {
         match args.exit_with_pid {
             Some(pid) => {
-                while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                while crate::testnet_cmd::pid_alive(pid) {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }

@@ -288,7 +288,8 @@ async fn reach_through_tor(onion: &str, socks: std::net::SocketAddr) -> anyhow::
     }
 }
 
-fn pid_alive(pid: u32) -> bool {
+/// Whether a process with this PID exists.
+pub(crate) fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
