@@ -154,38 +154,11 @@ impl TorBox {
         }
         // From here the slot is released exactly once: by `release` below
         // once the service exists, or right here if it never came to be.
-        let listener = match TcpListener::bind(("127.0.0.1", 0)).await {
-            Ok(listener) => listener,
+        let (listener, service) = match self.add_listener_service(&request).await {
+            Ok(published) => published,
             Err(e) => {
                 self.function_services.fetch_sub(1, Ordering::Relaxed);
-                return Err(format!("io: the box cannot listen for the service: {e}"));
-            }
-        };
-        let local = match listener.local_addr() {
-            Ok(local) => local,
-            Err(e) => {
-                self.function_services.fetch_sub(1, Ordering::Relaxed);
-                return Err(format!("io: the box cannot listen for the service: {e}"));
-            }
-        };
-        let (key, flags): (OnionKey, &[&str]) = match request.key {
-            Some(key) => (OnionKey::Existing(key), &[]),
-            None => (OnionKey::New, &["DiscardPK"]),
-        };
-        let added = self
-            .control
-            .lock()
-            .await
-            .add_onion(&key, &[(request.port, local)], flags)
-            .await;
-        let service = match added {
-            Ok(service) => service,
-            Err(e) => {
-                self.function_services.fetch_sub(1, Ordering::Relaxed);
-                return Err(format!(
-                    "io: tor refused the onion service: {}",
-                    tor_reason(&e)
-                ));
+                return Err(e);
             }
         };
         let accept = tokio::spawn(accept_streams(listener, Arc::downgrade(session)));
@@ -218,6 +191,33 @@ impl TorBox {
             ));
         }
         Ok(service.onion_address())
+    }
+}
+
+impl TorBox {
+    /// A local listener and the onion service (ADD_ONION) forwarding to it.
+    async fn add_listener_service(
+        &self,
+        request: &OnionRequest,
+    ) -> Result<(TcpListener, bento_tor::OnionService), String> {
+        let listen_error =
+            |e: std::io::Error| format!("io: the box cannot listen for the service: {e}");
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(listen_error)?;
+        let local = listener.local_addr().map_err(listen_error)?;
+        let (key, flags): (OnionKey, &[&str]) = match &request.key {
+            Some(key) => (OnionKey::Existing(key.clone()), &[]),
+            None => (OnionKey::New, &["DiscardPK"]),
+        };
+        let service = self
+            .control
+            .lock()
+            .await
+            .add_onion(&key, &[(request.port, local)], flags)
+            .await
+            .map_err(|e| format!("io: tor refused the onion service: {}", tor_reason(&e)))?;
+        Ok((listener, service))
     }
 }
 
