@@ -41,8 +41,9 @@ pub(crate) struct Capabilities {
     storage_error: Option<String>,
     streams: HashMap<u32, Stream>,
     next_stream: u32,
-    /// SOCKS credentials that give this instance its own Tor circuits.
-    tor_isolation: String,
+    /// SOCKS credentials that give this instance its own Tor circuits
+    /// (only instances granted `tor_connect` need them).
+    tor_isolation: Option<String>,
     onion_services_created: u64,
 }
 
@@ -82,6 +83,9 @@ impl Capabilities {
             },
             _ => (None, None),
         };
+        let tor_isolation = grant
+            .has(Capability::TorConnect)
+            .then(crate::tor_stream::isolation_token);
         Self {
             grant,
             destinations,
@@ -90,7 +94,7 @@ impl Capabilities {
             storage_error,
             streams: HashMap::new(),
             next_stream: 1,
-            tor_isolation: crate::tor_stream::isolation_token(),
+            tor_isolation,
             onion_services_created: 0,
         }
     }
@@ -169,8 +173,9 @@ impl Capabilities {
         if !io.try_open_channel() {
             return Err(channel_limit(io));
         }
-        match crate::tor_stream::tor_connect(socks, &self.tor_isolation, host, port, io.deadline())
-        {
+        // Set whenever `tor_connect` is granted, which `require` checked.
+        let isolation = self.tor_isolation.as_deref().unwrap_or_default();
+        match crate::tor_stream::tor_connect(socks, isolation, host, port, io.deadline()) {
             Ok(stream) => Ok(self.add_stream(Stream::Tcp(stream))),
             Err(e) => {
                 io.channel_released();

@@ -286,21 +286,25 @@ impl BoxState {
         let policy = &self.config.policy;
         let workers = u64::try_from(self.config.workers.workers.max(1)).unwrap_or(1);
         let memory = grant.resources.memory_mib.saturating_mul(bento_policy::MIB);
+        // Rules and own addresses matter only to a function that reaches
+        // out; every other invocation is spared building and sending them.
+        let reaches_out = grant.capabilities.iter().any(|c| c.uses_destinations());
+        let rules = |list: &bento_policy::ExitPolicy| -> Vec<String> {
+            if reaches_out {
+                list.rules().iter().map(ToString::to_string).collect()
+            } else {
+                Vec::new()
+            }
+        };
         CapabilityGrant {
             capabilities: grant.capabilities.clone(),
-            grant_destinations: grant
-                .destinations
-                .rules()
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-            policy_destinations: policy
-                .destinations
-                .rules()
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-            own_addresses: self.own_addresses.clone(),
+            grant_destinations: rules(&grant.destinations),
+            policy_destinations: rules(&policy.destinations),
+            own_addresses: if reaches_out {
+                self.own_addresses.clone()
+            } else {
+                Vec::new()
+            },
             storage,
             bandwidth_bytes_per_s: grant.resources.bandwidth_kib_per_s.saturating_mul(1024),
             // Each worker enforces an equal share, so all together never
