@@ -8,11 +8,15 @@
 mod browser;
 mod capabilities;
 mod cli;
+mod cover;
 mod dropbox;
 mod harness;
 mod hostile;
 mod legacy;
+mod loadbalancer;
 mod local_servers;
 mod protocol_abuse;
+mod proxy;
 mod sessions;
+mod shard;
 mod tor;

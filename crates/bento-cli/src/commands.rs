@@ -446,6 +446,10 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
         }
         Command::Browse(args) => crate::browse_cmd::run(&target, args).await,
         Command::Drop(command) => crate::drop_cmd::run(&target, command).await,
+        Command::Cover(args) => crate::cover_cmd::run(&target, args).await,
+        Command::Shard(command) => crate::shard_cmd::run(&target, command).await,
+        Command::Lb(command) => crate::lb_cmd::run(&target, command).await,
+        Command::Proxy(args) => crate::proxy_cmd::run(&target, args).await,
         Command::Connect { service } => {
             let service = ServiceToken::from_hex(&service)?;
             connect_service(&target, &service).await

@@ -8,8 +8,12 @@ mod bench;
 mod bench_tor;
 mod browse_cmd;
 mod commands;
+mod cover_cmd;
 mod drop_cmd;
+mod lb_cmd;
+mod proxy_cmd;
 mod runtime_path;
+mod shard_cmd;
 mod testnet_cmd;
 
 use std::path::PathBuf;
@@ -138,6 +142,20 @@ enum Command {
     /// docs/functions/dropbox.md).
     #[command(subcommand)]
     Drop(drop_cmd::DropCommand),
+    /// Constant-rate cover traffic with a box, both directions (the Cover
+    /// function; see docs/functions/cover.md).
+    Cover(cover_cmd::CoverArgs),
+    /// A file spread over several boxes with an erasure code (the Shard
+    /// function; see docs/functions/shard.md).
+    #[command(subcommand)]
+    Shard(shard_cmd::ShardCommand),
+    /// An onion service that scales across boxes (the LoadBalancer
+    /// function; see docs/functions/loadbalancer.md).
+    #[command(subcommand)]
+    Lb(lb_cmd::LbCommand),
+    /// A local HTTP proxy whose requests a caching Proxy function at the
+    /// box fetches (see docs/functions/proxy.md).
+    Proxy(proxy_cmd::ProxyArgs),
     /// Stop a session's instance at once.
     Kill {
         /// Session token.

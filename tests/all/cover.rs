@@ -1,0 +1,1 @@
+//! cover function tests (to be written).

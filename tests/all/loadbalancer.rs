@@ -1,0 +1,1 @@
+//! loadbalancer function tests (to be written).

@@ -1,0 +1,1 @@
+//! proxy function tests (to be written).

@@ -1,0 +1,1 @@
+//! shard function tests (to be written).
