@@ -390,3 +390,96 @@ async fn a_function_cannot_create_more_onion_services_than_granted() {
         "{out}"
     );
 }
+
+/// Stored on a second box by the caller below: greets, then serves one
+/// channel, then says it is done.
+const REMOTE_GREETER: &str = r#"
+def main(greeting):
+    api.send(greeting + ":" + api.recv().decode())
+    channel = api.accept()
+    channel.send(channel.recv().upper())
+    channel.close()
+    api.send(";done")
+"#;
+
+/// Uses the second box through `api.bento_box`: store, invoke, attach,
+/// detach, a service channel, re-attach to the end, and the errors.
+const REMOTE_CALLER: &str = r#"
+import json
+
+def read(session, size):
+    data = b""
+    while len(data) < size:
+        data += session.recv(timeout=60)
+    return data
+
+def main(address, source, manifest):
+    box = api.bento_box(address)
+    token = box.store(source, manifest, "greeter.py")
+    session, service = box.invoke(token, "hi")
+    first = box.attach(session)
+    first.send(b"there")
+    greeting = read(first, 8)
+    first.detach()
+    channel = box.connect(service)
+    channel.send(b"shout")
+    reply = channel.recv(timeout=60)
+    channel.close()
+    rest = box.attach(session).read_all(timeout=60)
+    errors = []
+    for call in (lambda: box.invoke("00" * 32), lambda: box.connect(service), lambda: box.store("def main(:", "", "bad.py")):
+        try:
+            call()
+            errors.append("no error")
+        except api.RemoteError as e:
+            errors.append(e.code)
+    try:
+        api.bento_box("no-port.onion")
+    except ValueError as e:
+        errors.append("ValueError")
+    api.send(json.dumps([greeting.decode(), reply.decode(), rest.decode(), errors]))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_stores_invokes_and_talks_to_functions_on_another_box() {
+    let caller = onion_box(0);
+    let mut conn = connect(&caller).await;
+    let (_, token) = conn
+        .store_with_manifest(
+            "caller.py",
+            REMOTE_CALLER,
+            "version = 1\ncapabilities = [\"tor_connect\"]\n[limits]\nwall_ms = 180000\n",
+        )
+        .await
+        .unwrap();
+    let args = serde_json::json!([
+        net().boxes[1],
+        REMOTE_GREETER,
+        "version = 1\ncapabilities = [\"service\"]\n[limits]\nwall_ms = 120000\n"
+    ]);
+    let session = conn
+        .invoke(&token, "main", &args.to_string())
+        .await
+        .unwrap();
+    let (out, result) = read_to_end(&caller, &session).await;
+    assert!(
+        result.is_ok(),
+        "{result:?}: {}",
+        String::from_utf8_lossy(&out)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        report,
+        serde_json::json!([
+            "hi:there",
+            "SHOUT",
+            ";done",
+            [
+                "unknown_invoke_token",
+                "unknown_service",
+                "invalid_function",
+                "ValueError"
+            ]
+        ])
+    );
+}
