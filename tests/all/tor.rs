@@ -81,7 +81,7 @@ fn remove_networks_of_dead_runs() {
     }
 }
 
-fn onion_box(index: usize) -> Target {
+pub(crate) fn onion_box(index: usize) -> Target {
     let net = net();
     Target {
         server: net.boxes[index].clone(),
@@ -308,7 +308,8 @@ async fn tor_streams_never_go_to_private_addresses_and_need_the_capability() {
 }
 
 /// A ControlPort of the network (a relay's), for boxes started by tests.
-fn control_port() -> String {
+pub(crate) fn control_port() -> String {
+    net();
     let dir = std::env::temp_dir().join(format!("bento-test-tor-{}", std::process::id()));
     let status = Command::new(BENTO)
         .args(["testnet", "status", "--json", "--dir"])

@@ -16,17 +16,17 @@ use bento_protocol::{ErrorCode, ServiceToken};
 use bytes::Bytes;
 use clap::Subcommand;
 
-const SOURCE: &str = include_str!("../../../functions/dropbox/dropbox.py");
-const MANIFEST: &str = include_str!("../../../functions/dropbox/dropbox.toml");
+pub(crate) const SOURCE: &str = include_str!("../../../functions/dropbox/dropbox.py");
+pub(crate) const MANIFEST: &str = include_str!("../../../functions/dropbox/dropbox.toml");
 
 /// The largest file the Dropbox's manifest can hold: its 1024 KiB storage
 /// quota, less each 1 MiB chunk's key and per-entry overhead.
-const MAX_FILE: u64 = 1024 * 1024 - (64 + 16);
+pub(crate) const MAX_FILE: u64 = 1024 * 1024 - (64 + 16);
 
 /// The Dropbox's wall-clock limit (its manifest's `wall_ms`), and the
 /// longest expiry that leaves it time to delete the file and end cleanly.
 const WALL: Duration = Duration::from_secs(300);
-const MAX_EXPIRES: Duration = Duration::from_secs(280);
+pub(crate) const MAX_EXPIRES: Duration = Duration::from_secs(280);
 
 /// `bento drop …`.
 #[derive(Debug, Subcommand)]
@@ -56,7 +56,7 @@ pub enum DropCommand {
     },
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = text.split_at(
         text.find(|c: char| !c.is_ascii_digit())
