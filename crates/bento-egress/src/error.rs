@@ -59,8 +59,12 @@ pub enum EgressError {
     /// TLS setup or handshake failed (e.g. an untrusted certificate).
     #[error("TLS error: {0}")]
     Tls(String),
-    /// The request was malformed or the server's response could not be
-    /// understood.
+    /// The function's request is malformed (method, header name or
+    /// value); nothing was sent.
+    #[error("invalid HTTP request: {0}")]
+    InvalidRequest(String),
+    /// The exchange failed on the network's or the server's side: a
+    /// malformed response, a connection cut while reading it.
     #[error("HTTP error: {0}")]
     Http(String),
     /// The caller stopped the transfer (e.g. the instance is shutting down).

@@ -216,7 +216,7 @@ impl ureq::Resolver for CheckedResolver {
             .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)));
         let result = match parsed {
             Some((host, port)) => resolve_checked(&self.check, host, port, self.deadline),
-            None => Err(EgressError::Http(format!(
+            None => Err(EgressError::InvalidRequest(format!(
                 "cannot tell host and port apart in {netloc:?}"
             ))),
         };
@@ -280,12 +280,12 @@ fn request_headers(headers: &[(String, String)]) -> Result<Vec<(String, String)>
     let mut out: Vec<(String, String)> = Vec::new();
     for (name, value) in headers {
         if !is_token(name) {
-            return Err(EgressError::Http(format!(
+            return Err(EgressError::InvalidRequest(format!(
                 "{name:?} is not a valid header name"
             )));
         }
         if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-            return Err(EgressError::Http(format!(
+            return Err(EgressError::InvalidRequest(format!(
                 "the value of header {name} contains a line break or NUL"
             )));
         }
@@ -494,7 +494,7 @@ pub fn http_request(
     throttle: &mut dyn FnMut(usize) -> Result<(), EgressError>,
 ) -> Result<HttpResponse, EgressError> {
     if !is_token(&request.method) {
-        return Err(EgressError::Http(format!(
+        return Err(EgressError::InvalidRequest(format!(
             "{:?} is not a valid HTTP method",
             request.method
         )));
@@ -905,6 +905,21 @@ mod tests {
     }
 
     #[test]
+    fn a_malformed_response_or_a_cut_body_is_an_http_error_not_an_invalid_request() {
+        let server = Server::bind();
+        let check = both(&[server.rule()]);
+        let url = server.url("/");
+        let _requests = server.serve(vec![
+            raw(b"this is not HTTP\r\n\r\n"),
+            raw(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part"),
+        ]);
+        for _ in 0..2 {
+            let err = get(&check, &url).unwrap_err();
+            assert!(matches!(err, EgressError::Http(_)), "{err}");
+        }
+    }
+
+    #[test]
     fn the_throttle_sees_every_body_byte_and_its_error_aborts_the_request() {
         let server = Server::bind();
         let check = both(&[server.rule()]);
@@ -1025,7 +1040,7 @@ mod tests {
                 &mut no_throttle(),
             )
             .unwrap_err();
-            assert!(matches!(err, EgressError::Http(_)), "{err}");
+            assert!(matches!(err, EgressError::InvalidRequest(_)), "{err}");
         }
         server.assert_no_connection();
     }

@@ -403,7 +403,7 @@ fn egress_error(error: &EgressError) -> String {
     let kind = match error {
         EgressError::Refused { .. } => "refused",
         EgressError::Timeout => "timeout",
-        EgressError::InvalidUrl { .. } | EgressError::Http(_) => "invalid",
+        EgressError::InvalidUrl { .. } | EgressError::InvalidRequest(_) => "invalid",
         EgressError::Stopped => "stopped",
         _ => "io",
     };
