@@ -330,6 +330,39 @@ def _accept(timeout=None):
     return None if stream_id is None else Stream(stream_id)
 
 
+class _NewChannel:
+    """What api.wait(..., accept=True) lists when a new channel waits."""
+
+    __slots__ = ()
+
+    def __repr__(self):
+        return "api.NEW_CHANNEL"
+
+
+NEW_CHANNEL = _NewChannel()
+
+
+def _wait(streams, timeout=None, accept=False):
+    """Block until one of `streams` can be read without blocking (data or its
+    end is there) or, with `accept=True`, a new channel waits for
+    api.accept(); returns those streams (and api.NEW_CHANNEL), in the order
+    given. An empty list when `timeout` seconds pass first.
+    """
+    streams = list(streams)
+    for stream in streams:
+        if not isinstance(stream, Stream):
+            raise TypeError(f"wait() takes streams from api.connect/accept/tor_connect, not {type(stream).__name__}")
+        if stream._closed:
+            raise StreamClosed("wait() on a closed stream")
+    _stage(struct.pack(">%dI" % len(streams), *(s._id for s in streams)))
+    count, can_accept = _host(capabilities.wait, None if timeout is None else float(timeout), bool(accept))
+    ready_ids = set(struct.unpack(">%dI" % count, _read_exact(4 * count))) if count else set()
+    ready = [s for s in streams if s._id in ready_ids]
+    if can_accept:
+        ready.append(NEW_CHANNEL)
+    return ready
+
+
 def _tor_connect(host, port):
     """tor_connect: a stream to host:port over Tor (names resolved by the exit; .onion works)."""
     return Stream(_host(capabilities.tor_connect, str(host), int(port)))
@@ -678,13 +711,13 @@ _STORAGE = Storage()
 
 # Which capability makes which `api` attribute exist.
 _CAPABILITY_ATTRIBUTES = {
-    "connect": {"connect": _connect},
+    "connect": {"connect": _connect, "wait": _wait},
     "http": {"http_get": _http_get, "http_request": _http_request},
     "storage": {"storage": _STORAGE},
     "time": {"sleep": _sleep, "time": _time},
-    "service": {"accept": _accept},
-    "tor_connect": {"tor_connect": _tor_connect, "bento_box": _bento_box},
-    "onion_service": {"onion_service": _onion_service, "accept": _accept},
+    "service": {"accept": _accept, "wait": _wait},
+    "tor_connect": {"tor_connect": _tor_connect, "bento_box": _bento_box, "wait": _wait},
+    "onion_service": {"onion_service": _onion_service, "accept": _accept, "wait": _wait},
 }
 
 
@@ -700,6 +733,7 @@ class Api:
     StreamClosed = StreamClosed
     BoxIOError = BoxIOError
     RemoteError = RemoteError
+    NEW_CHANNEL = NEW_CHANNEL
 
     def __init__(self):
         self._granted = {}

@@ -668,3 +668,90 @@ async fn an_exception_inside_a_with_block_reaches_the_channel_client_as_a_failur
     );
     bx.assert_serves_hello().await;
 }
+
+/// `api.wait` over two connections to an echo server and the service's
+/// channels: what is ready comes back, what is not does not, and a zero
+/// timeout still takes what is there.
+const WAITER: &str = r#"
+import json
+
+def main(port):
+    a = api.connect("127.0.0.1", port)
+    b = api.connect("127.0.0.1", port)
+    out = [len(api.wait([a, b], timeout=0.2))]
+    try:
+        a.recv(timeout=0)
+        out.append("data")
+    except TimeoutError:
+        out.append("timeout")
+    b.send(b"x")
+    out.append([s is b for s in api.wait([a, b], timeout=30)])
+    out.append(b.recv(timeout=0).decode())
+    api.send("ready\n")
+    out.append(api.wait([a], timeout=30, accept=True) == [api.NEW_CHANNEL])
+    channel = api.accept(timeout=0)
+    out.append(api.wait([a, channel], timeout=30) == [channel])
+    out.append(channel.recv().decode())
+    a.close()
+    try:
+        api.wait([a, b])
+    except api.StreamClosed:
+        out.append("closed")
+    api.send(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_returns_exactly_the_streams_and_channels_that_are_ready() {
+    let server = LocalServer::echo();
+    let rules = vec![format!("accept 127.0.0.1:{}", server.port)];
+    let bx = TestBox::with_policy(&policy(&rules), &[]);
+    let token = bx
+        .try_store_with_manifest(WAITER, &manifest(&["connect", "service"], &rules, ""))
+        .await
+        .unwrap();
+    let (session, service) = bx
+        .connect()
+        .await
+        .invoke_service(&token, "main", &format!("[{}]", server.port))
+        .await
+        .unwrap();
+    let mut attachment = bx.connect().await.attach(&session, None).await.unwrap();
+    let mut output = Vec::new();
+    while !output.ends_with(b"ready\n") {
+        output.extend_from_slice(&attachment.next().await.unwrap().expect("more output"));
+    }
+    let mut channel = bx
+        .connect()
+        .await
+        .connect_service(&service.expect("a service token"))
+        .await
+        .unwrap();
+    channel.send(b"hi").await.unwrap();
+    while let Some(data) = attachment.next().await.unwrap() {
+        output.extend_from_slice(&data);
+    }
+    let report: serde_json::Value = serde_json::from_slice(&output[b"ready\n".len()..]).unwrap();
+    assert_eq!(
+        report,
+        serde_json::json!([0, "timeout", [true], "x", true, true, "hi", "closed"])
+    );
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_on_quiet_streams_uses_no_cpu_time() {
+    let server = LocalServer::echo();
+    let rules = vec![format!("accept 127.0.0.1:{}", server.port)];
+    let bx = TestBox::with_policy(&policy(&rules), &["--cpu-ms", "300"]);
+    let source = "def main(port):\n    a = api.connect('127.0.0.1', port)\n    for _ in range(4):\n        api.wait([a], timeout=0.5)\n    api.send('waited')\n";
+    let (output, result) = bx
+        .run_with_manifest(
+            source,
+            &manifest(&["connect"], &rules, ""),
+            &format!("[{}]", server.port),
+        )
+        .await;
+    result.unwrap();
+    assert_eq!(text(&output), "waited");
+    bx.assert_serves_hello().await;
+}

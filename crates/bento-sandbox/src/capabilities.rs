@@ -21,6 +21,9 @@ use crate::session_io::{SessionIo, WaitError};
 
 /// How often blocked socket calls look for a kill or the deadline.
 const SOCKET_POLL: Duration = Duration::from_millis(50);
+
+/// How often `api.wait` looks at its sockets again while it waits.
+const WAIT_SLICE: Duration = Duration::from_millis(2);
 /// Most redirects an HTTP request follows.
 const MAX_REDIRECTS: u32 = 5;
 
@@ -264,6 +267,65 @@ impl Capabilities {
         }))
     }
 
+    /// `api.wait`: block until one of the staged stream ids is readable
+    /// or, with `accept`, a channel waits to be accepted, or the timeout.
+    /// The ready ids go to stdin; returns their count and the accept flag.
+    pub(crate) fn wait(
+        &mut self,
+        io: &SessionIo,
+        timeout: Option<f64>,
+        accept: bool,
+    ) -> Result<(u32, bool), String> {
+        let staged = io.take_staged()?;
+        if staged.len() % 4 != 0 {
+            return Err("invalid: wait() takes a list of stream ids".into());
+        }
+        let until = until(timeout)?;
+        let mut tcp = Vec::new();
+        let mut channels = Vec::new();
+        for id in staged.chunks_exact(4) {
+            let id = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
+            match self.streams.get(&id).ok_or_else(unknown_stream)? {
+                Stream::Tcp(_) => tcp.push(id),
+                Stream::Service(channel) => channels.push((id, *channel)),
+            }
+        }
+        let channel_ids: Vec<u32> = channels.iter().map(|(_, c)| *c).collect();
+        loop {
+            check_stop(io)?;
+            let mut ready: Vec<u32> = tcp
+                .iter()
+                .copied()
+                .filter(|id| matches!(self.streams.get(id), Some(Stream::Tcp(t)) if socket_readable(t)))
+                .collect();
+            // Channels wake the wait at once; sockets are looked at again
+            // every WAIT_SLICE (std has no portable poll over several).
+            let now = Instant::now();
+            let channel_until = if !ready.is_empty() {
+                Some(now)
+            } else if tcp.is_empty() {
+                until
+            } else {
+                Some(until.map_or(now + WAIT_SLICE, |u| u.min(now + WAIT_SLICE)))
+            };
+            let (ready_channels, can_accept) = io
+                .wait_channels(&channel_ids, accept, channel_until)
+                .map_err(stopped)?;
+            ready.extend(
+                channels
+                    .iter()
+                    .filter(|(_, c)| ready_channels.contains(c))
+                    .map(|(id, _)| *id),
+            );
+            if !ready.is_empty() || can_accept || until.is_some_and(|u| Instant::now() >= u) {
+                let count = u32::try_from(ready.len()).unwrap_or(u32::MAX);
+                let body: Vec<u8> = ready.iter().flat_map(|id| id.to_be_bytes()).collect();
+                io.set_pending(Bytes::from(body));
+                return Ok((count, can_accept));
+            }
+        }
+    }
+
     pub(crate) fn stream_close(&mut self, io: &SessionIo, id: u32) {
         match self.streams.remove(&id) {
             Some(Stream::Tcp(tcp)) => {
@@ -450,22 +512,31 @@ fn write_socket(io: &SessionIo, tcp: &mut TcpStream, data: &[u8]) -> Result<(), 
     Ok(())
 }
 
-/// Read what is available (up to `max`), waiting for at least one byte;
-/// `None` at end of stream.
+/// Read what is available (up to `max`), waiting for at least one byte
+/// until `until`; `None` at end of stream. A timeout that has already
+/// passed (e.g. 0) still takes what is there.
 fn read_socket(
     io: &SessionIo,
     tcp: &mut TcpStream,
     max: usize,
     until: Option<Instant>,
 ) -> Result<Option<Bytes>, String> {
-    let _ = tcp.set_read_timeout(Some(SOCKET_POLL));
     let mut buf = vec![0u8; max];
     loop {
         check_stop(io)?;
-        if until.is_some_and(|u| Instant::now() >= u) {
-            return Err("timeout: no data within the timeout".into());
-        }
-        match tcp.read(&mut buf) {
+        let slice = until.map_or(SOCKET_POLL, |u| {
+            u.saturating_duration_since(Instant::now()).min(SOCKET_POLL)
+        });
+        let result = if slice.is_zero() {
+            let _ = tcp.set_nonblocking(true);
+            let result = tcp.read(&mut buf);
+            let _ = tcp.set_nonblocking(false);
+            result
+        } else {
+            let _ = tcp.set_read_timeout(Some(slice));
+            tcp.read(&mut buf)
+        };
+        match result {
             Ok(0) => return Ok(None),
             Ok(n) => {
                 buf.truncate(n);
@@ -475,8 +546,25 @@ fn read_socket(
                 if matches!(
                     e.kind(),
                     ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) => {}
+                ) =>
+            {
+                if slice.is_zero() {
+                    return Err("timeout: no data within the timeout".into());
+                }
+            }
             Err(e) => return Err(format!("closed: the connection failed: {e}")),
         }
     }
+}
+
+/// Whether a read on `tcp` would return at once (data, end of stream or an
+/// error), without consuming anything.
+fn socket_readable(tcp: &TcpStream) -> bool {
+    let _ = tcp.set_nonblocking(true);
+    let ready = match tcp.peek(&mut [0u8; 1]) {
+        Ok(_) => true,
+        Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
+    };
+    let _ = tcp.set_nonblocking(false);
+    ready
 }

@@ -135,6 +135,15 @@ impl bento::runtime::capabilities::Host for InstanceState {
         self.stop_check(result)
     }
 
+    fn wait(
+        &mut self,
+        timeout: Option<f64>,
+        accept: bool,
+    ) -> wasmtime::Result<Result<(u32, bool), String>> {
+        let result = self.capabilities.wait(&self.io, timeout, accept);
+        self.stop_check(result)
+    }
+
     fn conn_close(&mut self, stream: u32) -> wasmtime::Result<()> {
         self.capabilities.stream_close(&self.io, stream);
         Ok(())

@@ -538,6 +538,38 @@ impl SessionIo {
         state.incoming.pop_front().ok_or(WaitError::TimedOut)
     }
 
+    /// Wait until one of `channels` has input (or its end) waiting or, with
+    /// `accept`, a new channel waits to be accepted; at most until `until`.
+    /// Returns the ready channels and whether one waits to be accepted
+    /// (both empty/false when `until` passed first).
+    pub(crate) fn wait_channels(
+        &self,
+        channels: &[u32],
+        accept: bool,
+        until: Option<Instant>,
+    ) -> Result<(Vec<u32>, bool), StopReason> {
+        let readable = |s: &IoState, channel: &u32| {
+            s.channels
+                .get(channel)
+                .is_none_or(|c| !c.inbound.is_empty() || c.input_ended)
+        };
+        let any = |s: &mut IoState| {
+            (accept && !s.incoming.is_empty()) || channels.iter().any(|c| readable(s, c))
+        };
+        match self.wait_until_or(self.lock(), any, until) {
+            Ok(state) => Ok((
+                channels
+                    .iter()
+                    .copied()
+                    .filter(|c| readable(&state, c))
+                    .collect(),
+                accept && !state.incoming.is_empty(),
+            )),
+            Err(WaitError::TimedOut) => Ok((Vec::new(), false)),
+            Err(WaitError::Stopped(reason)) => Err(reason),
+        }
+    }
+
     /// Wait for input on a service channel; `None` at its end.
     pub(crate) fn channel_recv(
         &self,
