@@ -492,3 +492,46 @@ fn serve_refuses_an_unusable_ca_file_and_a_legacy_manifest_the_policy_refuses() 
         assert!(stderr.contains(expected), "{option}: {stderr}");
     }
 }
+
+/// Every function the project ships is admitted by the default box policy,
+/// except for exit fetching (`http`), which is the operator's choice: for
+/// those the only violation is the `http` capability.
+#[test]
+fn the_default_policy_admits_every_shipped_function_except_for_exit_fetching() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../functions");
+    let mut checked = 0;
+    for dir in std::fs::read_dir(&root).unwrap() {
+        for file in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let manifest = std::fs::read_to_string(&path).unwrap();
+            let out = bento_offline(&["policy", "check", path.to_str().unwrap()]);
+            let report = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            let asks_http = bento_policy::Manifest::from_toml(&manifest)
+                .unwrap()
+                .capabilities
+                .contains(&bento_policy::Capability::Http);
+            if asks_http {
+                let violations: Vec<&str> =
+                    report.lines().filter(|l| l.starts_with("  - ")).collect();
+                assert_eq!(
+                    violations,
+                    ["  - asks for the `http` capability; this box does not grant it"],
+                    "{}: {report}",
+                    path.display()
+                );
+            } else {
+                assert!(out.status.success(), "{}: {report}", path.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 4,
+        "found only {checked} manifests under {}",
+        root.display()
+    );
+}
