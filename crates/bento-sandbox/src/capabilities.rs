@@ -296,7 +296,9 @@ impl Capabilities {
             let mut ready: Vec<u32> = tcp
                 .iter()
                 .copied()
-                .filter(|id| matches!(self.streams.get(id), Some(Stream::Tcp(t)) if socket_readable(t)))
+                .filter(
+                    |id| matches!(self.streams.get(id), Some(Stream::Tcp(t)) if socket_readable(t)),
+                )
                 .collect();
             // Channels wake the wait at once; sockets are looked at again
             // every WAIT_SLICE (std has no portable poll over several).
