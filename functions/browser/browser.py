@@ -5,6 +5,7 @@ multiple of the pad (a website-fingerprinting defense). Client:
 `bento browse URL --pad SIZE --out DIR`; see docs/functions/browser.md.
 
     main(url, pad, max_resources=64, max_bytes=8 MiB)
+    bundle(url, pad, max_resources, max_bytes, hook=None) -> the padded blob
 
 Resources: <img src>, <script src>, <link rel=stylesheet|icon href>, and
 url(...) / @import in stylesheets and <style> blocks (one pass per fetched
@@ -210,6 +211,15 @@ def _container(page_url, requested, pad, limits, entries, skipped):
 
 
 def main(url, pad, max_resources=None, max_bytes=None):
+    api.send(bundle(url, pad, max_resources, max_bytes))
+
+
+def bundle(url, pad, max_resources=None, max_bytes=None, hook=None):
+    """The padded blob for `url` (see the module docstring). `hook`, if
+    given, is called between fetches and compressions; the Cover function
+    (functions/cover/cover.py) uses it to keep its constant-rate flow
+    going while the page is fetched."""
+    hook = hook or (lambda: None)
     if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme.lower() not in ("http", "https"):
         raise BrowseError("not an http:// or https:// URL: %r" % (url,))
     if not isinstance(pad, int) or isinstance(pad, bool) or pad < 1 or pad > MAX_BLOB:
@@ -252,6 +262,7 @@ def main(url, pad, max_resources=None, max_bytes=None):
             skipped.append({"url": ref_url, "reason": "over the limit of %d resources" % max_resources})
             continue
         fetched += 1
+        hook()
         try:
             r = api.http_get(ref_url)
         except Exception as e:
@@ -277,6 +288,7 @@ def main(url, pad, max_resources=None, max_bytes=None):
     # Compress; drop the largest resources while the padded blob would not
     # fit in max_blob.
     while True:
+        hook()
         payload = zlib.compress(_container(page.url, url, pad, limits, entries, skipped), 6)
         total = HEADER + len(payload)
         if total <= max_blob:
@@ -290,5 +302,6 @@ def main(url, pad, max_resources=None, max_bytes=None):
         skipped.append({"url": dropped["url"], "reason": "%d bytes; did not fit in the %d-byte blob"
                         % (len(dropped["body"]), max_blob)})
 
+    hook()
     padded = -(-total // pad) * pad
-    api.send(b"".join([MAGIC, struct.pack(">Q", len(payload)), payload, bytes(padded - total)]))
+    return b"".join([MAGIC, struct.pack(">Q", len(payload)), payload, bytes(padded - total)])

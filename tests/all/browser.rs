@@ -9,7 +9,12 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
+use std::time::{Duration, Instant};
+
+use bento_client::{Connection, Target};
+
 use crate::harness::{BENTO, TestBox};
+use crate::tor::{control_port, net};
 
 const SOURCE: &str = include_str!("../../functions/browser/browser.py");
 const MANIFEST: &str = include_str!("../../functions/browser/browser.toml");
@@ -20,14 +25,14 @@ type Pages = HashMap<String, (String, Vec<u8>)>;
 /// An HTTP server on 127.0.0.1 serving a set of paths (query included)
 /// that the test may change at any time; counts the requests per path.
 #[derive(Clone)]
-struct Site {
+pub(crate) struct Site {
     port: u16,
     pages: Arc<Mutex<Pages>>,
     hits: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl Site {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let site = Self {
             port: listener.local_addr().unwrap().port(),
@@ -70,29 +75,29 @@ impl Site {
         let _ = stream.write_all(&body);
     }
 
-    fn put(&self, path: &str, content_type: &str, body: impl Into<Vec<u8>>) {
+    pub(crate) fn put(&self, path: &str, content_type: &str, body: impl Into<Vec<u8>>) {
         self.pages
             .lock()
             .unwrap()
             .insert(path.into(), (content_type.into(), body.into()));
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    fn rule(&self) -> String {
+    pub(crate) fn rule(&self) -> String {
         format!("accept 127.0.0.1:{}", self.port)
     }
 
-    fn requests(&self) -> usize {
+    pub(crate) fn requests(&self) -> usize {
         self.hits.lock().unwrap().values().sum()
     }
 }
 
 /// A policy granting `http` to exactly these rules, with room for the
 /// manifest's limits.
-fn policy(rules: &[String]) -> String {
+pub(crate) fn policy(rules: &[String]) -> String {
     let rules: Vec<String> = rules.iter().map(|r| format!("{r:?}")).collect();
     format!(
         r#"version = 1
@@ -136,7 +141,7 @@ fn manifest(rules: &[String]) -> String {
 }
 
 /// Deterministic incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
@@ -163,7 +168,7 @@ fn browse(bx: &TestBox, args: &[&str]) -> (Output, String, String) {
 }
 
 /// URL → local file name, from `bento browse`'s listing.
-fn saved_files(stdout: &str) -> HashMap<String, String> {
+pub(crate) fn saved_files(stdout: &str) -> HashMap<String, String> {
     stdout
         .lines()
         .filter(|l| l.starts_with("  ") && !l.starts_with("  skipped "))
@@ -550,4 +555,118 @@ fn a_page_that_cannot_be_fetched_and_bad_inputs_give_clear_errors() {
     assert_eq!(status.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("exists and is not empty"), "{stderr}");
     assert_eq!(site.requests(), 1);
+}
+
+/// A box with `policy` (TOML), published as an onion service on the
+/// private Tor network through a relay's ControlPort; returns it with its
+/// onion address once that is reachable through Tor.
+pub(crate) async fn onion_box_with_policy(policy: &str) -> (TestBox, String) {
+    let control = control_port();
+    let bx = TestBox::with_policy(policy, &["--tor-control", &control]);
+    let status = bx.connect().await.status().await.unwrap();
+    let onion = status["onion"]
+        .as_str()
+        .expect("an onion address")
+        .to_owned();
+    let target = Target {
+        server: onion.clone(),
+        socks: Some(net().socks.clone()),
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match Connection::connect(&target).await {
+            Ok(mut conn) => {
+                if conn.status().await.is_ok() {
+                    return (bx, onion);
+                }
+            }
+            Err(e) if Instant::now() < deadline => eprintln!("not reachable yet: {e}"),
+            Err(e) => panic!("the box's onion service is unreachable: {e}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the box's onion service never answered a status request"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `bento --server ONION --socks … ARGS` (over the private Tor network):
+/// (exit status, stdout, stderr).
+pub(crate) fn bento_over_tor(onion: &str, args: &[&str]) -> (Output, String, String) {
+    let out = Command::new(BENTO)
+        .args(["--server", onion, "--socks", &net().socks])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_browsed_through_an_onion_box_over_tor_is_byte_identical_to_what_was_served() {
+    let home = Site::start();
+    let other = Site::start();
+    let (_bx, onion) = onion_box_with_policy(&policy(&[home.rule(), other.rule()])).await;
+    let logo = noise(30_000, 11);
+    let photo = noise(50_000, 12); // cross-origin
+    let css = "body { background: url(bg.png) }\n";
+    let background = noise(2_000, 13);
+    home.put("/logo.png", "image/png", logo.clone());
+    other.put("/photo.jpg", "image/jpeg", photo.clone());
+    home.put("/site.css", "text/css", css);
+    home.put("/bg.png", "image/png", background.clone());
+    let page = format!(
+        "<html><head><link rel=stylesheet href=site.css></head>\n\
+         <body><img src=\"logo.png\"><img src=\"{}\"></body></html>\n",
+        other.url("/photo.jpg")
+    );
+    home.put("/", "text/html", page.clone());
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("page");
+    let (status, stdout, stderr) = bento_over_tor(
+        &onion,
+        &[
+            "browse",
+            &home.url("/"),
+            "--pad",
+            "128KiB",
+            "--out",
+            out.to_str().unwrap(),
+            "--destination",
+            &home.rule(),
+            "--destination",
+            &other.rule(),
+        ],
+    );
+    assert!(status.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("transferred 131072 bytes = 1 x 131072 B pad"),
+        "{stdout}"
+    );
+    let files = saved_files(&stdout);
+    assert_eq!(files.len(), 5, "{stdout}");
+    let read = |url: &str| std::fs::read(out.join(&files[url])).unwrap();
+    assert!(read(&home.url("/logo.png")) == logo);
+    assert!(read(&other.url("/photo.jpg")) == photo);
+    assert!(read(&home.url("/bg.png")) == background);
+    let bg = files[&home.url("/bg.png")].strip_prefix("res/").unwrap();
+    assert_eq!(
+        String::from_utf8(read(&home.url("/site.css"))).unwrap(),
+        css.replace("bg.png", bg)
+    );
+    let expected = page
+        .replace("site.css", &files[&home.url("/site.css")])
+        .replace(
+            "\"logo.png\"",
+            &format!("\"{}\"", files[&home.url("/logo.png")]),
+        )
+        .replace(&other.url("/photo.jpg"), &files[&other.url("/photo.jpg")]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("index.html")).unwrap(),
+        expected
+    );
 }

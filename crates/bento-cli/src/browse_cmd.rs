@@ -21,6 +21,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::commands::{EXIT_BOX, EXIT_FUNCTION, EXIT_REQUEST};
+use crate::cover_cmd;
 
 /// The function's source and manifest, stored at the box by every browse.
 const SOURCE: &str = include_str!("../../../functions/browser/browser.py");
@@ -64,11 +65,27 @@ pub struct BrowseArgs {
     /// `accept *:443`. Example: --destination "accept 127.0.0.1:8080".
     #[arg(long = "destination", value_name = "RULE")]
     pub destinations: Vec<String>,
+    /// Carry the request and the page inside constant-rate cover traffic
+    /// (the Cover function; see docs/functions/cover.md): this many cells
+    /// per second each way, for exactly --cover-duration whatever the
+    /// page's size. The page must fit in the flow, or nothing is saved.
+    #[arg(long, value_name = "CELLS_PER_S")]
+    pub cover_rate: Option<f64>,
+    /// With --cover-rate: bytes per cell, 64 to 65536.
+    #[arg(long, value_name = "SIZE", default_value = "512", value_parser = parse_size, requires = "cover_rate")]
+    pub cover_cell_size: u64,
+    /// With --cover-rate: how long the flow lasts (30s, 2m …).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::cover_cmd::parse_duration, requires = "cover_rate")]
+    pub cover_duration: std::time::Duration,
+    /// With --cover-rate: write the flow's bytes and cells per second, both
+    /// ways, as CSV to this file (the columns of `bento cover --report`).
+    #[arg(long, value_name = "FILE", requires = "cover_rate")]
+    pub cover_report: Option<PathBuf>,
 }
 
 /// A size: a whole number with an optional unit (B, kB/KB/K = 1000,
 /// KiB = 1024, MB/M, MiB, GB/G, GiB).
-fn parse_size(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -337,9 +354,10 @@ fn remote_failure(error: &ClientError) -> (u8, String) {
                 .unwrap_or(message.as_str())
                 .trim();
             // `__bento__.BrowseError: …`: the function's own error, as is.
-            let last = last
-                .split_once("BrowseError: ")
-                .map_or(last, |(_, message)| message);
+            let last = ["BrowseError: ", "CoverError: "]
+                .iter()
+                .find_map(|p| last.split_once(p).map(|(_, message)| message))
+                .unwrap_or(last);
             (EXIT_FUNCTION, format!("the box could not browse: {last}"))
         }
         ClientError::Remote { code, message } => {
@@ -428,11 +446,39 @@ pub async fn run(target: &Target, args: BrowseArgs) -> anyhow::Result<ExitCode> 
         ));
     }
     let manifest = manifest(&args.destinations)?;
-    let blob = match fetch(target, &args, &manifest).await {
-        Ok(blob) => blob,
-        Err(e) => {
-            let (code, message) = remote_failure(&e);
-            return Ok(fail(code, &message));
+    let (blob, cover) = if let Some(rate) = args.cover_rate {
+        let spec = match cover_cmd::FlowSpec::new(rate, args.cover_cell_size, args.cover_duration) {
+            Ok(spec) => spec,
+            Err(e) => return Ok(fail(EXIT_REQUEST, &format!("--cover-*: {e:#}"))),
+        };
+        if spec.capacity() < args.pad + 1024 {
+            return Ok(fail(
+                EXIT_REQUEST,
+                &format!(
+                    "the cover flow ({} cells of {} B) carries {} bytes, less than one {}-byte pad \
+                     and the request: raise --cover-rate, --cover-cell-size or --cover-duration, or lower --pad",
+                    spec.cells,
+                    spec.cell,
+                    spec.capacity(),
+                    args.pad
+                ),
+            ));
+        }
+        match fetch_covered(target, &args, &manifest, spec).await {
+            Ok(Ok(covered)) => covered,
+            Ok(Err(e)) | Err(cover_cmd::FlowError::Box(e)) => {
+                let (code, message) = remote_failure(&e);
+                return Ok(fail(code, &message));
+            }
+            Err(cover_cmd::FlowError::BadCells(message)) => return Ok(fail(EXIT_BOX, &message)),
+        }
+    } else {
+        match fetch(target, &args, &manifest).await {
+            Ok(blob) => (blob, None),
+            Err(e) => {
+                let (code, message) = remote_failure(&e);
+                return Ok(fail(code, &message));
+            }
         }
     };
     let bundle = match unpack_blob(&blob, args.pad) {
@@ -441,7 +487,105 @@ pub async fn run(target: &Target, args: BrowseArgs) -> anyhow::Result<ExitCode> 
     };
     let saved = save(&bundle, &args.out)?;
     report(&args, &bundle, &saved, blob.len());
+    if let Some(cover) = cover {
+        #[allow(clippy::print_stdout)]
+        {
+            println!("{cover}");
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Browse inside a cover flow: the Browser's source followed by the
+/// Cover's, entry `browse`; the request rides in the client's first cells,
+/// the blob in the box's. Returns the blob and a line about the flow, or
+/// how the session ended if it failed after the flow.
+async fn fetch_covered(
+    target: &Target,
+    args: &BrowseArgs,
+    manifest: &str,
+    spec: cover_cmd::FlowSpec,
+) -> Result<Result<(Vec<u8>, Option<String>), ClientError>, cover_cmd::FlowError> {
+    let source = format!("{SOURCE}\n{}", cover_cmd::SOURCE);
+    let manifest = cover_manifest(manifest, &spec)?;
+    let request =
+        serde_json::json!([args.url, args.pad, args.max_resources, args.max_bytes]).to_string();
+    eprintln!(
+        "browse: inside a cover flow of {}",
+        cover_cmd::describe_spec(&spec)
+    );
+    let flow = cover_cmd::Flow {
+        filename: "browser_cover.py",
+        source: &source,
+        manifest: &manifest,
+        entry: "browse",
+        spec,
+        message: Some(request.as_bytes()),
+        max_message: MAX_BLOB as usize,
+        interval: std::time::Duration::from_secs(1),
+    };
+    let report = cover_cmd::run_flow(target, &flow).await?;
+    if let Some(path) = &args.cover_report
+        && let Err(e) = std::fs::write(path, report.csv())
+    {
+        eprintln!("browse: cannot write {}: {e}", path.display());
+    }
+    if let Err(e) = report.ended {
+        return Ok(Err(e));
+    }
+    let total = report.total();
+    let [blob] = <[Vec<u8>; 1]>::try_from(report.messages).map_err(|m| {
+        cover_cmd::FlowError::BadCells(format!("the box sent {} messages, not one page", m.len()))
+    })?;
+    let line = format!(
+        "cover: {} cells of {} B each way in {:.2} s; box to client {} B in {} Output frames, client to box {} B \
+         (protocol frames with their 5-byte headers)",
+        total.down_cells,
+        spec.cell,
+        report.elapsed.as_secs_f64(),
+        total.down_bytes,
+        total.down_frames,
+        total.up_bytes
+    );
+    Ok(Ok((blob, Some(line))))
+}
+
+/// The Browser's manifest (destinations already set) for the composed
+/// function: `time` added, the wall-clock limit of the flow (the fetch
+/// happens inside it), CPU time for the fetch plus the flow.
+fn cover_manifest(
+    manifest: &str,
+    spec: &cover_cmd::FlowSpec,
+) -> Result<String, cover_cmd::FlowError> {
+    let bad = |e: anyhow::Error| cover_cmd::FlowError::BadCells(format!("{e:#}"));
+    let limits = |key: &str| -> Result<u64, cover_cmd::FlowError> {
+        manifest
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(key)?
+                    .trim()
+                    .strip_prefix('=')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .ok_or_else(|| bad(anyhow::anyhow!("the built-in manifest has no {key}")))
+    };
+    let cpu = limits("cpu_ms")? + spec.cpu_ms();
+    // The fetches and the flow share one bucket; the flow's figure already
+    // has a quarter to spare, and the Browser's 1024 KiB/s is plenty for
+    // both at the rates one would use for a page.
+    let bandwidth = limits("bandwidth_kib_per_s")?.max(spec.bandwidth_kib_per_s());
+    cover_cmd::set_manifest_keys(
+        manifest,
+        &[
+            ("capabilities", "[\"http\", \"time\"]".to_owned()),
+            ("wall_ms", spec.wall_ms().to_string()),
+            ("cpu_ms", cpu.to_string()),
+            ("bandwidth_kib_per_s", bandwidth.to_string()),
+        ],
+    )
+    .map_err(bad)
 }
 
 /// One saved file: its name, size and where it came from.
