@@ -9,12 +9,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
-use std::time::{Duration, Instant};
-
-use bento_client::{Connection, Target};
-
 use crate::harness::{BENTO, TestBox};
-use crate::tor::{control_port, net};
+use crate::tor::net;
 
 const SOURCE: &str = include_str!("../../functions/browser/browser.py");
 const MANIFEST: &str = include_str!("../../functions/browser/browser.toml");
@@ -561,34 +557,7 @@ fn a_page_that_cannot_be_fetched_and_bad_inputs_give_clear_errors() {
 /// private Tor network through a relay's ControlPort; returns it with its
 /// onion address once that is reachable through Tor.
 pub(crate) async fn onion_box_with_policy(policy: &str) -> (TestBox, String) {
-    let control = control_port();
-    let bx = TestBox::with_policy(policy, &["--tor-control", &control]);
-    let status = bx.connect().await.status().await.unwrap();
-    let onion = status["onion"]
-        .as_str()
-        .expect("an onion address")
-        .to_owned();
-    let target = Target {
-        server: onion.clone(),
-        socks: Some(net().socks.clone()),
-    };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        match Connection::connect(&target).await {
-            Ok(mut conn) => {
-                if conn.status().await.is_ok() {
-                    return (bx, onion);
-                }
-            }
-            Err(e) if Instant::now() < deadline => eprintln!("not reachable yet: {e}"),
-            Err(e) => panic!("the box's onion service is unreachable: {e}"),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the box's onion service never answered a status request"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    crate::tor::onion_test_box_async(Some(policy)).await
 }
 
 /// `bento --server ONION --socks … ARGS` (over the private Tor network):
@@ -605,8 +574,11 @@ pub(crate) fn bento_over_tor(onion: &str, args: &[&str]) -> (Output, String, Str
     (out, stdout, stderr)
 }
 
+// The turn is held for the whole test on purpose (see tor::one_at_a_time).
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_browsed_through_an_onion_box_over_tor_is_byte_identical_to_what_was_served() {
+    let _turn = crate::tor::one_at_a_time();
     let home = Site::start();
     let other = Site::start();
     let (_bx, onion) = onion_box_with_policy(&policy(&[home.rule(), other.rule()])).await;

@@ -76,6 +76,7 @@ fn cover(onion: &str, args: &[&str]) -> (std::process::Output, String, String) {
 
 #[test]
 fn cover_traffic_has_the_same_cells_and_bytes_each_way_with_and_without_real_data() {
+    let _turn = crate::tor::one_at_a_time();
     let onion = net().boxes[0].clone();
     let dir = tempfile::tempdir().unwrap();
     let data_file = dir.path().join("data.bin");
@@ -141,9 +142,12 @@ fn browse_cover_line(stdout: &str) -> (u64, u64, u64) {
     )
 }
 
+// The turn is held for the whole test on purpose (see tor::one_at_a_time).
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_browsed_inside_a_cover_flow_over_tor_is_byte_identical_and_the_flow_is_that_of_plain_cover()
  {
+    let _turn = crate::tor::one_at_a_time();
     let site = Site::start();
     let (_bx, onion) = onion_box_with_policy(&browse_policy(&[site.rule()])).await;
     let image = noise(6_000, 31);
@@ -245,6 +249,7 @@ async fn a_page_browsed_inside_a_cover_flow_over_tor_is_byte_identical_and_the_f
 #[test]
 fn a_flow_beyond_the_boxs_bandwidth_cpu_or_wall_clock_limit_is_refused_before_it_starts_and_the_box_serves_the_next_user()
  {
+    let _turn = crate::tor::one_at_a_time();
     let onion = net().boxes[0].clone();
     // 2 × 1000 × 1 KiB/s (and a quarter more) > the default 1024 KiB/s.
     let (status, stdout, stderr) = cover(
@@ -385,9 +390,12 @@ async fn run_cells(entry: &str, args: &str, cells: Vec<Bytes>) -> (usize, Result
     (received, ended)
 }
 
+// The turn is held for the whole test on purpose (see tor::one_at_a_time).
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_cells_or_arguments_from_a_client_end_the_flow_with_a_clear_error_and_the_box_serves_the_next_user()
  {
+    let _turn = crate::tor::one_at_a_time();
     // A 10-cell flow: 2 cells/s for 5 s.
     let flow = "[2, 512, 5]";
     let mut dirty = cell(0, 0, &[]).to_vec();

@@ -59,6 +59,7 @@ fn get(dir: &tempfile::TempDir, token: &str, name: &str) -> (Output, std::path::
 
 #[test]
 fn a_dropped_file_is_picked_up_byte_for_byte_as_often_as_allowed_then_gone() {
+    let _turn = crate::tor::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let data: Vec<u8> = (0..700_000u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
@@ -101,6 +102,7 @@ fn a_dropped_file_is_picked_up_byte_for_byte_as_often_as_allowed_then_gone() {
 
 #[test]
 fn a_drop_expires_and_then_nothing_can_be_picked_up() {
+    let _turn = crate::tor::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let token = put(
         &dir,

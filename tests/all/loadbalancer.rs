@@ -13,78 +13,15 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::{BENTO, TestBox};
-use crate::tor::{control_port, net};
+use crate::tor::{net, one_at_a_time, onion_test_box};
 
 /// A valid v3 onion address whose key was thrown away: nobody publishes it,
 /// on this network or any other.
 const NOWHERE: &str = "yom5hsf5ge43ih65fjlrzosln6fglyzxlpeajhx6avihf6vbaakxztad.onion:7878";
 
-/// These tests run one at a time: each drives a dozen Tor circuits hard,
-/// and on two cores several at once make tor's circuits time out.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A box of its own on the network, published as an onion service by a
-/// relay's tor; returns it with its onion address once that is reachable.
-fn onion_test_box(policy: Option<&str>) -> (TestBox, String) {
-    let control = control_port();
-    let bx = match policy {
-        Some(policy) => TestBox::with_policy(policy, &["--tor-control", &control]),
-        None => TestBox::start(&["--tor-control", &control]),
-    };
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let onion = runtime.block_on(async {
-        let status = bx.connect().await.status().await.unwrap();
-        let onion = status["onion"]
-            .as_str()
-            .expect("an onion address")
-            .to_owned();
-        let (host, port) = onion.rsplit_once(':').unwrap();
-        let socks: std::net::SocketAddr = net().socks.parse().unwrap();
-        // A fresh descriptor is not always found at once, and on a busy
-        // network a circuit sometimes hangs: each try gets a new circuit
-        // and a bound.
-        let deadline = Instant::now() + Duration::from_secs(180);
-        for attempt in 0.. {
-            let isolation = format!("lb-reachable-{attempt}");
-            let tried = tokio::time::timeout(
-                Duration::from_secs(20),
-                bento_tor::socks5_connect(
-                    socks,
-                    host,
-                    port.parse().unwrap(),
-                    Some(("lb", &isolation)),
-                ),
-            )
-            .await;
-            match tried {
-                Ok(Ok(_)) => break,
-                Ok(Err(e)) => eprintln!("{onion} not reachable yet: {e}"),
-                Err(_) => eprintln!("{onion} not reachable yet: no answer in 20 s"),
-            }
-            assert!(Instant::now() < deadline, "{onion} never became reachable");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        onion
-    });
-    (bx, onion)
-}
-
 /// Bytes unlike any other test's.
 fn content_file(dir: &Path, len: usize) -> (std::path::PathBuf, Vec<u8>) {
-    let mut state = 0x9e37_79b9_u32;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state as u8
-        })
-        .collect();
+    let data = crate::browser::noise(len, 0x9e37_79b9);
     let path = dir.join("content.bin");
     std::fs::write(&path, &data).unwrap();
     (path, data)
@@ -162,7 +99,9 @@ impl Front {
                 Err(_) => panic!(
                     "no {what} within {} s; the front's log:\n{}",
                     limit.as_secs(),
-                    self.stderr.lock().unwrap()
+                    self.stderr
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                 ),
             }
         }
@@ -187,7 +126,13 @@ impl Front {
             e["event"] == "stopped"
         });
         let status = self.child.wait().unwrap();
-        assert!(status.success(), "{}", self.stderr.lock().unwrap());
+        assert!(
+            status.success(),
+            "{}",
+            self.stderr
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        );
         stopped
     }
 
@@ -225,7 +170,12 @@ impl Front {
 impl Drop for Front {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("the front's log:\n{}", self.stderr.lock().unwrap());
+            eprintln!(
+                "the front's log:\n{}",
+                self.stderr
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            );
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

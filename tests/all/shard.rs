@@ -3,14 +3,12 @@
 //! on a different onion box by the Shard function on an entry box; any k
 //! shards bring it back byte for byte, fewer give an error that counts them.
 
+use bento_client::Connection;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-use bento_client::{Connection, Target};
 
 use crate::harness::{BENTO, TestBox};
-use crate::tor::{control_port, net, onion_box};
+use crate::tor::{net, onion_box, onion_test_box};
 
 /// `bento` through the network's SOCKS port, with `server` as `--server`.
 fn bento(server: &str, args: &[&str]) -> Output {
@@ -26,50 +24,9 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// A box of its own on the network (so the test may stop it), published as
-/// an onion service by a relay's tor; returns it with its onion address
-/// once that is reachable through Tor.
-fn onion_test_box(policy: Option<&str>) -> (TestBox, String) {
-    let control = control_port();
-    let bx = match policy {
-        Some(policy) => TestBox::with_policy(policy, &["--tor-control", &control]),
-        None => TestBox::start(&["--tor-control", &control]),
-    };
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let onion = runtime.block_on(async {
-        let status = bx.connect().await.status().await.unwrap();
-        let onion = status["onion"]
-            .as_str()
-            .expect("an onion address")
-            .to_owned();
-        let target = Target {
-            server: onion.clone(),
-            socks: Some(net().socks.clone()),
-        };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while let Err(e) = Connection::connect(&target).await {
-            assert!(
-                Instant::now() < deadline,
-                "{onion} never became reachable: {e}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        onion
-    });
-    (bx, onion)
-}
-
 /// Bytes that no two shards share by accident.
 fn sample_file(dir: &Path, len: usize) -> (std::path::PathBuf, Vec<u8>) {
-    let mut state = 0x2545_f491_u32;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state as u8
-        })
-        .collect();
+    let data = crate::browser::noise(len, 0x2545_f491);
     let path = dir.join("file.bin");
     std::fs::write(&path, &data).unwrap();
     (path, data)
@@ -95,6 +52,7 @@ fn get(recovery: &Path, out: &Path) -> Output {
 
 #[test]
 fn a_file_comes_back_from_any_k_of_its_n_shards_and_fewer_say_how_many_are_needed() {
+    let _turn = crate::tor::one_at_a_time();
     let mut boxes: Vec<Option<(TestBox, String)>> =
         (0..4).map(|_| Some(onion_test_box(None))).collect();
     let addresses: Vec<String> = boxes.iter().flatten().map(|(_, a)| a.clone()).collect();
@@ -175,6 +133,7 @@ fn a_file_comes_back_from_any_k_of_its_n_shards_and_fewer_say_how_many_are_neede
 
 #[test]
 fn shards_go_to_spare_boxes_when_a_box_refuses_and_a_bad_shard_is_replaced() {
+    let _turn = crate::tor::one_at_a_time();
     let refusing_policy = bento_policy::DEFAULT_POLICY_TOML.replacen("\"storage\", ", "", 1);
     assert_ne!(refusing_policy, bento_policy::DEFAULT_POLICY_TOML);
     let (_refusing, refusing) = onion_test_box(Some(&refusing_policy));

@@ -12,7 +12,7 @@ use bento_protocol::ErrorCode;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{BENTO, runtime};
+use crate::harness::{BENTO, TestBox, runtime};
 
 /// The running network, as `bento testnet status --json` reports it.
 pub(crate) struct Net {
@@ -483,4 +483,58 @@ async fn a_function_stores_invokes_and_talks_to_functions_on_another_box() {
             ]
         ])
     );
+}
+
+/// The tests that drive the private network hard (boxes of their own, load,
+/// many circuits) take turns: on two cores, several at once make tor's
+/// circuits time out.
+pub(crate) fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A box of its own on the network (so a test may stop it), with `policy`
+/// (TOML; the default policy if `None`), published as an onion service by
+/// a relay's tor; returned with its onion address once a Bento client
+/// reaches it through Tor.
+pub(crate) async fn onion_test_box_async(policy: Option<&str>) -> (TestBox, String) {
+    let control = control_port();
+    let bx = match policy {
+        Some(policy) => TestBox::with_policy(policy, &["--tor-control", &control]),
+        None => TestBox::start(&["--tor-control", &control]),
+    };
+    let status = bx.connect().await.status().await.unwrap();
+    let onion = status["onion"]
+        .as_str()
+        .expect("an onion address")
+        .to_owned();
+    let target = Target {
+        server: onion.clone(),
+        socks: Some(net().socks.clone()),
+    };
+    // A fresh descriptor is not always found at once, and on a busy network
+    // a circuit sometimes hangs: each try is bounded.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let tried = tokio::time::timeout(Duration::from_secs(30), async {
+            Connection::connect(&target).await?.status().await
+        })
+        .await;
+        match tried {
+            Ok(Ok(_)) => return (bx, onion),
+            Ok(Err(e)) => eprintln!("{onion} not reachable yet: {e}"),
+            Err(_) => eprintln!("{onion} not reachable yet: no answer in 30 s"),
+        }
+        assert!(Instant::now() < deadline, "{onion} never became reachable");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// [`onion_test_box_async`] for tests without a runtime of their own.
+pub(crate) fn onion_test_box(policy: Option<&str>) -> (TestBox, String) {
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(onion_test_box_async(policy))
 }

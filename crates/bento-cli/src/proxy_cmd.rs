@@ -81,17 +81,17 @@ pub struct ProxyArgs {
     pub listen: SocketAddr,
     /// Most bytes the box's cache holds (bodies and headers; at most 48MiB,
     /// so that it fits the function's memory): 32MiB, 500kB, …
-    #[arg(long, value_name = "SIZE", default_value = "32MiB", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "32MiB", value_parser = crate::browse_cmd::parse_size)]
     pub cache_size: u64,
     /// Most responses the cache holds.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub max_entries: u32,
     /// Largest response that is cached (larger ones are relayed, not kept).
-    #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = crate::browse_cmd::parse_size)]
     pub max_object: u64,
     /// Largest response that is relayed at all (at most 16MiB, the box's
     /// own limit); a larger one is answered 502.
-    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = crate::browse_cmd::parse_size)]
     pub max_response: u64,
     /// How long each instance serves before a new one replaces it (at most
     /// 270 s: the function's wall-clock limit is 300 s, and requests under
@@ -110,34 +110,6 @@ pub struct ProxyArgs {
     /// the function's own lines on stderr.
     #[arg(long, short)]
     pub verbose: bool,
-}
-
-/// A size: a whole number with an optional unit (B, kB/KB/K = 1000,
-/// KiB = 1024, MB/M, MiB).
-fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size (e.g. 32MiB, 500kB, 65536)"))?;
-    let factor: u64 = match unit.trim() {
-        "" | "B" | "b" => 1,
-        "k" | "K" | "kB" | "KB" => 1000,
-        "Ki" | "KiB" | "kiB" => 1024,
-        "M" | "MB" => 1000 * 1000,
-        "Mi" | "MiB" => 1024 * 1024,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?} (use B, kB, KiB, MB, MiB)"
-            ));
-        }
-    };
-    number
-        .checked_mul(factor)
-        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// The manifest for what the box grants: without `http` (and its

@@ -1121,10 +1121,15 @@ fn write_configs(
         let mut t = String::new();
         t.push_str("TestingTorNetwork 1\n");
         t.push_str(&dir_lines);
+        // Fixed circuit-build timeouts on every tor, not only the client:
+        // relays build the circuits of their boxes' onion services, and on
+        // two busy cores tor's learned timeouts become short enough that
+        // it abandons circuits that would have worked.
         t.push_str(&format!(
             "DataDirectory {d}\nNickname {}\nRunAsDaemon 0\nLog notice file {d}/notice.log\n\
              SafeLogging 0\nLogTimeGranularity 1\nShutdownWaitLength 0\n\
              ControlPort 127.0.0.1:{}\nCookieAuthentication 1\nPathsNeededToBuildCircuits 0.67\n\
+             LearnCircuitBuildTimeout 0\n\
              GeoIPFile {e}\nGeoIPv6File {e}\n__OwningControllerProcess {}\n",
             p.nickname,
             p.control_port,
@@ -1169,7 +1174,7 @@ fn write_configs(
                  OutboundBindAddressExit 127.0.0.1\nRefuseUnknownExits 0\n",
             ),
             NodeRole::Client => t.push_str(&format!(
-                "SocksPort 127.0.0.1:{}\nLearnCircuitBuildTimeout 0\n",
+                "SocksPort 127.0.0.1:{}\n",
                 p.socks_port.unwrap_or(0)
             )),
         }
