@@ -6,7 +6,8 @@ order, it takes the next box from its list, stores the Dropbox function
 there over Tor (api.bento_box), starts it, gives it the shard and detaches:
 the Dropbox keeps the shard encrypted until it expires or has been picked up
 as often as allowed. A box that refuses or cannot be reached is skipped and
-the next one is tried, so extra boxes in the list are spares.
+the next one is tried (after a second try if Tor could not reach it), so
+extra boxes in the list are spares.
 
 Input: a JSON header message
     {"boxes": ["xyz.onion:7878", ...], "sizes": [bytes of each shard],
@@ -23,6 +24,9 @@ import json
 
 # Waiting for a Dropbox on another box to confirm its shard.
 CONFIRM_TIMEOUT = 120
+# Tries per box when Tor cannot reach it, and the pause between them.
+TOR_TRIES = 2
+RETRY_AFTER = 2
 
 
 def read_shard(size, pending):
@@ -58,6 +62,19 @@ def leave(address, shard, dropbox, dropbox_args):
     return session, service
 
 
+def leave_retrying(address, shard, dropbox, dropbox_args):
+    """leave(), tried again once when Tor could not reach the box: a circuit
+    dropped or an onion descriptor not found yet is often gone a moment
+    later. A box that answered with an error is not asked again."""
+    for attempt in range(TOR_TRIES):
+        try:
+            return leave(address, shard, dropbox, dropbox_args)
+        except api.BoxIOError:
+            if attempt + 1 == TOR_TRIES:
+                raise
+            api.sleep(RETRY_AFTER)
+
+
 def report(**fields):
     api.send(json.dumps(fields) + "\n")
 
@@ -72,7 +89,7 @@ def main():
         while boxes:
             address = boxes.pop(0)
             try:
-                session, service = leave(address, shard, header["dropbox"], header["dropbox_args"])
+                session, service = leave_retrying(address, shard, header["dropbox"], header["dropbox_args"])
             except (api.BentoError, OSError, ValueError) as e:
                 # OSError covers TimeoutError and Tor failures (BoxIOError).
                 report(shard=index, box=address, error="%s: %s" % (type(e).__name__, e))
