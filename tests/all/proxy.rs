@@ -620,6 +620,28 @@ fn bad_requests_refused_destinations_oversized_responses_and_connect_get_clear_e
     );
 }
 
+/// The local site on `port` as an onion site on port 80 (ADD_ONION on a
+/// relay of the network), once its descriptor is uploaded; it lives as
+/// long as the returned control connection.
+async fn publish_onion_site(port: u16) -> (bento_tor::TorControl, bento_tor::OnionService) {
+    let mut control = bento_tor::TorControl::connect(&control_port())
+        .await
+        .unwrap();
+    let service = control
+        .add_onion(
+            &bento_tor::OnionKey::New,
+            &[(80, format!("127.0.0.1:{port}").parse().unwrap())],
+            &["DiscardPK"],
+        )
+        .await
+        .unwrap();
+    control
+        .wait_for_descriptor_upload(&service.service_id, Duration::from_secs(90))
+        .await
+        .unwrap();
+    (control, service)
+}
+
 #[test]
 fn an_onion_site_through_a_proxy_on_a_default_policy_box_is_fetched_once_then_served_from_cache() {
     let _turn = crate::tor::one_at_a_time();
@@ -629,24 +651,7 @@ fn an_onion_site_through_a_proxy_on_a_default_policy_box_is_fetched_once_then_se
     let page = noise(40_000, 5);
     site.put("/onion-page", page.clone());
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (mut control, service) = runtime.block_on(async {
-        let mut control = bento_tor::TorControl::connect(&control_port())
-            .await
-            .unwrap();
-        let service = control
-            .add_onion(
-                &bento_tor::OnionKey::New,
-                &[(80, format!("127.0.0.1:{}", site.port).parse().unwrap())],
-                &["DiscardPK"],
-            )
-            .await
-            .unwrap();
-        control
-            .wait_for_descriptor_upload(&service.service_id, Duration::from_secs(90))
-            .await
-            .unwrap();
-        (control, service)
-    });
+    let (mut control, service) = runtime.block_on(publish_onion_site(site.port));
     let server = net().boxes[0].clone();
     let proxy = Proxy::start(&server, &[]);
     assert!(
@@ -905,24 +910,7 @@ fn latency_of_hits_and_misses_through_tor() {
     }
     // The same pages as an onion site, through a default-policy box.
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (_control, service) = runtime.block_on(async {
-        let mut control = bento_tor::TorControl::connect(&control_port())
-            .await
-            .unwrap();
-        let service = control
-            .add_onion(
-                &bento_tor::OnionKey::New,
-                &[(80, format!("127.0.0.1:{}", site.port).parse().unwrap())],
-                &["DiscardPK"],
-            )
-            .await
-            .unwrap();
-        control
-            .wait_for_descriptor_upload(&service.service_id, Duration::from_secs(90))
-            .await
-            .unwrap();
-        (control, service)
-    });
+    let (_control, service) = runtime.block_on(publish_onion_site(site.port));
     let proxy = Proxy::start(&net().boxes[0], &[]);
     let host = service.onion_address();
     // Wait until the onion site is reachable (not measured).

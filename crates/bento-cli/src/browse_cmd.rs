@@ -346,18 +346,7 @@ fn remote_failure(error: &ClientError) -> (u8, String) {
             code: ErrorCode::FunctionException,
             message,
         } => {
-            // The traceback's last line is the function's error.
-            let last = message
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or(message.as_str())
-                .trim();
-            // `__bento__.BrowseError: …`: the function's own error, as is.
-            let last = ["BrowseError: ", "CoverError: "]
-                .iter()
-                .find_map(|p| last.split_once(p).map(|(_, message)| message))
-                .unwrap_or(last);
+            let last = crate::cover_cmd::function_error(message);
             (EXIT_FUNCTION, format!("the box could not browse: {last}"))
         }
         ClientError::Remote { code, message } => {

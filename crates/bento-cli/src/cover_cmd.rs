@@ -520,6 +520,22 @@ pub(crate) async fn run_flow(target: &Target, flow: &Flow<'_>) -> Result<FlowRep
     })
 }
 
+/// The error a failed Browser or Cover function raised: the traceback's
+/// last line, without the `__bento__.BrowseError: ` / `CoverError: `
+/// prefix of the functions' own errors (other exceptions keep their name).
+pub(crate) fn function_error(traceback: &str) -> &str {
+    let last = traceback
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(traceback)
+        .trim();
+    ["CoverError: ", "BrowseError: "]
+        .iter()
+        .find_map(|p| last.split_once(p).map(|(_, message)| message))
+        .unwrap_or(last)
+}
+
 /// The function's own error (`CoverError: …`), or the box's, with the
 /// exit code for it.
 pub(crate) fn describe_failure(error: &ClientError) -> (u8, String) {
@@ -527,19 +543,7 @@ pub(crate) fn describe_failure(error: &ClientError) -> (u8, String) {
         ClientError::Remote {
             code: ErrorCode::FunctionException,
             message,
-        } => {
-            let last = message
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or(message.as_str())
-                .trim();
-            let last = ["CoverError: ", "BrowseError: "]
-                .iter()
-                .find_map(|p| last.split_once(p).map(|(_, m)| m))
-                .unwrap_or(last);
-            (EXIT_FUNCTION, last.to_owned())
-        }
+        } => (EXIT_FUNCTION, function_error(message).to_owned()),
         ClientError::Remote {
             code: ErrorCode::ManifestRejected,
             message,
