@@ -363,9 +363,14 @@ def _wait(streams, timeout=None, accept=False):
     return ready
 
 
-def _tor_connect(host, port):
-    """tor_connect: a stream to host:port over Tor (names resolved by the exit; .onion works)."""
-    return Stream(_host(capabilities.tor_connect, str(host), int(port)))
+def _tor_connect(host, port, timeout=None):
+    """tor_connect: a stream to host:port over Tor (names resolved by the exit; .onion works).
+
+    TimeoutError if Tor has not connected within `timeout` seconds (at most
+    120, the default).
+    """
+    return Stream(_host(capabilities.tor_connect, str(host), int(port),
+                        None if timeout is None else float(timeout)))
 
 
 def _onion_service(port, key=None):
@@ -516,7 +521,7 @@ class RemoteBox:
         self._port = int(port)
 
     def _open(self):
-        frames = _Frames(_tor_connect(self._host, self._port))
+        frames = _Frames(_tor_connect(self._host, self._port, self.timeout))
         try:
             frames.write(_HELLO, b"BENTO" + struct.pack(">HH", 1, 1))
             frame_type, payload = frames.read(self.timeout)

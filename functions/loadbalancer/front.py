@@ -15,8 +15,10 @@ refuses a replica is not asked again.
 
 Without threads, one loop does everything: api.wait() sleeps (no CPU) until
 a stream has data or a client connects, or a tick passes. Starting or
-stopping a replica talks to its box over Tor in between, which pauses
-forwarding for the length of those round trips.
+stopping a replica talks to its box over Tor in between, and opening a
+stream to a replica waits for Tor: both pause forwarding for their length,
+so each is bounded (a dead replica's onion service can keep Tor trying for
+minutes).
 
 Session input: a JSON header message
     {"boxes": ["xyz.onion:7878", ...], "size": bytes of content,
@@ -46,6 +48,10 @@ TICK = 0.25
 # Waiting for another box's replies, and for a replica to publish.
 REMOTE_TIMEOUT = 60
 START_TIMEOUT = 90
+# Opening a stream to a serving replica (its circuit is usually built
+# already), and reaching a new one the first time (a descriptor lookup).
+CONNECT_TIMEOUT = 10
+FIRST_CONNECT_TIMEOUT = 30
 STATUS_EVERY = 2.0
 # How often one stream is tried on another replica after its replica failed.
 RETRIES = 2
@@ -231,7 +237,7 @@ class Front:
             if replica.onion is not None and now >= replica.avoid_until:
                 # Reaching it once proves the address works and builds the
                 # circuit every later stream to it shares.
-                api.tor_connect(replica.onion, 80).close()
+                api.tor_connect(replica.onion, 80, timeout=FIRST_CONNECT_TIMEOUT).close()
                 self.starting = None
                 replica.avoid_until = 0.0
                 self.replicas.append(replica)
@@ -292,7 +298,9 @@ class Front:
         if replica in self.replicas:
             self.replicas.remove(replica)
             self.report("replica_lost", box=replica.box, error=describe(error))
-            self.stop_quietly(replica.remote, replica.session)
+            # Its box is most likely out of reach too: one short try, as
+            # the streams of the other replicas wait meanwhile.
+            self.stop_quietly(api.bento_box(replica.box, timeout=CONNECT_TIMEOUT), replica.session)
 
     @staticmethod
     def stop_quietly(remote, session):
@@ -330,7 +338,7 @@ class Front:
                 return False
             replica = min(usable, key=lambda r: (r.streams, r.used))
             try:
-                upstream = api.tor_connect(replica.onion, 80)
+                upstream = api.tor_connect(replica.onion, 80, timeout=CONNECT_TIMEOUT)
                 if pair.request:
                     upstream.send(pair.request)
             except api.ChannelLimit:

@@ -110,6 +110,24 @@ async fn read_to_end(
     (out, result)
 }
 
+/// Stores `source` (under `manifest`, the default one if `None`), runs
+/// its `main` once and returns its whole output and how it ended.
+async fn run_once(
+    target: &Target,
+    name: &str,
+    source: &str,
+    manifest: Option<&str>,
+) -> (Vec<u8>, Result<(), ClientError>) {
+    let mut conn = connect(target).await;
+    let (_, token) = match manifest {
+        Some(manifest) => conn.store_with_manifest(name, source, manifest).await,
+        None => conn.store(name, source).await,
+    }
+    .unwrap();
+    let session = conn.invoke(&token, "main", "[]").await.unwrap();
+    read_to_end(target, &session).await
+}
+
 /// A function that publishes an onion service on port 80 and echoes (in
 /// upper case) on every stream to it.
 const ONION_ECHO: &str = r#"
@@ -271,32 +289,16 @@ async fn a_functions_onion_service_is_reachable_while_it_runs_and_gone_after_kil
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tor_streams_never_go_to_private_addresses_and_need_the_capability() {
     let target = onion_box(0);
-    let mut conn = connect(&target).await;
     let probe = "def main():\n    for host in ['127.0.0.1', 'localhost', '10.0.0.1', '::1']:\n        try:\n            api.tor_connect(host, 9051)\n            api.send('reached %s\\n' % host)\n        except api.DestinationRefused:\n            api.send('refused %s\\n' % host)\n";
-    let (_, token) = conn
-        .store_with_manifest(
-            "probe.py",
-            probe,
-            "version = 1\ncapabilities = [\"tor_connect\"]\n",
-        )
-        .await
-        .unwrap();
-    let session = conn.invoke(&token, "main", "[]").await.unwrap();
-    let (out, result) = read_to_end(&target, &session).await;
+    let manifest = "version = 1\ncapabilities = [\"tor_connect\"]\n";
+    let (out, result) = run_once(&target, "probe.py", probe, Some(manifest)).await;
     result.unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out),
         "refused 127.0.0.1\nrefused localhost\nrefused 10.0.0.1\nrefused ::1\n"
     );
-    let (_, token) = conn
-        .store(
-            "plain.py",
-            "def main():\n    api.tor_connect('example.com', 80)\n",
-        )
-        .await
-        .unwrap();
-    let session = conn.invoke(&token, "main", "[]").await.unwrap();
-    let (_, result) = read_to_end(&target, &session).await;
+    let plain = "def main():\n    api.tor_connect('example.com', 80)\n";
+    let (_, result) = run_once(&target, "plain.py", plain, None).await;
     let Err(ClientError::Remote { code, message }) = result else {
         panic!("expected a failure, got {result:?}")
     };
@@ -305,6 +307,38 @@ async fn tor_streams_never_go_to_private_addresses_and_need_the_capability() {
         message.contains("needs the `tor_connect` capability"),
         "{message}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tor_connect_tor_never_answers_ends_at_its_timeout_and_the_next_user_is_served() {
+    // A SocksPort that takes connections and never says a word: what a
+    // function sees while tor keeps trying an onion service whose host has
+    // gone, which the real network cannot be made to do on demand.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let socks = silent.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let bx = TestBox::start(&["--tor-control", &control_port(), "--tor-socks", &socks]);
+    let target = bx.target();
+    let source = "def main():\n    for bad in (-1, float('inf')):\n        try:\n            api.tor_connect('example.com', 80, timeout=bad)\n        except ValueError as e:\n            api.send('invalid %s: %s\\n' % (bad, e))\n    try:\n        api.tor_connect('example.com', 80, timeout=0.5)\n    except TimeoutError as e:\n        api.send('timeout: %s\\n' % e)\n    api.send('still running')\n";
+    let manifest = "version = 1\ncapabilities = [\"tor_connect\"]\n[limits]\nwall_ms = 60000\n";
+    let (out, result) = run_once(&target, "patient.py", source, Some(manifest)).await;
+    result.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "invalid -1: a timeout must be a finite, non-negative number of seconds\n\
+         invalid inf: a timeout must be a finite, non-negative number of seconds\n\
+         timeout: Tor did not connect to example.com:80 in time\n\
+         still running"
+    );
+    let next = "def main():\n    api.send('next user')\n";
+    let (out, result) = run_once(&target, "next.py", next, None).await;
+    result.unwrap();
+    assert_eq!(out, b"next user");
 }
 
 /// A ControlPort of the network (a relay's), for boxes started by tests.
@@ -371,18 +405,9 @@ async fn a_boxs_onion_address_survives_a_restart_and_shows_in_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_cannot_create_more_onion_services_than_granted() {
     let target = onion_box(0);
-    let mut conn = connect(&target).await;
     let source = "def main():\n    api.send(api.onion_service(80) + '\\n')\n    try:\n        api.onion_service(81)\n    except api.ChannelLimit as e:\n        api.send('limit: %s' % e)\n";
-    let (_, token) = conn
-        .store_with_manifest(
-            "two.py",
-            source,
-            "version = 1\ncapabilities = [\"onion_service\"]\n[limits]\nonion_services = 1\nwall_ms = 120000\n",
-        )
-        .await
-        .unwrap();
-    let session = conn.invoke(&token, "main", "[]").await.unwrap();
-    let (out, result) = read_to_end(&target, &session).await;
+    let manifest = "version = 1\ncapabilities = [\"onion_service\"]\n[limits]\nonion_services = 1\nwall_ms = 120000\n";
+    let (out, result) = run_once(&target, "two.py", source, Some(manifest)).await;
     result.unwrap();
     let out = String::from_utf8_lossy(&out);
     assert!(out.lines().next().unwrap().ends_with(".onion"), "{out}");

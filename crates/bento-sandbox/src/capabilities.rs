@@ -167,8 +167,10 @@ impl Capabilities {
         io: &SessionIo,
         host: &str,
         port: u16,
+        timeout: Option<f64>,
     ) -> Result<u32, String> {
         self.require(Capability::TorConnect)?;
+        let until = until(timeout)?;
         let socks = self
             .grant
             .tor_socks
@@ -178,7 +180,7 @@ impl Capabilities {
         }
         // Set whenever `tor_connect` is granted, which `require` checked.
         let isolation = self.tor_isolation.as_deref().unwrap_or_default();
-        match crate::tor_stream::tor_connect(socks, isolation, host, port, io.deadline()) {
+        match crate::tor_stream::tor_connect(socks, isolation, host, port, until, io.deadline()) {
             Ok(stream) => Ok(self.add_stream(Stream::Tcp(stream))),
             Err(e) => {
                 io.channel_released();

@@ -149,8 +149,15 @@ impl bento::runtime::capabilities::Host for InstanceState {
         Ok(())
     }
 
-    fn tor_connect(&mut self, host: String, port: u16) -> wasmtime::Result<Result<u32, String>> {
-        let result = self.capabilities.tor_connect(&self.io, &host, port);
+    fn tor_connect(
+        &mut self,
+        host: String,
+        port: u16,
+        timeout: Option<f64>,
+    ) -> wasmtime::Result<Result<u32, String>> {
+        let result = self
+            .capabilities
+            .tor_connect(&self.io, &host, port, timeout);
         self.stop_check(result)
     }
 

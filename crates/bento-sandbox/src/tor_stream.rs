@@ -12,15 +12,20 @@ use std::time::{Duration, Instant};
 use bento_policy::is_private_or_local;
 
 /// Longest a SOCKS handshake with the local tor may take (circuit building
-/// and, for onion services, descriptor lookup happen inside it).
+/// and, for onion services, descriptor lookup happen inside it) unless the
+/// function asks for less.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Why a Tor stream could not be opened, as `"kind: message"` for Python.
+/// A stream to `host:port` through tor's SocksPort `socks`, opened by
+/// `until` (the function's own timeout, if it gave one) and by `deadline`
+/// (its instance's wall-clock limit); on failure, why, as
+/// `"kind: message"` for Python.
 pub(crate) fn tor_connect(
     socks: SocketAddr,
     isolation: &str,
     host: &str,
     port: u16,
+    until: Option<Instant>,
     deadline: Instant,
 ) -> Result<TcpStream, String> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -40,8 +45,30 @@ pub(crate) fn tor_connect(
     if remaining.is_zero() {
         return Err("timeout: the instance's wall-clock limit has passed".into());
     }
-    let timeout = remaining.min(HANDSHAKE_TIMEOUT);
-    let io = |e: std::io::Error| format!("io: the box's tor SocksPort failed: {e}");
+    // A function that cannot afford to block long (one loop serving many
+    // streams) bounds the wait itself; an elapsed timeout of its own is
+    // reported like tor's slowness, as "timeout".
+    let asked = until.map_or(HANDSHAKE_TIMEOUT, |u| {
+        u.saturating_duration_since(Instant::now())
+    });
+    let timeout = remaining.min(HANDSHAKE_TIMEOUT).min(asked);
+    if timeout.is_zero() {
+        return Err(format!(
+            "timeout: Tor did not connect to {host}:{port} in time"
+        ));
+    }
+    // The timeouts set below bound every step, so a tor that goes quiet
+    // at any point is reported as slow, not as broken.
+    let io = |e: std::io::Error| {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            format!("timeout: Tor did not connect to {host}:{port} in time")
+        } else {
+            format!("io: the box's tor SocksPort failed: {e}")
+        }
+    };
     let mut stream = TcpStream::connect_timeout(&socks, timeout.min(Duration::from_secs(5)))
         .map_err(|e| format!("io: cannot reach the box's tor SocksPort: {e}"))?;
     stream.set_nodelay(true).map_err(io)?;
@@ -84,16 +111,7 @@ pub(crate) fn tor_connect(
     request.extend_from_slice(&port.to_be_bytes());
     stream.write_all(&request).map_err(io)?;
     let mut head = [0u8; 4];
-    stream.read_exact(&mut head).map_err(|e| {
-        if matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ) {
-            format!("timeout: Tor did not connect to {host}:{port} in time")
-        } else {
-            io(e)
-        }
-    })?;
+    stream.read_exact(&mut head).map_err(io)?;
     if head[1] != 0 {
         return Err(format!(
             "io: Tor could not connect to {host}:{port}: {}",
