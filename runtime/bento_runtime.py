@@ -51,7 +51,7 @@ import string  # noqa: F401
 import struct  # noqa: F401
 import sys
 import textwrap  # noqa: F401
-import time  # noqa: F401
+import time
 import traceback
 import typing  # noqa: F401
 import unicodedata  # noqa: F401
@@ -68,6 +68,22 @@ _STDOUT = 1
 # Set once the function has raised, before its frames (and streams) are
 # released; see Stream.__del__.
 _FAILING = [False]
+
+# The sandbox has no CPU clock of its own: wasi-libc would count
+# process_time from when this runtime was snapshotted at build time (it came
+# out negative). The box reports the instance's own CPU time instead, the
+# clock its CPU limit counts; an instance runs on one thread, so the two
+# Python clocks agree.
+def _cpu_time():
+    return capabilities.cpu_time()
+
+
+def _cpu_time_ns():
+    return int(capabilities.cpu_time() * 1e9)
+
+
+time.process_time = time.thread_time = _cpu_time
+time.process_time_ns = time.thread_time_ns = _cpu_time_ns
 
 # Larger stream sends are split so the box never stages more than this.
 _SEND_CHUNK = 1024 * 1024
@@ -342,22 +358,42 @@ class _NewChannel:
 NEW_CHANNEL = _NewChannel()
 
 
+def _wait_target(item):
+    """The Stream under `item`, and whether `item` can be read at once from
+    what it has buffered already."""
+    if isinstance(item, Stream):
+        stream, buffered = item, False
+    elif isinstance(item, (RemoteSession, RemoteChannel)):
+        stream, buffered = item._frames._stream, item._readable()
+    else:
+        raise TypeError("wait() takes streams (api.connect/accept/tor_connect) and remote sessions "
+                        f"and channels (api.bento_box), not {type(item).__name__}")
+    if stream._closed:
+        raise StreamClosed("wait() on a closed stream")
+    return stream, buffered
+
+
 def _wait(streams, timeout=None, accept=False):
     """Block until one of `streams` can be read without blocking (data or its
     end is there) or, with `accept=True`, a new channel waits for
     api.accept(); returns those streams (and api.NEW_CHANNEL), in the order
     given. An empty list when `timeout` seconds pass first.
+
+    Remote sessions and channels (api.bento_box) may be waited on too: they
+    are ready when bytes or the end of their Tor stream arrived, or a whole
+    message is buffered; a recv(timeout=0) then raises TimeoutError if only
+    part of a message is there so far.
     """
-    streams = list(streams)
-    for stream in streams:
-        if not isinstance(stream, Stream):
-            raise TypeError(f"wait() takes streams from api.connect/accept/tor_connect, not {type(stream).__name__}")
-        if stream._closed:
-            raise StreamClosed("wait() on a closed stream")
-    _stage(struct.pack(">%dI" % len(streams), *(s._id for s in streams)))
-    count, can_accept = _host(capabilities.wait, None if timeout is None else float(timeout), bool(accept))
+    items = list(streams)
+    targets = [_wait_target(item) for item in items]
+    if timeout is not None:
+        timeout = float(timeout)
+    if any(buffered for _, buffered in targets):
+        timeout = 0.0  # something is ready already: only look at the rest
+    _stage(struct.pack(">%dI" % len(targets), *(stream._id for stream, _ in targets)))
+    count, can_accept = _host(capabilities.wait, timeout, bool(accept))
     ready_ids = set(struct.unpack(">%dI" % count, _read_exact(4 * count))) if count else set()
-    ready = [s for s in streams if s._id in ready_ids]
+    ready = [item for item, (stream, buffered) in zip(items, targets) if buffered or stream._id in ready_ids]
     if can_accept:
         ready.append(NEW_CHANNEL)
     return ready
@@ -492,6 +528,13 @@ class _Frames:
         payload = bytes(self._buffer[5:4 + length])
         del self._buffer[:4 + length]
         return frame_type, payload
+
+    def has_frame(self):
+        """Whether a whole frame has arrived already (read() won't block)."""
+        if len(self._buffer) < 4:
+            return False
+        (length,) = struct.unpack_from(">I", self._buffer)
+        return len(self._buffer) >= 4 + length
 
     def close(self):
         self._stream.close()
@@ -645,6 +688,9 @@ class RemoteSession:
                 return b"".join(parts)
             parts.append(data)
 
+    def _readable(self):
+        return self._done or self._frames.has_frame()
+
     def detach(self):
         """Leave the session running; returns once the box recorded our acks."""
         if not self._done:
@@ -696,6 +742,9 @@ class RemoteChannel:
                 raise _remote_failure(frame_type, payload, "Output or End")
         data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
         return data
+
+    def _readable(self):
+        return bool(self._pending) or self._ended or self._frames.has_frame()
 
     def close(self):
         self._frames.close()

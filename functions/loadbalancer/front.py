@@ -13,6 +13,10 @@ one with a stream in progress, never the last). A replica that cannot be
 reached is dropped and its waiting streams go to another; a box that
 refuses a replica is not asked again.
 
+The front stays attached to each replica's session on its box (one channel
+each): when the box goes away or the replica ends, that stream ends, and
+the front drops the replica at once, streams or no streams.
+
 Without threads, one loop does everything: api.wait() sleeps (no CPU) until
 a stream has data or a client connects, or a tick passes. Starting or
 stopping a replica talks to its box over Tor in between, and opening a
@@ -76,6 +80,8 @@ class Replica:
                  "used", "failures", "avoid_until")
 
     def __init__(self, box, remote, session, attached, now):
+        # `attached`: the replica's session, attached from its first line
+        # on; its end is the replica's (or its box's).
         self.box, self.remote, self.session, self.attached = box, remote, session, attached
         self.onion, self.streams, self.line, self.since, self.used = None, 0, b"", now, 0
         self.failures, self.avoid_until = 0, 0.0
@@ -267,11 +273,6 @@ class Front:
         replica.line += data
         if b"\n" in replica.line:
             replica.onion = replica.line.split(b"\n")[0].decode()
-            try:
-                replica.attached.detach()
-            except (api.BentoError, OSError):
-                replica.attached.close()
-            replica.attached = None
 
     def abandon_start(self, error):
         replica, self.starting = self.starting, None
@@ -284,7 +285,8 @@ class Front:
         """Tell an idle replica to stop and wait until it has (kill it if that fails)."""
         self.replicas.remove(replica)
         try:
-            with replica.remote.attach(replica.session) as session:
+            with replica.attached or replica.remote.attach(replica.session) as session:
+                replica.attached = None
                 session.send(b"stop")
                 session.read_all(timeout=REMOTE_TIMEOUT)
         except (api.BentoError, OSError):
@@ -297,10 +299,39 @@ class Front:
         """A replica that cannot be reached: drop it, and its box."""
         if replica in self.replicas:
             self.replicas.remove(replica)
+            if replica.attached is not None:
+                replica.attached.close()
+                replica.attached = None
             self.report("replica_lost", box=replica.box, error=describe(error))
             # Its box is most likely out of reach too: one short try, as
             # the streams of the other replicas wait meanwhile.
             self.stop_quietly(api.bento_box(replica.box, timeout=CONNECT_TIMEOUT), replica.session)
+
+    def session_news(self, replica):
+        """The replica's session has something: its end, its box's, or output."""
+        try:
+            data = replica.attached.recv(timeout=0)
+        except TimeoutError:
+            return  # part of a message so far
+        except api.StreamClosed as e:
+            # The stream to its box ended: the box went away, or Tor lost
+            # the circuit while the box is fine. Attaching again tells.
+            return self.reattach(replica, e)
+        except (api.BentoError, OSError) as e:
+            return self.lose(replica, e)  # the replica failed
+        if not data:
+            self.lose(replica, LoadBalancerError("the replica's session ended"))
+        # Any other output (the replica sends none after its address) is
+        # acknowledged and dropped.
+
+    def reattach(self, replica, error):
+        replica.attached.close()
+        replica.attached = None
+        try:
+            replica.attached = api.bento_box(replica.box, timeout=CONNECT_TIMEOUT).attach(replica.session)
+        except (api.BentoError, OSError) as e:
+            self.lose(replica, LoadBalancerError("%s, and attaching again failed: %s"
+                                                 % (describe(error), describe(e))))
 
     @staticmethod
     def stop_quietly(remote, session):
@@ -469,9 +500,16 @@ class Front:
             # what it sends goes straight through.
             watched = [p.client for p in self.pairs if p.upstream is not None and not p.client_done]
             watched += [p.upstream for p in self.pairs if p.upstream is not None]
+            sessions = {id(r.attached): r for r in self.replicas if r.attached is not None}
+            watched += [r.attached for r in sessions.values()]
             for ready in api.wait(watched, timeout=TICK, accept=True):
                 if ready is api.NEW_CHANNEL:
                     self.accept()
+                    continue
+                replica = sessions.get(id(ready))
+                if replica is not None:
+                    if replica.attached is ready:  # (not lost or retired meanwhile)
+                        self.session_news(replica)
                     continue
                 pair = self.owner(ready)
                 if pair is None:

@@ -24,6 +24,19 @@ async fn an_infinite_loop_is_stopped_by_the_cpu_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_time_counts_the_clock_the_cpu_limit_counts_and_not_sleep() {
+    let bx = TestBox::start(&["--cpu-ms", "500"]);
+    // Reaching 0.3 s before the 0.5 s limit stops it shows both count the
+    // same CPU time; a sleep costs none; the function then runs into the
+    // limit while it reads the clock.
+    let source = "import time\ndef main():\n    start = time.process_time()\n    while time.process_time() < 0.3:\n        pass\n    busy = time.process_time()\n    t = time.monotonic()\n    time.sleep(0.6)\n    slept = time.monotonic() - t\n    idle = time.process_time() - busy\n    api.send('%s %s %s %s' % (start >= 0, busy >= 0.3, idle < slept / 2, time.thread_time_ns() >= 3 * 10 ** 8))\n    while True:\n        time.process_time()\n";
+    let (output, result) = bx.run(source, "[]").await;
+    assert_eq!(String::from_utf8_lossy(&output), "True True True True");
+    assert_eq!(code(&result), ErrorCode::LimitCpu);
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_is_stopped_by_the_memory_limit_and_cannot_catch_it() {
     let bx = TestBox::start(&["--memory-mib", "64"]);
     let source = "def main():\n    hoard = []\n    while True:\n        try:\n            hoard.append(bytearray(1 << 20))\n        except MemoryError:\n            api.send('caught it')\n";

@@ -449,9 +449,19 @@ def main(address, source, manifest):
     first.detach()
     channel = box.connect(service)
     channel.send(b"shout")
+    # wait() takes remote channels and sessions: ready once their box
+    # answers, and once the session ends.
+    woken = [api.wait([channel], timeout=60) == [channel]]
     reply = channel.recv(timeout=60)
     channel.close()
-    rest = box.attach(session).read_all(timeout=60)
+    last = box.attach(session)
+    rest = b""
+    while True:
+        woken.append(api.wait([last], timeout=60) == [last])
+        data = last.recv(timeout=60)
+        if not data:
+            break
+        rest += data
     errors = []
     for call in (lambda: box.invoke("00" * 32), lambda: box.connect(service), lambda: box.store("def main(:", "", "bad.py")):
         try:
@@ -463,7 +473,7 @@ def main(address, source, manifest):
         api.bento_box("no-port.onion")
     except ValueError as e:
         errors.append("ValueError")
-    api.send(json.dumps([greeting.decode(), reply.decode(), rest.decode(), errors]))
+    api.send(json.dumps([greeting.decode(), reply.decode(), rest.decode(), all(woken), errors]))
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -500,6 +510,7 @@ async fn a_function_stores_invokes_and_talks_to_functions_on_another_box() {
             "hi:there",
             "SHOUT",
             ";done",
+            true,
             [
                 "unknown_invoke_token",
                 "unknown_service",

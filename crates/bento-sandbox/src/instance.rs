@@ -62,6 +62,9 @@ pub(crate) struct InstanceState {
     pub(crate) clock: InstanceClock,
     limiter: MemoryLimiter,
     capabilities: Capabilities,
+    /// The thread's CPU clock when the instance was created: CPU time is
+    /// counted from here, for the limit and for the function itself.
+    cpu_start: Duration,
 }
 
 impl WasiView for InstanceState {
@@ -102,6 +105,12 @@ impl bento::runtime::capabilities::Host for InstanceState {
 
     fn now(&mut self) -> wasmtime::Result<f64> {
         Ok(self.capabilities.now())
+    }
+
+    fn cpu_time(&mut self) -> wasmtime::Result<f64> {
+        Ok(thread_cpu_time()
+            .saturating_sub(self.cpu_start)
+            .as_secs_f64())
     }
 
     fn sleep(&mut self, seconds: f64) -> wasmtime::Result<Result<(), String>> {
@@ -305,12 +314,13 @@ impl PythonRuntime {
                 io: io.clone(),
             },
             capabilities: Capabilities::new(grant),
+            cpu_start: thread_cpu_time(),
         };
+        let cpu_start = state.cpu_start;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
 
         let cpu_budget = limits.cpu();
-        let cpu_start = thread_cpu_time();
         let deadline = io.deadline();
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |ctx| {
