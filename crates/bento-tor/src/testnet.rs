@@ -1125,11 +1125,17 @@ fn write_configs(
         // relays build the circuits of their boxes' onion services, and on
         // two busy cores tor's learned timeouts become short enough that
         // it abandons circuits that would have worked.
+        // No vanguards-lite: among seven relays a tor's few second-hop
+        // vanguards can all be excluded from a circuit (by its guard, its
+        // last hop, itself), and then every rendezvous circuit to that
+        // relay fails ("Could not find a node that matches the configured
+        // _HSLayer2Nodes set"); clients wait for their SOCKS timeout. It
+        // guards against attacks that need a large network anyway.
         t.push_str(&format!(
             "DataDirectory {d}\nNickname {}\nRunAsDaemon 0\nLog notice file {d}/notice.log\n\
              SafeLogging 0\nLogTimeGranularity 1\nShutdownWaitLength 0\n\
              ControlPort 127.0.0.1:{}\nCookieAuthentication 1\nPathsNeededToBuildCircuits 0.67\n\
-             LearnCircuitBuildTimeout 0\n\
+             LearnCircuitBuildTimeout 0\nVanguardsLiteEnabled 0\n\
              GeoIPFile {e}\nGeoIPv6File {e}\n__OwningControllerProcess {}\n",
             p.nickname,
             p.control_port,
@@ -1150,6 +1156,11 @@ fn write_configs(
             }
         }
         match p.role {
+            // Every relay is voted Stable: otherwise the flag goes by
+            // uptime relative to the others, flaps from vote to vote, and
+            // an onion service, which wants Stable introduction points,
+            // finds too few ("No available nodes when trying to choose
+            // node").
             NodeRole::Authority => t.push_str(&format!(
                 "DirPort 127.0.0.1:{}\nAuthoritativeDirectory 1\nV3AuthoritativeDirectory 1\n\
                  TestingV3AuthInitialVotingInterval {vi}\nTestingV3AuthInitialVoteDelay {vd}\n\
@@ -1158,6 +1169,7 @@ fn write_configs(
                  TestingV3AuthVotingStartOffset {offset}\nTestingDirAuthVoteExit {}\n\
                  TestingDirAuthVoteHSDir *\nTestingMinExitFlagThreshold 0\n\
                  TestingDirAuthVoteGuard {}\nTestingDirAuthVoteGuardIsStrict 1\n\
+                 AuthDirVoteStableGuaranteeMinUptime 0\n\
                  V3BandwidthsFile {}\nExitRelay 0\nExitPolicy reject *:*\n",
                 p.dir_port.unwrap_or(0),
                 exits.join(","),
