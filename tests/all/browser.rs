@@ -15,14 +15,16 @@ use crate::tor::net;
 const SOURCE: &str = include_str!("../../functions/browser/browser.py");
 const MANIFEST: &str = include_str!("../../functions/browser/browser.toml");
 
-/// Path (query included) → (content type, body).
-type Pages = HashMap<String, (String, Vec<u8>)>;
+/// Path (query included) → (content type, extra header lines, body).
+type Pages = HashMap<String, (String, String, Vec<u8>)>;
 
 /// An HTTP server on 127.0.0.1 serving a set of paths (query included)
 /// that the test may change at any time; counts the requests per path.
+/// Answers HEAD with the head alone; a page whose extra headers start with
+/// `Location:` is a 301 redirect.
 #[derive(Clone)]
 pub(crate) struct Site {
-    port: u16,
+    pub(crate) port: u16,
     pages: Arc<Mutex<Pages>>,
     hits: Arc<Mutex<HashMap<String, usize>>>,
 }
@@ -56,26 +58,48 @@ impl Site {
             }
         }
         let line = String::from_utf8_lossy(&request).into_owned();
+        let head_only = line.starts_with("HEAD ");
         let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
         *self.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
         let found = self.pages.lock().unwrap().get(&path).cloned();
-        let (status, content_type, body) = match found {
-            Some((content_type, body)) => ("200 OK", content_type, body),
-            None => ("404 Not Found", "text/plain".into(), b"not found".to_vec()),
+        let (status, content_type, headers, body) = match found {
+            Some((content_type, headers, body)) if headers.starts_with("Location:") => {
+                ("301 Moved Permanently", content_type, headers, body)
+            }
+            Some((content_type, headers, body)) => ("200 OK", content_type, headers, body),
+            None => (
+                "404 Not Found",
+                "text/plain".into(),
+                String::new(),
+                b"not found".to_vec(),
+            ),
         };
         let head = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n",
             body.len()
         );
         let _ = stream.write_all(head.as_bytes());
-        let _ = stream.write_all(&body);
+        if !head_only {
+            let _ = stream.write_all(&body);
+        }
     }
 
     pub(crate) fn put(&self, path: &str, content_type: &str, body: impl Into<Vec<u8>>) {
-        self.pages
-            .lock()
-            .unwrap()
-            .insert(path.into(), (content_type.into(), body.into()));
+        self.put_with(path, content_type, "", body);
+    }
+
+    /// A page with extra response header lines (each ending in CRLF).
+    pub(crate) fn put_with(
+        &self,
+        path: &str,
+        content_type: &str,
+        headers: &str,
+        body: impl Into<Vec<u8>>,
+    ) {
+        self.pages.lock().unwrap().insert(
+            path.into(),
+            (content_type.into(), headers.into(), body.into()),
+        );
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
@@ -88,6 +112,10 @@ impl Site {
 
     pub(crate) fn requests(&self) -> usize {
         self.hits.lock().unwrap().values().sum()
+    }
+
+    pub(crate) fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
     }
 }
 

@@ -4,106 +4,21 @@
 //! box fetches from servers on 127.0.0.1 (and from an onion site) that count
 //! every request, so "served from the cache" is checked at the origin.
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::browser::noise;
+use crate::browser::{Site, noise};
 use crate::harness::{BENTO, TestBox};
 use crate::tor::{control_port, net, onion_test_box};
 
 const SOURCE: &str = include_str!("../../functions/proxy/proxy.py");
 const MANIFEST: &str = include_str!("../../functions/proxy/proxy.toml");
 
-/// Path (query included) → (extra header lines, body).
-type Pages = HashMap<String, (String, Vec<u8>)>;
-
-/// An HTTP server on 127.0.0.1 serving a set of paths that the test may
-/// change at any time; counts the requests per path.
-#[derive(Clone)]
-struct Site {
-    port: u16,
-    pages: Arc<Mutex<Pages>>,
-    hits: Arc<Mutex<HashMap<String, usize>>>,
-}
-
-impl Site {
-    fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let site = Self {
-            port: listener.local_addr().unwrap().port(),
-            pages: Arc::default(),
-            hits: Arc::default(),
-        };
-        let server = site.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { return };
-                let server = server.clone();
-                std::thread::spawn(move || server.answer(stream));
-            }
-        });
-        site
-    }
-
-    fn answer(&self, mut stream: TcpStream) {
-        let mut request = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-            match stream.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => request.extend_from_slice(&buf[..n]),
-            }
-        }
-        let line = String::from_utf8_lossy(&request).into_owned();
-        let head_only = line.starts_with("HEAD ");
-        let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
-        *self.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
-        let found = self.pages.lock().unwrap().get(&path).cloned();
-        let (status, headers, body) = match found {
-            Some((headers, body)) if headers.starts_with("Location:") => {
-                ("301 Moved Permanently", headers, body)
-            }
-            Some((headers, body)) => ("200 OK", headers, body),
-            None => ("404 Not Found", String::new(), b"not found".to_vec()),
-        };
-        let head = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n",
-            body.len()
-        );
-        let _ = stream.write_all(head.as_bytes());
-        if !head_only {
-            let _ = stream.write_all(&body);
-        }
-    }
-
-    fn put(&self, path: &str, body: impl Into<Vec<u8>>) {
-        self.put_with(path, "", body);
-    }
-
-    /// A page with extra response header lines (each ending in CRLF).
-    fn put_with(&self, path: &str, headers: &str, body: impl Into<Vec<u8>>) {
-        self.pages
-            .lock()
-            .unwrap()
-            .insert(path.into(), (headers.into(), body.into()));
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn rule(&self) -> String {
-        format!("accept 127.0.0.1:{}", self.port)
-    }
-
-    fn hits(&self, path: &str) -> usize {
-        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
-    }
-}
+/// What the origin sends as every page's type.
+const BINARY: &str = "application/octet-stream";
 
 /// The default policy with `http` granted to exactly `rules` (what an
 /// operator who allows exit fetching to these destinations writes).
@@ -305,7 +220,7 @@ fn a_repeated_fetch_is_served_from_the_box_cache_byte_for_byte_without_reaching_
     let _log = LogOnPanic(&bx);
     let proxy = Proxy::start(&onion, &["--destination", &site.rule()]);
     let page = noise(150_000, 1);
-    site.put("/page.bin", page.clone());
+    site.put("/page.bin", BINARY, page.clone());
 
     let first = proxy.get(&site.url("/page.bin"));
     assert_eq!(first.status, 200, "{}", first.text());
@@ -337,7 +252,7 @@ fn a_repeated_fetch_is_served_from_the_box_cache_byte_for_byte_without_reaching_
     assert_eq!(head.cache(), Some("hit"));
     assert_eq!(head.header("content-length"), Some("150000"));
     // A HEAD without a cached GET goes to the origin as HEAD.
-    site.put("/unseen", noise(5_000, 2));
+    site.put("/unseen", BINARY, noise(5_000, 2));
     let head = proxy.request("HEAD", &site.url("/unseen"), "");
     assert_eq!(head.status, 200);
     assert_eq!(head.cache(), Some("miss"));
@@ -358,8 +273,8 @@ fn a_repeated_fetch_is_served_from_the_box_cache_byte_for_byte_without_reaching_
     assert_eq!(site.hits("/page.bin"), 3);
 
     // What the origin forbids is never cached; max-age is respected.
-    site.put_with("/private", "Cache-Control: private\r\n", "mine");
-    site.put_with("/short", "Cache-Control: max-age=1\r\n", "brief");
+    site.put_with("/private", BINARY, "Cache-Control: private\r\n", "mine");
+    site.put_with("/short", BINARY, "Cache-Control: max-age=1\r\n", "brief");
     for _ in 0..2 {
         assert_eq!(proxy.get(&site.url("/private")).cache(), Some("miss"));
     }
@@ -373,8 +288,8 @@ fn a_repeated_fetch_is_served_from_the_box_cache_byte_for_byte_without_reaching_
     // URL (so relative links resolve), whose page is then answered without
     // a second fetch: from the cache, or once from the stash if it may not
     // be cached.
-    site.put_with("/old", "Location: /new\r\n", "");
-    site.put("/new", "moved here");
+    site.put_with("/old", BINARY, "Location: /new\r\n", "");
+    site.put("/new", BINARY, "moved here");
     let moved = proxy.get(&site.url("/old"));
     assert_eq!(moved.status, 302, "{}", moved.text());
     assert_eq!(moved.header("location"), Some(site.url("/new").as_str()));
@@ -383,9 +298,10 @@ fn a_repeated_fetch_is_served_from_the_box_cache_byte_for_byte_without_reaching_
         (new.text().as_str(), new.cache()),
         ("moved here", Some("hit"))
     );
-    site.put_with("/old-private", "Location: /new-private\r\n", "");
+    site.put_with("/old-private", BINARY, "Location: /new-private\r\n", "");
     site.put_with(
         "/new-private",
+        BINARY,
         "Cache-Control: private\r\n",
         "not for the cache",
     );
@@ -427,6 +343,7 @@ fn the_cache_stays_within_its_entry_and_byte_bounds_evicting_the_least_recently_
     for name in ["a", "b", "c", "d"] {
         site.put(
             &format!("/{name}"),
+            BINARY,
             noise(20_000, name.as_bytes()[0].into()),
         );
     }
@@ -462,6 +379,7 @@ fn the_cache_stays_within_its_entry_and_byte_bounds_evicting_the_least_recently_
     for name in ["x", "y", "z"] {
         site.put(
             &format!("/{name}"),
+            BINARY,
             noise(45_000, name.as_bytes()[0].into()),
         );
     }
@@ -480,7 +398,7 @@ fn the_cache_stays_within_its_entry_and_byte_bounds_evicting_the_least_recently_
     assert_eq!(site.hits("/y"), 2);
 
     // An object over --max-object is relayed whole, never cached.
-    site.put("/large", noise(60_000, 9));
+    site.put("/large", BINARY, noise(60_000, 9));
     for _ in 0..2 {
         let response = proxy.get(&site.url("/large"));
         assert_eq!(response.cache(), Some("miss"));
@@ -504,8 +422,8 @@ fn bad_requests_refused_destinations_oversized_responses_and_connect_get_clear_e
         &onion,
         &["--destination", &site.rule(), "--max-response", "200000"],
     );
-    site.put("/ok", "fine");
-    site.put("/huge", noise(300_000, 3));
+    site.put("/ok", BINARY, "fine");
+    site.put("/huge", BINARY, noise(300_000, 3));
     assert_eq!(proxy.get(&site.url("/ok")).cache(), Some("miss"));
     let still_serves = || {
         let ok = proxy.get(&site.url("/ok"));
@@ -649,7 +567,7 @@ fn an_onion_site_through_a_proxy_on_a_default_policy_box_is_fetched_once_then_se
     // `bento proxy` asks only for what that policy grants.
     let site = Site::start();
     let page = noise(40_000, 5);
-    site.put("/onion-page", page.clone());
+    site.put("/onion-page", BINARY, page.clone());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (mut control, service) = runtime.block_on(publish_onion_site(site.port));
     let server = net().boxes[0].clone();
@@ -700,7 +618,7 @@ fn an_onion_site_through_a_proxy_on_a_default_policy_box_is_fetched_once_then_se
 fn when_an_instance_reaches_its_lifetime_bento_proxy_says_so_and_serves_from_a_new_one() {
     let _turn = crate::tor::one_at_a_time();
     let site = Site::start();
-    site.put("/p", "page");
+    site.put("/p", BINARY, "page");
     let (_bx, onion) = onion_test_box(Some(&http_policy(&[site.rule()])));
     let proxy = Proxy::start(&onion, &["--destination", &site.rule(), "--lifetime", "5s"]);
     assert_eq!(proxy.get(&site.url("/p")).cache(), Some("miss"));
@@ -729,7 +647,7 @@ fn when_an_instance_reaches_its_lifetime_bento_proxy_says_so_and_serves_from_a_n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_a_service_channel_gets_a_400_answer_and_the_next_channel_is_served() {
     let site = Site::start();
-    site.put("/x", "x marks");
+    site.put("/x", BINARY, "x marks");
     let bx = TestBox::with_policy(&http_policy(&[site.rule()]), &[]);
     let manifest = MANIFEST
         .replace("\"http\", \"tor_connect\"", "\"http\"")
@@ -895,7 +813,7 @@ fn latency_of_hits_and_misses_through_tor() {
     let rounds = 20;
     for size in [1_000usize, 100_000] {
         for i in 0..rounds {
-            site.put(&format!("/{size}/{i}"), noise(size, i as u64));
+            site.put(&format!("/{size}/{i}"), BINARY, noise(size, i as u64));
         }
     }
     // A web origin on 127.0.0.1, fetched by the box with `http`.
