@@ -251,40 +251,33 @@ fn a_flow_beyond_the_boxs_bandwidth_cpu_or_wall_clock_limit_is_refused_before_it
  {
     let _turn = crate::tor::one_at_a_time();
     let onion = net().boxes[0].clone();
-    // 2 × 1000 × 1 KiB/s (and a quarter more) > the default 1024 KiB/s.
-    let (status, stdout, stderr) = cover(
-        &onion,
-        &["--rate", "1000", "--cell-size", "1KiB", "--duration", "5s"],
-    );
-    assert_eq!(status.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("error: the box cannot carry this flow ([manifest_rejected]"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("asks for 2500 KiB/s bandwidth per session; this box allows 1024 KiB/s"),
-        "{stderr}"
-    );
-    assert!(stdout.is_empty(), "{stdout}");
-    // 20000 cells need 13 s of CPU > the default 10 s.
-    let (status, _, stderr) = cover(
-        &onion,
-        &["--rate", "1000", "--cell-size", "64", "--duration", "20s"],
-    );
-    assert_eq!(status.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("asks for 13040 ms CPU time per invocation; this box allows 10000 ms"),
-        "{stderr}"
-    );
-    // 10 minutes (+ 90 s of waiting) > the default 300 s wall-clock limit.
-    let (status, _, stderr) = cover(&onion, &["--duration", "10m"]);
-    assert_eq!(status.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains(
-            "asks for 690000 ms wall-clock time per invocation; this box allows 300000 ms"
+    let refusals: [(&[&str], &str); 3] = [
+        // 2 × 1000 × 1 KiB/s (and a quarter more) > the default 1024 KiB/s.
+        (
+            &["--rate", "1000", "--cell-size", "1KiB", "--duration", "5s"],
+            "asks for 2500 KiB/s bandwidth per session; this box allows 1024 KiB/s",
         ),
-        "{stderr}"
-    );
+        // 20000 cells need 13 s of CPU > the default 10 s.
+        (
+            &["--rate", "1000", "--cell-size", "64", "--duration", "20s"],
+            "asks for 13040 ms CPU time per invocation; this box allows 10000 ms",
+        ),
+        // 10 minutes (+ 90 s of waiting) > the default 300 s wall-clock limit.
+        (
+            &["--duration", "10m"],
+            "asks for 690000 ms wall-clock time per invocation; this box allows 300000 ms",
+        ),
+    ];
+    for (args, limit) in refusals {
+        let (status, stdout, stderr) = cover(&onion, args);
+        assert_eq!(status.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("error: the box cannot carry this flow ([manifest_rejected]"),
+            "{stderr}"
+        );
+        assert!(stderr.contains(limit), "{stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+    }
 
     // Refused by the client before anything is sent.
     let dir = tempfile::tempdir().unwrap();

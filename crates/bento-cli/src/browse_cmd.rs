@@ -349,17 +349,10 @@ fn remote_failure(error: &ClientError) -> (u8, String) {
             let last = crate::cover_cmd::function_error(message);
             (EXIT_FUNCTION, format!("the box could not browse: {last}"))
         }
-        ClientError::Remote { code, message } => {
-            let exit = match code.kind() {
-                bento_protocol::ErrorKind::LimitExceeded
-                | bento_protocol::ErrorKind::FunctionFailed => EXIT_FUNCTION,
-                bento_protocol::ErrorKind::BadRequest | bento_protocol::ErrorKind::UnknownToken => {
-                    EXIT_REQUEST
-                }
-                _ => EXIT_BOX,
-            };
-            (exit, format!("[{}]: {}", code.name(), message.trim_end()))
-        }
+        ClientError::Remote { code, message } => (
+            crate::commands::exit_code_for(*code),
+            format!("[{}]: {}", code.name(), message.trim_end()),
+        ),
         other => (EXIT_BOX, other.to_string()),
     }
 }

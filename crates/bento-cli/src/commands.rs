@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bento_client::{Attachment, ClientError, Connection, Target};
 use bento_policy::BoxPolicy;
-use bento_protocol::{ErrorKind, InvokeToken, ServiceToken, SessionToken};
+use bento_protocol::{ErrorCode, ErrorKind, InvokeToken, ServiceToken, SessionToken};
 use bento_server::{Server, ServerConfig};
 use bento_worker::WorkerPoolConfig;
 use clap::Args;
@@ -355,16 +355,22 @@ fn read_function(file: &Path, manifest: Option<&Path>) -> anyhow::Result<Upload>
     })
 }
 
+/// The exit code for an error the box reported: the function's fault, the
+/// request's, or the box's.
+pub(crate) fn exit_code_for(code: ErrorCode) -> u8 {
+    match code.kind() {
+        ErrorKind::LimitExceeded | ErrorKind::FunctionFailed => EXIT_FUNCTION,
+        ErrorKind::BadRequest | ErrorKind::UnknownToken => EXIT_REQUEST,
+        _ => EXIT_BOX,
+    }
+}
+
 /// Map a client error to an exit code and report it on stderr.
 pub(crate) fn report(error: &ClientError) -> ExitCode {
     let code = match error {
         ClientError::Remote { code, message } => {
             eprintln!("error [{}]: {}", code.name(), message.trim_end());
-            match code.kind() {
-                ErrorKind::LimitExceeded | ErrorKind::FunctionFailed => EXIT_FUNCTION,
-                ErrorKind::BadRequest | ErrorKind::UnknownToken => EXIT_REQUEST,
-                _ => EXIT_BOX,
-            }
+            exit_code_for(*code)
         }
         other => {
             eprintln!("error: {other}");

@@ -554,17 +554,10 @@ pub(crate) fn describe_failure(error: &ClientError) -> (u8, String) {
                 message.trim_end()
             ),
         ),
-        ClientError::Remote { code, message } => {
-            let exit = match code.kind() {
-                bento_protocol::ErrorKind::LimitExceeded
-                | bento_protocol::ErrorKind::FunctionFailed => EXIT_FUNCTION,
-                bento_protocol::ErrorKind::BadRequest | bento_protocol::ErrorKind::UnknownToken => {
-                    EXIT_REQUEST
-                }
-                _ => EXIT_BOX,
-            };
-            (exit, format!("[{}]: {}", code.name(), message.trim_end()))
-        }
+        ClientError::Remote { code, message } => (
+            crate::commands::exit_code_for(*code),
+            format!("[{}]: {}", code.name(), message.trim_end()),
+        ),
         other => (EXIT_BOX, other.to_string()),
     }
 }
