@@ -59,6 +59,10 @@ import urllib.parse  # noqa: F401
 import uuid  # noqa: F401
 import zlib  # noqa: F401
 
+# Prototype-compatible modules, in this directory (see docs/python-api.md).
+import requests  # noqa: F401
+import requests.exceptions  # noqa: F401
+
 import wit_world
 from componentize_py_types import Err
 from wit_world.imports import capabilities, session
@@ -418,19 +422,31 @@ def _onion_service(port, key=None):
     return _host(capabilities.onion_service, int(port), None if key is None else str(key))
 
 
-def _http_request(method, url, headers=None, body=b""):
-    """http: one HTTP(S) request; redirects are followed (each hop checked)."""
+def _timeout_ms(timeout, what):
+    """A timeout in seconds (None: the instance's wall-time limit) as whole ms."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"{what} must be a number of seconds > 0 or None, not {timeout!r}")
+    return max(1, min(int(timeout * 1000), 2**63))
+
+
+def _http_request(method, url, headers=None, body=b"", timeout=None):
+    """http: one HTTP(S) request; redirects are followed (each hop checked).
+
+    `timeout` (seconds) bounds the whole request, redirects included."""
     header_list = list((headers or {}).items()) if isinstance(headers, dict) else list(headers or [])
+    timeout_ms = _timeout_ms(timeout, "http_request(timeout=)")
     _stage(_bytes(body, "http_request(body=)"))
     meta = json.loads(_host(capabilities.http_request, str(method).upper(), str(url),
-                            json.dumps([[str(k), str(v)] for k, v in header_list])))
+                            json.dumps([[str(k), str(v)] for k, v in header_list]), timeout_ms))
     body = _read_exact(meta["body_length"])
     return HttpResponse(meta["status"], [tuple(h) for h in meta["headers"]], body, meta["url"])
 
 
-def _http_get(url, headers=None):
+def _http_get(url, headers=None, timeout=None):
     """http: GET `url`."""
-    return _http_request("GET", url, headers)
+    return _http_request("GET", url, headers, timeout=timeout)
 
 
 def _sleep(seconds):

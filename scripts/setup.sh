@@ -48,9 +48,11 @@ if [ ! -x "$VENV/bin/componentize-py" ] || [ "$("$VENV/bin/componentize-py" --ve
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
 fi
 
-# 3. The Python runtime component, rebuilt when the WIT world or runner change.
+# 3. The Python runtime component, rebuilt when the WIT world or any of its
+#    Python modules (runtime/**/*.py) change.
 WASM=$CACHE/runtime/bento-python.wasm
-wasm_key=$(cat runtime/wit/*.wit runtime/bento_runtime.py <(echo "$COMPONENTIZE_PY_VERSION") | sha256sum | cut -d' ' -f1)
+wasm_key=$(find runtime -name '*.wit' -o -name '*.py' -not -path '*/__pycache__/*' | LC_ALL=C sort \
+    | xargs cat <(echo "$COMPONENTIZE_PY_VERSION") | sha256sum | cut -d' ' -f1)
 if [ ! -f "$WASM" ] || [ "$(cat "$WASM.key" 2>/dev/null)" != "$wasm_key" ]; then
     say "building the Python runtime component (componentize-py, ~10 s)"
     (cd runtime && "$VENV/bin/componentize-py" -d wit -w function-runtime componentize bento_runtime -o "$WASM.tmp")

@@ -15,7 +15,7 @@ use crate::local_servers::LocalServer;
 
 /// A policy granting every non-Tor capability, with `destinations` as its
 /// rules and generous ceilings.
-fn policy(destinations: &[String]) -> String {
+pub(crate) fn policy(destinations: &[String]) -> String {
     let rules: Vec<String> = destinations.iter().map(|r| format!("{r:?}")).collect();
     format!(
         r#"version = 1
@@ -41,7 +41,7 @@ bandwidth_kib_per_s = 1000000
     )
 }
 
-fn manifest(capabilities: &[&str], destinations: &[String], limits: &str) -> String {
+pub(crate) fn manifest(capabilities: &[&str], destinations: &[String], limits: &str) -> String {
     let caps: Vec<String> = capabilities.iter().map(|c| format!("{c:?}")).collect();
     let rules: Vec<String> = destinations.iter().map(|r| format!("{r:?}")).collect();
     format!(

@@ -68,6 +68,69 @@ impl LocalServer {
         })
     }
 
+    /// Answers every HTTP request with a JSON description of it: method,
+    /// target, headers (names lower-cased) and body.
+    pub fn http_echo() -> Self {
+        Self::spawn(|mut stream| {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            let head_end = loop {
+                if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break end;
+                }
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&request[..head_end]).into_owned();
+            let mut lines = head.split("\r\n");
+            let mut start = lines.next().unwrap_or("").split(' ');
+            let (method, target) = (start.next().unwrap_or(""), start.next().unwrap_or(""));
+            let headers: serde_json::Map<String, serde_json::Value> = lines
+                .filter_map(|line| line.split_once(':'))
+                .map(|(k, v)| (k.trim().to_lowercase(), v.trim().into()))
+                .collect();
+            let length: usize = headers
+                .get("content-length")
+                .and_then(|v| v.as_str())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = request[head_end + 4..].to_vec();
+            while body.len() < length {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => body.extend_from_slice(&buf[..n]),
+                }
+            }
+            let answer = serde_json::json!({
+                "method": method,
+                "target": target,
+                "headers": headers,
+                "body": String::from_utf8_lossy(&body),
+            })
+            .to_string();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Echo: yes\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                answer.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(answer.as_bytes());
+        })
+    }
+
+    /// Accepts connections and reads requests but never answers.
+    pub fn silent() -> Self {
+        Self::spawn(|mut stream| {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+            }
+        })
+    }
+
     /// Redirects every request to `location`.
     pub fn redirect(location: String) -> Self {
         Self::http("302 Found", format!("Location: {location}\r\n"), Vec::new())

@@ -17,6 +17,7 @@ mod loadbalancer;
 mod local_servers;
 mod protocol_abuse;
 mod proxy;
+mod requests_shim;
 mod sessions;
 mod shard;
 mod tor;

@@ -52,6 +52,128 @@ pub struct BenchArgs {
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also write the results (JSON) to FILE, e.g. to become a new baseline.
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
+    /// Compare with an earlier `--save`d result (e.g. the committed
+    /// docs/bench-baseline.json): prints each figure's ratio to it.
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
+}
+
+/// Every figure that `--baseline` compares: its JSON path, its name, and
+/// whether more is better.
+const FIGURES: &[(&str, &str, bool)] = &[
+    (
+        "/hello_world_ms/p50",
+        "hello-world invocation p50 (ms)",
+        false,
+    ),
+    (
+        "/hello_world_ms/p99",
+        "hello-world invocation p99 (ms)",
+        false,
+    ),
+    (
+        "/sandbox_hello_ms/p50",
+        "same function in the sandbox alone, p50 (ms)",
+        false,
+    ),
+    (
+        "/box_over_sandbox",
+        "box invocation / sandbox alone (same run)",
+        false,
+    ),
+    ("/bulk_output_mb_s/median", "bulk output (MB/s)", true),
+    ("/echo_round_trip_ms/p50", "echo round trip p50 (ms)", false),
+    (
+        "/waiting_sessions/pss_per_session_mib",
+        "PSS per waiting session (MiB)",
+        false,
+    ),
+    (
+        "/waiting_sessions/sessions_started_per_s",
+        "sessions started per second",
+        true,
+    ),
+];
+
+/// Lines comparing `current` with `baseline`, one per figure in both.
+pub(crate) fn compare(current: &serde_json::Value, baseline: &serde_json::Value) -> Vec<String> {
+    let mut lines = vec![
+        "| figure | baseline | now | now / baseline | |".to_owned(),
+        "|---|---|---|---|---|".to_owned(),
+    ];
+    for (path, name, more_is_better) in FIGURES {
+        let (Some(now), Some(then)) = (
+            current.pointer(path).and_then(serde_json::Value::as_f64),
+            baseline.pointer(path).and_then(serde_json::Value::as_f64),
+        ) else {
+            continue;
+        };
+        if then == 0.0 {
+            continue;
+        }
+        let ratio = now / then;
+        // Within 10% either way is noise on a shared machine.
+        let verdict = if (0.9..=1.1).contains(&ratio) {
+            "same"
+        } else if (ratio > 1.0) == *more_is_better {
+            "better"
+        } else {
+            "WORSE"
+        };
+        lines.push(format!(
+            "| {name} | {then:.3} | {now:.3} | {ratio:.2} | {verdict} |"
+        ));
+    }
+    lines
+}
+
+/// Runs `source`'s `main(*args)` `n` times in fresh instances of the
+/// runtime, in this process, with no server, worker or socket: the floor
+/// that the box's invocation latency is compared with in the same run.
+fn sandbox_alone(
+    runtime: &std::path::Path,
+    source: &str,
+    args_json: &str,
+    n: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    use bento_sandbox::{Call, CapabilityGrant, Job, PythonRuntime, SessionHost, SessionIo};
+    struct Discard;
+    impl SessionHost for Discard {
+        fn deliver_output(&self, _data: Bytes) {}
+        fn input_consumed(&self, _bytes: u64) {}
+        fn message_start(&self, _length: u64) {}
+    }
+    let runtime = PythonRuntime::load_precompiled(runtime)?;
+    let job = Job {
+        source: source.to_owned(),
+        filename: "hello.py".to_owned(),
+        call: Call::Entry {
+            entry: "main".to_owned(),
+            args_json: args_json.to_owned(),
+        },
+        limits: bento_policy::InstanceLimits::default(),
+        grant: CapabilityGrant::default(),
+    };
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n + 20 {
+        let io = SessionIo::new(
+            std::sync::Arc::new(Discard),
+            Instant::now() + Duration::from_secs(60),
+            1 << 20,
+        );
+        let started = Instant::now();
+        runtime
+            .run(&job, io)
+            .map_err(|failure| anyhow::anyhow!("the sandbox run failed: {failure:?}"))?;
+        if i >= 20 {
+            times.push(started.elapsed());
+        }
+    }
+    times.sort();
+    Ok(times)
 }
 
 /// The `p` percentile (0..=1) of sorted durations; zero for none.
@@ -228,6 +350,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     latencies.sort();
 
+    // 1b. The same function in the sandbox alone, side by side: the ratio
+    // of the two is what the box adds, whatever the machine's speed.
+    let runtime = args
+        .runtime
+        .clone()
+        .unwrap_or_else(crate::runtime_path::default_runtime);
+    let sandbox_n = args.invocations.min(500);
+    let sandbox = tokio::task::spawn_blocking(move || {
+        sandbox_alone(&runtime, HELLO, "[\"world\"]", sandbox_n)
+    })
+    .await??;
+    eprintln!(
+        "  the same function in the sandbox alone: p50 {:.2} ms",
+        ms(percentile(&sandbox, 0.50))
+    );
+
     // 2. Bulk output throughput.
     let bulk = bench.store("bulk.py", BULK).await?;
     let mut rates = Vec::new();
@@ -353,6 +491,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "p90": ms(percentile(&latencies, 0.90)),
             "p99": ms(percentile(&latencies, 0.99)),
         },
+        "sandbox_hello_ms": {
+            "invocations": sandbox.len(),
+            "p50": ms(percentile(&sandbox, 0.50)),
+            "p99": ms(percentile(&sandbox, 0.99)),
+        },
+        "box_over_sandbox": ms(percentile(&latencies, 0.50)) / ms(percentile(&sandbox, 0.50)).max(1e-9),
         "bulk_output_mb_s": { "mib_per_run": args.bulk_mib, "median": bulk_mb_s, "runs": rates },
         "throttled_session_kib_s": { "limit": limit_kib, "measured_after_burst": throttled_rate },
         "echo_round_trip_ms": {
@@ -371,6 +515,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "sessions_started_per_s": start_rate,
         },
     });
+    if let Some(path) = &args.save {
+        std::fs::write(path, serde_json::to_string_pretty(&results)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let comparison = match &args.baseline {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the baseline {}", path.display()))?;
+            let baseline: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+                format!("{} is not a `bento bench --save` file", path.display())
+            })?;
+            Some(compare(&results, &baseline))
+        }
+        None => None,
+    };
     #[allow(clippy::print_stdout)]
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
@@ -402,7 +561,58 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "| {} sessions waiting in api.recv() (server + {workers} workers) | PSS {busy_pss:.0} MiB; MemAvailable dropped {available_drop:.0} MiB; summed RSS {busy_rss:.0} MiB (idle box: PSS {idle_pss:.0} MiB) |",
             args.sessions
         );
+        println!(
+            "| the same function in the sandbox alone, in-process (n={}) | p50 {:.2} ms, p99 {:.2} ms; box / sandbox {:.2} |",
+            sandbox.len(),
+            ms(percentile(&sandbox, 0.50)),
+            ms(percentile(&sandbox, 0.99)),
+            ms(percentile(&latencies, 0.50)) / ms(percentile(&sandbox, 0.50)).max(1e-9)
+        );
         println!("| sessions started per second (sequential invokes) | {start_rate:.0} |");
     }
+    #[allow(clippy::print_stdout)]
+    if let Some(lines) = comparison {
+        println!();
+        for line in lines {
+            println!("{line}");
+        }
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compare;
+    use serde_json::json;
+
+    #[test]
+    fn a_slower_invocation_and_a_faster_bulk_run_are_called_worse_and_better() {
+        let baseline = json!({
+            "hello_world_ms": {"p50": 2.0},
+            "bulk_output_mb_s": {"median": 1000.0},
+            "echo_round_trip_ms": {"p50": 0.1},
+        });
+        let now = json!({
+            "hello_world_ms": {"p50": 4.0},
+            "bulk_output_mb_s": {"median": 2000.0},
+            "echo_round_trip_ms": {"p50": 0.105},
+        });
+        let lines = compare(&now, &baseline);
+        let line = |name: &str| {
+            lines
+                .iter()
+                .find(|l| l.contains(name))
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert!(line("hello-world invocation p50").ends_with("| 2.00 | WORSE |"));
+        assert!(line("bulk output").ends_with("| 2.00 | better |"));
+        assert!(line("echo round trip").ends_with("| 1.05 | same |"));
+    }
+
+    #[test]
+    fn figures_missing_from_either_side_are_left_out_of_the_comparison() {
+        let lines = compare(&json!({"hello_world_ms": {"p50": 1.0}}), &json!({}));
+        assert_eq!(lines.len(), 2, "only the table header: {lines:?}");
+    }
 }

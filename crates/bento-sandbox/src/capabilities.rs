@@ -364,6 +364,7 @@ impl Capabilities {
         method: String,
         url: String,
         headers_json: &str,
+        timeout_ms: Option<u64>,
     ) -> Result<String, String> {
         self.require(Capability::Http)?;
         let body = io.take_staged()?;
@@ -381,7 +382,7 @@ impl Capabilities {
         let limits = HttpLimits {
             max_redirects: MAX_REDIRECTS,
             max_response_bytes: self.grant.http_max_response_bytes,
-            deadline: io.deadline(),
+            deadline: request_deadline(io.deadline(), timeout_ms)?,
         };
         let mut throttle =
             |bytes: usize| io.throttle(bytes as u64).map_err(|_| EgressError::Stopped);
@@ -462,6 +463,18 @@ fn until(timeout: Option<f64>) -> Result<Option<Instant>, String> {
         Some(_) => {
             Err("invalid: a timeout must be a finite, non-negative number of seconds".into())
         }
+    }
+}
+
+/// The deadline of one HTTP request: the function's `timeout_ms` (any
+/// value the guest likes, so checked here), never past the instance's own.
+fn request_deadline(instance: Instant, timeout_ms: Option<u64>) -> Result<Instant, String> {
+    match timeout_ms {
+        None => Ok(instance),
+        Some(0) => Err("invalid: the timeout must be more than 0 ms".into()),
+        Some(ms) => Ok(Instant::now()
+            .checked_add(Duration::from_millis(ms))
+            .map_or(instance, |deadline| deadline.min(instance))),
     }
 }
 
@@ -571,4 +584,27 @@ fn socket_readable(tcp: &TcpStream) -> bool {
     };
     let _ = tcp.set_nonblocking(false);
     ready
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_deadline;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_request_timeout_shortens_the_deadline_but_never_extends_it() {
+        let instance = Instant::now() + Duration::from_secs(60);
+        assert_eq!(request_deadline(instance, None), Ok(instance));
+        let short = request_deadline(instance, Some(1000)).unwrap_or(instance);
+        assert!(short < instance);
+        assert_eq!(request_deadline(instance, Some(3_600_000)), Ok(instance));
+        // A guest may pass any u64: the largest must not overflow the clock.
+        assert_eq!(request_deadline(instance, Some(u64::MAX)), Ok(instance));
+    }
+
+    #[test]
+    fn a_zero_request_timeout_is_refused_as_invalid() {
+        let refused = request_deadline(Instant::now(), Some(0));
+        assert!(refused.is_err_and(|e| e.starts_with("invalid: ")));
+    }
 }

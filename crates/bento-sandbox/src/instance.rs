@@ -184,10 +184,11 @@ impl bento::runtime::capabilities::Host for InstanceState {
         method: String,
         url: String,
         headers_json: String,
+        timeout_ms: Option<u64>,
     ) -> wasmtime::Result<Result<String, String>> {
-        let result = self
-            .capabilities
-            .http_request(&self.io, method, url, &headers_json);
+        let result =
+            self.capabilities
+                .http_request(&self.io, method, url, &headers_json, timeout_ms);
         self.stop_check(result)
     }
 
