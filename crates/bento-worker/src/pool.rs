@@ -712,7 +712,7 @@ mod tests {
             args: vec![
                 "-c".into(),
                 format!(
-                    "printf '{octal}'; head -c 1 >/dev/null; cat '{}'; exec sleep 30",
+                    "printf '{octal}'; head -c 1 >/dev/null; cat '{}' 2>/dev/null; exec sleep 30",
                     file.display()
                 ),
             ],
