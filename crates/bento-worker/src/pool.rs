@@ -99,8 +99,19 @@ struct Allowance {
     /// Bytes of the current message still to come; a message may begin
     /// only once this is zero (the sandbox's rule, checked again here).
     message_remaining: AtomicU64,
-    /// Each open channel's output credit not yet used.
-    channels: Mutex<HashMap<u32, u64>>,
+    /// Session input sent to the worker and not yet reported consumed.
+    input_outstanding: AtomicU64,
+    /// Each open channel's window.
+    channels: Mutex<HashMap<u32, ChannelWindow>>,
+}
+
+/// What one open channel may still send, and what it may still report
+/// consumed: reports beyond either are a lying worker (and would grow the
+/// channel's event queue without bound).
+#[derive(Debug, Clone, Copy)]
+struct ChannelWindow {
+    credit: u64,
+    input_outstanding: u64,
 }
 
 impl Allowance {
@@ -109,11 +120,12 @@ impl Allowance {
             granted: AtomicU64::new(initial_credit),
             used: AtomicU64::new(0),
             message_remaining: AtomicU64::new(0),
+            input_outstanding: AtomicU64::new(0),
             channels: Mutex::default(),
         }
     }
 
-    fn channels(&self) -> std::sync::MutexGuard<'_, HashMap<u32, u64>> {
+    fn channels(&self) -> std::sync::MutexGuard<'_, HashMap<u32, ChannelWindow>> {
         self.channels.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -131,11 +143,37 @@ impl Allowance {
     /// is not open or the credit was never granted.
     fn charge_channel(&self, channel: u32, amount: u64) -> bool {
         match self.channels().get_mut(&channel) {
-            Some(credit) if *credit >= amount => {
-                *credit -= amount;
+            Some(window) if window.credit >= amount => {
+                window.credit -= amount;
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Count `n` bytes of session input reported consumed; false if more
+    /// than was ever sent.
+    fn consume_input(&self, n: u64) -> bool {
+        let outstanding = self.input_outstanding.load(Ordering::Relaxed);
+        if n > outstanding {
+            return false;
+        }
+        self.input_outstanding
+            .store(outstanding - n, Ordering::Relaxed);
+        true
+    }
+
+    /// Like [`Self::consume_input`], for channel `channel`. Reports for a
+    /// channel that is already closed are ignored (they can cross the
+    /// close).
+    fn consume_channel_input(&self, channel: u32, n: u64) -> bool {
+        match self.channels().get_mut(&channel) {
+            Some(window) if window.input_outstanding >= n => {
+                window.input_outstanding -= n;
+                true
+            }
+            Some(_) => false,
+            None => true,
         }
     }
 }
@@ -199,6 +237,9 @@ impl InstanceHandle {
 
     /// Deliver one client message.
     pub fn input(&self, data: Bytes) {
+        self.allowance
+            .input_outstanding
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         self.send(ToWorker::Input(self.id, data));
     }
 
@@ -227,6 +268,9 @@ impl InstanceHandle {
 
     /// Bytes from a channel's client.
     pub fn channel_input(&self, channel: u32, data: Bytes) {
+        if let Some(window) = self.allowance.channels().get_mut(&channel) {
+            window.input_outstanding = window.input_outstanding.saturating_add(data.len() as u64);
+        }
         self.send(ToWorker::ChannelInput(self.id, channel, data));
     }
 
@@ -242,8 +286,8 @@ impl InstanceHandle {
 
     /// The box passed `bytes` of the channel's output on to its client.
     pub fn channel_credit(&self, channel: u32, bytes: u64) {
-        if let Some(credit) = self.allowance.channels().get_mut(&channel) {
-            *credit = credit.saturating_add(bytes);
+        if let Some(window) = self.allowance.channels().get_mut(&channel) {
+            window.credit = window.credit.saturating_add(bytes);
         }
         self.send(ToWorker::ChannelCredit(self.id, channel, bytes));
     }
@@ -570,6 +614,9 @@ pub enum WorkerViolation {
     /// not open.
     #[error("it sent channel output beyond its credit or on a closed channel (instance {0})")]
     ChannelCredit(InstanceId),
+    /// More input reported consumed than the server ever sent.
+    #[error("it reported consuming input the server never sent (instance {0})")]
+    Input(InstanceId),
     /// A message longer than any function may announce, or one that began
     /// inside the previous message.
     #[error("it announced a message the sandbox must have refused (instance {0})")]
@@ -598,6 +645,9 @@ fn dispatch(message: FromWorker, instances: &EventMap) -> Result<(), WorkerViola
         }
         FromWorker::InputConsumed(id, n) => {
             if let (Some(tracked), true) = (find(id), n > 0) {
+                if !tracked.allowance.consume_input(n) {
+                    return Err(WorkerViolation::Input(id));
+                }
                 tracked.events.input_consumed(n);
             }
         }
@@ -629,7 +679,10 @@ fn dispatch(message: FromWorker, instances: &EventMap) -> Result<(), WorkerViola
                         .allowance
                         .channels()
                         .entry(channel)
-                        .or_insert(crate::CHANNEL_CREDIT);
+                        .or_insert(ChannelWindow {
+                            credit: crate::CHANNEL_CREDIT,
+                            input_outstanding: 0,
+                        });
                 }
                 tracked
                     .events
@@ -648,6 +701,9 @@ fn dispatch(message: FromWorker, instances: &EventMap) -> Result<(), WorkerViola
         }
         FromWorker::ChannelConsumed(id, channel, n) => {
             if let (Some(tracked), true) = (find(id), n > 0) {
+                if !tracked.allowance.consume_channel_input(channel, n) {
+                    return Err(WorkerViolation::Input(id));
+                }
                 tracked.events.channel(channel, ChannelEvent::Consumed(n));
             }
         }
@@ -781,6 +837,17 @@ mod tests {
                 vec![
                     FromWorker::MessageStart(1, 10),
                     FromWorker::MessageStart(1, 10),
+                ],
+            ),
+            (
+                "input consumed that was never sent",
+                vec![FromWorker::InputConsumed(1, 1)],
+            ),
+            (
+                "channel input consumed that was never sent",
+                vec![
+                    FromWorker::ChannelOpened(1, 7, true),
+                    FromWorker::ChannelConsumed(1, 7, 1),
                 ],
             ),
             (
