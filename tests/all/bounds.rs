@@ -227,3 +227,45 @@ async fn finished_sessions_nobody_reads_do_not_lock_out_the_next_user() {
     }
     bx.assert_serves_hello().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attachment_that_never_acknowledges_lets_go_when_the_session_expires() {
+    let bx = TestBox::start(&["--session-retention-secs", "1"]);
+    let token = bx
+        .store("def main():\n    api.send('never acknowledged')\n")
+        .await;
+    let session = bx.invoke(&token, "[]").await;
+    // A client that attaches, reads everything and never acknowledges: it
+    // used to keep the finished session (and its reserved output) for as
+    // long as it stayed connected.
+    let mut stream = TcpStream::connect(&bx.addr).unwrap();
+    stream.write_all(&hello()).unwrap();
+    stream
+        .write_all(
+            &Frame::Attach {
+                session_token: session,
+                resume_from: None,
+            }
+            .to_bytes(),
+        )
+        .unwrap();
+    let frames = frames_until_closed(&mut stream);
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(f, Frame::Output { data } if &data[..] == b"never acknowledged")),
+        "{frames:?}"
+    );
+    assert!(frames.iter().any(|f| matches!(f, Frame::End)), "{frames:?}");
+    assert!(
+        matches!(
+            frames.last(),
+            Some(Frame::Error {
+                code: ErrorCode::UnknownSession,
+                ..
+            })
+        ),
+        "the attachment was not let go at the retention time: {frames:?}"
+    );
+    bx.assert_serves_hello().await;
+}
