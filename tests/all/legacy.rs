@@ -432,3 +432,105 @@ fn many_connections_leak_no_descriptors() {
         "descriptors before {before}, after {after}"
     );
 }
+
+/// A prototype function that calls the host's `begin-message` itself, so
+/// that it can announce any length and then write any amount.
+const LYING_SENDER: &str = "import os\nfrom wit_world.imports import session\ndef lie(announced, written):\n    session.begin_message(announced)\n    data = memoryview(b'y' * written)\n    while data:\n        data = data[os.write(1, data):]\n";
+
+/// The stream of an instance after `Open`, read until `function dead` or
+/// until the box closes the connection: the messages, and whether it ended
+/// with `function dead`.
+fn messages_or_eof(client: &mut Client) -> (Vec<(u8, usize)>, bool) {
+    let mut out = Vec::new();
+    loop {
+        let mut head = [0u8; 5];
+        if client.stream.read_exact(&mut head).is_err() {
+            return (out, false);
+        }
+        let len = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+        // Read the body in pieces: an announced frame may be huge and
+        // never arrive.
+        let mut body = Vec::new();
+        let mut piece = vec![0u8; 64 * 1024];
+        while body.len() < len.min(64 * 1024 * 1024) {
+            let want = piece.len().min(len - body.len());
+            match client.stream.read(&mut piece[..want]) {
+                Ok(0) | Err(_) => return (out, false),
+                Ok(n) => body.extend_from_slice(&piece[..n]),
+            }
+        }
+        if head[0] == FUNCTION_ERR && body.ends_with(b"function dead") {
+            return (out, true);
+        }
+        out.push((head[0], body.len().saturating_sub(36)));
+    }
+}
+
+#[test]
+fn a_function_announcing_an_impossible_message_length_fails_cleanly_and_the_box_serves_on() {
+    let bx = legacy_box(&[]);
+    let mut client = Client::connect(&bx);
+    // 2**64 - 1 overflowed the frame length; 1 GiB written as nothing
+    // became 1 GiB of zero padding after the instance ended.
+    for (call, error) in [
+        ("lie(2**64 - 1, 0)", "a message is at most"),
+        ("lie(1 << 30, 0)", "after writing 0 of the 1073741824 bytes"),
+        ("lie(10, 4)", "after writing 4 of the 10 bytes"),
+    ] {
+        let id = client.start(LYING_SENDER, call);
+        let messages = client.messages_until_dead(&id);
+        let errors: Vec<String> = messages
+            .iter()
+            .filter(|(kind, _)| *kind == ERROR)
+            .map(|(_, data)| String::from_utf8_lossy(data).into_owned())
+            .collect();
+        assert!(
+            errors.len() == 1 && errors[0].contains(error),
+            "{call}: {errors:?}"
+        );
+        // What the function wrote arrives, as a frame of its true length.
+        let output: usize = messages
+            .iter()
+            .filter(|(kind, _)| *kind == OUTPUT)
+            .map(|(_, data)| data.len())
+            .sum();
+        assert_eq!(output, if call == "lie(10, 4)" { 4 } else { 0 }, "{call}");
+    }
+    let id = client.start("def hello():\n    api.send('hello')\n", "hello()");
+    assert_eq!(
+        client.messages_until_dead(&id),
+        vec![(OUTPUT, b"hello".to_vec())]
+    );
+}
+
+#[test]
+fn an_unfinished_output_frame_is_padded_only_up_to_what_the_function_wrote() {
+    let bx = legacy_box(&[]);
+    let kib = 1024;
+    // Beyond half the 1 MiB output buffer the box has framed the message.
+    // 700 KiB of an announced 1 MiB: the missing 324 KiB are padded.
+    let mut client = Client::connect(&bx);
+    let id = client.start(LYING_SENDER, &format!("lie({}, {})", 1024 * kib, 700 * kib));
+    let (messages, dead) = messages_or_eof(&mut client);
+    assert!(dead, "{messages:?}");
+    assert_eq!(messages[0], (OUTPUT, 1024 * kib));
+    assert_eq!(messages[1].0, ERROR);
+    let _ = id;
+    // 700 KiB of an announced 1 GiB: padding would be the box inventing
+    // 1500 times what the function wrote, so the connection is closed.
+    let mut client = Client::connect(&bx);
+    let id = client.start(LYING_SENDER, &format!("lie({}, {})", 1 << 30, 700 * kib));
+    let (messages, dead) = messages_or_eof(&mut client);
+    assert!(!dead && messages.is_empty(), "{messages:?}");
+    // The end of the instance waits for the next Open.
+    let mut again = Client::connect(&bx);
+    again.request(OPEN, id.as_bytes());
+    let messages = again.messages_until_dead(&id);
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0].0, ERROR);
+    let id = again.start("def hello():\n    api.send('hello')\n", "hello()");
+    assert_eq!(
+        again.messages_until_dead(&id),
+        vec![(OUTPUT, b"hello".to_vec())]
+    );
+}

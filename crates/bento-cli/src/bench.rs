@@ -314,6 +314,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         max_stored_mib: Some(64),
         session_retention_secs: 60,
         read_timeout_secs: 60,
+        max_connections: 4096,
     };
     let mut config = serve.config()?;
     config.policy.instance.bandwidth_kib_per_s = 100_000_000;

@@ -106,12 +106,18 @@ pub struct ServeArgs {
     /// Most bytes of stored functions, MiB [policy: box.max_stored_mib].
     #[arg(long)]
     pub max_stored_mib: Option<u64>,
-    /// Seconds a finished session's unread output is kept.
+    /// Seconds a finished session's unread output is kept, whether or not
+    /// a client is attached to it.
     #[arg(long, default_value_t = 600)]
     pub session_retention_secs: u64,
-    /// Seconds a client may idle between requests or stall inside a frame.
+    /// Seconds a client may idle between requests; also how long one frame
+    /// may take from its first byte (plus 1 s per 16 KiB received).
     #[arg(long, default_value_t = 30)]
     pub read_timeout_secs: u64,
+    /// Most client connections at once, over all listeners; beyond it a
+    /// new connection is refused (too_many_connections) and closed.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
 }
 
 impl ServeArgs {
@@ -175,6 +181,7 @@ impl ServeArgs {
         config.onion_port = self.onion_port;
         config.session_retention = Duration::from_secs(self.session_retention_secs);
         config.read_timeout = Duration::from_secs(self.read_timeout_secs.max(1));
+        config.max_connections = usize::try_from(self.max_connections).unwrap_or(usize::MAX);
         config.legacy_listen = self.legacy_listen;
         Ok(config)
     }

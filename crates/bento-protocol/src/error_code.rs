@@ -123,6 +123,8 @@ error_codes! {
     ChannelLimit = 67, Busy, "channel_limit";
     /// The box has reserved as much instance storage as it allows.
     InstanceStorageFull = 68, Busy, "instance_storage_full";
+    /// The box has as many client connections open as it allows.
+    TooManyConnections = 69, Busy, "too_many_connections";
     /// An internal error in the box.
     Internal = 96, Internal, "internal";
 }

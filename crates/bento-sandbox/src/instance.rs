@@ -90,7 +90,12 @@ impl bento::runtime::session::Host for InstanceState {
     }
 
     fn begin_message(&mut self, length: u64) -> wasmtime::Result<()> {
-        self.io.begin_message(length).map_err(stopped)
+        self.io.begin_message(length).map_err(|e| match e {
+            crate::session_io::MessageError::Stopped(reason) => stopped(reason),
+            // A guest that lies about its message cannot be framed: it
+            // traps with the reason.
+            other => wasmtime::Error::msg(other.to_string()),
+        })
     }
 }
 

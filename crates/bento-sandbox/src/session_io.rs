@@ -26,6 +26,43 @@ use crate::throttle::Throttle;
 /// boundary records; the owner returns it when the record is freed.
 pub const MESSAGE_CREDIT: u64 = 32;
 
+/// Longest message (one `api.send`) a function may announce. A wasm32
+/// instance cannot hold a 4 GiB value, so a longer announcement is a lie;
+/// the bound also leaves room for any protocol to frame a message under a
+/// `u32` length with its header (the research prototype's frame counts a
+/// 36-byte instance id in its length).
+pub const MAX_MESSAGE_LEN: u64 = u32::MAX as u64 - 1024;
+
+/// Why a function's `begin-message` was refused; the instance traps with
+/// this text (the call has no way to return an error to Python, and only a
+/// function calling the host interface directly can get here).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// The instance is being stopped.
+    #[error("instance stopped: {0:?}")]
+    Stopped(StopReason),
+    /// The announced length is beyond [`MAX_MESSAGE_LEN`].
+    #[error("begin-message announced {length} bytes; a message is at most {MAX_MESSAGE_LEN} bytes")]
+    TooLong {
+        /// The announced length.
+        length: u64,
+    },
+    /// A message was begun before the previous one was completely written.
+    #[error(
+        "begin-message while {remaining} bytes of the previous message were still to be written"
+    )]
+    Unfinished {
+        /// Bytes of the previous message not yet written.
+        remaining: u64,
+    },
+}
+
+impl From<StopReason> for MessageError {
+    fn from(reason: StopReason) -> Self {
+        MessageError::Stopped(reason)
+    }
+}
+
 /// Largest chunk handed to [`SessionHost::deliver_output`] in one call.
 pub(crate) const MAX_OUTPUT_CHUNK: usize = 1024 * 1024;
 
@@ -109,6 +146,9 @@ struct IoState {
     current: Bytes,
     input_closed: bool,
     output_credit: u64,
+    /// Bytes of the current message (see `begin_message`) still to be
+    /// written; a new message may begin only once this is zero.
+    message_remaining: u64,
     stop: Option<StopReason>,
     /// Output bytes still to be staged for a capability call instead of
     /// reaching the session (see `capabilities.stage`).
@@ -323,11 +363,22 @@ impl SessionIo {
         }
     }
 
-    /// The next `length` output bytes form one message.
-    pub(crate) fn begin_message(&self, length: u64) -> Result<(), StopReason> {
+    /// The next `length` output bytes form one message. The length is the
+    /// guest's word, so it is checked: bounded by [`MAX_MESSAGE_LEN`], and
+    /// messages never overlap (the owner frames output by them).
+    pub(crate) fn begin_message(&self, length: u64) -> Result<(), MessageError> {
+        if length > MAX_MESSAGE_LEN {
+            return Err(MessageError::TooLong { length });
+        }
         let state = self.lock();
+        if state.message_remaining > 0 {
+            return Err(MessageError::Unfinished {
+                remaining: state.message_remaining,
+            });
+        }
         let mut state = self.wait_until(state, |s| s.output_credit >= MESSAGE_CREDIT)?;
         state.output_credit -= MESSAGE_CREDIT;
+        state.message_remaining = length;
         drop(state);
         self.host.message_start(length);
         Ok(())
@@ -409,6 +460,7 @@ impl SessionIo {
             return Err(StreamError::trap("wrote more than check-write permitted"));
         }
         state.output_credit -= len;
+        state.message_remaining = state.message_remaining.saturating_sub(len);
         drop(state);
         if let Err(reason) = self.throttle(len) {
             return Err(StreamError::trap(&format!("session stopped: {reason:?}")));
@@ -841,6 +893,32 @@ mod tests {
         assert!(io.write_output(Bytes::from_static(b"e")).is_err());
         io.grant_credit(10);
         io.write_output(Bytes::from_static(b"e")).unwrap();
+        assert_eq!(&*recorder.output.lock().unwrap(), b"abcde");
+    }
+
+    #[test]
+    fn a_message_longer_than_any_frame_or_overlapping_the_previous_one_is_refused() {
+        let (recorder, io) = io(1024, Duration::from_secs(60));
+        assert_eq!(
+            io.begin_message(u64::MAX),
+            Err(MessageError::TooLong { length: u64::MAX })
+        );
+        assert_eq!(
+            io.begin_message(MAX_MESSAGE_LEN + 1),
+            Err(MessageError::TooLong {
+                length: MAX_MESSAGE_LEN + 1
+            })
+        );
+        io.begin_message(5).unwrap();
+        io.write_output(Bytes::from_static(b"abc")).unwrap();
+        assert_eq!(
+            io.begin_message(1),
+            Err(MessageError::Unfinished { remaining: 2 }),
+            "a message may not begin inside another"
+        );
+        io.write_output(Bytes::from_static(b"de")).unwrap();
+        io.begin_message(0).unwrap();
+        io.begin_message(MAX_MESSAGE_LEN).unwrap();
         assert_eq!(&*recorder.output.lock().unwrap(), b"abcde");
     }
 

@@ -3,7 +3,7 @@
 //! Nothing here logs the peer address, tokens, arguments or sources.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bento_protocol::{
     ErrorCode, Frame, FrameDecoder, FrameType, MAX_DATA_LEN, PROTOCOL_VERSION, ProtocolError,
@@ -62,11 +62,18 @@ pub(crate) async fn handle_connection(stream: TcpStream, state: Arc<BoxState>) {
         decoder: FrameDecoder::default(),
         state,
     };
-    if let Err(Close(Some(frame))) = conn.run().await {
-        tracing::debug!(code = ?frame_code(&frame), "closing connection with an error");
-        let _ = conn.send(&frame).await;
-    }
-    let _ = conn.writer.shutdown().await;
+    let ended = conn.run().await;
+    // The last words are bounded too: a client that does not read must not
+    // keep the connection open through them.
+    let timeout = conn.state.config.read_timeout;
+    let _ = tokio::time::timeout(timeout, async {
+        if let Err(Close(Some(frame))) = ended {
+            tracing::debug!(code = ?frame_code(&frame), "closing connection with an error");
+            let _ = conn.send(&frame).await;
+        }
+        let _ = conn.writer.shutdown().await;
+    })
+    .await;
 }
 
 fn frame_code(frame: &Frame) -> Option<ErrorCode> {
@@ -77,28 +84,63 @@ fn frame_code(frame: &Frame) -> Option<ErrorCode> {
 }
 
 impl Conn {
+    /// Send one frame, within the write deadline (the read timeout plus
+    /// 1 s per `MIN_CLIENT_RATE` bytes): a client that does not read its
+    /// answers loses its connection instead of holding it.
     async fn send(&mut self, frame: &Frame) -> Result<(), Close> {
         let mut out = BytesMut::new();
         frame.encode(&mut out);
-        self.writer.write_all(&out).await?;
-        self.writer.flush().await?;
+        let deadline =
+            crate::frame_deadline(Instant::now(), self.state.config.read_timeout, out.len());
+        let writer = &mut self.writer;
+        let write = async {
+            writer.write_all(&out).await?;
+            writer.flush().await
+        };
+        match tokio::time::timeout_at(deadline.into(), write).await {
+            Ok(result) => result?,
+            Err(_) => return Err(Close(None)),
+        }
         Ok(())
     }
 
     /// Read the next frame; `None` on a clean close between frames. Times
-    /// out when the peer idles between requests or stalls inside a frame.
+    /// out when the peer idles between requests for `timeout`, or does not
+    /// complete a frame by its deadline (see [`crate::frame_deadline`]):
+    /// one deadline per phase and per frame, not per read, so trickling
+    /// bytes does not keep a connection.
     async fn read_frame(&mut self, timeout: Duration) -> Result<Option<Frame>, Close> {
+        let idle_until = Instant::now() + timeout;
+        let mut frame_started = (!self.buf.is_empty()).then(Instant::now);
         loop {
             if let Some(frame) = self.decoder.decode(&mut self.buf)? {
                 return Ok(Some(frame));
             }
+            if frame_started.is_none() && !self.buf.is_empty() {
+                frame_started = Some(Instant::now());
+            }
+            let deadline = match frame_started {
+                Some(started) => crate::frame_deadline(started, timeout, self.buf.len()),
+                None => idle_until,
+            };
             bento_protocol::reserve_for_read(&mut self.buf);
-            let read = tokio::time::timeout(timeout, self.reader.read_buf(&mut self.buf)).await;
+            let read =
+                tokio::time::timeout_at(deadline.into(), self.reader.read_buf(&mut self.buf)).await;
             match read {
+                Err(_) if frame_started.is_some() => {
+                    return Err(Close::with(
+                        ErrorCode::Timeout,
+                        format!(
+                            "the frame was not complete by its deadline ({} s, plus 1 s per {} KiB received)",
+                            timeout.as_secs(),
+                            crate::MIN_CLIENT_RATE / 1024
+                        ),
+                    ));
+                }
                 Err(_) => {
                     return Err(Close::with(
                         ErrorCode::Timeout,
-                        format!("no complete frame within {} s", timeout.as_secs()),
+                        format!("no request within {} s", timeout.as_secs()),
                     ));
                 }
                 Ok(Ok(0)) if self.buf.is_empty() => return Ok(None),
@@ -376,6 +418,9 @@ impl Conn {
         self.send(&Frame::Attached { offset: sent }).await?;
         let timeout = self.state.config.read_timeout;
         let mut end_sent = false;
+        // When the client's current incomplete frame began: its deadline
+        // runs from there, however slowly its bytes trickle in.
+        let mut partial_since: Option<Instant> = None;
         loop {
             // Register interest before inspecting the state, so no wake-up
             // between the two is missed.
@@ -383,15 +428,22 @@ impl Conn {
             tokio::pin!(changed);
             changed.as_mut().enable();
 
-            let (chunks, finished, input_blocked, taken_over) = {
+            let (chunks, finished, input_blocked, taken_over, expired) = {
                 let state = session.lock();
                 (
                     Session::output_from(&state, sent, OUTPUT_BATCH),
                     state.outcome.clone(),
                     state.input_blocked(),
                     state.attach_generation != generation,
+                    state.expired,
                 )
             };
+            if expired {
+                return Err(Close::with(
+                    ErrorCode::UnknownSession,
+                    "the session ended longer ago than this box keeps finished sessions; it is forgotten",
+                ));
+            }
             if taken_over {
                 return Err(Close::with(
                     ErrorCode::SessionBusy,
@@ -399,14 +451,26 @@ impl Conn {
                 ));
             }
             if !chunks.is_empty() {
-                for chunk in chunks {
-                    self.writer
-                        .write_all(&encode_data_header(FrameType::Output, chunk.len()))
-                        .await?;
-                    self.writer.write_all(&chunk).await?;
-                    sent += chunk.len() as u64;
+                // A client that stops reading must not hold the session
+                // (and its reserved output) forever: writing has a deadline
+                // like reading.
+                let bytes: usize = chunks.iter().map(bytes::Bytes::len).sum();
+                let deadline = crate::frame_deadline(Instant::now(), timeout, bytes);
+                let writer = &mut self.writer;
+                let write = async {
+                    for chunk in &chunks {
+                        writer
+                            .write_all(&encode_data_header(FrameType::Output, chunk.len()))
+                            .await?;
+                        writer.write_all(chunk).await?;
+                    }
+                    writer.flush().await
+                };
+                match tokio::time::timeout_at(deadline.into(), write).await {
+                    Ok(result) => result?,
+                    Err(_) => return Err(Close(None)),
                 }
-                self.writer.flush().await?;
+                sent += bytes as u64;
             } else if let (Some(outcome), false) = (&finished, end_sent) {
                 let frame = outcome_refusal(outcome).map_or(Frame::End, Refusal::into_frame);
                 self.send(&frame).await?;
@@ -442,6 +506,15 @@ impl Conn {
                 }
                 continue;
             }
+            // Complete frames held back by input backpressure are not a
+            // stall; only an incomplete frame has a deadline.
+            if self.buf.is_empty() || input_blocked {
+                partial_since = None;
+            } else if partial_since.is_none() {
+                partial_since = Some(Instant::now());
+            }
+            let frame_deadline = partial_since
+                .map(|started| crate::frame_deadline(started, timeout, self.buf.len()));
             bento_protocol::reserve_for_read(&mut self.buf);
             tokio::select! {
                 _ = &mut changed => {}
@@ -455,10 +528,11 @@ impl Conn {
                         return Ok(());
                     }
                 }
-                // Only an incomplete frame counts as a stall: complete
-                // frames held back by input backpressure do not.
-                _ = tokio::time::sleep(timeout), if !self.buf.is_empty() && !input_blocked => {
-                    return Err(Close::with(ErrorCode::Timeout, "stalled inside a frame"));
+                () = sleep_until(frame_deadline), if frame_deadline.is_some() => {
+                    return Err(Close::with(
+                        ErrorCode::Timeout,
+                        "stalled inside a frame: it was not complete by its deadline",
+                    ));
                 }
             }
         }
@@ -570,6 +644,14 @@ impl ChannelGuard {
 impl Drop for ChannelGuard {
     fn drop(&mut self) {
         self.session.close_channel(self.channel);
+    }
+}
+
+/// Sleep until `deadline` (forever without one; callers guard the branch).
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bento_protocol::{InvokeToken, SessionToken};
 use bento_worker::{InstanceOutcome, StartCall};
@@ -100,7 +101,10 @@ fn response(kind: u8, error: bool, payload: &[u8]) -> Vec<u8> {
 fn message_header(kind: u8, id: &str, data_len: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(5 + INSTANCE_ID_LEN);
     out.push(kind);
-    let len = u32::try_from(INSTANCE_ID_LEN as u64 + data_len).unwrap_or(u32::MAX);
+    // Lengths the box frames are bounded by `MAX_MESSAGE_LEN` (checked when
+    // the worker announces them), so this never saturates in practice; it
+    // must not overflow whatever it is given.
+    let len = u32::try_from((INSTANCE_ID_LEN as u64).saturating_add(data_len)).unwrap_or(u32::MAX);
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(id.as_bytes());
     out
@@ -189,23 +193,32 @@ impl LegacyConn {
     async fn run(&mut self, reader: &mut tokio::net::tcp::OwnedReadHalf) -> Result<(), End> {
         let timeout = self.state.config.read_timeout;
         loop {
-            // Idle between requests: bounded unless the client has streams
-            // open (then it may just be listening).
+            // Idle between requests: bounded unless the client has live
+            // streams (then it may just be listening).
             let mut kind = [0u8; 1];
-            let first = reader.read(&mut kind);
-            let n = if self.streams.is_empty() {
-                match tokio::time::timeout(timeout, first).await {
-                    Ok(n) => n?,
-                    Err(_) => return Err(End::Closed),
+            let n = loop {
+                match tokio::time::timeout(timeout, reader.read(&mut kind)).await {
+                    Ok(n) => break n?,
+                    Err(_) => {
+                        // Streams that ended (their instance finished and
+                        // was sent) no longer excuse an idle connection.
+                        self.streams.retain(|_, (_, task)| !task.is_finished());
+                        if self.streams.is_empty() {
+                            return Err(End::Closed);
+                        }
+                    }
                 }
-            } else {
-                first.await?
             };
             if n == 0 {
                 return Ok(());
             }
+            // One deadline for the whole request, from its first byte (see
+            // `frame_deadline`): trickling bytes does not extend it.
+            let started = std::time::Instant::now();
             let mut len = [0u8; 4];
-            match tokio::time::timeout(timeout, reader.read_exact(&mut len)).await {
+            let header_deadline = crate::frame_deadline(started, timeout, 1);
+            match tokio::time::timeout_at(header_deadline.into(), reader.read_exact(&mut len)).await
+            {
                 Ok(result) => result?,
                 Err(_) => return Err(End::Closed),
             };
@@ -220,14 +233,24 @@ impl LegacyConn {
                 return Err(End::Closed);
             }
             // Grow the body as bytes arrive rather than allocating the
-            // declared length up front.
+            // declared length up front; the deadline grows with what has
+            // arrived, never with what is merely announced.
             let mut body = Vec::new();
             let mut limited = (&mut *reader).take(u64::from(len));
-            match tokio::time::timeout(timeout, limited.read_to_end(&mut body)).await {
-                Ok(Ok(n)) if n == len as usize => {}
-                Ok(Ok(_)) => return Err(End::Closed), // closed inside a request
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_) => return Err(End::Closed),
+            loop {
+                let deadline = crate::frame_deadline(started, timeout, 5 + body.len());
+                if body.capacity() - body.len() < 64 * 1024 {
+                    body.reserve(64 * 1024);
+                }
+                match tokio::time::timeout_at(deadline.into(), limited.read_buf(&mut body)).await {
+                    Ok(Ok(0)) => break,
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => return Err(End::Closed),
+                }
+            }
+            if body.len() != len as usize {
+                return Err(End::Closed); // closed inside a request
             }
             self.request(kind[0], body).await?;
         }
@@ -371,8 +394,18 @@ async fn deliver_input(session: &Arc<Session>, data: Bytes) {
 enum Step {
     /// Write these output bytes (inside a frame already started).
     Body(Vec<Bytes>),
-    /// Start an `Output` frame of this many bytes (one `api.send`).
+    /// Start an `Output` frame of this many bytes (one `api.send`, or the
+    /// rest of one a previous stream of the instance had begun).
     StartMessage(u64),
+    /// The function ended during an `api.send` before the box framed it:
+    /// send what it wrote as a short frame, then say so.
+    Short {
+        chunks: Vec<Bytes>,
+        /// Bytes of the message sent before (by an earlier stream).
+        earlier: u64,
+        announced: u64,
+        outcome: InstanceOutcome,
+    },
     /// Output not framed by `api.send` (e.g. `print`): one frame of it.
     Unframed(Vec<Bytes>),
     /// The function ended and everything was sent.
@@ -399,10 +432,20 @@ async fn stream_instance(
         s.attach_generation
     };
     session.changed.notify_waiters();
+    let timeout = state.config.read_timeout;
     let mut sent = session.lock().acked;
-    // Remaining bytes of the Output frame being written, and the writer
-    // lock held for it (frames from different streams must not interleave).
+    // An Output frame header promises its length, so it is written only
+    // once the whole message is here, or enough of it that the function is
+    // clearly sending it (half its output buffer, which it can always
+    // reach: it blocks for credit only beyond the whole buffer). A function
+    // that announces a huge message and ends without writing it gets a
+    // short frame of what it wrote, never a promise the box must pad.
+    let commit_at = (session.output_buffer_bytes() / 2).max(1);
+    // Remaining bytes of the Output frame being written, its whole length,
+    // and the writer lock held for it (frames from different streams must
+    // not interleave).
     let mut in_message = 0u64;
+    let mut frame_len = 0u64;
     let mut frame_guard: Option<OwnedMutexGuard<OwnedWriteHalf>> = None;
     loop {
         let changed = session.changed.notified();
@@ -413,7 +456,8 @@ async fn stream_instance(
         }
         let step = {
             let s = session.lock();
-            if s.attach_generation != generation {
+            // Expired: the box forgot the finished session; let go of it.
+            if s.attach_generation != generation || s.expired {
                 Step::TakenOver
             } else if in_message > 0 && sent < s.produced {
                 let max = usize::try_from(in_message)
@@ -427,7 +471,27 @@ async fn stream_instance(
                 }
             } else {
                 match s.messages.front().copied() {
-                    Some((start, len)) if start == sent => Step::StartMessage(len),
+                    // The next message starts here (or, after a takeover,
+                    // started before and its rest is still to be sent).
+                    Some((start, len))
+                        if start <= sent && (start == sent || sent - start < len) =>
+                    {
+                        let remaining = len - (sent - start);
+                        let available = s.produced - sent;
+                        if available >= remaining.min(commit_at) {
+                            Step::StartMessage(remaining)
+                        } else if let Some(outcome) = &s.outcome {
+                            let max = usize::try_from(available).unwrap_or(usize::MAX);
+                            Step::Short {
+                                chunks: Session::output_from(&s, sent, max),
+                                earlier: sent - start,
+                                announced: len,
+                                outcome: outcome.clone(),
+                            }
+                        } else {
+                            Step::Wait
+                        }
+                    }
                     next => {
                         let until = next.map_or(s.produced, |(start, _)| start.min(s.produced));
                         if until > sent {
@@ -444,10 +508,37 @@ async fn stream_instance(
                 }
             }
         };
-        let terminal = matches!(step, Step::Finished(_) | Step::Truncated(_));
-        let written: Result<(), std::io::Error> = async {
+        let terminal = matches!(
+            step,
+            Step::Finished(_) | Step::Truncated(_) | Step::Short { .. }
+        );
+        // Writing has a deadline like reading (the read timeout plus 1 s per
+        // `MIN_CLIENT_RATE` bytes): a client that stops reading must not
+        // hold its connection, the instance's session and its reserved
+        // output forever.
+        let write_deadline = match &step {
+            Step::Wait => None,
+            Step::Body(chunks) | Step::Unframed(chunks) | Step::Short { chunks, .. } => {
+                let bytes: usize = chunks.iter().map(Bytes::len).sum();
+                Some(crate::frame_deadline(Instant::now(), timeout, bytes))
+            }
+            Step::Truncated(_) => Some(crate::frame_deadline(
+                Instant::now(),
+                timeout,
+                usize::try_from(in_message).unwrap_or(usize::MAX),
+            )),
+            _ => Some(crate::frame_deadline(Instant::now(), timeout, 0)),
+        };
+        let work = async {
             match step {
-                Step::TakenOver => Err(std::io::ErrorKind::Other.into()),
+                Step::TakenOver => {
+                    // Mid-frame, this connection's stream cannot be kept
+                    // well-formed: end it (the new stream sends the rest).
+                    if let Some(guard) = frame_guard.as_mut() {
+                        let _ = guard.shutdown().await;
+                    }
+                    Err(std::io::ErrorKind::Other.into())
+                }
                 Step::Wait => {
                     tokio::select! {
                         _ = &mut changed => {}
@@ -459,6 +550,7 @@ async fn stream_instance(
                     let mut guard = writer.clone().lock_owned().await;
                     guard.write_all(&message_header(T_OUTPUT, &id, len)).await?;
                     in_message = len;
+                    frame_len = len;
                     if len > 0 {
                         frame_guard = Some(guard);
                     } else {
@@ -497,21 +589,64 @@ async fn stream_instance(
                     session.acknowledge(sent);
                     Ok(())
                 }
+                Step::Short {
+                    chunks,
+                    earlier,
+                    announced,
+                    outcome,
+                } => {
+                    let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+                    let mut guard = writer.lock().await;
+                    if len > 0 {
+                        guard.write_all(&message_header(T_OUTPUT, &id, len)).await?;
+                        for chunk in chunks {
+                            guard.write_all(&chunk).await?;
+                        }
+                    }
+                    drop(guard);
+                    sent += len;
+                    session.acknowledge(sent);
+                    let text = ended_during_send(
+                        &outcome,
+                        &format!(
+                            "after writing {} of the {announced} bytes it announced; its last Output is short",
+                            earlier + len
+                        ),
+                    );
+                    finish(&state, &session, &id, &writer, Some(text)).await
+                }
                 Step::Truncated(outcome) => {
+                    // The box never invents more bytes than the function
+                    // wrote of the message: beyond that, padding would let
+                    // a function make the box send far more than its
+                    // bandwidth limit allows. Then the frame cannot be
+                    // completed and the connection is ended instead; the
+                    // Error and `function dead` wait for the next Open.
+                    let written = frame_len - in_message;
+                    if in_message > written {
+                        if let Some(guard) = frame_guard.as_mut() {
+                            let _ = guard.shutdown().await;
+                        }
+                        return Err(std::io::ErrorKind::Other.into());
+                    }
                     // Keep the stream well-formed: pad the frame the
                     // function announced but did not finish, then say so.
                     if let Some(guard) = frame_guard.as_mut() {
                         let zeros = vec![0u8; 64 * 1024];
                         while in_message > 0 {
-                            let n = usize::try_from(in_message).unwrap_or(usize::MAX).min(zeros.len());
+                            let n = usize::try_from(in_message)
+                                .unwrap_or(usize::MAX)
+                                .min(zeros.len());
                             guard.write_all(&zeros[..n]).await?;
                             in_message -= n as u64;
                         }
                     }
                     frame_guard = None;
-                    let text = format!(
-                        "{}\n(the function stopped during api.send; the rest of its last Output is zero padding)",
-                        outcome_refusal(&outcome).map_or_else(String::new, |r| r.message)
+                    let text = ended_during_send(
+                        &outcome,
+                        &format!(
+                            "after writing {written} of the {frame_len} bytes it announced; the rest of its last Output is zero padding"
+                        ),
                     );
                     finish(&state, &session, &id, &writer, Some(text)).await
                 }
@@ -520,11 +655,40 @@ async fn stream_instance(
                     finish(&state, &session, &id, &writer, text).await
                 }
             }
-        }
-        .await;
+        };
+        let written = match write_deadline {
+            None => work.await,
+            Some(deadline) => match tokio::time::timeout_at(deadline.into(), work).await {
+                Ok(written) => written,
+                Err(_) => {
+                    // The frame cannot be finished: end the connection.
+                    match frame_guard.as_mut() {
+                        Some(guard) => {
+                            let _ = guard.shutdown().await;
+                        }
+                        None => {
+                            if let Ok(mut guard) = writer.try_lock() {
+                                let _ = guard.shutdown().await;
+                            }
+                        }
+                    }
+                    Err(std::io::ErrorKind::TimedOut.into())
+                }
+            },
+        };
         if written.is_err() || terminal {
             return;
         }
+    }
+}
+
+/// The Error text for an instance that ended in the middle of an
+/// `api.send`: why it ended (if not by returning), then what the client got.
+fn ended_during_send(outcome: &InstanceOutcome, what: &str) -> String {
+    let note = format!("(the function stopped during api.send {what})");
+    match outcome_refusal(outcome) {
+        Some(refusal) => format!("{}\n{note}", refusal.message),
+        None => note,
     }
 }
 

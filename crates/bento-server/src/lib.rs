@@ -41,6 +41,29 @@ const JANITOR_PERIOD: Duration = Duration::from_secs(1);
 /// box concludes its worker is not enforcing limits.
 const WALL_LIMIT_GRACE: Duration = Duration::from_secs(5);
 
+/// The slowest a client may send a frame, bytes per second, on top of the
+/// read timeout: a frame must be complete by `read_timeout` after its first
+/// byte plus one second per this many bytes received. Legitimate clients
+/// over Tor are far faster; a client trickling bytes holds its connection
+/// for at most about the read timeout.
+pub const MIN_CLIENT_RATE: u64 = 16 * 1024;
+
+/// The deadline of a frame that began at `started` and of which
+/// `received` bytes have arrived (see [`MIN_CLIENT_RATE`]).
+pub(crate) fn frame_deadline(
+    started: std::time::Instant,
+    timeout: Duration,
+    received: usize,
+) -> std::time::Instant {
+    let allowance = Duration::from_millis(
+        u64::try_from(received)
+            .unwrap_or(u64::MAX)
+            .saturating_mul(1000)
+            / MIN_CLIENT_RATE,
+    );
+    started + timeout.saturating_add(allowance)
+}
+
 /// Server configuration; [`ServerConfig::new`] gives the documented defaults.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -57,10 +80,13 @@ pub struct ServerConfig {
     pub http_extra_roots_pem: Option<String>,
     /// How long a finished session stays attachable (default 10 min).
     pub session_retention: Duration,
-    /// How long a client may idle between requests or stall inside a frame
-    /// (default 30 s).
+    /// How long a client may idle between requests, and how long a frame
+    /// may take from its first byte (plus 1 s per [`MIN_CLIENT_RATE`] bytes
+    /// received) (default 30 s).
     pub read_timeout: Duration,
-    /// Most client connections at once (default 4096).
+    /// Most client connections at once, over all listeners (default 4096,
+    /// `bento serve --max-connections`); beyond it a new connection gets
+    /// `too_many_connections` and is closed.
     pub max_connections: usize,
     /// Worker processes.
     pub workers: WorkerPoolConfig,
@@ -234,7 +260,8 @@ impl Server {
             Ok(n) => tracing::info!(n, "removed storage left by instances of an earlier run"),
             Err(e) => tracing::warn!(error = %e, "cannot remove old instance storage"),
         }
-        let config_max_connections = config.max_connections;
+        // Semaphore::new refuses more permits than it can count.
+        let config_max_connections = config.max_connections.min(Semaphore::MAX_PERMITS);
         let pool = WorkerPool::start(config.workers.clone()).await?;
         let listener = TcpListener::bind(listen).await?;
         let legacy_listener = match config.legacy_listen {
@@ -315,6 +342,7 @@ impl Server {
                 listener,
                 state.clone(),
                 legacy::handle_connection,
+                None,
             ));
         }
         let janitor_state = state.clone();
@@ -339,18 +367,73 @@ impl Server {
                 }
             }
         });
-        accept_loop(self.listener, state, connection::handle_connection).await;
+        let refusal = over_capacity(state.config.max_connections);
+        accept_loop(
+            self.listener,
+            state,
+            connection::handle_connection,
+            Some(refusal),
+        )
+        .await;
         Ok(())
     }
 }
 
+/// What a connection beyond the cap is told: an `Error` frame for native
+/// clients (the prototype's protocol has no frame for it; its clients see
+/// the connection closed).
+fn over_capacity(max: usize) -> Vec<u8> {
+    let frame = bento_protocol::Frame::error(
+        bento_protocol::ErrorCode::TooManyConnections,
+        format!("the box serves at most {max} connections at once; try again later"),
+    );
+    let mut out = bytes::BytesMut::new();
+    frame.encode(&mut out);
+    out.to_vec()
+}
+
+/// Connections beyond the cap being told so at once; more are just closed.
+const REFUSALS_AT_ONCE: usize = 64;
+/// How long telling one connection it is beyond the cap may take.
+const REFUSAL_TIME: Duration = Duration::from_secs(1);
+
+/// Close a connection beyond the cap, first sending `refusal` if there is
+/// one. The refusal is written, the write side closed, and what the client
+/// sent meanwhile drained (closing with unread bytes would reset the
+/// connection and could destroy the refusal before the client reads it) —
+/// all within [`REFUSAL_TIME`] and for at most [`REFUSALS_AT_ONCE`]
+/// connections at a time, so refusing costs the box next to nothing.
+fn refuse(stream: tokio::net::TcpStream, refusal: Option<Vec<u8>>, refusing: &Arc<Semaphore>) {
+    let (Some(refusal), Ok(permit)) = (refusal, refusing.clone().try_acquire_owned()) else {
+        return;
+    };
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = stream;
+        let _ = tokio::time::timeout(REFUSAL_TIME, async {
+            stream.write_all(&refusal).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 1024];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<(), std::io::Error>(())
+        })
+        .await;
+        drop(permit);
+    });
+}
+
 /// Accept connections on `listener` and run `handle` for each, within the
 /// box-wide connection cap (shared by all listeners). Never returns.
-async fn accept_loop<F, Fut>(listener: TcpListener, state: Arc<BoxState>, handle: F)
-where
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    state: Arc<BoxState>,
+    handle: F,
+    refusal: Option<Vec<u8>>,
+) where
     F: Fn(tokio::net::TcpStream, Arc<BoxState>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let refusing = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
     loop {
         let (stream, _peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -362,8 +445,8 @@ where
             }
         };
         let Ok(permit) = state.connection_permits.clone().try_acquire_owned() else {
-            // Over the connection cap: close at once rather than queue.
-            drop(stream);
+            // Over the connection cap: say so and close rather than queue.
+            refuse(stream, refusal.clone(), &refusing);
             continue;
         };
         let connection = handle(stream, state.clone());

@@ -46,6 +46,9 @@ pub(crate) struct SessionState {
     /// Incremented by each attach; an attachment whose generation is stale
     /// has been taken over by a newer one.
     pub(crate) attach_generation: u64,
+    /// The retention time after the end passed and the box forgot the
+    /// session: an attachment still holding it must let go.
+    pub(crate) expired: bool,
 }
 
 impl SessionState {
@@ -66,7 +69,12 @@ pub struct Session {
     handle: OnceLock<InstanceHandle>,
     /// Global figures this session counts towards.
     counters: Arc<GlobalCounters>,
-    reserved_buffer: u64,
+    /// The output buffer the grant gives the session, bytes.
+    output_buffer: u64,
+    /// The part of `counters.reserved_buffer_bytes` this session holds: its
+    /// whole output buffer while the instance runs, then only its unread
+    /// output (see `release_unused_buffer`).
+    reserved_buffer: AtomicU64,
     /// Keep message boundaries (the prototype protocol frames by them);
     /// otherwise their credit is returned at once.
     frames_messages: bool,
@@ -169,11 +177,13 @@ impl Session {
                 input_in_flight: 0,
                 messages: VecDeque::new(),
                 attach_generation: 0,
+                expired: false,
             }),
             changed: Notify::new(),
             handle: OnceLock::new(),
             counters,
-            reserved_buffer,
+            output_buffer: reserved_buffer,
+            reserved_buffer: AtomicU64::new(reserved_buffer),
             frames_messages,
             wall_deadline: Instant::now() + wall_limit,
             service,
@@ -303,11 +313,31 @@ impl Session {
         }
         state.acked = offset;
         let running = state.outcome.is_none();
+        self.release_unused_buffer(&state);
         drop(state);
         if let (true, Some(handle)) = (granted > 0 && running, self.handle()) {
             handle.grant_credit(granted);
         }
         true
+    }
+
+    /// Once the instance has ended, nothing more will be written: give back
+    /// the part of the buffer reservation not holding unread output, so
+    /// that finished sessions waiting for (or abandoned by) their client
+    /// cannot lock others out of the box. Called under the state lock, so
+    /// concurrent callers agree.
+    fn release_unused_buffer(&self, state: &SessionState) {
+        if state.outcome.is_none() {
+            return;
+        }
+        let unread = state.produced.saturating_sub(state.acked);
+        let held = self.reserved_buffer.load(Ordering::Relaxed);
+        if held > unread {
+            self.reserved_buffer.store(unread, Ordering::Relaxed);
+            self.counters
+                .reserved_buffer_bytes
+                .fetch_sub(held - unread, Ordering::Relaxed);
+        }
     }
 
     /// Forward one client message to the function (dropped if it has
@@ -324,6 +354,11 @@ impl Session {
             handle.input(data);
         }
         blocked
+    }
+
+    /// The output buffer the session's grant gives it, bytes.
+    pub(crate) fn output_buffer_bytes(&self) -> u64 {
+        self.output_buffer
     }
 
     pub(crate) fn token(&self) -> &SessionToken {
@@ -395,6 +430,7 @@ impl InstanceEvents for Session {
             for cleanup in cleanups {
                 cleanup();
             }
+            self.release_unused_buffer(&state);
         }
         drop(state);
         self.changed.notify_waiters();
@@ -464,7 +500,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.counters
             .reserved_buffer_bytes
-            .fetch_sub(self.reserved_buffer, Ordering::Relaxed);
+            .fetch_sub(*self.reserved_buffer.get_mut(), Ordering::Relaxed);
     }
 }
 
@@ -518,16 +554,25 @@ impl SessionTable {
             .collect()
     }
 
-    /// Drop finished sessions older than `retention`; returns how many.
+    /// Drop finished sessions older than `retention`, attached or not (an
+    /// attachment is told and lets go, so an idle client cannot pin a
+    /// finished session); returns how many.
     pub(crate) fn expire(&self, retention: std::time::Duration) -> usize {
         let now = Instant::now();
-        let mut sessions = self.lock();
-        let before = sessions.len();
-        sessions.retain(|_, session| {
-            let state = session.lock();
-            !matches!(state.finished_at, Some(at) if now.duration_since(at) >= retention)
+        let mut expired = Vec::new();
+        self.lock().retain(|_, session| {
+            let mut state = session.lock();
+            let old = matches!(state.finished_at, Some(at) if now.duration_since(at) >= retention);
+            if old {
+                state.expired = true;
+                expired.push(session.clone());
+            }
+            !old
         });
-        before - sessions.len()
+        for session in &expired {
+            session.changed.notify_waiters();
+        }
+        expired.len()
     }
 }
 
@@ -577,6 +622,50 @@ mod tests {
             !s.acknowledge(12),
             "acknowledging unproduced bytes is refused"
         );
+    }
+
+    #[test]
+    fn a_finished_session_keeps_reserved_only_its_unread_output() {
+        let counters = Arc::new(GlobalCounters::default());
+        counters
+            .reserved_buffer_bytes
+            .fetch_add(1000, Ordering::Relaxed);
+        let s = Session::new(
+            SessionToken::generate().unwrap(),
+            counters.clone(),
+            1000,
+            false,
+            std::time::Duration::from_secs(60),
+            SessionExtras::default(),
+        );
+        s.output(Bytes::from_static(b"hello world"));
+        assert_eq!(
+            counters.reserved_buffer_bytes.load(Ordering::Relaxed),
+            1000,
+            "a running instance keeps its whole buffer"
+        );
+        counters.running_instances.fetch_add(1, Ordering::Relaxed);
+        s.finished(InstanceOutcome::Returned);
+        assert_eq!(counters.reserved_buffer_bytes.load(Ordering::Relaxed), 11);
+        assert!(s.acknowledge(6));
+        assert_eq!(counters.reserved_buffer_bytes.load(Ordering::Relaxed), 5);
+        assert!(s.acknowledge(11));
+        assert_eq!(s.reserved_buffer.load(Ordering::Relaxed), 0);
+        drop(s);
+        assert_eq!(counters.reserved_buffer_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn an_expired_session_is_forgotten_even_while_someone_holds_it() {
+        let table = SessionTable::default();
+        let s = session();
+        let token = s.token.clone();
+        table.insert(s.clone());
+        s.finished(InstanceOutcome::Returned);
+        assert_eq!(table.expire(std::time::Duration::from_secs(3600)), 0);
+        assert_eq!(table.expire(std::time::Duration::ZERO), 1);
+        assert!(table.get(&token).is_none());
+        assert!(s.lock().expired, "the holder is told to let go");
     }
 
     #[test]

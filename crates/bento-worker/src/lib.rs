@@ -17,11 +17,13 @@ mod pipe_size;
 mod pool;
 mod worker_process;
 
-pub use bento_sandbox::{CHANNEL_CREDIT, CapabilityGrant, MESSAGE_CREDIT, StorageGrant};
+pub use bento_sandbox::{
+    CHANNEL_CREDIT, CapabilityGrant, MAX_MESSAGE_LEN, MESSAGE_CREDIT, StorageGrant,
+};
 pub use ipc::{InstanceId, InstanceOutcome, OnionRequest, StartCall, StartRequest};
 pub use pipe_size::grow_pipe;
 pub use pool::{
     ChannelEvent, InstanceEvents, InstanceHandle, PoolError, PoolStats, RESPAWN_PATIENCE,
-    WorkerPool, WorkerPoolConfig,
+    WorkerPool, WorkerPoolConfig, WorkerViolation,
 };
 pub use worker_process::{WorkerError, run_worker};

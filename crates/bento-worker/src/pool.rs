@@ -85,11 +85,109 @@ pub enum ChannelEvent {
     Closed,
 }
 
-type EventMap = Arc<Mutex<HashMap<InstanceId, Arc<dyn InstanceEvents>>>>;
+/// What the server has allowed one instance to send. A worker is where
+/// hostile code runs, so the server checks every output message against
+/// it instead of trusting the worker to honour credit: a worker that sends
+/// more is treated as crashed (killed and replaced).
+#[derive(Debug)]
+struct Allowance {
+    /// Session output credit granted so far (initial plus grants).
+    granted: AtomicU64,
+    /// Session output credit used: output bytes and message boundaries
+    /// (only the worker's reader task adds to it).
+    used: AtomicU64,
+    /// Bytes of the current message still to come; a message may begin
+    /// only once this is zero (the sandbox's rule, checked again here).
+    message_remaining: AtomicU64,
+    /// Session input sent to the worker and not yet reported consumed.
+    input_outstanding: AtomicU64,
+    /// Each open channel's window.
+    channels: Mutex<HashMap<u32, ChannelWindow>>,
+}
 
-fn lock_map(
-    map: &EventMap,
-) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Arc<dyn InstanceEvents>>> {
+/// What one open channel may still send, and what it may still report
+/// consumed: reports beyond either are a lying worker (and would grow the
+/// channel's event queue without bound).
+#[derive(Debug, Clone, Copy)]
+struct ChannelWindow {
+    credit: u64,
+    input_outstanding: u64,
+}
+
+impl Allowance {
+    fn new(initial_credit: u64) -> Self {
+        Self {
+            granted: AtomicU64::new(initial_credit),
+            used: AtomicU64::new(0),
+            message_remaining: AtomicU64::new(0),
+            input_outstanding: AtomicU64::new(0),
+            channels: Mutex::default(),
+        }
+    }
+
+    fn channels(&self) -> std::sync::MutexGuard<'_, HashMap<u32, ChannelWindow>> {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Charge `amount` of session credit; false if it was never granted.
+    fn charge(&self, amount: u64) -> bool {
+        let used = self.used.load(Ordering::Relaxed).saturating_add(amount);
+        if used > self.granted.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.used.store(used, Ordering::Relaxed);
+        true
+    }
+
+    /// Charge `amount` of channel `channel`'s credit; false if the channel
+    /// is not open or the credit was never granted.
+    fn charge_channel(&self, channel: u32, amount: u64) -> bool {
+        match self.channels().get_mut(&channel) {
+            Some(window) if window.credit >= amount => {
+                window.credit -= amount;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Count `n` bytes of session input reported consumed; false if more
+    /// than was ever sent.
+    fn consume_input(&self, n: u64) -> bool {
+        let outstanding = self.input_outstanding.load(Ordering::Relaxed);
+        if n > outstanding {
+            return false;
+        }
+        self.input_outstanding
+            .store(outstanding - n, Ordering::Relaxed);
+        true
+    }
+
+    /// Like [`Self::consume_input`], for channel `channel`. Reports for a
+    /// channel that is already closed are ignored (they can cross the
+    /// close).
+    fn consume_channel_input(&self, channel: u32, n: u64) -> bool {
+        match self.channels().get_mut(&channel) {
+            Some(window) if window.input_outstanding >= n => {
+                window.input_outstanding -= n;
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
+    }
+}
+
+/// A running instance, as its worker's reader task sees it.
+#[derive(Clone)]
+struct Tracked {
+    events: Arc<dyn InstanceEvents>,
+    allowance: Arc<Allowance>,
+}
+
+type EventMap = Arc<Mutex<HashMap<InstanceId, Tracked>>>;
+
+fn lock_map(map: &EventMap) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Tracked>> {
     map.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -127,6 +225,7 @@ pub struct InstanceHandle {
     id: InstanceId,
     to_worker: mpsc::UnboundedSender<Bytes>,
     worker_kill: Arc<Notify>,
+    allowance: Arc<Allowance>,
 }
 
 impl InstanceHandle {
@@ -138,6 +237,9 @@ impl InstanceHandle {
 
     /// Deliver one client message.
     pub fn input(&self, data: Bytes) {
+        self.allowance
+            .input_outstanding
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         self.send(ToWorker::Input(self.id, data));
     }
 
@@ -148,6 +250,9 @@ impl InstanceHandle {
 
     /// Allow `bytes` more output.
     pub fn grant_credit(&self, bytes: u64) {
+        // Counted before it is sent, so the worker can never have used
+        // credit the server has not counted yet.
+        self.allowance.granted.fetch_add(bytes, Ordering::Relaxed);
         self.send(ToWorker::Credit(self.id, bytes));
     }
 
@@ -163,6 +268,9 @@ impl InstanceHandle {
 
     /// Bytes from a channel's client.
     pub fn channel_input(&self, channel: u32, data: Bytes) {
+        if let Some(window) = self.allowance.channels().get_mut(&channel) {
+            window.input_outstanding = window.input_outstanding.saturating_add(data.len() as u64);
+        }
         self.send(ToWorker::ChannelInput(self.id, channel, data));
     }
 
@@ -178,6 +286,9 @@ impl InstanceHandle {
 
     /// The box passed `bytes` of the channel's output on to its client.
     pub fn channel_credit(&self, channel: u32, bytes: u64) {
+        if let Some(window) = self.allowance.channels().get_mut(&channel) {
+            window.credit = window.credit.saturating_add(bytes);
+        }
         self.send(ToWorker::ChannelCredit(self.id, channel, bytes));
     }
 
@@ -239,11 +350,21 @@ impl WorkerPool {
         let (index, _) = best.ok_or(PoolError::NoWorker)?;
         let guard = lock_slot(&self.inner, index);
         let live = guard.as_ref().ok_or(PoolError::NoWorker)?;
-        lock_map(&live.instances).insert(id, events);
+        // The worker starts the instance with its whole output buffer as
+        // credit (see `worker_process`).
+        let allowance = Arc::new(Allowance::new(request.limits.output_buffer_bytes));
+        lock_map(&live.instances).insert(
+            id,
+            Tracked {
+                events,
+                allowance: allowance.clone(),
+            },
+        );
         let handle = InstanceHandle {
             id,
             to_worker: live.to_worker.clone(),
             worker_kill: live.kill.clone(),
+            allowance,
         };
         handle.send(ToWorker::Start(id, Box::new(request)));
         Ok(handle)
@@ -424,10 +545,10 @@ async fn read_from_worker(
 ) {
     let reason = loop {
         match FromWorker::decode(&mut buf) {
-            Ok(Some(message)) => {
-                dispatch(message, &instances);
-                continue;
-            }
+            Ok(Some(message)) => match dispatch(message, &instances) {
+                Ok(()) => continue,
+                Err(violation) => break violation.to_string(),
+            },
             Ok(None) => {}
             Err(e) => break e.to_string(),
         }
@@ -454,7 +575,7 @@ async fn read_from_worker(
     *lock_slot(&inner, slot) = None;
     let orphans: Vec<_> = lock_map(&instances)
         .drain()
-        .map(|(_, events)| events)
+        .map(|(_, tracked)| tracked.events)
         .collect();
     for events in orphans {
         events.finished(InstanceOutcome::WorkerCrashed);
@@ -482,56 +603,272 @@ fn respawn(inner: Arc<PoolInner>, slot: usize) {
     });
 }
 
-fn dispatch(message: FromWorker, instances: &EventMap) {
+/// A worker sent something the server never allowed: it is broken or
+/// hostile, and is treated as crashed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkerViolation {
+    /// Session output beyond the credit the server granted.
+    #[error("it sent output beyond the credit the server granted (instance {0})")]
+    OutputCredit(InstanceId),
+    /// Channel output beyond the channel's credit, or on a channel that is
+    /// not open.
+    #[error("it sent channel output beyond its credit or on a closed channel (instance {0})")]
+    ChannelCredit(InstanceId),
+    /// More input reported consumed than the server ever sent.
+    #[error("it reported consuming input the server never sent (instance {0})")]
+    Input(InstanceId),
+    /// A message longer than any function may announce, or one that began
+    /// inside the previous message.
+    #[error("it announced a message the sandbox must have refused (instance {0})")]
+    Message(InstanceId),
+}
+
+fn dispatch(message: FromWorker, instances: &EventMap) -> Result<(), WorkerViolation> {
     // The lock is released before calling into the instance's events.
     let find = |id| lock_map(instances).get(&id).cloned();
     match message {
         FromWorker::Ready => {}
         FromWorker::Output(id, data) => {
-            if let Some(events) = find(id) {
-                events.output(data);
+            if let Some(tracked) = find(id) {
+                let len = data.len() as u64;
+                if !tracked.allowance.charge(len) {
+                    return Err(WorkerViolation::OutputCredit(id));
+                }
+                let remaining = &tracked.allowance.message_remaining;
+                let left = remaining.load(Ordering::Relaxed).saturating_sub(len);
+                remaining.store(left, Ordering::Relaxed);
+                // Empty output would only grow the session's buffer list.
+                if len > 0 {
+                    tracked.events.output(data);
+                }
             }
         }
         FromWorker::InputConsumed(id, n) => {
-            if let Some(events) = find(id) {
-                events.input_consumed(n);
+            if let (Some(tracked), true) = (find(id), n > 0) {
+                if !tracked.allowance.consume_input(n) {
+                    return Err(WorkerViolation::Input(id));
+                }
+                tracked.events.input_consumed(n);
             }
         }
         FromWorker::MessageStart(id, n) => {
-            if let Some(events) = find(id) {
-                events.message_start(n);
+            if let Some(tracked) = find(id) {
+                let allowance = &tracked.allowance;
+                if n > crate::MAX_MESSAGE_LEN
+                    || allowance.message_remaining.load(Ordering::Relaxed) > 0
+                {
+                    return Err(WorkerViolation::Message(id));
+                }
+                if !allowance.charge(crate::MESSAGE_CREDIT) {
+                    return Err(WorkerViolation::OutputCredit(id));
+                }
+                allowance.message_remaining.store(n, Ordering::Relaxed);
+                tracked.events.message_start(n);
             }
         }
         FromWorker::Finished(id, outcome) => {
-            let events = lock_map(instances).remove(&id);
-            if let Some(events) = events {
-                events.finished(outcome);
+            let tracked = lock_map(instances).remove(&id);
+            if let Some(tracked) = tracked {
+                tracked.events.finished(outcome);
             }
         }
         FromWorker::ChannelOpened(id, channel, accepted) => {
-            if let Some(events) = find(id) {
-                events.channel(channel, ChannelEvent::Opened(accepted));
+            if let Some(tracked) = find(id) {
+                if accepted {
+                    tracked
+                        .allowance
+                        .channels()
+                        .entry(channel)
+                        .or_insert(ChannelWindow {
+                            credit: crate::CHANNEL_CREDIT,
+                            input_outstanding: 0,
+                        });
+                }
+                tracked
+                    .events
+                    .channel(channel, ChannelEvent::Opened(accepted));
             }
         }
         FromWorker::ChannelOutput(id, channel, data) => {
-            if let Some(events) = find(id) {
-                events.channel(channel, ChannelEvent::Output(data));
+            if let Some(tracked) = find(id) {
+                if !tracked.allowance.charge_channel(channel, data.len() as u64) {
+                    return Err(WorkerViolation::ChannelCredit(id));
+                }
+                if !data.is_empty() {
+                    tracked.events.channel(channel, ChannelEvent::Output(data));
+                }
             }
         }
         FromWorker::ChannelConsumed(id, channel, n) => {
-            if let Some(events) = find(id) {
-                events.channel(channel, ChannelEvent::Consumed(n));
+            if let (Some(tracked), true) = (find(id), n > 0) {
+                if !tracked.allowance.consume_channel_input(channel, n) {
+                    return Err(WorkerViolation::Input(id));
+                }
+                tracked.events.channel(channel, ChannelEvent::Consumed(n));
             }
         }
         FromWorker::ChannelClosed(id, channel) => {
-            if let Some(events) = find(id) {
-                events.channel(channel, ChannelEvent::Closed);
+            if let Some(tracked) = find(id) {
+                tracked.allowance.channels().remove(&channel);
+                tracked.events.channel(channel, ChannelEvent::Closed);
             }
         }
         FromWorker::OnionRequest(id, request, details) => {
-            if let Some(events) = find(id) {
-                events.onion_request(request, details);
+            if let Some(tracked) = find(id) {
+                tracked.events.onion_request(request, details);
             }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what the pool passes on for one instance.
+    struct Recorder {
+        output: Mutex<u64>,
+        finished: Mutex<Option<oneshot::Sender<InstanceOutcome>>>,
+    }
+
+    impl InstanceEvents for Recorder {
+        fn output(&self, data: Bytes) {
+            *self.output.lock().unwrap() += data.len() as u64;
+        }
+        fn input_consumed(&self, _bytes: u64) {}
+        fn finished(&self, outcome: InstanceOutcome) {
+            if let Some(tx) = self.finished.lock().unwrap().take() {
+                let _ = tx.send(outcome);
+            }
+        }
+    }
+
+    /// A fake worker: a shell that says Ready, waits for the server's
+    /// first message (the Start), then sends `messages` and idles. The
+    /// messages go through a file (they can be larger than an argument).
+    fn fake_worker(messages: &[FromWorker]) -> (WorkerPoolConfig, PathBuf) {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let mut bytes = Vec::new();
+        for message in std::iter::once(&FromWorker::Ready).chain(messages) {
+            let (header, payload) = message.encode_parts();
+            bytes.extend_from_slice(&header);
+            bytes.extend_from_slice(&payload);
+        }
+        let (ready, rest) = bytes.split_at(crate::ipc::IPC_HEADER_LEN);
+        let file = std::env::temp_dir().join(format!(
+            "bento-fake-worker-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&file, rest).unwrap();
+        let octal: String = ready.iter().map(|b| format!("\\{b:03o}")).collect();
+        let config = WorkerPoolConfig {
+            program: PathBuf::from("/bin/sh"),
+            args: vec![
+                "-c".into(),
+                format!(
+                    "printf '{octal}'; head -c 1 >/dev/null; cat '{}' 2>/dev/null; exec sleep 30",
+                    file.display()
+                ),
+            ],
+            wrapper: Vec::new(),
+            workers: 1,
+        };
+        (config, file)
+    }
+
+    async fn run_one(messages: &[FromWorker], credit: u64) -> (InstanceOutcome, u64) {
+        let (config, file) = fake_worker(messages);
+        let pool = WorkerPool::start(config).await.unwrap();
+        let (tx, rx) = oneshot::channel();
+        let recorder = Arc::new(Recorder {
+            output: Mutex::new(0),
+            finished: Mutex::new(Some(tx)),
+        });
+        let request = StartRequest {
+            source: String::new(),
+            filename: "f.py".into(),
+            call: crate::ipc::StartCall::Check,
+            limits: bento_policy::InstanceLimits {
+                output_buffer_bytes: credit,
+                ..Default::default()
+            },
+            grant: bento_sandbox::CapabilityGrant::default(),
+        };
+        pool.start_instance(request, recorder.clone()).unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .expect("the instance ends")
+            .unwrap();
+        let output = *recorder.output.lock().unwrap();
+        let _ = std::fs::remove_file(file);
+        (outcome, output)
+    }
+
+    #[tokio::test]
+    async fn output_within_the_granted_credit_is_passed_on() {
+        let (outcome, output) = run_one(
+            &[
+                FromWorker::MessageStart(1, 900),
+                FromWorker::Output(1, Bytes::from(vec![b'x'; 900])),
+                FromWorker::Finished(1, InstanceOutcome::Returned),
+            ],
+            1000,
+        )
+        .await;
+        assert_eq!(outcome, InstanceOutcome::Returned);
+        assert_eq!(output, 900);
+    }
+
+    #[tokio::test]
+    async fn a_worker_sending_beyond_the_granted_credit_is_treated_as_crashed() {
+        for (what, messages) in [
+            (
+                "output beyond credit",
+                vec![FromWorker::Output(1, Bytes::from(vec![b'x'; 1001]))],
+            ),
+            (
+                "a message no function may announce",
+                vec![FromWorker::MessageStart(1, u64::MAX)],
+            ),
+            (
+                "a message inside a message",
+                vec![
+                    FromWorker::MessageStart(1, 10),
+                    FromWorker::MessageStart(1, 10),
+                ],
+            ),
+            (
+                "input consumed that was never sent",
+                vec![FromWorker::InputConsumed(1, 1)],
+            ),
+            (
+                "channel input consumed that was never sent",
+                vec![
+                    FromWorker::ChannelOpened(1, 7, true),
+                    FromWorker::ChannelConsumed(1, 7, 1),
+                ],
+            ),
+            (
+                "output on a channel never opened",
+                vec![FromWorker::ChannelOutput(1, 7, Bytes::from_static(b"x"))],
+            ),
+            (
+                "channel output beyond the channel's credit",
+                vec![
+                    FromWorker::ChannelOpened(1, 7, true),
+                    FromWorker::ChannelOutput(
+                        1,
+                        7,
+                        Bytes::from(vec![b'x'; crate::CHANNEL_CREDIT as usize + 1]),
+                    ),
+                ],
+            ),
+        ] {
+            let (outcome, output) = run_one(&messages, 1000).await;
+            assert_eq!(outcome, InstanceOutcome::WorkerCrashed, "{what}");
+            assert_eq!(output, 0, "{what}: nothing unallowed is passed on");
         }
     }
 }
