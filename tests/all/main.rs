@@ -19,4 +19,5 @@ mod protocol_abuse;
 mod proxy;
 mod sessions;
 mod shard;
+mod store_lifetime;
 mod tor;
