@@ -47,6 +47,8 @@ pub struct TestBox {
     pub addr: String,
     /// The research prototype's protocol, when started with `--legacy-listen`.
     pub legacy_addr: Option<String>,
+    /// The operator's metrics endpoint (every test box serves one).
+    pub metrics_addr: String,
     log: Arc<Mutex<String>>,
     data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
@@ -75,6 +77,9 @@ impl TestBox {
         if !args.iter().any(|a| a == "--workers") {
             command.args(["--workers", "1"]);
         }
+        if !args.iter().any(|a| a == "--metrics") {
+            command.args(["--metrics", "127.0.0.1:0"]);
+        }
         command
             .args(args)
             .env("BENTO_LOG", "debug")
@@ -87,6 +92,7 @@ impl TestBox {
         let log = Arc::new(Mutex::new(String::new()));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (legacy_tx, legacy_rx) = std::sync::mpsc::channel();
+        let (metrics_tx, metrics_rx) = std::sync::mpsc::channel();
         let log_writer = log.clone();
         let field = |line: &str, name: &str| {
             line.split(name)
@@ -99,6 +105,8 @@ impl TestBox {
                 let Ok(line) = line else { break };
                 if let Some(addr) = field(&line, "legacy_addr=") {
                     let _ = legacy_tx.send(addr);
+                } else if let Some(addr) = field(&line, "metrics_addr=") {
+                    let _ = metrics_tx.send(addr);
                 } else if line.contains("bento box listening") {
                     let _ = addr_tx.send(field(&line, " addr=").unwrap_or_default());
                 }
@@ -111,10 +119,12 @@ impl TestBox {
             .recv_timeout(Duration::from_secs(120))
             .unwrap_or_else(|_| panic!("box did not start: {}", log.lock().unwrap()));
         let legacy_addr = legacy_rx.try_recv().ok();
+        let metrics_addr = metrics_rx.try_recv().unwrap_or_default();
         Self {
             child,
             addr,
             legacy_addr,
+            metrics_addr,
             log,
             data_dir: data_dir.to_owned(),
             _temp: None,
@@ -140,11 +150,19 @@ impl TestBox {
 
     /// SIGKILL the box and start it again on the same data directory.
     pub fn kill9_and_restart(&mut self) {
+        self.kill9_and_restart_after(Duration::ZERO);
+    }
+
+    /// SIGKILL the box, leave it down for `down`, then start it again on
+    /// the same data directory.
+    pub fn kill9_and_restart_after(&mut self, down: Duration) {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();
+        std::thread::sleep(down);
         let mut next = Self::spawn(&self.data_dir, &self.args);
         std::mem::swap(&mut self.child, &mut next.child);
         self.addr = next.addr.clone();
+        self.metrics_addr = next.metrics_addr.clone();
         self.log = next.log.clone();
         // `next` now holds the dead child; dropping it is harmless.
     }
@@ -171,6 +189,23 @@ impl TestBox {
             }
         }
         out
+    }
+
+    /// The operator's exact figures, scraped from the metrics endpoint:
+    /// sample (`name` or `name{labels}`) → value.
+    pub async fn metrics(&self) -> std::collections::BTreeMap<String, f64> {
+        let addr = self
+            .metrics_addr
+            .parse()
+            .unwrap_or_else(|_| panic!("no metrics endpoint: {}", self.log()));
+        bento_server::metrics::scrape(addr).await.unwrap()
+    }
+
+    /// One figure from [`TestBox::metrics`].
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let all = self.metrics().await;
+        *all.get(sample)
+            .unwrap_or_else(|| panic!("no sample {sample} in {all:?}"))
     }
 
     pub async fn connect(&self) -> Connection {

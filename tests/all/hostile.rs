@@ -150,8 +150,7 @@ async fn a_worker_killed_mid_run_fails_only_its_sessions_and_is_replaced() {
     let result = next_failure(&mut attachment).await;
     assert_eq!(code(&result), ErrorCode::WorkerCrashed);
     bx.assert_serves_hello().await;
-    let status = bx.connect().await.status().await.unwrap();
-    assert_eq!(status["workers"]["restarts"], 2, "{status}");
+    assert_eq!(bx.metric("bento_worker_restarts_total").await, 2.0);
     let replaced = bx.worker_pids();
     assert!(
         replaced.iter().all(|pid| !workers.contains(pid)),
@@ -226,13 +225,13 @@ async fn the_global_output_buffer_cap_refuses_extra_sessions_clearly() {
     // Killed sessions release their reservation once they expire.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let status = bx.connect().await.status().await.unwrap();
-        if status["output_buffer_bytes"]["reserved"] == 0 {
+        let reserved = bx.metric("bento_output_buffer_reserved_bytes").await;
+        if reserved == 0.0 {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "reservations never released: {status}"
+            "reservations never released: {reserved} bytes"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

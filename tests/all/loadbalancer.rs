@@ -202,18 +202,18 @@ fn load(onion: &str, streams: usize, duration: &str, expect: &Path) -> serde_jso
     summary
 }
 
-/// Wait until no instance runs on a box (asked through its local
-/// address): the box counts an instance out once its worker reports the
+/// Wait until no instance runs on a box (asked through its metrics
+/// endpoint): the box counts an instance out once its worker reports the
 /// end, a moment after the function returned.
 fn assert_idle(bx: &TestBox, what: &str) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let status = runtime.block_on(async { bx.connect().await.status().await.unwrap() });
-        if status["instances"]["running"] == 0 {
+        let running = runtime.block_on(bx.metric("bento_instances_running"));
+        if running == 0.0 {
             return;
         }
-        assert!(Instant::now() < deadline, "{what}: {status}");
+        assert!(Instant::now() < deadline, "{what}: {running} instances run");
         std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -21,4 +21,5 @@ mod proxy;
 mod requests_shim;
 mod sessions;
 mod shard;
+mod store_lifetime;
 mod tor;

@@ -315,6 +315,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         session_retention_secs: 60,
         read_timeout_secs: 60,
         max_connections: 4096,
+        // The benchmark counts running instances, which only the
+        // operator's endpoint tells.
+        metrics: Some("127.0.0.1:0".parse()?),
     };
     let mut config = serve.config()?;
     config.policy.instance.bandwidth_kib_per_s = 100_000_000;
@@ -322,6 +325,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let workers = config.workers.workers;
     let server = Server::bind(config, serve.listen).await?;
     let addr = server.local_addr()?;
+    let metrics_addr = server
+        .metrics_addr()
+        .context("the benchmark's box serves no metrics")??;
     let server_task = tokio::spawn(server.run());
     let bench = Bench {
         target: Target {
@@ -460,11 +466,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             eprintln!("  waiting sessions: {} / {}", i + 1, args.sessions);
         }
     }
-    // Wait until every instance is actually running (the status counts
+    // Wait until every instance is actually running (the metrics count
     // instances the workers hold).
     loop {
-        let status = conn.status().await?;
-        let running = status["instances"]["running"].as_u64().unwrap_or(0);
+        let metrics = bento_server::metrics::scrape(metrics_addr).await?;
+        let running = metrics
+            .get("bento_instances_running")
+            .copied()
+            .unwrap_or(0.0) as u64;
         if running >= args.sessions as u64 {
             break;
         }

@@ -118,6 +118,20 @@ pub struct ServeArgs {
     /// new connection is refused (too_many_connections) and closed.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
+    /// Serve the operator's exact figures (sessions, instances, stored
+    /// bytes, stores, invocations, errors by kind) in the Prometheus text
+    /// format at http://ADDR/metrics. Loopback addresses only: clients
+    /// see coarse buckets in `bento status`.
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
+    pub metrics: Option<SocketAddr>,
+}
+
+/// A loopback socket address for `--metrics`.
+fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not an address like 127.0.0.1:9100: {e}"))?;
+    bento_server::metrics::check_loopback(addr).map_err(|e| e.to_string())
 }
 
 impl ServeArgs {
@@ -183,6 +197,7 @@ impl ServeArgs {
         config.read_timeout = Duration::from_secs(self.read_timeout_secs.max(1));
         config.max_connections = usize::try_from(self.max_connections).unwrap_or(usize::MAX);
         config.legacy_listen = self.legacy_listen;
+        config.metrics_listen = self.metrics;
         Ok(config)
     }
 }
@@ -401,27 +416,63 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
         Command::Store {
             file,
             manifest,
+            lifetime,
             json,
         } => {
             let upload = read_function(&file, manifest.as_deref())?;
             let result = async {
                 let mut conn = Connection::connect(&target).await?;
-                conn.store_with_manifest(&upload.filename, &upload.source, &upload.manifest)
+                conn.store_for(&upload.filename, &upload.source, &upload.manifest, lifetime)
                     .await
             }
             .await;
             match result {
-                Ok((id, token)) if json => {
+                Ok(stored) if json => {
                     print_line(
-                        &serde_json::json!({"function_id": id.to_hex(), "invoke_token": token.to_hex()})
-                            .to_string(),
+                        &serde_json::json!({
+                            "function_id": stored.function_id.to_hex(),
+                            "invoke_token": stored.invoke_token.to_hex(),
+                            "lifetime_s": stored.lifetime.as_secs(),
+                        })
+                        .to_string(),
                     );
                     Ok(ExitCode::SUCCESS)
                 }
-                Ok((_, token)) => {
-                    print_line(&token.to_hex());
+                Ok(stored) => {
+                    print_line(&stored.invoke_token.to_hex());
+                    eprintln!(
+                        "the box keeps it for {} s (`bento renew` to keep it longer)",
+                        stored.lifetime.as_secs()
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
+                Err(e) => Ok(report(&e)),
+            }
+        }
+        Command::Renew { token, lifetime } => {
+            let token = InvokeToken::from_hex(&token)?;
+            let result = async {
+                let mut conn = Connection::connect(&target).await?;
+                conn.renew(&token, lifetime).await
+            }
+            .await;
+            match result {
+                Ok(granted) => {
+                    print_line(&serde_json::json!({"lifetime_s": granted.as_secs()}).to_string());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Ok(report(&e)),
+            }
+        }
+        Command::Delete { token } => {
+            let token = InvokeToken::from_hex(&token)?;
+            let result = async {
+                let mut conn = Connection::connect(&target).await?;
+                conn.delete(&token).await
+            }
+            .await;
+            match result {
+                Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(e) => Ok(report(&e)),
             }
         }
@@ -543,6 +594,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let addr = server.local_addr()?;
     if let Some(legacy) = server.legacy_addr() {
         tracing::info!(legacy_addr = %legacy?, "serving the research prototype's protocol");
+    }
+    if let Some(metrics) = server.metrics_addr() {
+        tracing::info!(metrics_addr = %metrics?, "serving the operator's metrics at /metrics");
     }
     tracing::info!(%addr, workers, "bento box listening");
     if let (Some(onion), Some(published)) = (

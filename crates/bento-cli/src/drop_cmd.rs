@@ -56,6 +56,7 @@ pub enum DropCommand {
     },
 }
 
+/// A duration: a whole number with `s` (the default), `m`, `h` or `d`.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = text.split_at(
@@ -64,13 +65,17 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     );
     let value: u64 = number
         .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 90s, 5m or 1h"))?;
-    let secs = match unit {
-        "" | "s" => value,
-        "m" => value * 60,
-        "h" => value * 3600,
-        _ => return Err(format!("{text:?}: the unit must be s, m or h")),
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 5m, 1h or 7d"))?;
+    let unit_secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
     };
+    let secs = value
+        .checked_mul(unit_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))?;
     if secs == 0 {
         return Err("the duration must be at least 1 s".into());
     }

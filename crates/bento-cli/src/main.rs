@@ -1,6 +1,6 @@
 //! `bento`: run a Bento box, and use one.
 //!
-//! `bento serve` runs a box; `bento store|invoke|attach|run|kill|status` use
+//! `bento serve` runs a box; `bento store|renew|delete|invoke|attach|run|kill|status` use
 //! one (directly, or through Tor with `--socks`); `bento bench` measures a
 //! box it starts itself. `bento worker` is internal: the box starts it.
 
@@ -31,7 +31,8 @@ use clap::{Args, Parser, Subcommand};
         bento serve --data-dir ./box-data &              # a box on 127.0.0.1:7878\n  \
         bento run hello.py -- world                      # store + invoke + attach\n  \
         bento run fetch.py --manifest fetch.toml         # with capabilities (docs/policy.md)\n  \
-        bento store hello.py --json                      # {\"function_id\", \"invoke_token\"}\n  \
+        bento store hello.py --json --lifetime 7d        # {\"function_id\", \"invoke_token\", \"lifetime_s\"}\n  \
+        bento renew TOKEN --lifetime 30d                 # keep it longer;  bento delete TOKEN\n  \
         bento invoke TOKEN --json -- world               # {\"session_token\"}\n  \
         bento attach SESSION                             # output to stdout, stdin to api.recv()\n\n\
         Through Tor: --server xyz.onion:PORT --socks 127.0.0.1:9050\n\
@@ -70,15 +71,42 @@ enum Command {
     /// The function's manifest (what it asks for: limits, capabilities,
     /// destinations) is FILE.toml next to FILE.py unless --manifest names
     /// another; without one it gets the minimum (session I/O only).
+    /// The box keeps it for --lifetime, then deletes it; whoever holds the
+    /// invoke token may renew or delete it.
     Store {
         /// The function's source file.
         file: PathBuf,
         /// The function's manifest (TOML) [default: the .toml next to FILE, if any].
         #[arg(long)]
         manifest: Option<PathBuf>,
-        /// Print {"function_id": …, "invoke_token": …}.
+        /// How long the box keeps the function, e.g. 90m, 12h, 7d [default:
+        /// the box's, see `bento status`]; at most the box's
+        /// max_function_lifetime_h.
+        #[arg(long, value_name = "DURATION", value_parser = drop_cmd::parse_duration)]
+        lifetime: Option<std::time::Duration>,
+        /// Print {"function_id": …, "invoke_token": …, "lifetime_s": …}.
         #[arg(long)]
         json: bool,
+    },
+    /// Keep a stored function for a new lifetime, counted from now.
+    ///
+    /// Exits 2 when no function is stored under the token (never stored,
+    /// deleted, or its lifetime already ended) or the lifetime is longer
+    /// than the box allows.
+    Renew {
+        /// Invoke token from `bento store`.
+        token: String,
+        /// The new lifetime, e.g. 90m, 12h, 7d [default: the box's].
+        #[arg(long, value_name = "DURATION", value_parser = drop_cmd::parse_duration)]
+        lifetime: Option<std::time::Duration>,
+    },
+    /// Delete a stored function now (whoever holds its invoke token may).
+    ///
+    /// Only this store goes: someone else who stored the same function keeps
+    /// theirs. Exits 2 when no function is stored under the token.
+    Delete {
+        /// Invoke token from `bento store`.
+        token: String,
     },
     /// Start a session of a stored function; prints its session token
     /// (and, for a function with the `service` capability, its service
@@ -161,7 +189,8 @@ enum Command {
         /// Session token.
         session: String,
     },
-    /// Show the box's version and load (nothing about other users).
+    /// Show the box's version, limits and coarse load (nothing about other
+    /// users; the operator's exact figures are on `serve --metrics`).
     Status,
     /// Measure a box started for the purpose: invocation latency, output
     /// throughput, echo round trip, memory of waiting sessions.

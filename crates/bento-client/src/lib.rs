@@ -2,7 +2,8 @@
 //!
 //! Connects directly over TCP or through a SOCKS5 proxy such as Tor's
 //! SocksPort (with the proxy resolving names, so `.onion` boxes work), and
-//! speaks the wire protocol: store, invoke, attach, kill, status.
+//! speaks the wire protocol: store (with a lifetime), renew, delete,
+//! invoke, attach, kill, status.
 //!
 //! An [`Attachment`] streams a session's output. Output returned by
 //! [`Attachment::next`] counts as consumed once `next` is called again (or
@@ -53,6 +54,17 @@ pub enum ClientError {
     Closed,
 }
 
+/// A function the box stored.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// Public content hash.
+    pub function_id: FunctionId,
+    /// Secret capability to invoke, renew and delete it.
+    pub invoke_token: InvokeToken,
+    /// How long from now the box keeps it (unless renewed or deleted).
+    pub lifetime: Duration,
+}
+
 /// Where the box is and how to reach it.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -71,6 +83,12 @@ pub struct Connection {
     decoder: FrameDecoder,
     /// The box's software string from `Welcome`.
     pub software: String,
+}
+
+/// A lifetime on the wire: whole seconds, at least 1; 0 asks for the box's
+/// default.
+fn lifetime_secs(lifetime: Option<Duration>) -> u64 {
+    lifetime.map_or(0, |d| d.as_secs().max(1))
 }
 
 fn remote(frame: Frame) -> ClientError {
@@ -139,13 +157,82 @@ impl Connection {
             filename: filename.into(),
             source: source.into(),
             manifest: manifest.into(),
+            lifetime_s: None,
         })
         .await?;
         match self.recv().await? {
             Frame::Stored {
                 function_id,
                 invoke_token,
+                ..
             } => Ok((function_id, invoke_token)),
+            other => Err(remote(other)),
+        }
+    }
+
+    /// Store a function with its manifest for `lifetime` (`None`: the
+    /// box's default; the box refuses more than its policy's maximum with
+    /// `invalid_lifetime`). The box rounds to whole seconds.
+    pub async fn store_for(
+        &mut self,
+        filename: &str,
+        source: &str,
+        manifest: &str,
+        lifetime: Option<Duration>,
+    ) -> Result<Stored, ClientError> {
+        self.send(&Frame::Store {
+            filename: filename.into(),
+            source: source.into(),
+            manifest: manifest.into(),
+            lifetime_s: Some(lifetime_secs(lifetime)),
+        })
+        .await?;
+        match self.recv().await? {
+            Frame::Stored {
+                function_id,
+                invoke_token,
+                lifetime_s: Some(lifetime_s),
+            } => Ok(Stored {
+                function_id,
+                invoke_token,
+                lifetime: Duration::from_secs(lifetime_s),
+            }),
+            Frame::Stored {
+                lifetime_s: None, ..
+            } => Err(ClientError::Unexpected(
+                "the box did not say how long it keeps the function (it predates lifetimes)".into(),
+            )),
+            other => Err(remote(other)),
+        }
+    }
+
+    /// Keep the function under `token` for `lifetime` from now (`None`:
+    /// the box's default); returns the lifetime granted.
+    pub async fn renew(
+        &mut self,
+        token: &InvokeToken,
+        lifetime: Option<Duration>,
+    ) -> Result<Duration, ClientError> {
+        self.send(&Frame::Renew {
+            invoke_token: token.clone(),
+            lifetime_s: lifetime_secs(lifetime),
+        })
+        .await?;
+        match self.recv().await? {
+            Frame::Renewed { lifetime_s } => Ok(Duration::from_secs(lifetime_s)),
+            other => Err(remote(other)),
+        }
+    }
+
+    /// Delete the function under `token` now. Others who stored the same
+    /// content keep theirs.
+    pub async fn delete(&mut self, token: &InvokeToken) -> Result<(), ClientError> {
+        self.send(&Frame::Delete {
+            invoke_token: token.clone(),
+        })
+        .await?;
+        match self.recv().await? {
+            Frame::Deleted => Ok(()),
             other => Err(remote(other)),
         }
     }

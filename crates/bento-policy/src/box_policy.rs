@@ -100,6 +100,14 @@ fn default_max_onion_services() -> u64 {
     64
 }
 
+fn default_max_function_lifetime_h() -> u64 {
+    30 * 24
+}
+
+fn default_default_function_lifetime_h() -> u64 {
+    7 * 24
+}
+
 impl Resources {
     /// What a function without a manifest gets: session I/O, small limits.
     pub fn minimum() -> Self {
@@ -165,6 +173,16 @@ pub struct BoxCaps {
     /// (optional in a policy file: 64).
     #[serde(default = "default_max_onion_services")]
     pub max_onion_services: u64,
+    /// Longest lifetime a client may give a stored function, hours
+    /// (optional in a policy file: 720, 30 days). Renewal may extend it by
+    /// at most this much from the moment of renewal.
+    #[serde(default = "default_max_function_lifetime_h")]
+    pub max_function_lifetime_h: u64,
+    /// Lifetime of a stored function whose client did not choose one,
+    /// hours (optional in a policy file: 168, 7 days); at most
+    /// `max_function_lifetime_h`.
+    #[serde(default = "default_default_function_lifetime_h")]
+    pub default_function_lifetime_h: u64,
 }
 
 impl Default for BoxCaps {
@@ -177,6 +195,8 @@ impl Default for BoxCaps {
             max_storage_mib: 1024,
             bandwidth_kib_per_s: 10_240,
             max_onion_services: 64,
+            max_function_lifetime_h: default_max_function_lifetime_h(),
+            default_function_lifetime_h: default_default_function_lifetime_h(),
         }
     }
 }
@@ -255,8 +275,8 @@ fn parse_versioned<T: serde::de::DeserializeOwned>(
 
 /// The default box policy, with every key documented (`bento policy default`).
 pub const DEFAULT_POLICY_TOML: &str = r#"# Bento box policy (see docs/policy.md). Every key in [instance] and [box]
-# is required but onion_services and max_onion_services; capabilities and
-# destinations default to none.
+# is required but onion_services, max_onion_services and the two
+# *_function_lifetime_h keys; capabilities and destinations default to none.
 version = 1
 
 # Capabilities functions may be granted at all. A function gets only what its
@@ -294,6 +314,8 @@ max_stored_mib = 1024       # all stored functions
 max_storage_mib = 1024      # all instance storage
 bandwidth_kib_per_s = 10240 # all functions' traffic together
 max_onion_services = 64     # functions' onion services alive at once
+max_function_lifetime_h = 720     # longest lifetime a store may ask for (30 days)
+default_function_lifetime_h = 168 # lifetime when the store asks for none (7 days)
 "#;
 
 impl BoxPolicy {
@@ -316,6 +338,22 @@ impl BoxPolicy {
                     message: format!("[instance] {what} is 0; it must be at least 1"),
                 });
             }
+        }
+        if file.caps.max_function_lifetime_h == 0 {
+            return Err(PolicyError::Syntax {
+                what: WHAT,
+                message: "[box] max_function_lifetime_h is 0; it must be at least 1".into(),
+            });
+        }
+        if !(1..=file.caps.max_function_lifetime_h).contains(&file.caps.default_function_lifetime_h)
+        {
+            return Err(PolicyError::Syntax {
+                what: WHAT,
+                message: format!(
+                    "[box] default_function_lifetime_h is {}; it must be between 1 and max_function_lifetime_h ({})",
+                    file.caps.default_function_lifetime_h, file.caps.max_function_lifetime_h
+                ),
+            });
         }
         let destinations = ExitPolicy::parse(&file.destinations)
             .map_err(|source| PolicyError::Rule { what: WHAT, source })?;

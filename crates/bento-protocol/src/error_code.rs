@@ -89,7 +89,10 @@ error_codes! {
     /// The function's manifest asks for more than the box's policy allows;
     /// the message lists every violation.
     ManifestRejected = 8, BadRequest, "manifest_rejected";
-    /// No stored function has this invoke token.
+    /// A stored function's requested lifetime is longer than the box allows.
+    InvalidLifetime = 9, BadRequest, "invalid_lifetime";
+    /// No stored function has this invoke token (never stored, deleted, or
+    /// its lifetime ended).
     UnknownInvokeToken = 16, UnknownToken, "unknown_invoke_token";
     /// No session has this session token (never existed, ended or expired).
     UnknownSession = 17, UnknownToken, "unknown_session";

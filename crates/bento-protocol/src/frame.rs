@@ -93,6 +93,14 @@ frame_types! {
     Connect = 0x1a;
     /// Box → client: the instance accepted the channel.
     Connected = 0x1b;
+    /// Client → box: give a stored function a new lifetime.
+    Renew = 0x1c;
+    /// Box → client: the lifetime granted.
+    Renewed = 0x1d;
+    /// Client → box: delete a stored function.
+    Delete = 0x1e;
+    /// Box → client: the function is deleted.
+    Deleted = 0x1f;
     /// Box → client: function output bytes.
     Output = 0x20;
     /// Client → box: one input message for the function.
@@ -137,6 +145,11 @@ pub enum Frame {
         source: String,
         /// Manifest (TOML); empty for the default.
         manifest: String,
+        /// How long the box is to keep the function, seconds; `Some(0)`
+        /// for the box's default. `None` (absent on the wire, as from
+        /// clients that predate lifetimes) also means the default, and the
+        /// reply then carries no lifetime.
+        lifetime_s: Option<u64>,
     },
     /// Reply to `Store`.
     Stored {
@@ -144,7 +157,29 @@ pub enum Frame {
         function_id: FunctionId,
         /// Secret capability to invoke it.
         invoke_token: InvokeToken,
+        /// The lifetime granted, seconds from now; present exactly when the
+        /// `Store` carried one.
+        lifetime_s: Option<u64>,
     },
+    /// Give a stored function a new lifetime, counted from now.
+    Renew {
+        /// The function's invoke token (whoever may invoke may renew).
+        invoke_token: InvokeToken,
+        /// Seconds; 0 for the box's default.
+        lifetime_s: u64,
+    },
+    /// Reply to `Renew`.
+    Renewed {
+        /// The lifetime granted, seconds from now.
+        lifetime_s: u64,
+    },
+    /// Delete a stored function (this store's record only).
+    Delete {
+        /// The function's invoke token (whoever may invoke may delete).
+        invoke_token: InvokeToken,
+    },
+    /// Reply to `Delete`.
+    Deleted,
     /// Start a fresh instance.
     Invoke {
         /// Capability to invoke.
@@ -251,6 +286,10 @@ impl Frame {
             Frame::Killed => FrameType::Killed,
             Frame::Connect { .. } => FrameType::Connect,
             Frame::Connected => FrameType::Connected,
+            Frame::Renew { .. } => FrameType::Renew,
+            Frame::Renewed { .. } => FrameType::Renewed,
+            Frame::Delete { .. } => FrameType::Delete,
+            Frame::Deleted => FrameType::Deleted,
             Frame::StatusRequest => FrameType::StatusRequest,
             Frame::Status { .. } => FrameType::Status,
             Frame::Output { .. } => FrameType::Output,
@@ -297,18 +336,35 @@ impl Frame {
                 filename,
                 source,
                 manifest,
+                lifetime_s,
             } => {
                 put_str(out, filename);
                 put_str(out, source);
                 put_str(out, manifest);
+                if let Some(lifetime_s) = lifetime_s {
+                    out.put_u64(*lifetime_s);
+                }
             }
             Frame::Stored {
                 function_id,
                 invoke_token,
+                lifetime_s,
             } => {
                 out.put_slice(&function_id.0);
                 out.put_slice(invoke_token.as_bytes());
+                if let Some(lifetime_s) = lifetime_s {
+                    out.put_u64(*lifetime_s);
+                }
             }
+            Frame::Renew {
+                invoke_token,
+                lifetime_s,
+            } => {
+                out.put_slice(invoke_token.as_bytes());
+                out.put_u64(*lifetime_s);
+            }
+            Frame::Renewed { lifetime_s } => out.put_u64(*lifetime_s),
+            Frame::Delete { invoke_token } => out.put_slice(invoke_token.as_bytes()),
             Frame::Invoke {
                 invoke_token,
                 entry,
@@ -357,6 +413,7 @@ impl Frame {
                 put_str(out, message);
             }
             Frame::Killed
+            | Frame::Deleted
             | Frame::Connected
             | Frame::StatusRequest
             | Frame::InputEnd
@@ -485,6 +542,15 @@ impl Reader {
         Ok(self.body.get_u64())
     }
 
+    /// A trailing optional `u64`: absent when the frame ends here.
+    fn optional_u64(&mut self, what: &str) -> Result<Option<u64>, ProtocolError> {
+        if self.body.has_remaining() {
+            self.u64(what).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     fn token(&mut self, what: &str) -> Result<[u8; TOKEN_BYTES], ProtocolError> {
         self.need(TOKEN_BYTES, what)?;
         let mut out = [0u8; TOKEN_BYTES];
@@ -542,11 +608,24 @@ impl Reader {
                 filename: self.string("filename", MAX_NAME_LEN)?,
                 source: self.string("source", big)?,
                 manifest: self.string("manifest", big)?,
+                lifetime_s: self.optional_u64("lifetime_s")?,
             },
             FrameType::Stored => Frame::Stored {
                 function_id: FunctionId(self.token("function_id")?),
                 invoke_token: InvokeToken::from_bytes(self.token("invoke_token")?),
+                lifetime_s: self.optional_u64("lifetime_s")?,
             },
+            FrameType::Renew => Frame::Renew {
+                invoke_token: InvokeToken::from_bytes(self.token("invoke_token")?),
+                lifetime_s: self.u64("lifetime_s")?,
+            },
+            FrameType::Renewed => Frame::Renewed {
+                lifetime_s: self.u64("lifetime_s")?,
+            },
+            FrameType::Delete => Frame::Delete {
+                invoke_token: InvokeToken::from_bytes(self.token("invoke_token")?),
+            },
+            FrameType::Deleted => Frame::Deleted,
             FrameType::Invoke => Frame::Invoke {
                 invoke_token: InvokeToken::from_bytes(self.token("invoke_token")?),
                 entry: self.string("entry", MAX_NAME_LEN)?,
@@ -646,11 +725,33 @@ mod tests {
                 filename: "a.py".into(),
                 source: "def main(): pass".into(),
                 manifest: String::new(),
+                lifetime_s: None,
+            },
+            Frame::Store {
+                filename: "a.py".into(),
+                source: "def main(): pass".into(),
+                manifest: "version = 1".into(),
+                lifetime_s: Some(604_800),
             },
             Frame::Stored {
                 function_id: FunctionId(token()),
                 invoke_token: InvokeToken::from_bytes(token()),
+                lifetime_s: None,
             },
+            Frame::Stored {
+                function_id: FunctionId(token()),
+                invoke_token: InvokeToken::from_bytes(token()),
+                lifetime_s: Some(0),
+            },
+            Frame::Renew {
+                invoke_token: InvokeToken::from_bytes(token()),
+                lifetime_s: 3600,
+            },
+            Frame::Renewed { lifetime_s: 3600 },
+            Frame::Delete {
+                invoke_token: InvokeToken::from_bytes(token()),
+            },
+            Frame::Deleted,
             Frame::Invoke {
                 invoke_token: InvokeToken::from_bytes(token()),
                 entry: "main".into(),
@@ -753,6 +854,27 @@ mod tests {
         buf.put_u32(1_000_000);
         assert!(matches!(
             FrameDecoder::default().decode(&mut buf),
+            Err(ProtocolError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn a_store_whose_lifetime_is_cut_short_is_malformed() {
+        let mut bytes = BytesMut::from(
+            &Frame::Store {
+                filename: "a.py".into(),
+                source: String::new(),
+                manifest: String::new(),
+                lifetime_s: Some(1),
+            }
+            .to_bytes()[..],
+        );
+        // Drop the last 3 bytes of the lifetime and fix the length prefix.
+        bytes.truncate(bytes.len() - 3);
+        let len = u32::try_from(bytes.len() - 4).unwrap();
+        bytes[..4].copy_from_slice(&len.to_be_bytes());
+        assert!(matches!(
+            FrameDecoder::default().decode(&mut bytes),
             Err(ProtocolError::Malformed { .. })
         ));
     }

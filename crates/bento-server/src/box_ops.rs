@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bento_policy::{Capability, Grant, Limit, Manifest, admit};
 use bento_protocol::{ErrorCode, Frame, FunctionId, InvokeToken, ServiceToken, SessionToken};
@@ -81,14 +82,64 @@ impl BoxState {
         })
     }
 
-    /// Check (size, file name, manifest against the policy, compiles in the
-    /// sandbox) and persist a function.
+    /// [`BoxState::store_function_for`] with the box's default lifetime,
+    /// for the research prototype's protocol, which cannot carry one.
     pub(crate) async fn store_function(
         self: &Arc<Self>,
         filename: String,
         source: String,
         manifest: String,
     ) -> Result<(FunctionId, InvokeToken), Refusal> {
+        self.store_function_for(filename, source, manifest, None)
+            .await
+            .map(|stored| (stored.function_id, stored.invoke_token))
+    }
+
+    /// The lifetime a client's request (seconds; 0 or absent for the
+    /// default) resolves to under the policy, or `invalid_lifetime`.
+    pub(crate) fn resolve_lifetime(&self, lifetime_s: Option<u64>) -> Result<Duration, Refusal> {
+        let max = self.config.max_function_lifetime();
+        match lifetime_s {
+            None | Some(0) => Ok(self.config.default_function_lifetime()),
+            Some(s) if s <= max.as_secs() => Ok(Duration::from_secs(s)),
+            Some(s) => Err(Refusal::new(
+                ErrorCode::InvalidLifetime,
+                format!(
+                    "a lifetime of {s} s was asked for; this box keeps stored functions at most {} s ({} h)",
+                    max.as_secs(),
+                    max.as_secs() / 3600
+                ),
+            )),
+        }
+    }
+
+    /// Check (lifetime, size, file name, manifest against the policy,
+    /// compiles in the sandbox) and persist a function for the lifetime
+    /// asked for (seconds; 0 or `None` for the box's default).
+    pub(crate) async fn store_function_for(
+        self: &Arc<Self>,
+        filename: String,
+        source: String,
+        manifest: String,
+        lifetime_s: Option<u64>,
+    ) -> Result<Stored, Refusal> {
+        let result = self
+            .store_checked(filename, source, manifest, lifetime_s)
+            .await;
+        if result.is_ok() {
+            self.metrics.stores.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn store_checked(
+        self: &Arc<Self>,
+        filename: String,
+        source: String,
+        manifest: String,
+        lifetime_s: Option<u64>,
+    ) -> Result<Stored, Refusal> {
+        let lifetime = self.resolve_lifetime(lifetime_s)?;
         let max = self.config.max_source_bytes();
         if source.len() > max {
             return Err(Refusal::new(
@@ -126,13 +177,19 @@ impl BoxState {
             Err(e) => return Err(Refusal::new(ErrorCode::Internal, e.to_string())),
         }
         let state = self.clone();
-        let stored =
-            tokio::task::spawn_blocking(move || state.store.store(&filename, &source, &manifest))
-                .await;
+        let stored = tokio::task::spawn_blocking(move || {
+            state.store.store(&filename, &source, &manifest, lifetime)
+        })
+        .await;
         match stored {
-            Ok(Ok(stored)) => {
-                tracing::info!("stored a function");
-                Ok(stored)
+            Ok(Ok((function_id, invoke_token, _))) => {
+                // Per-event lines make a timeline of users: debug only.
+                tracing::debug!("stored a function");
+                Ok(Stored {
+                    function_id,
+                    invoke_token,
+                    lifetime,
+                })
             }
             Ok(Err(e @ StoreError::Full { .. })) => {
                 Err(Refusal::new(ErrorCode::StorageFull, e.to_string()))
@@ -149,6 +206,39 @@ impl BoxState {
                 "the box could not store the function",
             )),
         }
+    }
+
+    /// Give the function under `token` a new lifetime (seconds from now; 0
+    /// for the default); returns the lifetime granted.
+    pub(crate) async fn renew_function(
+        self: &Arc<Self>,
+        token: InvokeToken,
+        lifetime_s: u64,
+    ) -> Result<Duration, Refusal> {
+        let lifetime = self.resolve_lifetime(Some(lifetime_s))?;
+        let state = self.clone();
+        let renewed = tokio::task::spawn_blocking(move || state.store.renew(&token, lifetime))
+            .await
+            .map_err(|_| internal_store_refusal())?;
+        renewed.map_err(store_refusal)?;
+        self.metrics.renewals.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("renewed a stored function");
+        Ok(lifetime)
+    }
+
+    /// Delete this store's record of the function under `token`.
+    pub(crate) async fn delete_function(
+        self: &Arc<Self>,
+        token: InvokeToken,
+    ) -> Result<(), Refusal> {
+        let state = self.clone();
+        let deleted = tokio::task::spawn_blocking(move || state.store.delete(&token))
+            .await
+            .map_err(|_| internal_store_refusal())?;
+        deleted.map_err(store_refusal)?;
+        self.metrics.deletions.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("deleted a stored function");
+        Ok(())
     }
 
     /// Start a fresh instance of `function` as a new session under `token`,
@@ -263,7 +353,8 @@ impl BoxState {
         if service.is_some() {
             self.services.insert(&session);
         }
-        tracing::info!("started a session");
+        self.metrics.invocations.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("started a session");
         Ok((session, service))
     }
 
@@ -316,6 +407,33 @@ impl BoxState {
             http_extra_roots_pem: self.config.http_extra_roots_pem.clone(),
             tor_socks: self.tor.as_ref().and_then(|t| t.socks),
             onion_services: grant.resources.onion_services,
+        }
+    }
+}
+
+/// A stored function, as the box reports it to the client that stored it.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    pub(crate) function_id: FunctionId,
+    pub(crate) invoke_token: InvokeToken,
+    /// The lifetime granted.
+    pub(crate) lifetime: Duration,
+}
+
+fn internal_store_refusal() -> Refusal {
+    Refusal::new(
+        ErrorCode::Internal,
+        "the box could not update its stored functions",
+    )
+}
+
+/// How a failed renewal or deletion is reported.
+fn store_refusal(e: StoreError) -> Refusal {
+    match e {
+        StoreError::UnknownToken => Refusal::new(ErrorCode::UnknownInvokeToken, e.to_string()),
+        other => {
+            tracing::error!(error = %other, "cannot update a stored function");
+            internal_store_refusal()
         }
     }
 }

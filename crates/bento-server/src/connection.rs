@@ -88,6 +88,9 @@ impl Conn {
     /// 1 s per `MIN_CLIENT_RATE` bytes): a client that does not read its
     /// answers loses its connection instead of holding it.
     async fn send(&mut self, frame: &Frame) -> Result<(), Close> {
+        if let Frame::Error { code, .. } = frame {
+            self.state.metrics.count_error(*code);
+        }
         let mut out = BytesMut::new();
         frame.encode(&mut out);
         let deadline =
@@ -191,8 +194,28 @@ impl Conn {
                     filename,
                     source,
                     manifest,
+                    lifetime_s,
                 } => {
-                    let reply = self.store(filename, source, manifest).await;
+                    let reply = self.store(filename, source, manifest, lifetime_s).await;
+                    self.send(&reply).await?;
+                }
+                Frame::Renew {
+                    invoke_token,
+                    lifetime_s,
+                } => {
+                    let reply = match self.state.renew_function(invoke_token, lifetime_s).await {
+                        Ok(lifetime) => Frame::Renewed {
+                            lifetime_s: lifetime.as_secs(),
+                        },
+                        Err(e) => e.into_frame(),
+                    };
+                    self.send(&reply).await?;
+                }
+                Frame::Delete { invoke_token } => {
+                    let reply = match self.state.delete_function(invoke_token).await {
+                        Ok(()) => Frame::Deleted,
+                        Err(e) => e.into_frame(),
+                    };
                     self.send(&reply).await?;
                 }
                 Frame::Invoke {
@@ -237,11 +260,24 @@ impl Conn {
         Ok(())
     }
 
-    async fn store(&mut self, filename: String, source: String, manifest: String) -> Frame {
-        match self.state.store_function(filename, source, manifest).await {
-            Ok((function_id, invoke_token)) => Frame::Stored {
-                function_id,
-                invoke_token,
+    async fn store(
+        &mut self,
+        filename: String,
+        source: String,
+        manifest: String,
+        lifetime_s: Option<u64>,
+    ) -> Frame {
+        match self
+            .state
+            .store_function_for(filename, source, manifest, lifetime_s)
+            .await
+        {
+            // The lifetime is echoed only to clients that asked for one:
+            // older clients do not expect the field.
+            Ok(stored) => Frame::Stored {
+                function_id: stored.function_id,
+                invoke_token: stored.invoke_token,
+                lifetime_s: lifetime_s.map(|_| stored.lifetime.as_secs()),
             },
             Err(e) => e.into_frame(),
         }
@@ -256,7 +292,7 @@ impl Conn {
         let Some(function) = self.state.store.lookup(token) else {
             return Frame::error(
                 ErrorCode::UnknownInvokeToken,
-                "no function is stored under this invoke token",
+                crate::function_store::StoreError::UnknownToken.to_string(),
             );
         };
         if !is_identifier(&entry) {

@@ -11,12 +11,17 @@
 //! Anonymity: nothing here records client addresses, tokens, function
 //! arguments or sources in logs or status; stored functions are filed under
 //! the hash of their invoke token, so the data directory holds no usable
-//! capability.
+//! capability. Clients see only coarse load buckets; exact figures are on
+//! the operator's loopback metrics endpoint ([`metrics`]). Per-event log
+//! lines ("stored a function", "started a session") are at debug level, so
+//! a default log is no timeline of users. Everything in the data directory
+//! is owner-only (files 0600, directories 0700), fixed at start-up.
 
 mod box_ops;
 mod connection;
 pub mod function_store;
 mod legacy;
+pub mod metrics;
 mod onion;
 mod own_addresses;
 pub mod session;
@@ -33,6 +38,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::function_store::{FunctionStore, StoreError};
+use crate::metrics::{Metrics, NotLoopback};
 use crate::session::{GlobalCounters, ServiceTable, SessionTable};
 
 /// How often finished sessions are expired and overdue ones checked.
@@ -100,6 +106,9 @@ pub struct ServerConfig {
     pub tor_socks: Option<SocketAddr>,
     /// The box's onion service port (default 7878).
     pub onion_port: u16,
+    /// Where to serve the operator's metrics (Prometheus text format), if
+    /// anywhere; must be a loopback address.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -118,7 +127,29 @@ impl ServerConfig {
             tor_control: None,
             tor_socks: None,
             onion_port: 7878,
+            metrics_listen: None,
         }
+    }
+
+    /// Longest lifetime a stored function may be given.
+    pub fn max_function_lifetime(&self) -> Duration {
+        Duration::from_secs(
+            self.policy
+                .caps
+                .max_function_lifetime_h
+                .saturating_mul(3600),
+        )
+    }
+
+    /// Lifetime of a stored function whose client chose none.
+    pub fn default_function_lifetime(&self) -> Duration {
+        Duration::from_secs(
+            self.policy
+                .caps
+                .default_function_lifetime_h
+                .saturating_mul(3600),
+        )
+        .min(self.max_function_lifetime())
     }
 
     /// Most instances running at once.
@@ -163,6 +194,17 @@ pub enum ServerError {
     /// The box could not publish itself through tor.
     #[error("tor: {0}")]
     Tor(#[from] onion::OnionError),
+    /// The metrics endpoint would be reachable from elsewhere.
+    #[error(transparent)]
+    Metrics(#[from] NotLoopback),
+    /// The data directory's permissions could not be made owner-only.
+    #[error("cannot make the data directory {path} owner-only: {source}")]
+    DataDir {
+        /// What could not be changed.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Everything connections share.
@@ -182,36 +224,81 @@ pub(crate) struct BoxState {
     pub(crate) storage_root: PathBuf,
     /// The box's tor, when it has one.
     pub(crate) tor: Option<Arc<onion::TorBox>>,
+    /// Counters for the operator's metrics endpoint.
+    pub(crate) metrics: Metrics,
+}
+
+/// How busy the box is, as clients see it: coarse, so that one user's
+/// sessions cannot be told apart from the noise of everyone else's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// Every box-wide reservation is under half used.
+    Low,
+    /// Some box-wide reservation is at least half used.
+    High,
+    /// An invocation with the minimum limits would be refused now
+    /// (instance cap reached, or not even a minimum output buffer left).
+    Full,
+}
+
+impl Load {
+    fn name(self) -> &'static str {
+        match self {
+            Load::Low => "low",
+            Load::High => "high",
+            Load::Full => "full",
+        }
+    }
 }
 
 impl BoxState {
-    /// Box-wide figures only: nothing about any user or session.
+    /// The load bucket clients see.
+    fn load(&self) -> Load {
+        let running = self.counters.running_instances.load(Ordering::Relaxed);
+        let buffered = self.counters.reserved_buffer_bytes.load(Ordering::Relaxed);
+        let storage = self.counters.reserved_storage_bytes.load(Ordering::Relaxed);
+        let max_instances = self.config.max_instances();
+        let max_buffered = self.config.max_buffered_bytes();
+        let min_buffer = bento_policy::Resources::minimum()
+            .output_buffer_kib
+            .saturating_mul(1024);
+        if running >= max_instances || max_buffered.saturating_sub(buffered) < min_buffer {
+            return Load::Full;
+        }
+        let at_least_half = |used: u64, max: u64| used.saturating_mul(2) >= max && used > 0;
+        if at_least_half(running, max_instances)
+            || at_least_half(buffered, max_buffered)
+            || at_least_half(storage, self.config.max_storage_bytes())
+        {
+            Load::High
+        } else {
+            Load::Low
+        }
+    }
+
+    /// What a client needs and no more: the box's limits and coarse
+    /// buckets, never exact counts of sessions, instances or stores (those
+    /// would let anyone watch another user's activity; the operator has
+    /// them on the metrics endpoint).
     pub(crate) fn status_json(&self) -> String {
         let pool = self.pool.stats();
-        let (functions, stored_bytes) = self.store.usage();
+        let largest_upload = self.config.max_source_bytes() as u64;
         serde_json::json!({
             "software": format!("bento {}", env!("CARGO_PKG_VERSION")),
             "protocol_version": bento_protocol::PROTOCOL_VERSION,
-            "workers": {
-                "configured": pool.workers,
-                "live": pool.live_workers,
-                "restarts": pool.restarts,
-            },
-            "instances": {
-                "running": self.counters.running_instances.load(Ordering::Relaxed),
-                "max": self.config.max_instances(),
-            },
-            "sessions": self.sessions.len(),
+            "workers": { "configured": pool.workers },
+            "load": self.load().name(),
+            "instances": { "max": self.config.max_instances() },
             "onion": self.tor.as_ref().map(|t| t.onion_address.clone()),
-            "output_buffer_bytes": {
-                "reserved": self.counters.reserved_buffer_bytes.load(Ordering::Relaxed),
-                "max": self.config.max_buffered_bytes(),
+            "output_buffer_bytes": { "max": self.config.max_buffered_bytes() },
+            "instance_storage_bytes": { "max": self.config.max_storage_bytes() },
+            "stored_functions": {
+                "max_bytes": self.config.max_stored_bytes(),
+                // One bit, not the free space: see function_store.
+                "fits_largest_upload": self.store.fits(largest_upload),
+                "default_lifetime_s": self.config.default_function_lifetime().as_secs(),
+                "max_lifetime_s": self.config.max_function_lifetime().as_secs(),
             },
-            "instance_storage_bytes": {
-                "reserved": self.counters.reserved_storage_bytes.load(Ordering::Relaxed),
-                "max": self.config.max_storage_bytes(),
-            },
-            "stored_functions": { "count": functions, "bytes": stored_bytes, "max_bytes": self.config.max_stored_bytes() },
             // What function authors may ask for (the policy is public).
             "policy": {
                 "capabilities": self.config.policy.capabilities.iter().map(|c| c.name()).collect::<Vec<_>>(),
@@ -228,6 +315,7 @@ pub struct Server {
     state: Arc<BoxState>,
     listener: TcpListener,
     legacy_listener: Option<TcpListener>,
+    metrics_listener: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for Server {
@@ -251,10 +339,21 @@ impl Server {
                 );
             }
         }
-        let store = FunctionStore::open(&config.data_dir, config.max_stored_bytes())?;
+        // Checked before anything is bound or written.
+        let metrics_listen = config
+            .metrics_listen
+            .map(metrics::check_loopback)
+            .transpose()?;
+        secure_data_dir(&config.data_dir)
+            .map_err(|(path, source)| ServerError::DataDir { path, source })?;
+        let store = FunctionStore::open(
+            &config.data_dir,
+            config.max_stored_bytes(),
+            config.default_function_lifetime(),
+        )?;
         // Storage of instances that were running when the box last stopped
         // is unreadable (its keys died with them): remove it.
-        let storage_root = config.data_dir.join("instance-storage");
+        let storage_root = config.data_dir.join(INSTANCE_STORAGE_DIR);
         match bento_storage::remove_leftovers(&storage_root) {
             Ok(0) => {}
             Ok(n) => tracing::info!(n, "removed storage left by instances of an earlier run"),
@@ -265,6 +364,10 @@ impl Server {
         let pool = WorkerPool::start(config.workers.clone()).await?;
         let listener = TcpListener::bind(listen).await?;
         let legacy_listener = match config.legacy_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        let metrics_listener = match metrics_listen {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
         };
@@ -289,6 +392,7 @@ impl Server {
         };
         Ok(Self {
             legacy_listener,
+            metrics_listener,
             state: Arc::new(BoxState {
                 config,
                 store,
@@ -300,6 +404,7 @@ impl Server {
                 own_addresses,
                 storage_root,
                 tor,
+                metrics: Metrics::default(),
             }),
             listener,
         })
@@ -329,6 +434,11 @@ impl Server {
         })
     }
 
+    /// The address of the operator's metrics endpoint, if enabled.
+    pub fn metrics_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.metrics_listener.as_ref().map(TcpListener::local_addr)
+    }
+
     /// The address of the research prototype's protocol, if enabled.
     pub fn legacy_addr(&self) -> Option<std::io::Result<SocketAddr>> {
         self.legacy_listener.as_ref().map(TcpListener::local_addr)
@@ -345,6 +455,9 @@ impl Server {
                 None,
             ));
         }
+        if let Some(listener) = self.metrics_listener {
+            tokio::spawn(metrics::serve(listener, state.clone()));
+        }
         let janitor_state = state.clone();
         tokio::spawn(async move {
             let retention = janitor_state.config.session_retention;
@@ -353,7 +466,24 @@ impl Server {
                 janitor_state.services.purge();
                 let expired = janitor_state.sessions.expire(retention);
                 if expired > 0 {
-                    tracing::info!(expired, "expired finished sessions nobody read");
+                    // Per event: debug only (a timeline of users otherwise).
+                    tracing::debug!(expired, "expired finished sessions nobody read");
+                }
+                let store_state = janitor_state.clone();
+                let removed = tokio::task::spawn_blocking(move || store_state.store.expire()).await;
+                match removed {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => {
+                        janitor_state
+                            .metrics
+                            .expirations
+                            .fetch_add(n, Ordering::Relaxed);
+                        tracing::debug!(n, "removed stored functions whose lifetime ended");
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot remove expired stored functions");
+                    }
+                    Err(_) => {}
                 }
                 // The worker enforces wall time; this backstop catches a
                 // worker that hangs or stops doing so.
@@ -420,6 +550,56 @@ fn refuse(stream: tokio::net::TcpStream, refusal: Option<Vec<u8>>, refusing: &Ar
         .await;
         drop(permit);
     });
+}
+
+/// What the box keeps in its data directory.
+const DATA_DIR_ENTRIES: [&str; 3] = [
+    function_store::DIR_NAME,
+    INSTANCE_STORAGE_DIR,
+    onion::KEY_FILE,
+];
+/// Instances' encrypted storage, in the data directory.
+const INSTANCE_STORAGE_DIR: &str = "instance-storage";
+
+/// Make the data directory and what the box keeps in it owner-only
+/// (directories 0700, files 0600), creating it if missing. Files and
+/// directories a box of an earlier version created 0644/0755 are fixed
+/// here. Other entries an operator put there are left as they are (the
+/// directory itself being 0700 already closes them to other users).
+/// Symbolic links are neither followed nor changed. Returns the path that
+/// failed.
+fn secure_data_dir(dir: &std::path::Path) -> Result<(), (PathBuf, std::io::Error)> {
+    use std::os::unix::fs::PermissionsExt;
+    function_store::create_private_dir(dir).map_err(|e| (dir.to_owned(), e))?;
+    let mut pending = vec![dir.to_owned()];
+    while let Some(current) = pending.pop() {
+        let entries = std::fs::read_dir(&current).map_err(|e| (current.clone(), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| (current.clone(), e))?;
+            let path = entry.path();
+            if current == dir
+                && !DATA_DIR_ENTRIES
+                    .iter()
+                    .any(|name| entry.file_name() == *name)
+            {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path).map_err(|e| (path.clone(), e))?;
+            let wanted = if meta.is_dir() {
+                pending.push(path.clone());
+                0o700
+            } else if meta.is_file() {
+                0o600
+            } else {
+                continue;
+            };
+            if meta.permissions().mode() & 0o7777 != wanted {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(wanted))
+                    .map_err(|e| (path.clone(), e))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Accept connections on `listener` and run `handle` for each, within the

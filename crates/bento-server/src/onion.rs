@@ -21,6 +21,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::session::{INPUT_WINDOW, Session};
 
+/// The box's onion-service key, in its data directory.
+pub(crate) const KEY_FILE: &str = "onion-service.key";
+
 /// How long publishing a function's onion service may take before the
 /// function is told it failed.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -77,7 +80,7 @@ impl TorBox {
             Some(socks) => Some(socks),
             None => control.socks_listeners().await?.into_iter().next(),
         };
-        let key_path = data_dir.join("onion-service.key");
+        let key_path = data_dir.join(KEY_FILE);
         let key = match std::fs::read_to_string(&key_path) {
             Ok(text) => OnionKey::Existing(text.trim().to_owned()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => OnionKey::New,
