@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bento_client::{Connection, Target};
-use bento_tor::{OnionKey, Testnet, TestnetConfig, TorControl, socks5_connect};
+use bento_testnet::{Testnet, TestnetConfig};
+use bento_tor::{OnionKey, TorControl, socks5_connect};
 use bytes::Bytes;
 use clap::Args;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

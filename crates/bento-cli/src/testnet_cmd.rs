@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bento_client::{Connection, Target};
-use bento_tor::{BoxEntry, Testnet, TestnetConfig, TestnetState};
+use bento_testnet::{BoxEntry, Testnet, TestnetConfig, TestnetState};
 use clap::{Args, Subcommand};
 
 use crate::runtime_path;

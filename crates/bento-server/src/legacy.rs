@@ -116,16 +116,76 @@ fn message(kind: u8, id: &str, data: &[u8]) -> Vec<u8> {
     out
 }
 
-#[derive(Deserialize)]
-struct StoreRequest {
-    name: String,
-    code: String,
+/// A prototype `Store` request body (JSON).
+#[derive(Debug, Deserialize)]
+pub struct StoreRequest {
+    /// The function's name (becomes the traceback file name when safe).
+    pub name: String,
+    /// Python source.
+    pub code: String,
 }
 
-#[derive(Deserialize)]
-struct ExecuteRequest {
-    call: String,
-    token: String,
+/// A prototype `Execute` request body (JSON).
+#[derive(Debug, Deserialize)]
+pub struct ExecuteRequest {
+    /// The call expression, evaluated inside the sandbox.
+    pub call: String,
+    /// The invoke token, in hex.
+    pub token: String,
+}
+
+/// One prototype-protocol request, decoded from its type byte and body.
+#[derive(Debug)]
+pub enum LegacyRequest {
+    /// Store a function.
+    Store(StoreRequest),
+    /// Start an instance.
+    Execute(ExecuteRequest),
+    /// Stream an instance's output to this connection.
+    Open(String),
+    /// Stop streaming an instance to this connection.
+    Close(String),
+    /// One input message for an instance.
+    Input {
+        /// The instance id.
+        id: String,
+        /// The message.
+        data: Bytes,
+    },
+}
+
+/// Why a prototype request could not be decoded. Its text is what the
+/// client is sent in the error response.
+#[derive(Debug, thiserror::Error)]
+pub enum LegacyDecodeError {
+    /// A Store or Execute body that is not the expected JSON.
+    #[error("invalid request: {0}")]
+    Json(#[from] serde_json::Error),
+    /// An unknown type, or an Open/Close/Input without a valid instance id.
+    #[error("invalid request")]
+    Invalid,
+}
+
+/// Decode one prototype request from its type byte and body: pure, so it
+/// can be fuzzed apart from the connection (`fuzz/`).
+pub fn decode_legacy_request(kind: u8, body: &[u8]) -> Result<LegacyRequest, LegacyDecodeError> {
+    Ok(match kind {
+        T_STORE => LegacyRequest::Store(serde_json::from_slice(body)?),
+        T_EXECUTE => LegacyRequest::Execute(serde_json::from_slice(body)?),
+        T_OPEN => LegacyRequest::Open(instance_id(body).ok_or(LegacyDecodeError::Invalid)?),
+        T_CLOSE => LegacyRequest::Close(instance_id(body).ok_or(LegacyDecodeError::Invalid)?),
+        T_INPUT => {
+            let id = body
+                .get(..INSTANCE_ID_LEN)
+                .and_then(instance_id)
+                .ok_or(LegacyDecodeError::Invalid)?;
+            LegacyRequest::Input {
+                id,
+                data: Bytes::copy_from_slice(&body[INSTANCE_ID_LEN..]),
+            }
+        }
+        _ => return Err(LegacyDecodeError::Invalid),
+    })
 }
 
 /// The file name tracebacks show for a prototype function `name`.
@@ -257,54 +317,44 @@ impl LegacyConn {
     }
 
     async fn request(&mut self, kind: u8, body: Vec<u8>) -> Result<(), End> {
-        match kind {
-            T_STORE => {
-                let reply = match serde_json::from_slice::<StoreRequest>(&body) {
-                    Ok(req) => match self
-                        .state
-                        .store_function(
-                            filename_for(&req.name),
-                            req.code,
-                            self.state.config.legacy_manifest.clone(),
-                        )
-                        .await
-                    {
-                        Ok((_, token)) => response(T_STORE, false, token.to_hex().as_bytes()),
-                        Err(refusal) => response(T_STORE, true, refusal.message.as_bytes()),
-                    },
-                    Err(e) => response(T_STORE, true, format!("invalid request: {e}").as_bytes()),
-                };
-                self.write(&reply).await
+        let request = match decode_legacy_request(kind, &body) {
+            Ok(request) => request,
+            // A Close for no valid instance is ignored, as in the prototype.
+            Err(_) if kind == T_CLOSE => return Ok(()),
+            Err(e) => {
+                return self
+                    .write(&response(kind, true, e.to_string().as_bytes()))
+                    .await;
             }
-            T_EXECUTE => {
-                let reply = match serde_json::from_slice::<ExecuteRequest>(&body) {
-                    Ok(req) => self.execute(req).await,
-                    Err(e) => response(T_EXECUTE, true, format!("invalid request: {e}").as_bytes()),
-                };
-                self.write(&reply).await
-            }
-            T_OPEN => {
-                let Some(id) = instance_id(&body) else {
-                    return self
-                        .write(&response(T_OPEN, true, b"invalid request"))
-                        .await;
-                };
-                self.open(id).await
-            }
-            T_CLOSE => {
-                if let Some((stop, _)) = instance_id(&body).and_then(|id| self.streams.remove(&id))
+        };
+        match request {
+            LegacyRequest::Store(req) => {
+                let reply = match self
+                    .state
+                    .store_function(
+                        filename_for(&req.name),
+                        req.code,
+                        self.state.config.legacy_manifest.clone(),
+                    )
+                    .await
                 {
+                    Ok((_, token)) => response(T_STORE, false, token.to_hex().as_bytes()),
+                    Err(refusal) => response(T_STORE, true, refusal.message.as_bytes()),
+                };
+                self.write(&reply).await
+            }
+            LegacyRequest::Execute(req) => {
+                let reply = self.execute(req).await;
+                self.write(&reply).await
+            }
+            LegacyRequest::Open(id) => self.open(id).await,
+            LegacyRequest::Close(id) => {
+                if let Some((stop, _)) = self.streams.remove(&id) {
                     let _ = stop.send(true);
                 }
                 Ok(())
             }
-            T_INPUT => {
-                let Some(id) = body.get(..INSTANCE_ID_LEN).and_then(instance_id) else {
-                    return self
-                        .write(&response(T_INPUT, true, b"invalid request"))
-                        .await;
-                };
-                let data = Bytes::copy_from_slice(&body[INSTANCE_ID_LEN..]);
+            LegacyRequest::Input { id, data } => {
                 match self.state.sessions.get(&session_token(&id)) {
                     Some(session) => {
                         deliver_input(&session, data).await;
@@ -316,7 +366,6 @@ impl LegacyConn {
                     }
                 }
             }
-            other => self.write(&response(other, true, b"invalid request")).await,
         }
     }
 
@@ -733,6 +782,43 @@ mod tests {
     fn instance_ids_that_could_be_paths_are_rejected() {
         assert!(instance_id(b"../../../../../../../../etc/passwd00").is_none());
         assert!(instance_id(b"short").is_none());
+    }
+
+    #[test]
+    fn requests_decode_by_type_and_bad_bodies_are_typed_errors() {
+        let id = new_instance_id().unwrap();
+        let store = decode_legacy_request(T_STORE, br#"{"name": "f", "code": "x = 1"}"#);
+        assert!(
+            matches!(store, Ok(LegacyRequest::Store(ref r)) if r.name == "f" && r.code == "x = 1")
+        );
+        let input = [id.as_bytes(), b"data"].concat();
+        assert!(matches!(
+            decode_legacy_request(T_INPUT, &input),
+            Ok(LegacyRequest::Input { id: ref i, ref data }) if *i == id && data == "data"
+        ));
+        assert!(
+            matches!(decode_legacy_request(T_OPEN, id.as_bytes()), Ok(LegacyRequest::Open(ref i)) if *i == id)
+        );
+        assert!(
+            matches!(decode_legacy_request(T_CLOSE, id.as_bytes()), Ok(LegacyRequest::Close(ref i)) if *i == id)
+        );
+
+        let bad_json = decode_legacy_request(T_EXECUTE, b"{\"call\": 1}").unwrap_err();
+        assert!(matches!(bad_json, LegacyDecodeError::Json(_)));
+        assert!(
+            bad_json.to_string().starts_with("invalid request: "),
+            "{bad_json}"
+        );
+        for (kind, body) in [
+            (T_OPEN, &b"short"[..]),
+            (T_INPUT, &id.as_bytes()[..10]),
+            (T_CLOSE, &b""[..]),
+            (T_OUTPUT, id.as_bytes()),
+            (0xff, &b""[..]),
+        ] {
+            let error = decode_legacy_request(kind, body).unwrap_err();
+            assert_eq!(error.to_string(), "invalid request", "type {kind}");
+        }
     }
 
     #[test]

@@ -26,6 +26,10 @@ mod onion;
 mod own_addresses;
 pub mod session;
 
+pub use legacy::{
+    ExecuteRequest, LegacyDecodeError, LegacyRequest, StoreRequest, decode_legacy_request,
+};
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -110,7 +110,8 @@ pub enum TorError {
 }
 
 impl TorError {
-    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+    /// An I/O error while doing `what` (which names the address or path).
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         TorError::Io {
             what: what.into(),
             source,

@@ -1,11 +1,15 @@
-//! A private Tor network on loopback, for tests and demos.
+//! A private Tor network on loopback, for tests and demos: what `bento
+//! testnet up|status|down|bench` and the end-to-end Tor tests run on. It is
+//! never part of a box; a box talks to the operator's own tor through
+//! `bento-tor`, which this crate uses to drive and probe its tors.
 //!
 //! [`Testnet::up`] generates keys and configuration under a directory, starts
 //! 3 directory authorities, middle and exit relays and a client, and returns
 //! once the network really carries traffic. Settings follow the measured
 //! notes in `shared/TOR-TESTNET.md` (20 s voting interval, Guard flag only on
 //! the authorities, exits that accept `*:*` but bind outgoing sockets to
-//! 127.0.0.1, empty GeoIP files).
+//! 127.0.0.1, empty GeoIP files). Optional relays also host a Bento box
+//! (ControlPort + SocksPort).
 //!
 //! Every tor gets `--defaults-torrc <empty file>` (nothing from `/etc/tor`
 //! is read), its own `-f` torrc and DataDirectory, ports on 127.0.0.1 only,
@@ -17,6 +21,26 @@
 //! Layout under `dir`: `nodes/<nickname>/` is each tor's DataDirectory with
 //! its `torrc` and `notice.log`; `empty` is the empty defaults/GeoIP file;
 //! `bandwidth` the authorities' bandwidth file.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), bento_tor::TorError> {
+//! use bento_testnet::{Testnet, TestnetConfig};
+//! use bento_tor::{OnionKey, TorControl, socks5_connect};
+//! use std::time::Duration;
+//!
+//! let mut config = TestnetConfig::new("/tmp/bento-testnet/net");
+//! config.boxes = 1;
+//! let net = Testnet::up(config, &mut |step: &str| eprintln!("{step}")).await?;
+//! let host = net.state().box_hosts()[0].clone();
+//! let mut control = TorControl::connect(&host.control_addr().to_string()).await?;
+//! let target = "127.0.0.2:8080".parse().expect("literal address");
+//! let svc = control.add_onion(&OnionKey::New, &[(80, target)], &["DiscardPK"]).await?;
+//! control.wait_for_descriptor_upload(&svc.service_id, Duration::from_secs(30)).await?;
+//! let _stream = socks5_connect(net.socks_addr(), &svc.onion_address(), 80, None).await?;
+//! net.shutdown()?;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -28,7 +52,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::{TorControl, TorError, socks5_connect};
+use bento_tor::{TorControl, TorError, socks5_connect};
 
 /// Name of the state file inside the testnet directory.
 pub const STATE_FILE: &str = "testnet.json";
