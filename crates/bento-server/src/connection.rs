@@ -50,6 +50,9 @@ struct Conn {
     buf: BytesMut,
     decoder: FrameDecoder,
     state: Arc<BoxState>,
+    /// While attached: when the client's current incomplete frame began
+    /// (its deadline runs from there, however slowly its bytes trickle).
+    partial_since: Option<Instant>,
 }
 
 pub(crate) async fn handle_connection(stream: TcpStream, state: Arc<BoxState>) {
@@ -61,6 +64,7 @@ pub(crate) async fn handle_connection(stream: TcpStream, state: Arc<BoxState>) {
         buf: BytesMut::with_capacity(64 * 1024),
         decoder: FrameDecoder::default(),
         state,
+        partial_since: None,
     };
     let ended = conn.run().await;
     // The last words are bounded too: a client that does not read must not
@@ -456,7 +460,7 @@ impl Conn {
         let mut end_sent = false;
         // When the client's current incomplete frame began: its deadline
         // runs from there, however slowly its bytes trickle in.
-        let mut partial_since: Option<Instant> = None;
+        self.partial_since = None;
         loop {
             // Register interest before inspecting the state, so no wake-up
             // between the two is missed.
@@ -545,11 +549,12 @@ impl Conn {
             // Complete frames held back by input backpressure are not a
             // stall; only an incomplete frame has a deadline.
             if self.buf.is_empty() || input_blocked {
-                partial_since = None;
-            } else if partial_since.is_none() {
-                partial_since = Some(Instant::now());
+                self.partial_since = None;
+            } else if self.partial_since.is_none() {
+                self.partial_since = Some(Instant::now());
             }
-            let frame_deadline = partial_since
+            let frame_deadline = self
+                .partial_since
                 .map(|started| crate::frame_deadline(started, timeout, self.buf.len()));
             bento_protocol::reserve_for_read(&mut self.buf);
             tokio::select! {
@@ -598,6 +603,10 @@ impl Conn {
             let Some(frame) = self.decoder.decode(&mut self.buf)? else {
                 return Ok(true);
             };
+            // A complete frame: the deadline of whatever follows it in the
+            // buffer starts now, so a client streaming frames back to back
+            // is never cut off.
+            self.partial_since = None;
             match frame {
                 Frame::Input { data } => input_blocked = session.push_input(data),
                 Frame::InputEnd => {
