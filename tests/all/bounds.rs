@@ -91,6 +91,7 @@ async fn a_client_trickling_a_frame_is_disconnected_at_the_frame_deadline() {
         filename: "slow.py".into(),
         source: "def main():\n    pass\n".repeat(20),
         manifest: String::new(),
+        lifetime_s: None,
     }
     .to_bytes();
     let sent = trickle(&mut stream, &store, Duration::from_millis(1500));
