@@ -41,10 +41,10 @@ impl Grant {
     /// The limits the sandbox enforces for this grant.
     pub fn instance_limits(&self) -> InstanceLimits {
         InstanceLimits {
-            memory_bytes: self.resources.memory_mib * MIB,
+            memory_bytes: self.resources.memory_mib.saturating_mul(MIB),
             cpu_ms: self.resources.cpu_ms,
             wall_ms: self.resources.wall_ms,
-            output_buffer_bytes: self.resources.output_buffer_kib * 1024,
+            output_buffer_bytes: self.resources.output_buffer_kib.saturating_mul(1024),
         }
     }
 }
@@ -190,6 +190,16 @@ mod tests {
         let grant = admit(&Manifest::minimum(), &BoxPolicy::default(), &[]).unwrap();
         assert!(grant.capabilities.is_empty());
         assert_eq!(grant.instance_limits().memory_bytes, 64 * MIB);
+    }
+
+    #[test]
+    fn limits_from_huge_granted_resources_saturate_instead_of_overflowing() {
+        let mut grant = admit(&Manifest::minimum(), &BoxPolicy::default(), &[]).unwrap();
+        grant.resources.memory_mib = u64::MAX / 2;
+        grant.resources.output_buffer_kib = u64::MAX / 2;
+        let limits = grant.instance_limits();
+        assert_eq!(limits.memory_bytes, u64::MAX);
+        assert_eq!(limits.output_buffer_bytes, u64::MAX);
     }
 
     #[test]
