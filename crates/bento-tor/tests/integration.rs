@@ -431,3 +431,54 @@ async fn testnet_up_failure_stops_everything() {
     assert!(processes_mentioning(&dir).is_empty());
     assert!(!dir.join("testnet.json").exists());
 }
+
+#[tokio::test]
+async fn a_defended_onion_service_has_tors_proof_of_work_on() {
+    let tor = start_plain_tor().await;
+    let mut c = TorControl::connect(&tor.control).await.unwrap();
+    // The tor the tests run against (Debian's, 0.4.9) has the PoW module.
+    assert!(c.pow_supported().await.unwrap());
+    let target: SocketAddr = "127.0.0.2:9".parse().unwrap();
+    // tor refuses keywords it does not know (512), so an accepted command
+    // with PoWDefensesEnabled=1 means the defense is on.
+    let defended = c
+        .add_onion_defended(&OnionKey::New, &[(80, target)], &["DiscardPK"])
+        .await
+        .unwrap();
+    assert!(defended.pow_defense);
+    let onions = c.getinfo("onions/current").await.unwrap();
+    assert!(onions.contains(&defended.service_id), "{onions}");
+    // The plain form stays undefended.
+    let plain = c
+        .add_onion(&OnionKey::New, &[(80, target)], &["DiscardPK"])
+        .await
+        .unwrap();
+    assert!(!plain.pow_defense);
+    // An existing key is republished defended with the same id.
+    let kept = c
+        .add_onion_defended(&OnionKey::New, &[(80, target)], &[])
+        .await
+        .unwrap();
+    let key = kept.private_key.clone().unwrap();
+    c.del_onion(&kept.service_id).await.unwrap();
+    let again = c
+        .add_onion_defended(&OnionKey::Existing(key), &[(80, target)], &[])
+        .await
+        .unwrap();
+    assert_eq!(again.service_id, kept.service_id);
+    assert!(again.pow_defense);
+}
+
+#[tokio::test]
+async fn closed_resolves_when_tor_goes_away() {
+    let mut tor = start_plain_tor().await;
+    let c = TorControl::connect(&tor.control).await.unwrap();
+    let closed = c.closed();
+    let _ = Command::new("kill")
+        .args(["-TERM", &tor.child.id().to_string()])
+        .status();
+    let _ = tor.child.wait();
+    tokio::time::timeout(Duration::from_secs(30), closed)
+        .await
+        .expect("closed() did not resolve after tor exited");
+}
