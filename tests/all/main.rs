@@ -20,3 +20,5 @@ mod proxy;
 mod sessions;
 mod shard;
 mod tor;
+mod tor_restart;
+mod worker_jail;
