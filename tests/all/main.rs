@@ -23,3 +23,5 @@ mod sessions;
 mod shard;
 mod store_lifetime;
 mod tor;
+mod tor_restart;
+mod worker_jail;

@@ -297,6 +297,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         runtime: args.runtime.clone(),
         workers: args.workers,
         worker_wrapper: None,
+        no_worker_jail: false,
         policy: None,
         legacy_manifest: None,
         http_ca_file: None,

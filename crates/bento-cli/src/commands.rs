@@ -50,6 +50,13 @@ pub struct ServeArgs {
     /// stdout through untouched: they carry the worker protocol.
     #[arg(long, value_name = "COMMAND")]
     pub worker_wrapper: Option<String>,
+    /// Run workers without the worker jail. By default each worker jails
+    /// itself before running functions (landlock: no access to the data
+    /// dir but instance storage, no binding of ports; seccomp: no new
+    /// processes, exec, listening or non-IP sockets; no core dumps), using
+    /// whatever of that the kernel supports; see docs/security.md.
+    #[arg(long)]
+    pub no_worker_jail: bool,
     /// The box policy (TOML): what functions may ask for and reach (see
     /// docs/policy.md; `bento policy default` prints the default, which is
     /// used when this is absent). The options below override its values.
@@ -152,11 +159,21 @@ impl ServeArgs {
             std::env::current_exe().context("cannot find the bento binary to start workers")?;
         let workers = WorkerPoolConfig {
             program,
-            args: vec![
-                "worker".into(),
-                "--runtime".into(),
-                runtime.display().to_string(),
-            ],
+            args: {
+                let mut args = vec![
+                    "worker".into(),
+                    "--runtime".into(),
+                    runtime.display().to_string(),
+                    "--storage-dir".into(),
+                    bento_server::instance_storage_root(&self.data_dir)
+                        .display()
+                        .to_string(),
+                ];
+                if self.no_worker_jail {
+                    args.push("--no-jail".into());
+                }
+                args
+            },
             wrapper: self
                 .worker_wrapper
                 .as_deref()
@@ -166,6 +183,11 @@ impl ServeArgs {
                 .workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),
         };
+        if self.no_worker_jail {
+            tracing::warn!("worker jail: off (--no-worker-jail)");
+        } else {
+            tracing::info!("worker jail: {}", bento_worker::jail_support());
+        }
         let mut config = ServerConfig::new(self.data_dir.clone(), workers);
         config.policy = self.policy()?;
         if let Some(path) = &self.legacy_manifest {
@@ -234,10 +256,25 @@ fn read_text(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-/// `bento worker`: load the runtime, serve the pipe protocol on stdio.
-pub fn worker(runtime: &Path) -> anyhow::Result<ExitCode> {
+/// `bento worker`: load the runtime, jail the process (unless `jail` is
+/// `None`; else `jail` is the instance storage directory), serve the pipe
+/// protocol on stdio.
+pub fn worker(runtime: &Path, jail: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     use std::os::fd::AsFd;
     let runtime = bento_sandbox::PythonRuntime::load_precompiled(runtime)?;
+    // After loading the runtime (which reads its file), before the first
+    // instance thread: every thread inherits the jail.
+    match jail {
+        Some(storage_dir) => {
+            let report = bento_worker::jail_worker(&bento_worker::JailConfig { storage_dir });
+            if report.complete() {
+                tracing::debug!("worker jail: {report}");
+            } else {
+                tracing::warn!("worker jail incomplete: {report}");
+            }
+        }
+        None => tracing::debug!("worker jail: off (--no-worker-jail)"),
+    }
     // Raw file handles: std's Stdout is line-buffered and would scan every
     // output chunk for newlines.
     let stdin = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);

@@ -210,6 +210,13 @@ enum Command {
         /// Precompiled runtime.
         #[arg(long)]
         runtime: PathBuf,
+        /// The instance storage directory: the only place the jailed
+        /// worker may write.
+        #[arg(long)]
+        storage_dir: PathBuf,
+        /// Run without the worker jail (landlock, seccomp, rlimits).
+        #[arg(long)]
+        no_jail: bool,
     },
 }
 
@@ -265,7 +272,11 @@ fn main() -> ExitCode {
         "info"
     });
     let result = match cli.command {
-        Command::Worker { runtime } => commands::worker(&runtime),
+        Command::Worker {
+            runtime,
+            storage_dir,
+            no_jail,
+        } => commands::worker(&runtime, (!no_jail).then_some(storage_dir)),
         Command::Runtime(RuntimeCommand::Precompile { wasm, out }) => {
             commands::precompile(&wasm, &out)
         }

@@ -368,6 +368,29 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_forms_carrying_a_loopback_or_private_ipv4_are_refused_under_a_wildcard_accept() {
+        let c = check(&["accept *:*"], &["accept *:*"]);
+        for host in [
+            "::127.0.0.1",                 // IPv4-compatible
+            "::ffff:0:10.0.0.1",           // IPv4-translated
+            "2001:0:5db8:d822::80ff:fffe", // Teredo, client 127.0.0.1
+            "2001:0:c0a8:101::a247:2bdd",  // Teredo, server 192.168.1.1
+            "64:ff9b::169.254.169.254",    // NAT64
+            "2002:7f00:1::1",              // 6to4
+        ] {
+            let err = resolve_checked(&c, host, 80, soon()).unwrap_err();
+            assert!(
+                err.to_string().contains("private, local or own address"),
+                "{host}: {err}"
+            );
+        }
+        // The same forms around a public address pass.
+        for host in ["::93.184.216.34", "2001:0:5db8:d822::a247:2bdd"] {
+            assert!(resolve_checked(&c, host, 80, soon()).is_ok(), "{host}");
+        }
+    }
+
+    #[test]
     fn the_boxs_own_address_is_refused_under_a_wildcard_accept() {
         let own: IpAddr = "198.51.100.7".parse().unwrap();
         let c = DestinationCheck::new(rules(&["accept *:*"]), rules(&["accept *:*"]), vec![own]);

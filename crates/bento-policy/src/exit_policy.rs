@@ -257,6 +257,30 @@ pub struct Decision {
     pub reason: String,
 }
 
+/// The IPv4 addresses an IPv6 address carries, for the forms that deliver
+/// to (or through) them: IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible
+/// `::a.b.c.d` (deprecated, still routed by some stacks), IPv4-translated
+/// `::ffff:0:a.b.c.d` (SIIT), NAT64 `64:ff9b::/96`, 6to4 `2002::/16`
+/// and Teredo `2001::/32` (server in bits 32..64, client in the last 32
+/// bits inverted; both are reached). An address of none of these forms
+/// carries none.
+pub fn embedded_ipv4(v6: Ipv6Addr) -> [Option<Ipv4Addr>; 2] {
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| Some(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)));
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, hi, lo] // IPv4-mapped
+        | [0, 0, 0, 0, 0, 0, hi, lo] // IPv4-compatible, :: and ::1 included
+        | [0, 0, 0, 0, 0xffff, 0, hi, lo] // IPv4-translated
+        | [0x0064, 0xff9b, 0, 0, 0, 0, hi, lo] => [v4(hi, lo), None], // NAT64
+        [0x2002, hi, lo, ..] => [v4(hi, lo), None], // 6to4
+        [0x2001, 0, server_hi, server_lo, _, _, client_hi, client_lo] => [
+            v4(server_hi, server_lo),
+            v4(!client_hi, !client_lo),
+        ], // Teredo
+        _ => [None, None],
+    }
+}
+
 /// Addresses that are never reachable through a wildcard accept.
 pub fn is_private_or_local(ip: IpAddr) -> bool {
     match ip {
@@ -275,24 +299,17 @@ pub fn is_private_or_local(ip: IpAddr) -> bool {
                 || o[0] >= 240 // reserved
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private_or_local(IpAddr::V4(v4));
-            }
             let s = v6.segments();
-            // Prefixes that carry an IPv4 address onward: judge that address.
-            let embedded = |hi: u16, lo: u16| {
-                let [a, b] = hi.to_be_bytes();
-                let [c, d] = lo.to_be_bytes();
-                is_private_or_local(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)))
-            };
-            if s[0] == 0x0064 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
-                return embedded(s[6], s[7]); // NAT64 64:ff9b::/96
-            }
             if s[0] == 0x0064 && s[1] == 0xff9b && s[2] == 1 {
-                return true; // local-use NAT64 64:ff9b:1::/48
+                return true; // local-use NAT64 64:ff9b:1::/48: any IPv4 behind it
             }
-            if s[0] == 0x2002 {
-                return embedded(s[1], s[2]); // 6to4 2002::/16
+            // Forms that carry an IPv4 address onward: judge that address.
+            if embedded_ipv4(v6)
+                .into_iter()
+                .flatten()
+                .any(|v4| is_private_or_local(IpAddr::V4(v4)))
+            {
+                return true;
             }
             v6.is_unspecified()
                 || v6.is_loopback()
@@ -331,7 +348,18 @@ impl ExitPolicy {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        let protected = is_private_or_local(ip) || own.contains(&ip);
+        // The box's own IPv4 addresses are as near inside any IPv6 form
+        // that carries them (e.g. NAT64 back to the box).
+        let carried = match ip {
+            IpAddr::V6(v6) => embedded_ipv4(v6),
+            IpAddr::V4(_) => [None, None],
+        };
+        let protected = is_private_or_local(ip)
+            || own.contains(&ip)
+            || carried
+                .into_iter()
+                .flatten()
+                .any(|v4| own.contains(&IpAddr::V4(v4)));
         for rule in &self.rules {
             if !(rule.addr.matches(ip) && (rule.ports.0..=rule.ports.1).contains(&port)) {
                 continue;
@@ -403,6 +431,80 @@ mod tests {
         }
         assert!(is_private_or_local("198.18.0.1".parse().unwrap()));
         assert!(is_private_or_local("192.0.0.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv4_compatible_addresses_are_judged_by_the_ipv4_inside() {
+        for ip in [
+            "::127.0.0.1",
+            "::10.1.2.3",
+            "::192.168.0.1",
+            "::169.254.169.254",
+        ] {
+            assert!(is_private_or_local(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(!is_private_or_local("::93.184.216.34".parse().unwrap()));
+        let p = policy(&["accept *:*"]);
+        assert!(!allowed(&p, "[::127.0.0.1]:80"));
+        assert!(allowed(&p, "[::93.184.216.34]:80"));
+    }
+
+    #[test]
+    fn ipv4_translated_addresses_are_judged_by_the_ipv4_inside() {
+        for ip in [
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:10.0.0.1",
+            "::ffff:0:172.16.0.1",
+        ] {
+            assert!(is_private_or_local(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(!is_private_or_local(
+            "::ffff:0:93.184.216.34".parse().unwrap()
+        ));
+        let p = policy(&["accept *:*"]);
+        assert!(!allowed(&p, "[::ffff:0:127.0.0.1]:80"));
+        assert!(allowed(&p, "[::ffff:0:93.184.216.34]:80"));
+    }
+
+    #[test]
+    fn teredo_addresses_are_judged_by_the_server_and_the_client_ipv4_inside() {
+        // Client 127.0.0.1 is stored inverted: 0x80ff:fffe.
+        let loopback_client = "2001:0:5db8:d822:0:0:80ff:fffe";
+        let private_server = "2001:0:a00:1:0:0:a247:2bdd"; // server 10.0.0.1
+        let public_both = "2001:0:5db8:d822:0:0:a247:2bdd"; // client 93.184.212.34
+        assert_eq!(
+            embedded_ipv4(loopback_client.parse().unwrap()),
+            [
+                Some(Ipv4Addr::new(93, 184, 216, 34)),
+                Some(Ipv4Addr::new(127, 0, 0, 1))
+            ]
+        );
+        assert!(is_private_or_local(loopback_client.parse().unwrap()));
+        assert!(is_private_or_local(private_server.parse().unwrap()));
+        assert!(!is_private_or_local(public_both.parse().unwrap()));
+        let p = policy(&["accept *:*"]);
+        assert!(!allowed(&p, &format!("[{loopback_client}]:80")));
+        assert!(!allowed(&p, &format!("[{private_server}]:80")));
+        assert!(allowed(&p, &format!("[{public_both}]:80")));
+    }
+
+    #[test]
+    fn the_boxs_own_ipv4_inside_an_ipv6_form_needs_an_explicit_rule() {
+        let own: IpAddr = "198.51.100.7".parse().unwrap();
+        let p = policy(&["accept *:*"]);
+        for ip in [
+            "64:ff9b::c633:6407",
+            "2002:c633:6407::1",
+            "::198.51.100.7",
+            "::ffff:0:198.51.100.7",
+        ] {
+            let decision = p.decide(ip.parse().unwrap(), 7878, &[own]);
+            assert!(!decision.allowed, "{ip}");
+        }
+        assert!(
+            p.decide("64:ff9b::5db8:d822".parse().unwrap(), 80, &[own])
+                .allowed
+        );
     }
 
     #[test]

@@ -20,7 +20,8 @@ pub use box_policy::{
     Resources, SCHEMA_VERSION,
 };
 pub use exit_policy::{
-    Action, AddrPattern, Decision, DestinationRule, ExitPolicy, RuleParseError, is_private_or_local,
+    Action, AddrPattern, Decision, DestinationRule, ExitPolicy, RuleParseError, embedded_ipv4,
+    is_private_or_local,
 };
 
 use std::time::Duration;

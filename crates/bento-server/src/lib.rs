@@ -115,6 +115,12 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+/// Where instances' encrypted storage lives inside a data directory: the
+/// one place a (jailed) worker may write.
+pub fn instance_storage_root(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join(INSTANCE_STORAGE_DIR)
+}
+
 impl ServerConfig {
     /// Defaults for a data directory and a worker pool.
     pub fn new(data_dir: PathBuf, workers: WorkerPoolConfig) -> Self {
@@ -357,7 +363,7 @@ impl Server {
         )?;
         // Storage of instances that were running when the box last stopped
         // is unreadable (its keys died with them): remove it.
-        let storage_root = config.data_dir.join(INSTANCE_STORAGE_DIR);
+        let storage_root = instance_storage_root(&config.data_dir);
         match bento_storage::remove_leftovers(&storage_root) {
             Ok(0) => {}
             Ok(n) => tracing::info!(n, "removed storage left by instances of an earlier run"),
@@ -381,7 +387,7 @@ impl Server {
         }
         let own_addresses = own_addresses::own_addresses(&listening);
         let tor = match &config.tor_control {
-            Some(control) => Some(Arc::new(
+            Some(control) => Some(
                 onion::TorBox::publish(
                     control,
                     config.tor_socks,
@@ -391,7 +397,7 @@ impl Server {
                     config.policy.caps.max_onion_services,
                 )
                 .await?,
-            )),
+            ),
             None => None,
         };
         Ok(Self {

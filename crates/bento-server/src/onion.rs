@@ -27,10 +27,17 @@ pub(crate) const KEY_FILE: &str = "onion-service.key";
 /// How long publishing a function's onion service may take before the
 /// function is told it failed.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(60);
+/// First wait before reconnecting to a tor that went away; doubled after
+/// each failed attempt up to [`MAX_RECONNECT_BACKOFF`].
+const FIRST_RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest wait between attempts to reconnect to tor.
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The box's connection to its tor.
 pub(crate) struct TorBox {
     control: tokio::sync::Mutex<TorControl>,
+    /// How to publish the box's own service again after tor restarts.
+    republish: Republish,
     /// tor's SocksPort, for functions' `tor_connect`.
     pub(crate) socks: Option<SocketAddr>,
     /// The box's own onion address, `xyz.onion:PORT`.
@@ -63,10 +70,41 @@ pub enum OnionError {
     },
 }
 
+/// What it takes to publish the box's own onion service. Not `Debug`:
+/// it holds the service's private key.
+#[derive(Clone)]
+struct Republish {
+    control_addr: String,
+    key: OnionKey,
+    port: (u16, SocketAddr),
+}
+
+impl Republish {
+    /// Connect to the ControlPort and add the box's service (with tor's
+    /// proof-of-work defense where tor has it).
+    async fn connect_and_add(
+        &self,
+    ) -> Result<(TorControl, bento_tor::OnionService), bento_tor::TorError> {
+        let mut control = TorControl::connect(&self.control_addr).await?;
+        let service = control
+            .add_onion_defended(&self.key, &[self.port], &[])
+            .await?;
+        tracing::info!(
+            pow_defense = service.pow_defense,
+            "published the box's onion service"
+        );
+        Ok((control, service))
+    }
+}
+
 impl TorBox {
     /// Connect to tor's ControlPort and publish the box as an onion service
     /// on `onion_port`, forwarding to `listen`. The service key lives in
     /// `data_dir/onion-service.key`, so the address survives restarts.
+    ///
+    /// The box stays published: when the control connection ends (tor
+    /// restarted), a task reconnects with backoff and publishes the same
+    /// service again, for as long as the box runs.
     pub(crate) async fn publish(
         control_addr: &str,
         socks: Option<SocketAddr>,
@@ -74,12 +112,15 @@ impl TorBox {
         onion_port: u16,
         listen: SocketAddr,
         max_function_services: u64,
-    ) -> Result<Self, OnionError> {
+    ) -> Result<Arc<Self>, OnionError> {
         let mut control = TorControl::connect(control_addr).await?;
         let socks = match socks {
             Some(socks) => Some(socks),
             None => control.socks_listeners().await?.into_iter().next(),
         };
+        // The first connection only asked for the SocksPort; publishing
+        // goes through the same path as every re-publication.
+        drop(control);
         let key_path = data_dir.join(KEY_FILE);
         let key = match std::fs::read_to_string(&key_path) {
             Ok(text) => OnionKey::Existing(text.trim().to_owned()),
@@ -97,22 +138,30 @@ impl TorBox {
         } else {
             listen
         };
-        let service = control
-            .add_onion(&key, &[(onion_port, target)], &[])
-            .await?;
+        let mut republish = Republish {
+            control_addr: control_addr.to_owned(),
+            key,
+            port: (onion_port, target),
+        };
+        let (control, service) = republish.connect_and_add().await?;
         if let Some(private_key) = &service.private_key {
             write_key(&key_path, private_key).map_err(|source| OnionError::Key {
                 path: key_path.clone(),
                 source,
             })?;
+            republish.key = OnionKey::Existing(private_key.clone());
         }
-        Ok(Self {
+        let closed = control.closed();
+        let tor = Arc::new(Self {
             control: tokio::sync::Mutex::new(control),
+            republish,
             socks,
             onion_address: format!("{}:{onion_port}", service.onion_address()),
             function_services: AtomicU64::new(0),
             max_function_services,
-        })
+        });
+        tokio::spawn(stay_published(Arc::downgrade(&tor), Box::pin(closed)));
+        Ok(tor)
     }
 
     /// Wait until the box's own descriptor is uploaded (reachable).
@@ -217,10 +266,49 @@ impl TorBox {
             .control
             .lock()
             .await
-            .add_onion(&key, &[(request.port, local)], flags)
+            .add_onion_defended(&key, &[(request.port, local)], flags)
             .await
             .map_err(|e| format!("io: tor refused the onion service: {}", tor_reason(&e)))?;
         Ok((listener, service))
+    }
+}
+
+/// Wait for the control connection to end, then reconnect and publish the
+/// box's service again, with backoff while tor is down; forever, until the
+/// box (its [`TorBox`]) is gone. Functions' services are not restored:
+/// tor dropped them with the connection and their instances were told
+/// nothing, so they simply stop being reachable (as when tor restarts
+/// under any onion service).
+async fn stay_published(
+    tor: std::sync::Weak<TorBox>,
+    mut closed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+) {
+    loop {
+        closed.await;
+        let Some(republish) = tor.upgrade().map(|tor| tor.republish.clone()) else {
+            return;
+        };
+        tracing::warn!("lost the connection to tor's ControlPort; reconnecting");
+        let mut backoff = FIRST_RECONNECT_BACKOFF;
+        let control = loop {
+            tokio::time::sleep(backoff).await;
+            if tor.strong_count() == 0 {
+                return;
+            }
+            match republish.connect_and_add().await {
+                Ok((control, _)) => break control,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot re-publish the box's onion service yet");
+                    backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
+                }
+            }
+        };
+        let Some(tor) = tor.upgrade() else {
+            return;
+        };
+        let next = control.closed();
+        *tor.control.lock().await = control;
+        closed = Box::pin(next);
     }
 }
 

@@ -47,7 +47,14 @@ pub struct OnionService {
     /// The private key (`"ED25519-V3:<base64>"`) if tor returned one (not
     /// with `DiscardPK`, not for an [`OnionKey::Existing`] key).
     pub private_key: Option<String>,
+    /// Whether tor's proof-of-work defense is on for the service (added
+    /// with [`TorControl::add_onion_defended`] on a tor that has it).
+    pub pow_defense: bool,
 }
+
+/// The first tor version whose ADD_ONION takes `PoWDefensesEnabled`
+/// (onion-service proof of work, proposal 327).
+pub const POW_MIN_VERSION: (u32, u32, u32) = (0, 4, 8);
 
 impl OnionService {
     /// `"<service_id>.onion"`.
@@ -148,6 +155,8 @@ pub struct TorControl {
     replies: mpsc::UnboundedReceiver<Reply>,
     shared: Arc<Shared>,
     hs_events: bool,
+    /// Whether tor takes `PoWDefensesEnabled` in ADD_ONION; asked once.
+    pow_supported: Option<bool>,
     /// Set when a reply timed out: a late reply would be taken for the
     /// next command's, so the connection is not used again.
     desynced: bool,
@@ -157,6 +166,10 @@ pub struct TorControl {
 impl Drop for TorControl {
     fn drop(&mut self) {
         self.reader.abort();
+        // The aborted reader never reports the end: do it here, so waiters
+        // on `closed` (e.g. a reconnecting supervisor) learn of it.
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.notify.notify_waiters();
     }
 }
 
@@ -186,6 +199,7 @@ impl TorControl {
             replies,
             shared,
             hs_events: false,
+            pow_supported: None,
             desynced: false,
             reader,
         };
@@ -276,6 +290,10 @@ impl TorControl {
             .await
             .map_err(|_| {
                 self.desynced = true;
+                // Unusable from now on: as good as closed for whoever
+                // waits to reconnect.
+                self.shared.closed.store(true, Ordering::SeqCst);
+                self.shared.notify.notify_waiters();
                 TorError::Timeout {
                     what: format!("reply to {verb} from tor control {}", self.addr),
                     secs: COMMAND_TIMEOUT.as_secs_f64(),
@@ -317,6 +335,81 @@ impl TorControl {
         ports: &[(u16, SocketAddr)],
         flags: &[&str],
     ) -> Result<OnionService, TorError> {
+        self.add_onion_with(key, ports, flags, false).await
+    }
+
+    /// Like [`add_onion`](Self::add_onion), with tor's proof-of-work
+    /// defense against introduction floods (`PoWDefensesEnabled=1`) where
+    /// this tor has it: version at least [`POW_MIN_VERSION`], and built
+    /// with the PoW module. Without it the service is added all the same,
+    /// undefended ([`OnionService::pow_defense`] says which), and a warning
+    /// is logged once per connection.
+    pub async fn add_onion_defended(
+        &mut self,
+        key: &OnionKey,
+        ports: &[(u16, SocketAddr)],
+        flags: &[&str],
+    ) -> Result<OnionService, TorError> {
+        if self.pow_supported().await? {
+            match self.add_onion_with(key, ports, flags, true).await {
+                // A tor built without the PoW module refuses the keyword.
+                Err(TorError::Command { code, message, .. }) if message.contains("PoW") => {
+                    tracing::warn!(
+                        code,
+                        %message,
+                        "tor refuses the onion-service proof-of-work defense; publishing without it"
+                    );
+                    self.pow_supported = Some(false);
+                }
+                other => return other,
+            }
+        }
+        self.add_onion_with(key, ports, flags, false).await
+    }
+
+    /// Whether this tor's ADD_ONION takes `PoWDefensesEnabled`, judged by
+    /// `GETINFO version` (asked once per connection).
+    pub async fn pow_supported(&mut self) -> Result<bool, TorError> {
+        if let Some(known) = self.pow_supported {
+            return Ok(known);
+        }
+        let version = self.getinfo("version").await?;
+        let supported = parse_version(&version).is_some_and(|v| v >= POW_MIN_VERSION);
+        if !supported {
+            tracing::warn!(
+                %version,
+                "this tor is older than 0.4.8: onion services get no proof-of-work defense"
+            );
+        }
+        self.pow_supported = Some(supported);
+        Ok(supported)
+    }
+
+    /// A future that ends when this connection is closed (tor went away,
+    /// the connection was dropped, or a command timed out and left it
+    /// unusable). It does not borrow the connection.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let shared = self.shared.clone();
+        async move {
+            loop {
+                let notified = shared.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if shared.closed.load(Ordering::SeqCst) {
+                    return;
+                }
+                notified.await;
+            }
+        }
+    }
+
+    async fn add_onion_with(
+        &mut self,
+        key: &OnionKey,
+        ports: &[(u16, SocketAddr)],
+        flags: &[&str],
+        pow: bool,
+    ) -> Result<OnionService, TorError> {
         if ports.is_empty() {
             return Err(TorError::Invalid {
                 what: "ADD_ONION ports".into(),
@@ -348,17 +441,24 @@ impl TorControl {
             }
             cmd.push_str(&format!(" Flags={}", flags.join(",")));
         }
+        if pow {
+            // Tor's defaults for the queue (rate 250/s, burst 2500) suit a
+            // box: clients solve puzzles only while the service is flooded.
+            cmd.push_str(" PoWDefensesEnabled=1");
+        }
         for (virt, target) in ports {
             cmd.push_str(&format!(" Port={virt},{target}"));
         }
         // Events on before the service exists, so its upload is not missed.
         self.enable_hs_events().await?;
         let reply = self.command(&cmd).await?;
-        parse_add_onion(&reply).map_err(|detail| TorError::Protocol {
+        let mut service = parse_add_onion(&reply).map_err(|detail| TorError::Protocol {
             addr: self.addr.clone(),
             step: "ADD_ONION".into(),
             detail,
-        })
+        })?;
+        service.pow_defense = pow;
+        Ok(service)
     }
 
     /// `DEL_ONION service_id` (without `.onion`).
@@ -639,7 +739,19 @@ pub(crate) fn parse_add_onion(reply: &Reply) -> Result<OnionService, String> {
     Ok(OnionService {
         service_id,
         private_key,
+        pow_defense: false,
     })
+}
+
+/// `"0.4.9.11"`, `"0.4.8.1-alpha (git-…)"` → `(0, 4, 9)` / `(0, 4, 8)`.
+pub(crate) fn parse_version(version: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u32>);
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(Ok(a)), Some(Ok(b)), Some(Ok(c))) => Some((a, b, c)),
+        _ => None,
+    }
 }
 
 pub(crate) fn parse_listeners(value: &str) -> Result<Vec<SocketAddr>, String> {
@@ -752,6 +864,17 @@ mod tests {
         assert_eq!(s.onion_address(), format!("{id}.onion"));
         let r = parse_all(&["250-ServiceID=short", "250 OK"]);
         assert!(parse_add_onion(&r[0]).is_err());
+    }
+
+    #[test]
+    fn versions_parse_to_their_first_three_numbers() {
+        assert_eq!(parse_version("0.4.9.11"), Some((0, 4, 9)));
+        assert_eq!(parse_version("0.4.8.1-alpha (git-abc)"), Some((0, 4, 8)));
+        assert_eq!(parse_version("0.4.7.16"), Some((0, 4, 7)));
+        assert!(parse_version("0.4.7.16").unwrap() < POW_MIN_VERSION);
+        assert!(parse_version("0.4.10.0").unwrap() > POW_MIN_VERSION);
+        assert_eq!(parse_version("garbage"), None);
+        assert_eq!(parse_version(""), None);
     }
 
     #[test]

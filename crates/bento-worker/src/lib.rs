@@ -13,6 +13,7 @@
 //! kernel's memory-map lock and TLB shootdowns.
 
 pub mod ipc;
+mod jail;
 mod pipe_size;
 mod pool;
 mod worker_process;
@@ -21,6 +22,10 @@ pub use bento_sandbox::{
     CHANNEL_CREDIT, CapabilityGrant, MAX_MESSAGE_LEN, MESSAGE_CREDIT, StorageGrant,
 };
 pub use ipc::{InstanceId, InstanceOutcome, OnionRequest, StartCall, StartRequest};
+pub use jail::{
+    JailConfig, JailError, JailReport, LandlockLevel, WORKER_MAX_OPEN_FILES, jail_support,
+    jail_worker,
+};
 pub use pipe_size::grow_pipe;
 pub use pool::{
     ChannelEvent, InstanceEvents, InstanceHandle, PoolError, PoolStats, RESPAWN_PATIENCE,
