@@ -42,11 +42,33 @@ fn frames() -> Vec<Vec<Frame>> {
             filename: "hello.py".into(),
             source: "def main(name):\n    api.send(f'hello {name}')\n".into(),
             manifest: "version = 1\ncapabilities = [\"time\"]\n".into(),
+            lifetime_s: None,
+        }),
+        one(Frame::Store {
+            filename: "drop.py".into(),
+            source: "def main():\n    api.send(api.recv())\n".into(),
+            manifest: String::new(),
+            lifetime_s: Some(7 * 24 * 3600),
         }),
         one(Frame::Stored {
             function_id: FunctionId(token(1)),
             invoke_token: InvokeToken::from_bytes(token(2)),
+            lifetime_s: None,
         }),
+        one(Frame::Stored {
+            function_id: FunctionId(token(1)),
+            invoke_token: InvokeToken::from_bytes(token(2)),
+            lifetime_s: Some(3600),
+        }),
+        one(Frame::Renew {
+            invoke_token: InvokeToken::from_bytes(token(2)),
+            lifetime_s: 0,
+        }),
+        one(Frame::Renewed { lifetime_s: 86400 }),
+        one(Frame::Delete {
+            invoke_token: InvokeToken::from_bytes(token(2)),
+        }),
+        one(Frame::Deleted),
         one(Frame::Invoke {
             invoke_token: InvokeToken::from_bytes(token(2)),
             entry: "main".into(),
