@@ -208,9 +208,9 @@ fn a_jailed_worker_cannot_listen_or_open_unix_netlink_or_raw_sockets() {
 }
 
 #[test]
-fn a_jailed_worker_can_still_connect_out_over_tcp() {
+fn a_jailed_worker_can_still_connect_out_over_tcp_and_pair_sockets_with_itself() {
     in_jailed_child(
-        "a_jailed_worker_can_still_connect_out_over_tcp",
+        "a_jailed_worker_can_still_connect_out_over_tcp_and_pair_sockets_with_itself",
         |_, port| {
             // Egress (connect, http, tor_connect) opens sockets in the
             // worker, after bento-egress checked the destination.
@@ -219,6 +219,13 @@ fn a_jailed_worker_can_still_connect_out_over_tcp() {
             let mut buf = [0u8; 4];
             stream.read_exact(&mut buf).unwrap();
             assert_eq!(&buf, b"ping");
+            // The tokio runtime inside wasmtime-wasi makes a socket pair
+            // for its signal driver on an instance thread; refusing it
+            // crashed every worker that ran an HTTP request.
+            let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+            a.write_all(b"pair").unwrap();
+            b.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"pair");
             done();
         },
     );
