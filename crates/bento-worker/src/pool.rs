@@ -518,7 +518,10 @@ async fn spawn_worker(inner: &Arc<PoolInner>, slot: usize) -> Result<LiveWorker,
         instances.clone(),
         kill.clone(),
     ));
-    tracing::info!(slot, "sandbox worker ready");
+    // Debug only: after start-up a worker starts because one died, often
+    // because a user's function crashed it, and a timestamped line per
+    // start would date that user's activity.
+    tracing::debug!(slot, "sandbox worker ready");
     Ok(LiveWorker {
         to_worker,
         instances,
