@@ -139,13 +139,7 @@ fn sandbox_alone(
     args_json: &str,
     n: usize,
 ) -> anyhow::Result<Vec<Duration>> {
-    use bento_sandbox::{Call, CapabilityGrant, Job, PythonRuntime, SessionHost, SessionIo};
-    struct Discard;
-    impl SessionHost for Discard {
-        fn deliver_output(&self, _data: Bytes) {}
-        fn input_consumed(&self, _bytes: u64) {}
-        fn message_start(&self, _length: u64) {}
-    }
+    use bento_sandbox::{Call, CapabilityGrant, DiscardedSession, Job, PythonRuntime, SessionIo};
     let runtime = PythonRuntime::load_precompiled(runtime)?;
     let job = Job {
         source: source.to_owned(),
@@ -160,7 +154,7 @@ fn sandbox_alone(
     let mut times = Vec::with_capacity(n);
     for i in 0..n + 20 {
         let io = SessionIo::new(
-            std::sync::Arc::new(Discard),
+            std::sync::Arc::new(DiscardedSession),
             Instant::now() + Duration::from_secs(60),
             1 << 20,
         );

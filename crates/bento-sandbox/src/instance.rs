@@ -12,7 +12,7 @@ use crate::capabilities::Capabilities;
 use crate::engine::PythonRuntime;
 use crate::error::Failure;
 use crate::grant::CapabilityGrant;
-use crate::session_io::{SessionHost, SessionIo, SessionStdin, SessionStdout, StopReason};
+use crate::session_io::{DiscardedSession, SessionIo, SessionStdin, SessionStdout, StopReason};
 use crate::wasi_sleep::{InstanceClock, shadow_clock_subscriptions};
 
 wasmtime::component::bindgen!({
@@ -378,17 +378,15 @@ impl PythonRuntime {
     /// Compile `source` in a fresh instance without running it; the error
     /// is the Python `SyntaxError` text.
     pub fn check(&self, source: &str, filename: &str) -> Outcome {
-        struct Discard;
-        impl SessionHost for Discard {
-            fn deliver_output(&self, _data: bytes::Bytes) {}
-            fn input_consumed(&self, _bytes: u64) {}
-            fn message_start(&self, _length: u64) {}
-        }
         let limits = InstanceLimits {
             wall_ms: 10_000,
             ..InstanceLimits::default()
         };
-        let io = SessionIo::new(Arc::new(Discard), Instant::now() + limits.wall(), 0);
+        let io = SessionIo::new(
+            Arc::new(DiscardedSession),
+            Instant::now() + limits.wall(),
+            0,
+        );
         let mut store = self.new_store(io.clone(), &limits, CapabilityGrant::default());
         let result = self
             .pre

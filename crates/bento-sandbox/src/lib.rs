@@ -38,7 +38,7 @@ pub use error::{Failure, SandboxError};
 pub use grant::{CapabilityGrant, StorageGrant};
 pub use instance::{Call, Job, Outcome};
 pub use session_io::{
-    CHANNEL_CREDIT, MAX_MESSAGE_LEN, MAX_STAGED, MESSAGE_CREDIT, MessageError, SessionHost,
-    SessionIo, StopReason,
+    CHANNEL_CREDIT, DiscardedSession, MAX_MESSAGE_LEN, MAX_STAGED, MESSAGE_CREDIT, MessageError,
+    SessionHost, SessionIo, StopReason,
 };
 pub use throttle::{Throttle, TokenBucket};

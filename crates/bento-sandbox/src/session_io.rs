@@ -74,6 +74,18 @@ pub const MAX_STAGED: u64 = 16 * 1024 * 1024;
 /// it on to the channel's client.
 pub const CHANNEL_CREDIT: u64 = 256 * 1024;
 
+/// A session nobody is attached to and nobody will read: output is
+/// dropped. For compiling a function without running it, and for timing
+/// the sandbox alone (`bento bench`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiscardedSession;
+
+impl SessionHost for DiscardedSession {
+    fn deliver_output(&self, _data: Bytes) {}
+    fn input_consumed(&self, _bytes: u64) {}
+    fn message_start(&self, _length: u64) {}
+}
+
 /// Where a running instance's output and input acknowledgements go.
 pub trait SessionHost: Send + Sync + 'static {
     /// Output bytes the function wrote; always within granted credit.
