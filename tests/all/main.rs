@@ -16,6 +16,8 @@ mod hostile;
 mod legacy;
 mod loadbalancer;
 mod local_servers;
+mod local_tor;
+mod operator;
 mod protocol_abuse;
 mod proxy;
 mod requests_shim;

@@ -4,88 +4,12 @@
 //! network needed: tor accepts and keeps onion services all the same).
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bento_tor::{OnionKey, TorControl, TorError};
 
 use crate::harness::TestBox;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A tor started from `dir`'s torrc; stopped by PID.
-struct Tor(Child);
-
-impl Tor {
-    fn start(dir: &Path) -> Self {
-        let child = Command::new("tor")
-            .arg("--defaults-torrc")
-            .arg(dir.join("empty"))
-            .arg("-f")
-            .arg(dir.join("torrc"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tor");
-        Self(child)
-    }
-
-    fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Tor {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn write_torrc(dir: &Path, control: u16) {
-    use std::os::unix::fs::PermissionsExt;
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
-    std::fs::write(dir.join("empty"), b"").unwrap();
-    std::fs::write(
-        dir.join("torrc"),
-        format!(
-            "DataDirectory {d}\nDisableNetwork 1\nControlPort 127.0.0.1:{control}\n\
-             CookieAuthentication 1\nSocksPort 0\nLog notice file {d}/notice.log\n\
-             GeoIPFile {e}\nGeoIPv6File {e}\n",
-            d = data.display(),
-            e = dir.join("empty").display(),
-        ),
-    )
-    .unwrap();
-}
-
-async fn wait_for_control(addr: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "tor did not open {addr}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use crate::local_tor::{Tor, free_port, wait_for_control, write_torrc};
 
 /// Wait until the box's log has `line` at least `times` times.
 async fn wait_for_log(test_box: &TestBox, line: &str, times: usize) {
@@ -120,7 +44,7 @@ async fn a_box_re_publishes_its_onion_service_after_its_tor_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let control = format!("127.0.0.1:{port}");
-    write_torrc(dir.path(), port);
+    write_torrc(dir.path(), port, None);
     let mut tor = Tor::start(dir.path());
     wait_for_control(&control).await;
 

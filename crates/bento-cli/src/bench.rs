@@ -285,9 +285,10 @@ fn total_memory_mib() -> (f64, f64) {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let data_dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
     let serve = ServeArgs {
+        config: None,
         listen: "127.0.0.1:0".parse()?,
         legacy_listen: None,
-        data_dir: data_dir.path().to_owned(),
+        data_dir: Some(data_dir.path().to_owned()),
         runtime: args.runtime.clone(),
         workers: args.workers,
         worker_wrapper: None,

@@ -26,6 +26,12 @@ pub const EXIT_BOX: u8 = 3;
 /// Options of `bento serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// Read options from this TOML file: each key is an option's long name
+    /// (`data-dir = "/var/lib/bento"`, `workers = 2`, `no-worker-jail =
+    /// false`); options on the command line win; relative paths are
+    /// relative to the file. packaging/box.toml lists every key.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Address to listen on (plain TCP; put it behind Tor for anonymity).
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub listen: SocketAddr,
@@ -34,8 +40,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub legacy_listen: Option<SocketAddr>,
     /// Data directory: stored functions live here and survive restarts.
-    #[arg(long)]
-    pub data_dir: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    pub data_dir: Option<PathBuf>,
     /// Precompiled Python runtime (.cwasm) [default: $BENTO_RUNTIME, else
     /// .cache/runtime/bento-python.cwasm in the source tree, as written by
     /// scripts/setup.sh].
@@ -144,6 +150,7 @@ fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
 impl ServeArgs {
     /// Server configuration from these options.
     pub fn config(&self) -> anyhow::Result<ServerConfig> {
+        let data_dir = self.data_dir()?;
         let runtime = self
             .runtime
             .clone()
@@ -165,7 +172,7 @@ impl ServeArgs {
                     "--runtime".into(),
                     runtime.display().to_string(),
                     "--storage-dir".into(),
-                    bento_server::instance_storage_root(&self.data_dir)
+                    bento_server::instance_storage_root(data_dir)
                         .display()
                         .to_string(),
                 ];
@@ -188,7 +195,7 @@ impl ServeArgs {
         } else {
             tracing::info!("worker jail: {}", bento_worker::jail_support());
         }
-        let mut config = ServerConfig::new(self.data_dir.clone(), workers);
+        let mut config = ServerConfig::new(data_dir.to_owned(), workers);
         config.policy = self.policy()?;
         if let Some(path) = &self.legacy_manifest {
             let text = read_text(path)?;
@@ -225,8 +232,15 @@ impl ServeArgs {
 }
 
 impl ServeArgs {
+    /// The data directory, from the command line or the config file.
+    pub fn data_dir(&self) -> anyhow::Result<&Path> {
+        self.data_dir
+            .as_deref()
+            .context("no data directory: pass --data-dir DIR or set data-dir in the --config file")
+    }
+
     /// The policy file (or the default) with the command-line overrides.
-    fn policy(&self) -> anyhow::Result<BoxPolicy> {
+    pub(crate) fn policy(&self) -> anyhow::Result<BoxPolicy> {
         let mut policy = match &self.policy {
             Some(path) => BoxPolicy::from_toml(&read_text(path)?)
                 .with_context(|| format!("--policy {}", path.display()))?,
@@ -448,6 +462,7 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
     let target = target(&target_args);
     match command {
         Command::Serve(args) => serve(*args).await,
+        Command::Doctor(args) => crate::doctor::run(&args).await,
         Command::Testnet(command) => crate::testnet_cmd::run(command).await,
         Command::Bench(args) => bench_dispatch(args).await,
         Command::Store {

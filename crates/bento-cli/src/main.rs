@@ -9,17 +9,19 @@ mod bench_tor;
 mod browse_cmd;
 mod commands;
 mod cover_cmd;
+mod doctor;
 mod drop_cmd;
 mod lb_cmd;
 mod proxy_cmd;
 mod runtime_path;
+mod serve_config;
 mod shard_cmd;
 mod testnet_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Bento: run small Python functions on Tor relays, in a WebAssembly sandbox.
 #[derive(Debug, Parser)]
@@ -66,6 +68,12 @@ struct TargetArgs {
 enum Command {
     /// Run a Bento box.
     Serve(Box<commands::ServeArgs>),
+    /// Check a box's setup (takes the same options as `serve`, e.g.
+    /// `--config /etc/bento/box.toml`): the policy, the runtime, the data
+    /// directory, the worker jail, the ports and the local tor (ControlPort,
+    /// cookie, version, bootstrap, SocksPort), each with what to fix.
+    /// Exits 1 if the box would not serve.
+    Doctor(Box<commands::ServeArgs>),
     /// Store a Python function; prints its invoke token.
     ///
     /// The function's manifest (what it asks for: limits, capabilities,
@@ -263,14 +271,38 @@ fn init_tracing(default_level: &str) {
         .init();
 }
 
+/// Fills `serve`/`doctor` options from their `--config` file; the raw
+/// matches say which options the command line gave (those win).
+fn apply_config(command: &mut Command, matches: &ArgMatches) -> anyhow::Result<()> {
+    let (args, name) = match command {
+        Command::Serve(args) => (args, "serve"),
+        Command::Doctor(args) => (args, "doctor"),
+        _ => return Ok(()),
+    };
+    if let Some(sub) = matches.subcommand_matches(name) {
+        **args = serve_config::apply((**args).clone(), sub)?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Err(e) = apply_config(&mut cli.command, &matches) {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(commands::EXIT_REQUEST);
+    }
     // The benchmark's own box would log every session; keep it quiet.
-    init_tracing(if matches!(cli.command, Command::Bench(_)) {
-        "warn"
-    } else {
-        "info"
-    });
+    init_tracing(
+        if matches!(cli.command, Command::Bench(_) | Command::Doctor(_)) {
+            "warn"
+        } else {
+            "info"
+        },
+    );
     let result = match cli.command {
         Command::Worker {
             runtime,

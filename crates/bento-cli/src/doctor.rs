@@ -1,0 +1,516 @@
+//! `bento doctor`: check a box's setup before (or while) it serves, and say
+//! in words what to fix.
+//!
+//! It reads the same options as `bento serve` (including `--config`), so
+//! it checks exactly what `serve` would use: the policy, the runtime, the
+//! data directory, the worker jail, the listen addresses and the local
+//! tor (ControlPort, cookie, version, bootstrap, SocksPort).
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bento_tor::{TorControl, TorError};
+
+use crate::commands::ServeArgs;
+use crate::runtime_path;
+
+/// The first tor release with onion-service proof-of-work defenses.
+const TOR_POW_VERSION: (u32, u32, u32) = (0, 4, 8);
+
+/// How one check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One line of the report: what was checked, what was found, what to do.
+#[derive(Debug)]
+struct Finding {
+    verdict: Verdict,
+    topic: &'static str,
+    found: String,
+    fix: Option<String>,
+}
+
+/// The report being built.
+#[derive(Debug, Default)]
+struct Report {
+    findings: Vec<Finding>,
+}
+
+impl Report {
+    fn ok(&mut self, topic: &'static str, found: impl Into<String>) {
+        self.push(Verdict::Ok, topic, found.into(), None);
+    }
+
+    fn warn(&mut self, topic: &'static str, found: impl Into<String>, fix: impl Into<String>) {
+        self.push(Verdict::Warn, topic, found.into(), Some(fix.into()));
+    }
+
+    fn fail(&mut self, topic: &'static str, found: impl Into<String>, fix: impl Into<String>) {
+        self.push(Verdict::Fail, topic, found.into(), Some(fix.into()));
+    }
+
+    fn push(&mut self, verdict: Verdict, topic: &'static str, found: String, fix: Option<String>) {
+        self.findings.push(Finding {
+            verdict,
+            topic,
+            found,
+            fix,
+        });
+    }
+
+    fn count(&self, verdict: Verdict) -> usize {
+        self.findings
+            .iter()
+            .filter(|f| f.verdict == verdict)
+            .count()
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        for f in &self.findings {
+            let mark = match f.verdict {
+                Verdict::Ok => "ok  ",
+                Verdict::Warn => "WARN",
+                Verdict::Fail => "FAIL",
+            };
+            // Multi-line findings (e.g. a TOML error with its caret)
+            // stay under their line's text.
+            let found = f.found.trim_end().replace('\n', &format!("\n{:17}", ""));
+            out.push_str(&format!("{mark}  {:<10} {found}\n", f.topic));
+            if let Some(fix) = &f.fix {
+                out.push_str(&format!("      {:<10} fix: {fix}\n", ""));
+            }
+        }
+        let (fails, warns) = (self.count(Verdict::Fail), self.count(Verdict::Warn));
+        out.push_str(&match (fails, warns) {
+            (0, 0) => "all checks passed: the box is ready to serve\n".to_owned(),
+            (0, w) => format!("ready to serve, with {w} warning(s) above\n"),
+            (f, w) => format!("{f} problem(s) to fix before serving, {w} warning(s)\n"),
+        });
+        out
+    }
+}
+
+/// `bento doctor`: runs every check, prints the report; exit code 0 when
+/// nothing failed (warnings allowed), else 1.
+pub async fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut report = Report::default();
+    if let Some(config) = &args.config {
+        report.ok("config", format!("{} parsed", config.display()));
+    }
+    check_policy(args, &mut report);
+    check_runtime(args, &mut report);
+    check_data_dir(args, &mut report);
+    check_jail(args, &mut report);
+    check_listen(args, &mut report);
+    check_tor(args, &mut report).await;
+    check_other_options(args, &mut report);
+    #[allow(clippy::print_stdout)]
+    {
+        print!("{}", report.render());
+    }
+    Ok(if report.count(Verdict::Fail) == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn check_policy(args: &ServeArgs, report: &mut Report) {
+    let source = args.policy.as_ref().map_or_else(
+        || "the default policy".to_owned(),
+        |p| p.display().to_string(),
+    );
+    match args.policy() {
+        Ok(policy) => {
+            let bound_mib = policy
+                .caps
+                .max_instances
+                .saturating_mul(policy.instance.memory_mib);
+            if let Some(ram_mib) = physical_memory_mib().filter(|ram| bound_mib > *ram) {
+                report.warn(
+                    "policy",
+                    format!(
+                        "{source}: {} instances × {} MiB = {bound_mib} MiB of function memory,                          more than this machine's {ram_mib} MiB: busy enough, the box would swap                          or be killed by the kernel instead of refusing work",
+                        policy.caps.max_instances, policy.instance.memory_mib
+                    ),
+                    "lower max-instances or memory-mib (box.toml or the policy) until their                      product fits in RAM beside tor",
+                );
+            }
+            report.ok(
+                "policy",
+                format!(
+                    "{source}: up to {} instances × {} MiB (≤ {} MiB of function memory), \
+                     {} MiB of stored functions",
+                    policy.caps.max_instances,
+                    policy.instance.memory_mib,
+                    bound_mib,
+                    policy.caps.max_stored_mib
+                ),
+            );
+        }
+        Err(e) => report.fail(
+            "policy",
+            format!("{source}: {e:#}"),
+            "correct the file; `bento policy default` prints a valid policy to start from \
+             (docs/policy.md)",
+        ),
+    }
+}
+
+/// MemTotal from /proc/meminfo, MiB.
+fn physical_memory_mib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+fn check_runtime(args: &ServeArgs, report: &mut Report) {
+    let path = args
+        .runtime
+        .clone()
+        .unwrap_or_else(runtime_path::default_runtime);
+    if !path.is_file() {
+        report.fail(
+            "runtime",
+            format!("{} does not exist", path.display()),
+            "set runtime (--runtime) to the precompiled runtime: \
+             /usr/lib/bento/bento-python.cwasm from the package, or run scripts/setup.sh in \
+             the source tree",
+        );
+        return;
+    }
+    // Loading checks what matters: that this bento's wasmtime accepts the
+    // file (a runtime precompiled by another version is refused).
+    match bento_sandbox::PythonRuntime::load_precompiled(&path) {
+        Ok(_) => report.ok("runtime", format!("{} loads", path.display())),
+        Err(e) => report.fail(
+            "runtime",
+            format!("{}: {e}", path.display()),
+            "precompile it with this bento (`bento runtime precompile WASM OUT`, which \
+             scripts/setup.sh does) or reinstall the package",
+        ),
+    }
+}
+
+fn check_data_dir(args: &ServeArgs, report: &mut Report) {
+    let dir = match args.data_dir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            report.fail(
+                "data dir",
+                format!("{e:#}"),
+                "set data-dir (e.g. /var/lib/bento)",
+            );
+            return;
+        }
+    };
+    let meta = match std::fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+            match parent.map(writable_dir) {
+                Some(Ok(())) | None => report.ok(
+                    "data dir",
+                    format!("{} will be created (owner-only) at start", dir.display()),
+                ),
+                Some(Err(e)) => report.fail(
+                    "data dir",
+                    format!(
+                        "{} does not exist and cannot be created: {e}",
+                        dir.display()
+                    ),
+                    "create it, owned by the user bento runs as, mode 0700 (the package's \
+                     systemd unit does: StateDirectory=bento)",
+                ),
+            }
+            return;
+        }
+        Err(e) => {
+            report.fail(
+                "data dir",
+                format!("{}: {e}", dir.display()),
+                "make it readable by the user bento runs as",
+            );
+            return;
+        }
+    };
+    if !meta.is_dir() {
+        report.fail(
+            "data dir",
+            format!("{} is not a directory", dir.display()),
+            "point data-dir at a directory",
+        );
+        return;
+    }
+    if let Err(e) = writable_dir(dir) {
+        report.fail(
+            "data dir",
+            format!("{} is not writable: {e}", dir.display()),
+            "chown it to the user bento runs as, mode 0700",
+        );
+        return;
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        report.warn(
+            "data dir",
+            format!(
+                "{} is mode {mode:03o}: others may read stored functions",
+                dir.display()
+            ),
+            format!(
+                "`chmod 700 {}` (bento serve also tightens it at start)",
+                dir.display()
+            ),
+        );
+    } else {
+        report.ok(
+            "data dir",
+            format!(
+                "{} writable, owner-only ({mode:03o}, uid {})",
+                dir.display(),
+                meta.uid()
+            ),
+        );
+    }
+}
+
+/// Creates and removes a file in `dir`.
+fn writable_dir(dir: &Path) -> std::io::Result<()> {
+    tempfile::tempfile_in(dir).map(drop)
+}
+
+fn check_jail(args: &ServeArgs, report: &mut Report) {
+    let support = bento_worker::jail_support();
+    if args.no_worker_jail {
+        report.warn(
+            "jail",
+            "off (no-worker-jail): a sandbox escape would run with bento's own rights",
+            "remove no-worker-jail unless a wrapper jails the workers",
+        );
+    } else if support.contains("OFF") || support.contains("partial") {
+        report.warn(
+            "jail",
+            format!("weaker than it could be: {support}"),
+            "run a kernel with landlock (ABI ≥ 6) and seccomp; the systemd unit's \
+             hardening still applies",
+        );
+    } else {
+        report.ok("jail", support);
+    }
+}
+
+fn check_listen(args: &ServeArgs, report: &mut Report) {
+    let mut addrs: Vec<(&'static str, SocketAddr)> = vec![("listen", args.listen)];
+    if let Some(legacy) = args.legacy_listen {
+        addrs.push(("legacy", legacy));
+    }
+    if let Some(metrics) = args.metrics {
+        addrs.push(("metrics", metrics));
+    }
+    for (topic, addr) in addrs {
+        if let Err(e) = TcpListener::bind(addr) {
+            report.fail(
+                topic,
+                format!("cannot listen on {addr}: {e}"),
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    "another process (a running box?) holds the port: stop it or pick another"
+                } else {
+                    "pick an address of this machine and a port bento may bind"
+                },
+            );
+        } else if topic != "metrics" && !addr.ip().is_loopback() {
+            report.warn(
+                topic,
+                format!("{addr} is reachable without Tor"),
+                "listen on loopback and let users come through the onion service \
+                 (tor-control): a direct connection shows the user's address",
+            );
+        } else {
+            report.ok(topic, format!("{addr} is free"));
+        }
+    }
+}
+
+async fn check_tor(args: &ServeArgs, report: &mut Report) {
+    let Some(addr) = args.tor_control.as_deref() else {
+        report.warn(
+            "tor",
+            "no tor-control: the box publishes no onion service, and functions get no \
+             tor_connect or onion_service",
+            "enable tor's ControlPort (torrc: `ControlPort 9051`, `CookieAuthentication 1`, \
+             `CookieAuthFileGroupReadable 1`) and set tor-control = \"127.0.0.1:9051\"",
+        );
+        return;
+    };
+    let mut control = match TorControl::connect(addr).await {
+        Ok(control) => control,
+        Err(e) => {
+            let fix = tor_connect_fix(&e);
+            report.fail("tor", e.to_string(), fix);
+            return;
+        }
+    };
+    report.ok("tor", format!("ControlPort {addr}: authenticated"));
+    match control.getinfo("version").await {
+        Ok(version) => match parse_tor_version(&version) {
+            Some(v) if v >= TOR_POW_VERSION => report.ok(
+                "tor",
+                format!("version {version}: onion-service proof-of-work available"),
+            ),
+            _ => report.warn(
+                "tor",
+                format!("version {version}: no onion-service proof-of-work defense"),
+                "upgrade tor to 0.4.8 or later (Debian: the deb.torproject.org packages)",
+            ),
+        },
+        Err(e) => report.warn("tor", format!("cannot ask its version: {e}"), "check tor"),
+    }
+    match control.bootstrap_progress().await {
+        Ok(100) => report.ok("tor", "bootstrapped 100%"),
+        Ok(p) => report.warn(
+            "tor",
+            format!("bootstrapped {p}%: the onion service waits until tor is done"),
+            "wait, or check tor's log (journalctl -u tor@default) for why it is stuck",
+        ),
+        Err(e) => report.warn(
+            "tor",
+            format!("cannot ask bootstrap progress: {e}"),
+            "check tor",
+        ),
+    }
+    match control.getinfo("fingerprint").await {
+        Ok(fp) => report.ok("tor", format!("a relay ({fp}): the box runs beside it")),
+        Err(_) => report.warn(
+            "tor",
+            "this tor is not a relay",
+            "fine for a test box; on the network, run the box beside your relay's tor",
+        ),
+    }
+    let socks = match args.tor_socks {
+        Some(socks) => Ok(vec![socks]),
+        None => control.socks_listeners().await,
+    };
+    match socks {
+        Ok(listeners) if listeners.is_empty() => report.fail(
+            "tor",
+            "tor has no SocksPort: functions' tor_connect cannot work",
+            "torrc: `SocksPort 9050` (or set tor-socks)",
+        ),
+        Ok(listeners) => {
+            let first = listeners[0];
+            match tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::net::TcpStream::connect(first),
+            )
+            .await
+            {
+                Ok(Ok(_)) => report.ok("tor", format!("SocksPort {first} answers")),
+                Ok(Err(e)) => report.fail(
+                    "tor",
+                    format!("SocksPort {first}: {e}"),
+                    "check tor-socks / torrc's SocksPort",
+                ),
+                Err(_) => report.fail(
+                    "tor",
+                    format!("SocksPort {first}: no answer in 5 s"),
+                    "check tor-socks / torrc's SocksPort",
+                ),
+            }
+        }
+        Err(e) => report.fail(
+            "tor",
+            format!("cannot ask for the SocksPort: {e}"),
+            "set tor-socks",
+        ),
+    }
+}
+
+/// What to do about a failed ControlPort connection, in words.
+fn tor_connect_fix(e: &TorError) -> String {
+    match e {
+        TorError::Io { .. } | TorError::Timeout { .. } | TorError::Closed { .. } => {
+            "is tor running with a ControlPort? torrc: `ControlPort 9051` and \
+             `CookieAuthentication 1`, then `systemctl reload tor`"
+                .to_owned()
+        }
+        TorError::Auth { step, .. } if step == "reading the cookie" => {
+            "bento cannot read tor's auth cookie: torrc `CookieAuthFileGroupReadable 1`, and \
+             put the user bento runs as in tor's group (`adduser bento debian-tor`; the \
+             package does), then restart both"
+                .to_owned()
+        }
+        TorError::Auth { .. } => {
+            "bento authenticates with tor's cookie: torrc `CookieAuthentication 1` (no \
+             HashedControlPassword-only setup)"
+                .to_owned()
+        }
+        _ => "check tor's log for the reason".to_owned(),
+    }
+}
+
+/// `0.4.9.3-alpha (git-…)` → (0, 4, 9).
+fn parse_tor_version(text: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = text.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    let micro = parts.next()?.parse().ok()?;
+    Some((major, minor, micro))
+}
+
+/// Whatever else `serve` would refuse at start (legacy manifest, CA file).
+fn check_other_options(args: &ServeArgs, report: &mut Report) {
+    let runtime_ok = args
+        .runtime
+        .clone()
+        .unwrap_or_else(runtime_path::default_runtime)
+        .is_file();
+    if !runtime_ok || args.data_dir.is_none() || args.policy().is_err() {
+        // Already reported; config() would only repeat the first of them.
+        return;
+    }
+    if let Err(e) = args.config() {
+        report.fail(
+            "options",
+            format!("{e:#}"),
+            "correct the option named above",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tor_versions_are_read_from_what_getinfo_says() {
+        assert_eq!(parse_tor_version("0.4.9.3-alpha"), Some((0, 4, 9)));
+        assert_eq!(parse_tor_version("0.4.8.12 (git-abc)"), Some((0, 4, 8)));
+        assert_eq!(parse_tor_version("0.4.7.16"), Some((0, 4, 7)));
+        assert!(parse_tor_version("0.4.7.16") < Some(TOR_POW_VERSION));
+        assert_eq!(parse_tor_version("garbage"), None);
+    }
+
+    #[test]
+    fn the_report_fails_only_when_a_check_failed() {
+        let mut report = Report::default();
+        report.ok("a", "fine");
+        report.warn("b", "meh", "do x");
+        assert_eq!(report.count(Verdict::Fail), 0);
+        assert!(report.render().contains("ready to serve, with 1 warning"));
+        report.fail("c", "broken", "do y");
+        let text = report.render();
+        assert!(text.contains("FAIL  c"), "{text}");
+        assert!(text.contains("fix: do y"), "{text}");
+        assert!(text.contains("1 problem(s) to fix"), "{text}");
+    }
+}
