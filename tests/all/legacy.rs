@@ -503,29 +503,151 @@ fn a_function_announcing_an_impossible_message_length_fails_cleanly_and_the_box_
     );
 }
 
+/// The payload bytes of the Output frames that arrive (a frame cut short
+/// included), and whether `function dead` arrived before the stream ended.
+fn output_until_eof(client: &mut Client) -> (Vec<u8>, bool) {
+    let mut payload = Vec::new();
+    loop {
+        let mut head = [0u8; 5];
+        if client.stream.read_exact(&mut head).is_err() {
+            return (payload, false);
+        }
+        let len = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+        let mut body = Vec::new();
+        let mut piece = vec![0u8; 64 * 1024];
+        while body.len() < len {
+            let want = piece.len().min(len - body.len());
+            match client.stream.read(&mut piece[..want]) {
+                Ok(0) | Err(_) => {
+                    if head[0] == OUTPUT {
+                        payload.extend_from_slice(body.get(36..).unwrap_or_default());
+                    }
+                    return (payload, false);
+                }
+                Ok(n) => body.extend_from_slice(&piece[..n]),
+            }
+        }
+        if head[0] == FUNCTION_ERR && body.ends_with(b"function dead") {
+            return (payload, true);
+        }
+        if head[0] == OUTPUT {
+            payload.extend_from_slice(body.get(36..).unwrap_or_default());
+        }
+    }
+}
+
 #[test]
-fn an_unfinished_output_frame_is_padded_only_up_to_what_the_function_wrote() {
+fn an_unfinished_output_frame_ends_the_connection_and_is_never_padded() {
     let bx = legacy_box(&[]);
     let kib = 1024;
-    // Beyond half the 1 MiB output buffer the box has framed the message.
-    // 700 KiB of an announced 1 MiB: the missing 324 KiB are padded.
+    // Beyond half the 1 MiB output buffer the box has framed the message,
+    // so the frame's length is the function's announcement. 700 KiB of an
+    // announced 1 MiB, and of an announced 1 GiB: padding either would hand
+    // the client zeros that look like data.
+    for announced in [1024 * kib, 1 << 30] {
+        let mut client = Client::connect(&bx);
+        let id = client.start(LYING_SENDER, &format!("lie({announced}, {})", 700 * kib));
+        let (payload, dead) = output_until_eof(&mut client);
+        assert!(!dead, "the stream ends mid-frame");
+        assert!(payload.len() <= 700 * kib, "{} bytes", payload.len());
+        assert!(
+            payload.iter().all(|b| *b == b'y'),
+            "only the function's own bytes"
+        );
+        // How the instance ended waits for the next Open.
+        let mut again = Client::connect(&bx);
+        again.request(OPEN, id.as_bytes());
+        let messages = again.messages_until_dead(&id);
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert_eq!(messages[0].0, ERROR);
+        let text = String::from_utf8_lossy(&messages[0].1);
+        assert!(
+            text.contains(&format!(
+                "after writing {} of the {announced} bytes",
+                700 * kib
+            )),
+            "{text}"
+        );
+        let id = again.start("def hello():\n    api.send('hello')\n", "hello()");
+        assert_eq!(
+            again.messages_until_dead(&id),
+            vec![(OUTPUT, b"hello".to_vec())]
+        );
+    }
+}
+
+#[test]
+fn a_slow_reader_of_one_big_send_gets_only_real_bytes_then_the_wall_limit_on_reopen() {
+    // A prototype client reading one 48 MiB send slower than the
+    // function's 2 s wall-clock limit allows.
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("legacy.toml");
+    std::fs::write(
+        &manifest,
+        "version = 1\n[limits]\nmemory_mib = 128\nwall_ms = 2000\nbandwidth_kib_per_s = 100000000\n",
+    )
+    .unwrap();
+    let manifest = manifest.display().to_string();
+    let bx = TestBox::with_policy(
+        &fast_policy(),
+        &[
+            "--legacy-listen",
+            "127.0.0.1:0",
+            "--legacy-manifest",
+            &manifest,
+        ],
+    );
     let mut client = Client::connect(&bx);
-    client.start(LYING_SENDER, &format!("lie({}, {})", 1024 * kib, 700 * kib));
-    let (messages, dead) = messages_or_eof(&mut client);
-    assert!(dead, "{messages:?}");
-    assert_eq!(messages, vec![(OUTPUT, 1024 * kib), (ERROR, messages[1].1)]);
-    // 700 KiB of an announced 1 GiB: padding would be the box inventing
-    // 1500 times what the function wrote, so the connection is closed.
-    let mut client = Client::connect(&bx);
-    let id = client.start(LYING_SENDER, &format!("lie({}, {})", 1 << 30, 700 * kib));
-    let (messages, dead) = messages_or_eof(&mut client);
-    assert!(!dead && messages.is_empty(), "{messages:?}");
-    // The end of the instance waits for the next Open.
+    let id = client.start(
+        "def big(n):\n    api.send(b'x' * n)\n",
+        &format!("big({})", 48 << 20),
+    );
+    let mut payload = Vec::new();
+    let mut head = [0u8; 5];
+    client.stream.read_exact(&mut head).unwrap();
+    assert_eq!(head[0], OUTPUT);
+    assert_eq!(
+        u32::from_be_bytes(head[1..5].try_into().unwrap()),
+        36 + (48 << 20),
+        "one frame announces the whole send"
+    );
+    let mut piece = vec![0u8; 64 * 1024];
+    let started = std::time::Instant::now();
+    let ended = loop {
+        match client.stream.read(&mut piece) {
+            Ok(0) | Err(_) => break true,
+            Ok(n) => payload.extend_from_slice(&piece[..n]),
+        }
+        if payload.len() >= 36 + (48 << 20) {
+            break false;
+        }
+        // Quickly through 30 MiB, then slowly until the limit has struck
+        // (when it does, the function has written more than is missing,
+        // which the box used to pad with zeros), then quickly through what
+        // the kernel's socket buffers still hold.
+        if payload.len() > 30 << 20 && started.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert!(
+        ended,
+        "the frame cannot be finished in time: the stream ends"
+    );
+    let data = payload.get(36..).unwrap_or_default();
+    assert!(data.len() < 48 << 20, "{} bytes", data.len());
+    assert!(data.iter().all(|b| *b == b'x'), "no padding, ever");
     let mut again = Client::connect(&bx);
     again.request(OPEN, id.as_bytes());
     let messages = again.messages_until_dead(&id);
-    assert_eq!(messages.len(), 1, "{messages:?}");
-    assert_eq!(messages[0].0, ERROR);
+    let errors: Vec<String> = messages
+        .iter()
+        .filter(|(kind, _)| *kind == ERROR)
+        .map(|(_, body)| String::from_utf8_lossy(body).into_owned())
+        .collect();
+    assert!(
+        errors.iter().any(|e| e.contains("wall")),
+        "the Error names the wall-clock limit: {messages:?}"
+    );
     let id = again.start("def hello():\n    api.send('hello')\n", "hello()");
     assert_eq!(
         again.messages_until_dead(&id),

@@ -459,8 +459,9 @@ enum Step {
     Unframed(Vec<Bytes>),
     /// The function ended and everything was sent.
     Finished(InstanceOutcome),
-    /// The function ended in the middle of a send.
-    Truncated(InstanceOutcome),
+    /// The function ended in the middle of a send whose Output frame has
+    /// begun (the next Open reports how it ended).
+    Truncated,
     /// Another client opened the instance.
     TakenOver,
     Wait,
@@ -515,7 +516,7 @@ async fn stream_instance(
                 Step::Body(Session::output_from(&s, sent, max))
             } else if in_message > 0 {
                 match &s.outcome {
-                    Some(outcome) => Step::Truncated(outcome.clone()),
+                    Some(_) => Step::Truncated,
                     None => Step::Wait,
                 }
             } else {
@@ -559,7 +560,7 @@ async fn stream_instance(
         };
         let terminal = matches!(
             step,
-            Step::Finished(_) | Step::Truncated(_) | Step::Short { .. }
+            Step::Finished(_) | Step::Truncated | Step::Short { .. }
         );
         // Writing has a deadline like reading (the read timeout plus 1 s per
         // `MIN_CLIENT_RATE` bytes): a client that stops reading must not
@@ -571,11 +572,6 @@ async fn stream_instance(
                 let bytes: usize = chunks.iter().map(Bytes::len).sum();
                 Some(crate::frame_deadline(Instant::now(), timeout, bytes))
             }
-            Step::Truncated(_) => Some(crate::frame_deadline(
-                Instant::now(),
-                timeout,
-                usize::try_from(in_message).unwrap_or(usize::MAX),
-            )),
             _ => Some(crate::frame_deadline(Instant::now(), timeout, 0)),
         };
         let work = async {
@@ -664,40 +660,19 @@ async fn stream_instance(
                     );
                     finish(&state, &session, &id, &writer, Some(text)).await
                 }
-                Step::Truncated(outcome) => {
-                    // The box never invents more bytes than the function
-                    // wrote of the message: beyond that, padding would let
-                    // a function make the box send far more than its
-                    // bandwidth limit allows. Then the frame cannot be
-                    // completed and the connection is ended instead; the
-                    // Error and `function dead` wait for the next Open.
-                    let written = frame_len - in_message;
-                    if in_message > written {
-                        if let Some(guard) = frame_guard.as_mut() {
-                            let _ = guard.shutdown().await;
-                        }
-                        return Err(std::io::ErrorKind::Other.into());
-                    }
-                    // Keep the stream well-formed: pad the frame the
-                    // function announced but did not finish, then say so.
+                Step::Truncated => {
+                    // The function stopped in the middle of a message whose
+                    // Output frame has begun. The frame can neither be
+                    // completed honestly (padding would hand the client
+                    // bytes that look like the function's data, and let a
+                    // function make the box send more than it wrote) nor
+                    // abandoned: end the connection. The client sees the
+                    // stream end mid-frame; the Error and `function dead`
+                    // wait for the next Open.
                     if let Some(guard) = frame_guard.as_mut() {
-                        let zeros = vec![0u8; 64 * 1024];
-                        while in_message > 0 {
-                            let n = usize::try_from(in_message)
-                                .unwrap_or(usize::MAX)
-                                .min(zeros.len());
-                            guard.write_all(&zeros[..n]).await?;
-                            in_message -= n as u64;
-                        }
+                        let _ = guard.shutdown().await;
                     }
-                    frame_guard = None;
-                    let text = ended_during_send(
-                        &outcome,
-                        &format!(
-                            "after writing {written} of the {frame_len} bytes it announced; the rest of its last Output is zero padding"
-                        ),
-                    );
-                    finish(&state, &session, &id, &writer, Some(text)).await
+                    Err(std::io::ErrorKind::Other.into())
                 }
                 Step::Finished(outcome) => {
                     let text = outcome_refusal(&outcome).map(|r| r.message);
