@@ -437,35 +437,6 @@ fn many_connections_leak_no_descriptors() {
 /// that it can announce any length and then write any amount.
 const LYING_SENDER: &str = "import os\nfrom wit_world.imports import session\ndef lie(announced, written):\n    session.begin_message(announced)\n    data = memoryview(b'y' * written)\n    while data:\n        data = data[os.write(1, data):]\n";
 
-/// The stream of an instance after `Open`, read until `function dead` or
-/// until the box closes the connection: the messages, and whether it ended
-/// with `function dead`.
-fn messages_or_eof(client: &mut Client) -> (Vec<(u8, usize)>, bool) {
-    let mut out = Vec::new();
-    loop {
-        let mut head = [0u8; 5];
-        if client.stream.read_exact(&mut head).is_err() {
-            return (out, false);
-        }
-        let len = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
-        // Read the body in pieces: an announced frame may be huge and
-        // never arrive.
-        let mut body = Vec::new();
-        let mut piece = vec![0u8; 64 * 1024];
-        while body.len() < len.min(64 * 1024 * 1024) {
-            let want = piece.len().min(len - body.len());
-            match client.stream.read(&mut piece[..want]) {
-                Ok(0) | Err(_) => return (out, false),
-                Ok(n) => body.extend_from_slice(&piece[..n]),
-            }
-        }
-        if head[0] == FUNCTION_ERR && body.ends_with(b"function dead") {
-            return (out, true);
-        }
-        out.push((head[0], body.len().saturating_sub(36)));
-    }
-}
-
 #[test]
 fn a_function_announcing_an_impossible_message_length_fails_cleanly_and_the_box_serves_on() {
     let bx = legacy_box(&[]);

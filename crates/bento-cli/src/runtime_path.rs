@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 /// Where the Debian package (scripts/package-deb.sh) installs the runtime,
-/// relative to the directory holding the `bento` binary (`/usr/bin`).
-const INSTALLED_RUNTIME: &str = "../lib/bento/bento-python.cwasm";
+/// relative to the prefix the `bento` binary is installed under (`/usr`
+/// for `/usr/bin/bento`).
+const INSTALLED_RUNTIME: &str = "lib/bento/bento-python.cwasm";
 
 /// `$BENTO_RUNTIME` if set; else the installed runtime beside an installed
 /// binary (`/usr/lib/bento/` for `/usr/bin/bento`) if it exists; else the
@@ -15,7 +16,11 @@ pub fn default_runtime() -> PathBuf {
     }
     let installed = std::env::current_exe()
         .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join(INSTALLED_RUNTIME)))
+        .and_then(|exe| {
+            exe.parent()?
+                .parent()
+                .map(|prefix| prefix.join(INSTALLED_RUNTIME))
+        })
         .filter(|path| path.is_file());
     if let Some(installed) = installed {
         return installed;
