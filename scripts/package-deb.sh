@@ -93,6 +93,9 @@ if [ "$1" = configure ]; then
     if getent group debian-tor >/dev/null; then
         adduser --quiet bento debian-tor
     fi
+    # The state directory (systemd's StateDirectory= would make it at
+    # start; making it now lets `bento doctor` check it beforehand).
+    install -d -o bento -g bento -m 0700 /var/lib/bento
     if [ -d /run/systemd/system ]; then
         systemctl --system daemon-reload >/dev/null || true
         # Restart a box the operator runs already, on upgrade.

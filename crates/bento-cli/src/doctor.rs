@@ -138,10 +138,13 @@ fn check_policy(args: &ServeArgs, report: &mut Report) {
                 report.warn(
                     "policy",
                     format!(
-                        "{source}: {} instances × {} MiB = {bound_mib} MiB of function memory,                          more than this machine's {ram_mib} MiB: busy enough, the box would swap                          or be killed by the kernel instead of refusing work",
+                        "{source}: {} instances × {} MiB = {bound_mib} MiB of function memory, \
+                         more than this machine's {ram_mib} MiB: busy enough, the box would swap \
+                         or be killed by the kernel instead of refusing work",
                         policy.caps.max_instances, policy.instance.memory_mib
                     ),
-                    "lower max-instances or memory-mib (box.toml or the policy) until their                      product fits in RAM beside tor",
+                    "lower max-instances or memory-mib (box.toml or the policy) until their \
+                     product fits in RAM beside tor",
                 );
             }
             report.ok(

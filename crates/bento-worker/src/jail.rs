@@ -267,7 +267,14 @@ fn apply_rlimits() -> Result<(), JailError> {
 }
 
 fn apply_landlock(storage_dir: &Path) -> Result<LandlockLevel, JailError> {
-    std::fs::create_dir_all(storage_dir).map_err(|source| JailError::StorageDir {
+    use std::os::unix::fs::DirBuilderExt;
+    // Owner-only like everything in the data directory: functions' files
+    // are users' data, whatever the umask the box was started with.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(storage_dir)
+        .map_err(|source| JailError::StorageDir {
         path: storage_dir.to_owned(),
         source,
     })?;
