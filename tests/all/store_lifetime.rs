@@ -446,6 +446,22 @@ async fn the_data_dir_is_owner_only_and_modes_of_an_older_box_are_fixed_at_start
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_box_makes_its_instance_storage_owner_only_whatever_the_umask() {
+    // The workers create instance-storage/ when they jail themselves, after
+    // the start-up fix of the data directory's modes: it must be born
+    // owner-only (under the usual umask 022 it used to be 0755).
+    let bx = TestBox::start(&[]);
+    bx.assert_serves_hello().await;
+    let storage_root = bx.data_dir().join("instance-storage");
+    let mode = std::fs::metadata(&storage_root)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o700, "{} is {mode:o}", storage_root.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_default_log_level_a_box_logs_no_timeline_of_its_users() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BENTO)

@@ -275,9 +275,9 @@ fn apply_landlock(storage_dir: &Path) -> Result<LandlockLevel, JailError> {
         .mode(0o700)
         .create(storage_dir)
         .map_err(|source| JailError::StorageDir {
-        path: storage_dir.to_owned(),
-        source,
-    })?;
+            path: storage_dir.to_owned(),
+            source,
+        })?;
     let error = |e: &dyn fmt::Display| JailError::Landlock(e.to_string());
     let mut ruleset = Ruleset::default()
         .handle_access(AccessFs::from_all(LANDLOCK_ABI))
