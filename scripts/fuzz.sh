@@ -54,10 +54,13 @@ features=()
 [ $light -eq 1 ] && features=(--no-default-features)
 echo "== building fuzz targets"
 start=$(date +%s)
+# An explicit --target keeps host builds (proc macros, build scripts) apart
+# from the instrumented target build (see fuzz/rustc-sancov).
+host=$(rustc -vV | sed -n 's/^host: //p')
 RUSTC_WRAPPER="$repo/fuzz/rustc-sancov" \
-    cargo build --release --manifest-path fuzz/Cargo.toml --bins "${features[@]}"
+    cargo build --release --manifest-path fuzz/Cargo.toml --target "$host" --bins "${features[@]}"
 echo "== built in $(($(date +%s) - start)) s"
-bin=fuzz/target/release
+bin=fuzz/target/$host/release
 
 if [ $seed -eq 1 ]; then
     # Without the box crates (--light) only the light targets' seeds are made.
