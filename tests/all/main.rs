@@ -16,6 +16,7 @@ mod hostile;
 mod legacy;
 mod loadbalancer;
 mod local_servers;
+mod prewarm;
 mod protocol_abuse;
 mod proxy;
 mod requests_shim;
