@@ -76,8 +76,11 @@ impl Prewarmed {
     /// A ready instance, if one is waiting.
     pub(crate) fn take(&self) -> Option<PreparedInstance> {
         let prepared = self.lock().pop_front();
-        if prepared.is_some() {
-            self.taken.notify_one();
+        match prepared {
+            Some(_) => self.taken.notify_one(),
+            // Per invocation, hence trace: how often the set runs dry.
+            None if self.target > 0 => tracing::trace!("prewarm: no instance ready"),
+            None => {}
         }
         prepared
     }
