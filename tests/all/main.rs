@@ -18,6 +18,7 @@ mod loadbalancer;
 mod local_servers;
 mod local_tor;
 mod operator;
+mod prewarm;
 mod protocol_abuse;
 mod proxy;
 mod requests_shim;

@@ -113,6 +113,10 @@ pub struct ServeArgs {
     /// [policy: box.max_buffered_mib].
     #[arg(long)]
     pub max_buffered_mib: Option<u64>,
+    /// Fresh instances each worker keeps instantiated ahead of demand; 0
+    /// turns prewarming off [policy: box.prewarm_per_worker].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=bento_policy::MAX_PREWARM_PER_WORKER))]
+    pub prewarm: Option<u64>,
     /// Largest accepted function source, KiB [policy: box.max_upload_kib].
     #[arg(long)]
     pub max_source_kib: Option<u64>,
@@ -197,6 +201,10 @@ impl ServeArgs {
         }
         let mut config = ServerConfig::new(data_dir.to_owned(), workers);
         config.policy = self.policy()?;
+        config.workers.args.extend([
+            "--prewarm".to_owned(),
+            config.policy.caps.prewarm_per_worker.to_string(),
+        ]);
         if let Some(path) = &self.legacy_manifest {
             let text = read_text(path)?;
             let manifest = bento_policy::Manifest::from_toml(&text)
@@ -262,6 +270,7 @@ impl ServeArgs {
         set(self.max_buffered_mib, &mut policy.caps.max_buffered_mib);
         set(self.max_source_kib, &mut policy.caps.max_upload_kib);
         set(self.max_stored_mib, &mut policy.caps.max_stored_mib);
+        set(self.prewarm, &mut policy.caps.prewarm_per_worker);
         Ok(policy)
     }
 }
@@ -273,7 +282,7 @@ fn read_text(path: &Path) -> anyhow::Result<String> {
 /// `bento worker`: load the runtime, jail the process (unless `jail` is
 /// `None`; else `jail` is the instance storage directory), serve the pipe
 /// protocol on stdio.
-pub fn worker(runtime: &Path, jail: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub fn worker(runtime: &Path, jail: Option<PathBuf>, prewarm: usize) -> anyhow::Result<ExitCode> {
     use std::os::fd::AsFd;
     let runtime = bento_sandbox::PythonRuntime::load_precompiled(runtime)?;
     // After loading the runtime (which reads its file), before the first
@@ -293,7 +302,7 @@ pub fn worker(runtime: &Path, jail: Option<PathBuf>) -> anyhow::Result<ExitCode>
     // output chunk for newlines.
     let stdin = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
     let stdout = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
-    bento_worker::run_worker(runtime, stdin, stdout)?;
+    bento_worker::run_worker(runtime, prewarm, stdin, stdout)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -225,6 +225,9 @@ enum Command {
         /// Run without the worker jail (landlock, seccomp, rlimits).
         #[arg(long)]
         no_jail: bool,
+        /// Fresh instances to keep ready ahead of demand.
+        #[arg(long, default_value_t = 0)]
+        prewarm: usize,
     },
 }
 
@@ -308,7 +311,8 @@ fn main() -> ExitCode {
             runtime,
             storage_dir,
             no_jail,
-        } => commands::worker(&runtime, (!no_jail).then_some(storage_dir)),
+            prewarm,
+        } => commands::worker(&runtime, (!no_jail).then_some(storage_dir), prewarm),
         Command::Runtime(RuntimeCommand::Precompile { wasm, out }) => {
             commands::precompile(&wasm, &out)
         }

@@ -100,6 +100,14 @@ fn default_max_onion_services() -> u64 {
     64
 }
 
+fn default_prewarm_per_worker() -> u64 {
+    4
+}
+
+/// Most instances a worker may keep ready (each reserves address space and
+/// memory whether or not it is ever used).
+pub const MAX_PREWARM_PER_WORKER: u64 = 64;
+
 fn default_max_function_lifetime_h() -> u64 {
     30 * 24
 }
@@ -183,6 +191,12 @@ pub struct BoxCaps {
     /// `max_function_lifetime_h`.
     #[serde(default = "default_default_function_lifetime_h")]
     pub default_function_lifetime_h: u64,
+    /// Fresh instances each sandbox worker keeps instantiated ahead of
+    /// demand, so that an invocation need not wait for one (optional in a
+    /// policy file: 4; 0 turns it off). Each holds its own memory mapping
+    /// and a few hundred KiB.
+    #[serde(default = "default_prewarm_per_worker")]
+    pub prewarm_per_worker: u64,
 }
 
 impl Default for BoxCaps {
@@ -197,6 +211,7 @@ impl Default for BoxCaps {
             max_onion_services: 64,
             max_function_lifetime_h: default_max_function_lifetime_h(),
             default_function_lifetime_h: default_default_function_lifetime_h(),
+            prewarm_per_worker: default_prewarm_per_worker(),
         }
     }
 }
@@ -316,6 +331,7 @@ bandwidth_kib_per_s = 10240 # all functions' traffic together
 max_onion_services = 64     # functions' onion services alive at once
 max_function_lifetime_h = 720     # longest lifetime a store may ask for (30 days)
 default_function_lifetime_h = 168 # lifetime when the store asks for none (7 days)
+prewarm_per_worker = 4      # fresh instances each worker keeps ready (0: none)
 "#;
 
 impl BoxPolicy {
@@ -352,6 +368,15 @@ impl BoxPolicy {
                 message: format!(
                     "[box] default_function_lifetime_h is {}; it must be between 1 and max_function_lifetime_h ({})",
                     file.caps.default_function_lifetime_h, file.caps.max_function_lifetime_h
+                ),
+            });
+        }
+        if file.caps.prewarm_per_worker > MAX_PREWARM_PER_WORKER {
+            return Err(PolicyError::Syntax {
+                what: WHAT,
+                message: format!(
+                    "[box] prewarm_per_worker is {}; it must be at most {MAX_PREWARM_PER_WORKER}",
+                    file.caps.prewarm_per_worker
                 ),
             });
         }
@@ -550,6 +575,27 @@ mod tests {
         );
         BoxPolicy::from_toml(&DEFAULT_POLICY_TOML.replace("storage_kib = 1024", "storage_kib = 0"))
             .unwrap();
+    }
+
+    #[test]
+    fn prewarming_is_optional_in_a_policy_file_and_bounded() {
+        let without = DEFAULT_POLICY_TOML.replace(
+            "prewarm_per_worker = 4      # fresh instances each worker keeps ready (0: none)\n",
+            "",
+        );
+        assert_ne!(without, DEFAULT_POLICY_TOML, "the default names the key");
+        let policy = BoxPolicy::from_toml(&without).unwrap();
+        assert_eq!(policy.caps.prewarm_per_worker, 4);
+        let off = DEFAULT_POLICY_TOML.replace("prewarm_per_worker = 4 ", "prewarm_per_worker = 0 ");
+        assert_eq!(
+            BoxPolicy::from_toml(&off).unwrap().caps.prewarm_per_worker,
+            0
+        );
+        let err = BoxPolicy::from_toml(
+            &DEFAULT_POLICY_TOML.replace("prewarm_per_worker = 4 ", "prewarm_per_worker = 65 "),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("at most 64"), "{err}");
     }
 
     #[test]

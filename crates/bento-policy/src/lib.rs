@@ -16,8 +16,8 @@ mod exit_policy;
 
 pub use admission::{DEFAULT_CHANNELS, DEFAULT_STORAGE_KIB, Grant, Violation, admit};
 pub use box_policy::{
-    BoxCaps, BoxPolicy, Capability, DEFAULT_POLICY_TOML, Manifest, PolicyError, ResourceRequest,
-    Resources, SCHEMA_VERSION,
+    BoxCaps, BoxPolicy, Capability, DEFAULT_POLICY_TOML, MAX_PREWARM_PER_WORKER, Manifest,
+    PolicyError, ResourceRequest, Resources, SCHEMA_VERSION,
 };
 pub use exit_policy::{
     Action, AddrPattern, Decision, DestinationRule, ExitPolicy, RuleParseError, embedded_ipv4,

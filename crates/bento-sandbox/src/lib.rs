@@ -36,7 +36,7 @@ mod wasi_sleep;
 pub use engine::{PythonRuntime, precompile_runtime};
 pub use error::{Failure, SandboxError};
 pub use grant::{CapabilityGrant, StorageGrant};
-pub use instance::{Call, Job, Outcome};
+pub use instance::{Call, Job, Outcome, PreparedInstance, SpentInstance};
 pub use session_io::{
     CHANNEL_CREDIT, DiscardedSession, MAX_MESSAGE_LEN, MAX_STAGED, MESSAGE_CREDIT, MessageError,
     SessionHost, SessionIo, StopReason,

@@ -16,6 +16,7 @@ pub mod ipc;
 mod jail;
 mod pipe_size;
 mod pool;
+mod prewarm;
 mod worker_process;
 
 pub use bento_sandbox::{
