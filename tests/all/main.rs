@@ -12,6 +12,7 @@ mod cli;
 mod cover;
 mod dropbox;
 mod harness;
+mod host_memory;
 mod hostile;
 mod legacy;
 mod loadbalancer;

@@ -86,7 +86,8 @@ pub struct ServeArgs {
     /// besides the Mozilla roots.
     #[arg(long, value_name = "PEM")]
     pub http_ca_file: Option<PathBuf>,
-    /// Ceiling: linear memory per instance, MiB [policy: instance.memory_mib].
+    /// Ceiling: memory per instance (linear memory and host buffers), MiB [policy:
+    /// instance.memory_mib].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub memory_mib: Option<u64>,
     /// Ceiling: CPU time per invocation, ms [policy: instance.cpu_ms].

@@ -72,7 +72,7 @@ impl Capability {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
-    /// Linear memory, MiB.
+    /// Memory (linear memory and host buffers), MiB.
     pub memory_mib: u64,
     /// CPU time per invocation, ms.
     pub cpu_ms: u64,
@@ -296,7 +296,7 @@ destinations = ["reject *:*"]
 
 # Ceilings for one function instance; a manifest may ask for up to these.
 [instance]
-memory_mib = 128            # linear memory
+memory_mib = 128            # linear memory + host buffers
 cpu_ms = 10000              # CPU time per invocation
 wall_ms = 300000            # wall-clock time per invocation
 output_buffer_kib = 4096    # output kept while the client is away
@@ -396,7 +396,7 @@ struct ManifestFile {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceRequest {
-    /// Linear memory, MiB.
+    /// Memory (linear memory and host buffers), MiB.
     pub memory_mib: Option<u64>,
     /// CPU time per invocation, ms.
     pub cpu_ms: Option<u64>,

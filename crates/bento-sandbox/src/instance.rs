@@ -12,6 +12,7 @@ use crate::capabilities::Capabilities;
 use crate::engine::PythonRuntime;
 use crate::error::Failure;
 use crate::grant::CapabilityGrant;
+use crate::memory::InstanceMemory;
 use crate::session_io::{DiscardedSession, SessionIo, SessionStdin, SessionStdout, StopReason};
 use crate::wasi_sleep::{InstanceClock, shadow_clock_subscriptions};
 
@@ -105,7 +106,8 @@ impl bento::runtime::capabilities::Host for InstanceState {
     }
 
     fn stage(&mut self, length: u64) -> wasmtime::Result<Result<(), String>> {
-        Ok(self.io.stage(length))
+        let result = self.io.stage(length);
+        self.stop_check(result)
     }
 
     fn now(&mut self) -> wasmtime::Result<f64> {
@@ -202,7 +204,8 @@ impl bento::runtime::capabilities::Host for InstanceState {
     }
 
     fn storage_get(&mut self, key: String) -> wasmtime::Result<Result<Option<u32>, String>> {
-        Ok(self.capabilities.storage_get(&self.io, &key))
+        let result = self.capabilities.storage_get(&self.io, &key);
+        self.stop_check(result)
     }
 
     fn storage_delete(&mut self, key: String) -> wasmtime::Result<Result<bool, String>> {
@@ -239,11 +242,15 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
     FunctionRuntime::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
 }
 
-/// Caps linear memory; growth beyond the cap stops the instance with a
-/// typed memory-limit failure rather than a `MemoryError` the function
-/// could catch and ignore.
+/// Counts linear memory in the instance's [`InstanceMemory`], with the
+/// host buffers; growth beyond the limit stops the instance with a typed
+/// memory-limit failure rather than a `MemoryError` the function could
+/// catch and ignore.
 struct MemoryLimiter {
+    /// The job's limit, for any one memory (also when the session's
+    /// account is unlimited, as for `bento bench`'s sandbox-alone timing).
     max_memory: usize,
+    memory: Arc<InstanceMemory>,
     io: Arc<SessionIo>,
 }
 
@@ -253,11 +260,14 @@ const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_memory {
+        // Called for each memory's creation too (from 0), so the deltas
+        // add up to all linear memory of the instance.
+        let growth = u64::try_from(desired.saturating_sub(current)).unwrap_or(u64::MAX);
+        if desired > self.max_memory || !self.memory.grow_linear(growth) {
             self.io.stop(StopReason::Memory);
             return Err(wasmtime::Error::msg("memory limit exceeded"));
         }
@@ -317,6 +327,7 @@ impl PythonRuntime {
             clock,
             limiter: MemoryLimiter {
                 max_memory: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+                memory: io.memory().clone(),
                 io: io.clone(),
             },
             capabilities: Capabilities::new(grant),
@@ -382,10 +393,13 @@ impl PythonRuntime {
             wall_ms: 10_000,
             ..InstanceLimits::default()
         };
-        let io = SessionIo::new(
+        let io = SessionIo::with_limits(
             Arc::new(DiscardedSession),
             Instant::now() + limits.wall(),
             0,
+            crate::Throttle::unlimited(),
+            0,
+            limits.memory_bytes,
         );
         let mut store = self.new_store(io.clone(), &limits, CapabilityGrant::default());
         let result = self
@@ -413,7 +427,7 @@ fn classify(error: &wasmtime::Error, io: &SessionIo, limits: &InstanceLimits) ->
         Some(StopReason::Memory) => limit(
             Limit::Memory,
             format!(
-                "the instance tried to grow its memory beyond {}",
+                "the instance tried to grow its memory (linear memory and host buffers) beyond {}",
                 mib(limits.memory_bytes)
             ),
         ),
