@@ -309,7 +309,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         max_stored_mib: Some(64),
         session_retention_secs: 60,
         read_timeout_secs: 60,
-        max_connections: 4096,
+        max_connections: Some(4096),
         // The benchmark counts running instances, which only the
         // operator's endpoint tells.
         metrics: Some("127.0.0.1:0".parse()?),

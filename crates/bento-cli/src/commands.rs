@@ -123,9 +123,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 30)]
     pub read_timeout_secs: u64,
     /// Most client connections at once, over all listeners; beyond it a
-    /// new connection is refused (too_many_connections) and closed.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_connections: u64,
+    /// new connection is refused (too_many_connections) and closed
+    /// [policy: box.max_connections, default 4096; this option wins].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
     /// Serve the operator's exact figures (sessions, instances, stored
     /// bytes, stores, invocations, errors by kind) in the Prometheus text
     /// format at http://ADDR/metrics. Loopback addresses only: clients
@@ -218,7 +219,8 @@ impl ServeArgs {
         config.onion_port = self.onion_port;
         config.session_retention = Duration::from_secs(self.session_retention_secs);
         config.read_timeout = Duration::from_secs(self.read_timeout_secs.max(1));
-        config.max_connections = usize::try_from(self.max_connections).unwrap_or(usize::MAX);
+        config.max_connections =
+            usize::try_from(config.policy.caps.max_connections).unwrap_or(usize::MAX);
         config.legacy_listen = self.legacy_listen;
         config.metrics_listen = self.metrics;
         Ok(config)
@@ -249,6 +251,7 @@ impl ServeArgs {
         set(self.max_buffered_mib, &mut policy.caps.max_buffered_mib);
         set(self.max_source_kib, &mut policy.caps.max_upload_kib);
         set(self.max_stored_mib, &mut policy.caps.max_stored_mib);
+        set(self.max_connections, &mut policy.caps.max_connections);
         Ok(policy)
     }
 }

@@ -108,6 +108,10 @@ fn default_default_function_lifetime_h() -> u64 {
     7 * 24
 }
 
+fn default_max_connections() -> u64 {
+    4096
+}
+
 impl Resources {
     /// What a function without a manifest gets: session I/O, small limits.
     pub fn minimum() -> Self {
@@ -183,6 +187,10 @@ pub struct BoxCaps {
     /// `max_function_lifetime_h`.
     #[serde(default = "default_default_function_lifetime_h")]
     pub default_function_lifetime_h: u64,
+    /// Client connections open at once, over all listeners (optional in a
+    /// policy file: 4096; `bento serve --max-connections` overrides it).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u64,
 }
 
 impl Default for BoxCaps {
@@ -197,6 +205,7 @@ impl Default for BoxCaps {
             max_onion_services: 64,
             max_function_lifetime_h: default_max_function_lifetime_h(),
             default_function_lifetime_h: default_default_function_lifetime_h(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -275,8 +284,9 @@ fn parse_versioned<T: serde::de::DeserializeOwned>(
 
 /// The default box policy, with every key documented (`bento policy default`).
 pub const DEFAULT_POLICY_TOML: &str = r#"# Bento box policy (see docs/policy.md). Every key in [instance] and [box]
-# is required but onion_services, max_onion_services and the two
-# *_function_lifetime_h keys; capabilities and destinations default to none.
+# is required but onion_services, max_onion_services, the two
+# *_function_lifetime_h keys and max_connections; capabilities and
+# destinations default to none.
 version = 1
 
 # Capabilities functions may be granted at all. A function gets only what its
@@ -316,6 +326,7 @@ bandwidth_kib_per_s = 10240 # all functions' traffic together
 max_onion_services = 64     # functions' onion services alive at once
 max_function_lifetime_h = 720     # longest lifetime a store may ask for (30 days)
 default_function_lifetime_h = 168 # lifetime when the store asks for none (7 days)
+max_connections = 4096      # client connections open at once
 "#;
 
 impl BoxPolicy {
@@ -338,6 +349,12 @@ impl BoxPolicy {
                     message: format!("[instance] {what} is 0; it must be at least 1"),
                 });
             }
+        }
+        if file.caps.max_connections == 0 {
+            return Err(PolicyError::Syntax {
+                what: WHAT,
+                message: "[box] max_connections is 0; it must be at least 1".into(),
+            });
         }
         if file.caps.max_function_lifetime_h == 0 {
             return Err(PolicyError::Syntax {
@@ -517,6 +534,20 @@ mod tests {
                 .decide("93.184.216.34".parse().unwrap(), 443, &[])
                 .allowed
         );
+    }
+
+    #[test]
+    fn the_connection_cap_is_a_policy_key_that_older_policies_may_leave_out() {
+        let line = "max_connections = 4096      # client connections open at once\n";
+        assert!(DEFAULT_POLICY_TOML.contains(line));
+        let older = BoxPolicy::from_toml(&DEFAULT_POLICY_TOML.replace(line, "")).unwrap();
+        assert_eq!(older.caps.max_connections, 4096);
+        let set = BoxPolicy::from_toml(&DEFAULT_POLICY_TOML.replace(line, "max_connections = 7\n"))
+            .unwrap();
+        assert_eq!(set.caps.max_connections, 7);
+        let err = BoxPolicy::from_toml(&DEFAULT_POLICY_TOML.replace(line, "max_connections = 0\n"))
+            .unwrap_err();
+        assert!(err.to_string().contains("max_connections is 0"), "{err}");
     }
 
     #[test]
