@@ -59,6 +59,9 @@ pub struct BenchArgs {
     /// docs/bench-baseline.json): prints each figure's ratio to it.
     #[arg(long, value_name = "FILE")]
     pub baseline: Option<PathBuf>,
+    /// A long-running measurement instead of the figures above.
+    #[command(subcommand)]
+    pub mode: Option<crate::BenchMode>,
 }
 
 /// Every figure that `--baseline` compares: its JSON path, its name, and
@@ -229,7 +232,7 @@ fn memory_kib(pid: u32) -> (u64, u64) {
 }
 
 /// Direct children of `pid` (the worker processes).
-fn children(pid: u32) -> Vec<u32> {
+pub(crate) fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return out;

@@ -624,8 +624,18 @@ fn unreachable_command() -> anyhow::Result<ExitCode> {
 }
 
 async fn bench_dispatch(args: crate::bench::BenchArgs) -> anyhow::Result<ExitCode> {
-    crate::bench::run(args).await?;
-    Ok(ExitCode::SUCCESS)
+    let clean = match args.mode.clone() {
+        Some(crate::BenchMode::Soak(soak)) => crate::bench_soak::run(soak).await?,
+        None => {
+            crate::bench::run(args).await?;
+            true
+        }
+    };
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {

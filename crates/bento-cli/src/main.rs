@@ -5,6 +5,7 @@
 //! box it starts itself. `bento worker` is internal: the box starts it.
 
 mod bench;
+mod bench_soak;
 mod bench_tor;
 mod browse_cmd;
 mod commands;
@@ -218,6 +219,15 @@ enum Command {
         #[arg(long)]
         no_jail: bool,
     },
+}
+
+/// `bento bench` measurements that run for long (see docs/benchmarks.md).
+#[derive(Debug, Clone, Subcommand)]
+pub(crate) enum BenchMode {
+    /// Many invocations against one box (its own `bento serve` process),
+    /// sampling the server's and workers' open fds, threads and RSS; prints
+    /// the curve and whether each figure is flat or growing.
+    Soak(bench_soak::SoakArgs),
 }
 
 #[derive(Debug, Subcommand)]
