@@ -15,6 +15,7 @@ mod harness;
 mod host_memory;
 mod hostile;
 mod legacy;
+mod load;
 mod loadbalancer;
 mod local_servers;
 mod protocol_abuse;

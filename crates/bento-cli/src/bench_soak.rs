@@ -136,11 +136,14 @@ fn rss_tolerance(kib: u64) -> u64 {
     (kib / 20).max(8 * 1024)
 }
 
-/// The box as a child process, killed when dropped.
-struct BoxProcess {
+/// The box as a child process (`bento serve` on loopback with a
+/// temporary data dir), killed when dropped.
+pub(crate) struct BoxProcess {
     child: Child,
-    _data_dir: tempfile::TempDir,
-    target: Target,
+    /// The temporary data directory, removed with the box (none when the
+    /// caller owns the directory).
+    temp_dir: Option<tempfile::TempDir>,
+    pub(crate) target: Target,
 }
 
 impl Drop for BoxProcess {
@@ -151,22 +154,35 @@ impl Drop for BoxProcess {
 }
 
 impl BoxProcess {
-    async fn start(args: &SoakArgs) -> anyhow::Result<Self> {
+    /// Start a box with `workers` workers and the `runtime` (defaults as
+    /// for `bento serve`); returns once it accepts connections.
+    pub(crate) async fn start(
+        workers: Option<usize>,
+        runtime: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
         let data_dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
+        let mut this = Self::start_in(data_dir.path(), workers, runtime).await?;
+        this.temp_dir = Some(data_dir);
+        Ok(this)
+    }
+
+    /// Like [`Self::start`], on the data directory `data_dir` (kept).
+    pub(crate) async fn start_in(
+        data_dir: &std::path::Path,
+        workers: Option<usize>,
+        runtime: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
         // A free port: bound and released at once (nothing else on a
         // benchmark machine races for it in practice).
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let listen = format!("127.0.0.1:{port}");
-        let runtime = args
-            .runtime
-            .clone()
-            .unwrap_or_else(crate::runtime_path::default_runtime);
+        let runtime = runtime.unwrap_or_else(crate::runtime_path::default_runtime);
         let mut command = Command::new(std::env::current_exe()?);
         command
             .args(["serve", "--listen", &listen, "--data-dir"])
-            .arg(data_dir.path())
+            .arg(data_dir)
             .arg("--runtime")
             .arg(&runtime)
             .args(["--exit-with-pid", &std::process::id().to_string()])
@@ -174,13 +190,13 @@ impl BoxProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        if let Some(workers) = args.workers {
+        if let Some(workers) = workers {
             command.args(["--workers", &workers.to_string()]);
         }
         let child = command.spawn().context("cannot start `bento serve`")?;
         let this = Self {
             child,
-            _data_dir: data_dir,
+            temp_dir: None,
             target: Target {
                 server: listen,
                 socks: None,
@@ -196,7 +212,14 @@ impl BoxProcess {
         Ok(this)
     }
 
-    fn pid(&self) -> u32 {
+    /// SIGKILL the server (its workers exit when their pipe closes) and
+    /// reap it; the data directory stays.
+    pub(crate) fn kill9(self) {
+        // Drop kills with SIGKILL and waits.
+        drop(self);
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -286,7 +309,7 @@ fn mib(kib: u64) -> f64 {
 /// `bento bench soak`.
 #[allow(clippy::print_stdout)]
 pub async fn run(args: SoakArgs) -> anyhow::Result<bool> {
-    let bx = BoxProcess::start(&args).await?;
+    let bx = BoxProcess::start(args.workers, args.runtime.clone()).await?;
     let token = Connection::connect(&bx.target)
         .await?
         .store("soak.py", ECHO_ARG)

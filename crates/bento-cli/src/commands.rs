@@ -626,6 +626,8 @@ fn unreachable_command() -> anyhow::Result<ExitCode> {
 async fn bench_dispatch(args: crate::bench::BenchArgs) -> anyhow::Result<ExitCode> {
     let clean = match args.mode.clone() {
         Some(crate::BenchMode::Soak(soak)) => crate::bench_soak::run(soak).await?,
+        Some(crate::BenchMode::Load(load)) => crate::bench_load::run(load).await?,
+        Some(crate::BenchMode::Crash(crash)) => crate::bench_crash::run(crash).await?,
         None => {
             crate::bench::run(args).await?;
             true
