@@ -65,6 +65,9 @@ pub struct BenchArgs {
     /// docs/bench-baseline.json): prints each figure's ratio to it.
     #[arg(long, value_name = "FILE")]
     pub baseline: Option<PathBuf>,
+    /// A long-running measurement instead of the figures above.
+    #[command(subcommand)]
+    pub mode: Option<crate::BenchMode>,
 }
 
 /// Every figure that `--baseline` compares: its JSON path, its name, and
@@ -257,7 +260,7 @@ fn memory_kib(pid: u32) -> (u64, u64) {
 }
 
 /// Direct children of `pid` (the worker processes).
-fn children(pid: u32) -> Vec<u32> {
+pub(crate) fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return out;
@@ -339,7 +342,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         max_stored_mib: Some(64),
         session_retention_secs: 60,
         read_timeout_secs: 60,
-        max_connections: 4096,
+        max_connections: Some(4096),
         // The benchmark counts running instances, which only the
         // operator's endpoint tells.
         metrics: Some("127.0.0.1:0".parse()?),

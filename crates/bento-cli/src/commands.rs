@@ -92,7 +92,8 @@ pub struct ServeArgs {
     /// besides the Mozilla roots.
     #[arg(long, value_name = "PEM")]
     pub http_ca_file: Option<PathBuf>,
-    /// Ceiling: linear memory per instance, MiB [policy: instance.memory_mib].
+    /// Ceiling: memory per instance (linear memory and host buffers), MiB [policy:
+    /// instance.memory_mib].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub memory_mib: Option<u64>,
     /// Ceiling: CPU time per invocation, ms [policy: instance.cpu_ms].
@@ -132,9 +133,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 30)]
     pub read_timeout_secs: u64,
     /// Most client connections at once, over all listeners; beyond it a
-    /// new connection is refused (too_many_connections) and closed.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_connections: u64,
+    /// new connection is refused (too_many_connections) and closed
+    /// [policy: box.max_connections, default 4096; this option wins].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
     /// Serve the operator's exact figures (sessions, instances, stored
     /// bytes, stores, invocations, errors by kind) in the Prometheus text
     /// format at http://ADDR/metrics. Loopback addresses only: clients
@@ -232,7 +234,8 @@ impl ServeArgs {
         config.onion_port = self.onion_port;
         config.session_retention = Duration::from_secs(self.session_retention_secs);
         config.read_timeout = Duration::from_secs(self.read_timeout_secs.max(1));
-        config.max_connections = usize::try_from(self.max_connections).unwrap_or(usize::MAX);
+        config.max_connections =
+            usize::try_from(config.policy.caps.max_connections).unwrap_or(usize::MAX);
         config.legacy_listen = self.legacy_listen;
         config.metrics_listen = self.metrics;
         Ok(config)
@@ -271,6 +274,7 @@ impl ServeArgs {
         set(self.max_source_kib, &mut policy.caps.max_upload_kib);
         set(self.max_stored_mib, &mut policy.caps.max_stored_mib);
         set(self.prewarm, &mut policy.caps.prewarm_per_worker);
+        set(self.max_connections, &mut policy.caps.max_connections);
         Ok(policy)
     }
 }
@@ -644,8 +648,20 @@ fn unreachable_command() -> anyhow::Result<ExitCode> {
 }
 
 async fn bench_dispatch(args: crate::bench::BenchArgs) -> anyhow::Result<ExitCode> {
-    crate::bench::run(args).await?;
-    Ok(ExitCode::SUCCESS)
+    let clean = match args.mode.clone() {
+        Some(crate::BenchMode::Soak(soak)) => crate::bench_soak::run(soak).await?,
+        Some(crate::BenchMode::Load(load)) => crate::bench_load::run(load).await?,
+        Some(crate::BenchMode::Crash(crash)) => crate::bench_crash::run(crash).await?,
+        None => {
+            crate::bench::run(args).await?;
+            true
+        }
+    };
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {

@@ -5,6 +5,9 @@
 //! box it starts itself. `bento worker` is internal: the box starts it.
 
 mod bench;
+mod bench_crash;
+mod bench_load;
+mod bench_soak;
 mod bench_tor;
 mod browse_cmd;
 mod commands;
@@ -229,6 +232,23 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         prewarm: usize,
     },
+}
+
+/// `bento bench` measurements that run for long (see docs/benchmarks.md).
+#[derive(Debug, Clone, Subcommand)]
+pub(crate) enum BenchMode {
+    /// Many invocations against one box (its own `bento serve` process),
+    /// sampling the server's and workers' open fds, threads and RSS; prints
+    /// the curve and whether each figure is flat or growing.
+    Soak(bench_soak::SoakArgs),
+    /// Many concurrent clients storing, invoking, detaching and killing
+    /// against one box, every session's output checked by hash, with a
+    /// probe timing a new user's answer throughout.
+    Load(bench_load::LoadArgs),
+    /// Kill -9 the box at random points during stores and sessions,
+    /// restart it on the same data dir, and check that every stored
+    /// function is intact or cleanly absent, never corrupt.
+    Crash(bench_crash::CrashArgs),
 }
 
 #[derive(Debug, Subcommand)]

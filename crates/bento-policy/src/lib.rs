@@ -35,7 +35,8 @@ pub const MIB: u64 = 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceLimits {
-    /// Maximum linear memory of the instance, in bytes.
+    /// Maximum memory of the instance, in bytes: its linear memory and the
+    /// host buffers it can make grow, counted together by the sandbox.
     pub memory_bytes: u64,
     /// Maximum CPU time the instance may consume (wasm and host calls made
     /// on its behalf), in milliseconds.
@@ -75,7 +76,7 @@ impl InstanceLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Limit {
-    /// Linear memory ([`InstanceLimits::memory_bytes`]).
+    /// Memory ([`InstanceLimits::memory_bytes`]).
     Memory,
     /// CPU time ([`InstanceLimits::cpu_ms`]).
     Cpu,

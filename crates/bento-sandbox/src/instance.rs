@@ -12,6 +12,7 @@ use crate::capabilities::Capabilities;
 use crate::engine::PythonRuntime;
 use crate::error::{Failure, SandboxError};
 use crate::grant::CapabilityGrant;
+use crate::memory::InstanceMemory;
 use crate::session_io::{DiscardedSession, SessionIo, SessionStdin, SessionStdout, StopReason};
 use crate::wasi_sleep::{InstanceClock, shadow_clock_subscriptions};
 
@@ -105,7 +106,8 @@ impl bento::runtime::capabilities::Host for InstanceState {
     }
 
     fn stage(&mut self, length: u64) -> wasmtime::Result<Result<(), String>> {
-        Ok(self.io.stage(length))
+        let result = self.io.stage(length);
+        self.stop_check(result)
     }
 
     fn now(&mut self) -> wasmtime::Result<f64> {
@@ -202,7 +204,8 @@ impl bento::runtime::capabilities::Host for InstanceState {
     }
 
     fn storage_get(&mut self, key: String) -> wasmtime::Result<Result<Option<u32>, String>> {
-        Ok(self.capabilities.storage_get(&self.io, &key))
+        let result = self.capabilities.storage_get(&self.io, &key);
+        self.stop_check(result)
     }
 
     fn storage_delete(&mut self, key: String) -> wasmtime::Result<Result<bool, String>> {
@@ -239,13 +242,24 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
     FunctionRuntime::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
 }
 
-/// Caps linear memory; growth beyond the cap stops the instance with a
-/// typed memory-limit failure rather than a `MemoryError` the function
-/// could catch and ignore.
+/// Counts linear memory in the instance's [`InstanceMemory`], with the
+/// host buffers; growth beyond the limit stops the instance with a typed
+/// memory-limit failure rather than a `MemoryError` the function could
+/// catch and ignore.
 struct MemoryLimiter {
+    /// The job's limit, for any one memory (also when the session's
+    /// account is unlimited, as for `bento bench`'s sandbox-alone timing).
     max_memory: usize,
     /// The largest size any memory of the instance was allowed to reach.
     largest: usize,
+    /// All linear memory of the instance, in bytes: what [`bind`] carries
+    /// from the placeholder account of a prepared instance into the
+    /// invocation's.
+    ///
+    /// [`bind`]: PythonRuntime::bind
+    linear: u64,
+    /// The account linear memory is counted in, with the host buffers.
+    memory: Arc<InstanceMemory>,
     io: Arc<SessionIo>,
 }
 
@@ -255,15 +269,19 @@ const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_memory {
+        // Called for each memory's creation too (from 0), so the deltas
+        // add up to all linear memory of the instance.
+        let growth = u64::try_from(desired.saturating_sub(current)).unwrap_or(u64::MAX);
+        if desired > self.max_memory || !self.memory.grow_linear(growth) {
             self.io.stop(StopReason::Memory);
             return Err(wasmtime::Error::msg("memory limit exceeded"));
         }
         self.largest = self.largest.max(desired);
+        self.linear = self.linear.saturating_add(growth);
         Ok(true)
     }
 
@@ -398,6 +416,10 @@ impl PythonRuntime {
             limiter: MemoryLimiter {
                 max_memory: usize::MAX,
                 largest: 0,
+                linear: 0,
+                // The placeholder's account (unlimited); `bind` moves the
+                // instance's linear memory into the invocation's.
+                memory: io.memory().clone(),
                 io: io.clone(),
             },
             capabilities: Capabilities::new(CapabilityGrant::default()),
@@ -440,11 +462,16 @@ impl PythonRuntime {
         state.clock = clock;
         state.limiter.io = io.clone();
         state.limiter.max_memory = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
+        state.limiter.memory = io.memory().clone();
         state.capabilities = Capabilities::new(grant);
         state.cpu_start = cpu_start;
-        // The same check `memory_growing` makes, for the growth that
-        // happened before the limit was known.
-        if state.limiter.largest > state.limiter.max_memory {
+        // The same checks `memory_growing` makes, for the growth that
+        // happened before the limit and the account were known: each
+        // memory within the limit, and all of it counted in the
+        // invocation's account (with its host buffers).
+        if state.limiter.largest > state.limiter.max_memory
+            || !io.memory().grow_linear(state.limiter.linear)
+        {
             io.stop(StopReason::Memory);
             return Err(BindError::Memory);
         }
@@ -516,10 +543,13 @@ impl PythonRuntime {
             wall_ms: 10_000,
             ..InstanceLimits::default()
         };
-        let io = SessionIo::new(
+        let io = SessionIo::with_limits(
             Arc::new(DiscardedSession),
             Instant::now() + limits.wall(),
             0,
+            crate::Throttle::unlimited(),
+            0,
+            limits.memory_bytes,
         );
         let PreparedInstance {
             mut store,
@@ -558,7 +588,7 @@ fn classify(error: &wasmtime::Error, io: &SessionIo, limits: &InstanceLimits) ->
         Some(StopReason::Memory) => limit(
             Limit::Memory,
             format!(
-                "the instance tried to grow its memory beyond {}",
+                "the instance tried to grow its memory (linear memory and host buffers) beyond {}",
                 mib(limits.memory_bytes)
             ),
         ),

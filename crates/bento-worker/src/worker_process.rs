@@ -267,6 +267,7 @@ fn start<W: Write + Send + 'static>(
         request.limits.output_buffer_bytes,
         throttle,
         grant.channels,
+        request.limits.memory_bytes,
     );
     lock(instances).insert(id, io.clone());
     // Store-time checks make their own instance; invocations take a ready
