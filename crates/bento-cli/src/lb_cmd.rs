@@ -9,7 +9,7 @@ use bento_client::Target;
 use bento_functions::loadbalancer::{self, Failure, LoadOptions, Outcome, StartOptions};
 use clap::{Args, Subcommand};
 
-use crate::exit::{self, EXIT_FUNCTION};
+use crate::exit;
 use crate::terminal::{Terminal, print as out_line};
 
 /// `bento lb …`.
@@ -232,12 +232,11 @@ fn summarise(args: &LoadArgs, outcomes: &[Outcome], elapsed: Duration) -> ExitCo
     if failures.is_empty() {
         ExitCode::SUCCESS
     } else {
-        eprintln!(
-            "error: {} of {} requests got no complete response ({incomplete} incomplete, {unreachable} not reached through Tor)",
+        exit::fail(&bento_functions::Error::Function(format!(
+            "{} of {} requests got no complete response ({incomplete} incomplete, {unreachable} not reached through Tor)",
             failures.len(),
             outcomes.len()
-        );
-        ExitCode::from(EXIT_FUNCTION)
+        )))
     }
 }
 

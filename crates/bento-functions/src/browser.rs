@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bento_client::{ClientError, Connection, Target};
+use bento_client::{ClientError, Target};
 use bento_protocol::ErrorCode;
 use flate2::{Decompress, FlushDecompress, Status};
 use serde::Deserialize;
@@ -414,15 +414,15 @@ pub async fn run(
 
 /// Store the function, invoke it, read its whole output.
 async fn fetch(target: &Target, options: &BrowseOptions, manifest: &str) -> Result<Vec<u8>, Error> {
-    let mut conn = Connection::connect(target).await?;
-    let (_, token) = conn
-        .store_with_manifest("browser.py", SOURCE, manifest)
-        .await?;
-    let session = conn.invoke(&token, "main", &options.call()).await?;
-    let mut attachment = Connection::connect(target)
-        .await?
-        .attach(&session, None)
-        .await?;
+    let (_, mut attachment) = crate::Start {
+        filename: "browser.py",
+        source: SOURCE,
+        manifest,
+        entry: "main",
+        args: &options.call(),
+    }
+    .attach(target)
+    .await?;
     let mut blob = Vec::new();
     let result = loop {
         match attachment.next().await {

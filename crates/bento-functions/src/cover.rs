@@ -4,8 +4,8 @@
 //! Once the box has the client's first cell, both sides send exactly
 //! `round(rate × duration)` cells of exactly `cell` bytes, one every
 //! `1/rate` seconds. Real data rides inside the cells in place of padding.
-//! The flow engine here ([`run_flow`]) is shared with the Browser
-//! ([`crate::browser`]), which can carry its request and page inside it.
+//! The flow engine here (`run_flow`) is shared with the Browser
+//! (its `browse` entry), which can carry its request and page inside it.
 //!
 //! A cell (see functions/cover/cover.py): `flags: u8` (0 padding, 1 data,
 //! 3 data + end of message), `length: u16` (big-endian), `length` payload
@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use bento_client::{ClientError, Connection, Target};
+use bento_client::{ClientError, Target};
 use bento_protocol::ErrorCode;
 use bytes::Bytes;
 
@@ -359,15 +359,15 @@ pub(crate) async fn run_flow(
     console: &dyn Console,
 ) -> Result<FlowReport, Error> {
     let spec = flow.spec;
-    let mut conn = Connection::connect(target).await?;
-    let (_, token) = conn
-        .store_with_manifest(flow.filename, flow.source, flow.manifest)
-        .await?;
-    let session = conn.invoke(&token, flow.entry, &spec.args_json()).await?;
-    let mut attachment = Connection::connect(target)
-        .await?
-        .attach(&session, None)
-        .await?;
+    let (_, mut attachment) = crate::Start {
+        filename: flow.filename,
+        source: flow.source,
+        manifest: flow.manifest,
+        entry: flow.entry,
+        args: &spec.args_json(),
+    }
+    .attach(target)
+    .await?;
     let input = attachment.input();
     let mut outgoing = Outgoing {
         cell: spec.cell,

@@ -141,6 +141,41 @@ pub trait Console: Send + Sync {
 /// A console shared with spawned tasks.
 pub type SharedConsole = Arc<dyn Console>;
 
+/// A function to store and start at a box: what every client half but
+/// the Dropbox's and the Proxy's (which need a service token) begins with.
+pub(crate) struct Start<'a> {
+    /// The name the box files the source under.
+    pub filename: &'a str,
+    /// The Python source.
+    pub source: &'a str,
+    /// The manifest (TOML).
+    pub manifest: &'a str,
+    /// The function to call.
+    pub entry: &'a str,
+    /// Its arguments, a JSON list.
+    pub args: &'a str,
+}
+
+impl Start<'_> {
+    /// Store the function, invoke it, and attach to its session on a
+    /// connection of its own.
+    pub(crate) async fn attach(
+        &self,
+        target: &bento_client::Target,
+    ) -> Result<(bento_protocol::SessionToken, bento_client::Attachment), ClientError> {
+        let mut conn = bento_client::Connection::connect(target).await?;
+        let (_, token) = conn
+            .store_with_manifest(self.filename, self.source, self.manifest)
+            .await?;
+        let session = conn.invoke(&token, self.entry, self.args).await?;
+        let attachment = bento_client::Connection::connect(target)
+            .await?
+            .attach(&session, None)
+            .await?;
+        Ok((session, attachment))
+    }
+}
+
 /// Read a whole local file.
 pub(crate) fn read_file(path: &std::path::Path) -> Result<Vec<u8>, Error> {
     std::fs::read(path).map_err(|e| Error::file("read", path, e))

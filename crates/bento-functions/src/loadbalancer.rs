@@ -316,15 +316,15 @@ pub async fn start(
         args.replica_boxes.len(),
         content.len()
     ));
-    let mut conn = Connection::connect(target).await?;
-    let (_, token) = conn
-        .store_with_manifest("front.py", FRONT, &manifest)
-        .await?;
-    let session = conn.invoke(&token, "main", "[]").await?;
-    let mut attachment = Connection::connect(target)
-        .await?
-        .attach(&session, None)
-        .await?;
+    let (session, mut attachment) = crate::Start {
+        filename: "front.py",
+        source: FRONT,
+        manifest: &manifest,
+        entry: "main",
+        args: "[]",
+    }
+    .attach(target)
+    .await?;
     let input = attachment.input();
     input.send(Bytes::from(header.to_string())).await?;
     for chunk in content.chunks(bento_protocol::MAX_DATA_LEN) {

@@ -255,15 +255,15 @@ pub async fn put(
         data.len(),
         target.server
     ));
-    let mut conn = Connection::connect(target).await?;
-    let (_, token) = conn
-        .store_with_manifest("shard.py", SOURCE, MANIFEST)
-        .await?;
-    let session = conn.invoke(&token, "main", "[]").await?;
-    let mut attachment = Connection::connect(target)
-        .await?
-        .attach(&session, None)
-        .await?;
+    let (_, mut attachment) = crate::Start {
+        filename: "shard.py",
+        source: SOURCE,
+        manifest: MANIFEST,
+        entry: "main",
+        args: "[]",
+    }
+    .attach(target)
+    .await?;
     let input = attachment.input();
     input.send(Bytes::from(header.to_string())).await?;
     for shard in &shards {
