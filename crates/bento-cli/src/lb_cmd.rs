@@ -123,7 +123,7 @@ pub async fn run(target: &Target, command: LbCommand) -> ExitCode {
             };
             let stop = match crate::terminal::stop_requests() {
                 Ok(stop) => stop,
-                Err(e) => return exit::fail(&bento_functions::Error::Box(e.to_string())),
+                Err(e) => return exit::fail(&e),
             };
             exit::status(loadbalancer::start(target, &options, stop, &Terminal).await)
         }

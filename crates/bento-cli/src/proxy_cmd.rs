@@ -74,7 +74,7 @@ pub async fn run(target: &Target, args: ProxyArgs) -> ExitCode {
     };
     let stop = match crate::terminal::stop_requests() {
         Ok(stop) => stop,
-        Err(e) => return exit::fail(&bento_functions::Error::Box(e.to_string())),
+        Err(e) => return exit::fail(&e),
     };
     exit::status(proxy::run(target, &options, stop, Terminal::shared()).await)
 }

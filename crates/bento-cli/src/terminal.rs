@@ -32,12 +32,17 @@ impl Terminal {
 
 /// Each Ctrl-C (SIGINT) or SIGTERM as one message: how a long-running
 /// function client is asked to stop.
-pub fn stop_requests() -> std::io::Result<tokio::sync::mpsc::UnboundedReceiver<()>> {
+pub fn stop_requests() -> Result<tokio::sync::mpsc::UnboundedReceiver<()>, bento_functions::Error> {
     use tokio::signal::unix::{SignalKind, signal};
     // Registered now, before the client starts, so that a signal while it
     // starts is a request to stop rather than the end of the process.
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
+    let signals = |kind| {
+        signal(kind).map_err(|e| {
+            bento_functions::Error::Box(format!("cannot listen for Ctrl-C and SIGTERM: {e}"))
+        })
+    };
+    let mut interrupt = signals(SignalKind::interrupt())?;
+    let mut terminate = signals(SignalKind::terminate())?;
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {

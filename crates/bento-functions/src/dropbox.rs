@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use bento_client::{ClientError, Connection, Target};
 use bento_protocol::{ErrorCode, ServiceToken, SessionToken};
-use bytes::Bytes;
 
 use crate::Error;
 
@@ -115,9 +114,7 @@ pub async fn put(target: &Target, file: &Path, options: PutOptions) -> Result<Dr
         .attach(&session, None)
         .await?;
     let input = attachment.input();
-    for chunk in data.chunks(bento_protocol::MAX_DATA_LEN) {
-        input.send(Bytes::copy_from_slice(chunk)).await?;
-    }
+    crate::send_all(&input, &data).await?;
     input.end().await?;
     let mut reply = Vec::new();
     while !reply.ends_with(b"\n") {

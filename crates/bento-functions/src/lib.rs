@@ -176,6 +176,18 @@ impl Start<'_> {
     }
 }
 
+/// Send `data` to a session's input in frames of at most the protocol's
+/// data length.
+pub(crate) async fn send_all(
+    input: &bento_client::InputSender,
+    data: &[u8],
+) -> Result<(), ClientError> {
+    for chunk in data.chunks(bento_protocol::MAX_DATA_LEN) {
+        input.send(bytes::Bytes::copy_from_slice(chunk)).await?;
+    }
+    Ok(())
+}
+
 /// Read a whole local file.
 pub(crate) fn read_file(path: &std::path::Path) -> Result<Vec<u8>, Error> {
     std::fs::read(path).map_err(|e| Error::file("read", path, e))

@@ -327,9 +327,7 @@ pub async fn start(
     .await?;
     let input = attachment.input();
     input.send(Bytes::from(header.to_string())).await?;
-    for chunk in content.chunks(bento_protocol::MAX_DATA_LEN) {
-        input.send(Bytes::copy_from_slice(chunk)).await?;
-    }
+    crate::send_all(&input, &content).await?;
     console.note("the front is starting its first replica (this takes a few seconds over Tor)");
 
     let mut stopping = false;

@@ -267,9 +267,7 @@ pub async fn put(
     let input = attachment.input();
     input.send(Bytes::from(header.to_string())).await?;
     for shard in &shards {
-        for chunk in shard.chunks(bento_protocol::MAX_DATA_LEN) {
-            input.send(Bytes::copy_from_slice(chunk)).await?;
-        }
+        crate::send_all(&input, shard).await?;
     }
     input.end().await?;
 
