@@ -353,6 +353,13 @@ impl BrowseOptions {
                 "--max-bytes may be at most {MAX_BYTES} bytes (16MiB)"
             )));
         }
+        if self.cover.is_some() && self.call().len() > cover::MAX_REQUEST {
+            return Err(Error::Request(format!(
+                "the request is {} bytes; inside a cover flow it may be at most {} (a shorter URL)",
+                self.call().len(),
+                cover::MAX_REQUEST
+            )));
+        }
         if let Ok(mut entries) = std::fs::read_dir(&self.out)
             && entries.next().is_some()
         {
@@ -725,6 +732,42 @@ mod tests {
         // Each part is marked, so a traceback's line number can be placed.
         assert!(composed.starts_with("# ---- functions/browser/browser.py ----\n"));
         assert!(composed.contains("\n# ---- functions/cover/cover.py ----\n"));
+    }
+
+    #[test]
+    fn a_request_too_long_for_the_cover_flow_is_refused_before_anything_is_sent() {
+        let dir = tempfile_dir();
+        let options = |url: String| BrowseOptions {
+            url,
+            pad: 4096,
+            out: dir.clone(),
+            max_resources: 0,
+            max_bytes: 0,
+            destinations: Vec::new(),
+            cover: Some(CoverFlow {
+                rate: 10.0,
+                cell_size: 512,
+                duration: Duration::from_secs(10),
+                report: None,
+            }),
+        };
+        let long = format!("http://example.org/{}", "a".repeat(cover::MAX_REQUEST));
+        let Err(Error::Request(message)) = options(long.clone()).check() else {
+            panic!("a {}-byte URL was accepted for a cover flow", long.len());
+        };
+        assert!(message.contains("at most 65536"), "{message}");
+        assert!(options("http://example.org/".into()).check().is_ok());
+        // Without a cover flow the request is not read from cells.
+        let plain = BrowseOptions {
+            cover: None,
+            ..options(long)
+        };
+        assert!(plain.check().is_ok());
+    }
+
+    /// A directory that does not exist (so `--out` is acceptable).
+    fn tempfile_dir() -> PathBuf {
+        std::env::temp_dir().join(format!("bento-functions-test-{}-none", std::process::id()))
     }
 
     #[test]

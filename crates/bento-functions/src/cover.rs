@@ -41,6 +41,9 @@ pub const MAX_CELL: u64 = 65536;
 pub const MAX_RATE: f64 = 1000.0;
 /// The most cells a flow may have each way.
 const MAX_CELLS: u64 = 1_000_000;
+/// The largest request the Cover's `browse` entry reads from the client's
+/// cells, bytes.
+pub const MAX_REQUEST: usize = 65536;
 /// What the function spends waiting for the client's first cell and, after
 /// its own last cell, for the client's last ones (at most): the manifest's
 /// wall-clock limit is the flow's duration plus this.
@@ -619,6 +622,7 @@ mod tests {
         assert_eq!(int("COVER_MAX_CELL"), MAX_CELL);
         assert_eq!(python_source::float(SOURCE, "COVER_MAX_RATE"), MAX_RATE);
         assert_eq!(int("COVER_MAX_CELLS"), MAX_CELLS);
+        assert_eq!(int("COVER_MAX_REQUEST"), MAX_REQUEST as u64);
         // The slack covers the function's waits for the first and the last cells.
         let waits = python_source::float(SOURCE, "COVER_FIRST_WAIT")
             + python_source::float(SOURCE, "COVER_DRAIN_WAIT");
