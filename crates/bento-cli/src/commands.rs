@@ -6,22 +6,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use bento_client::{Attachment, ClientError, Connection, Target};
+use bento_client::{Attachment, Connection, Target};
 use bento_policy::BoxPolicy;
-use bento_protocol::{ErrorCode, ErrorKind, InvokeToken, ServiceToken, SessionToken};
+use bento_protocol::{InvokeToken, ServiceToken, SessionToken};
 use bento_server::{Server, ServerConfig};
 use bento_worker::WorkerPoolConfig;
 use clap::Args;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub use crate::exit::EXIT_REQUEST;
+use crate::exit::{EXIT_FUNCTION, report};
 use crate::{Command, TargetArgs, runtime_path};
-
-/// Exit code: the function failed (exception, limit, kill).
-pub const EXIT_FUNCTION: u8 = 1;
-/// Exit code: bad request, unknown token, unusable input.
-pub const EXIT_REQUEST: u8 = 2;
-/// Exit code: the box is busy, failed, or unreachable.
-pub const EXIT_BOX: u8 = 3;
 
 /// Options of `bento serve`.
 #[derive(Debug, Clone, Args)]
@@ -441,31 +436,6 @@ fn read_function(file: &Path, manifest: Option<&Path>) -> anyhow::Result<Upload>
     })
 }
 
-/// The exit code for an error the box reported: the function's fault, the
-/// request's, or the box's.
-pub(crate) fn exit_code_for(code: ErrorCode) -> u8 {
-    match code.kind() {
-        ErrorKind::LimitExceeded | ErrorKind::FunctionFailed => EXIT_FUNCTION,
-        ErrorKind::BadRequest | ErrorKind::UnknownToken => EXIT_REQUEST,
-        _ => EXIT_BOX,
-    }
-}
-
-/// Map a client error to an exit code and report it on stderr.
-pub(crate) fn report(error: &ClientError) -> ExitCode {
-    let code = match error {
-        ClientError::Remote { code, message } => {
-            eprintln!("error [{}]: {}", code.name(), message.trim_end());
-            exit_code_for(*code)
-        }
-        other => {
-            eprintln!("error: {other}");
-            EXIT_BOX
-        }
-    };
-    ExitCode::from(code)
-}
-
 #[allow(clippy::print_stdout)]
 fn print_line(text: &str) {
     println!("{text}");
@@ -573,12 +543,12 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
                 Err(e) => Ok(report(&e)),
             }
         }
-        Command::Browse(args) => crate::browse_cmd::run(&target, args).await,
-        Command::Drop(command) => crate::drop_cmd::run(&target, command).await,
-        Command::Cover(args) => crate::cover_cmd::run(&target, args).await,
-        Command::Shard(command) => crate::shard_cmd::run(&target, command).await,
-        Command::Lb(command) => crate::lb_cmd::run(&target, command).await,
-        Command::Proxy(args) => crate::proxy_cmd::run(&target, args).await,
+        Command::Browse(args) => Ok(crate::browse_cmd::run(&target, args).await),
+        Command::Drop(command) => Ok(crate::drop_cmd::run(&target, command).await),
+        Command::Cover(args) => Ok(crate::cover_cmd::run(&target, args).await),
+        Command::Shard(command) => Ok(crate::shard_cmd::run(&target, command).await),
+        Command::Lb(command) => Ok(crate::lb_cmd::run(&target, command).await),
+        Command::Proxy(args) => Ok(crate::proxy_cmd::run(&target, args).await),
         Command::Connect { service } => {
             let service = ServiceToken::from_hex(&service)?;
             connect_service(&target, &service).await

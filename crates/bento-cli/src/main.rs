@@ -14,12 +14,15 @@ mod commands;
 mod cover_cmd;
 mod doctor;
 mod drop_cmd;
+mod exit;
 mod lb_cmd;
 mod proxy_cmd;
 mod runtime_path;
 mod serve_config;
 mod shard_cmd;
+mod terminal;
 mod testnet_cmd;
+mod units;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +44,7 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
         bento invoke TOKEN --json -- world               # {\"session_token\"}\n  \
         bento attach SESSION                             # output to stdout, stdin to api.recv()\n\n\
         Through Tor: --server xyz.onion:PORT --socks 127.0.0.1:9050\n\
+        Exit codes: 0 ok, 1 the function failed, 2 bad request or unknown token, 3 the box is busy, failed or unreachable\n\
         Docs: README.md, docs/python-api.md, docs/policy.md, docs/protocol.md, docs/legacy.md"
 )]
 struct Cli {
@@ -93,7 +97,7 @@ enum Command {
         /// How long the box keeps the function, e.g. 90m, 12h, 7d [default:
         /// the box's, see `bento status`]; at most the box's
         /// max_function_lifetime_h.
-        #[arg(long, value_name = "DURATION", value_parser = drop_cmd::parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = units::parse_seconds)]
         lifetime: Option<std::time::Duration>,
         /// Print {"function_id": …, "invoke_token": …, "lifetime_s": …}.
         #[arg(long)]
@@ -108,7 +112,7 @@ enum Command {
         /// Invoke token from `bento store`.
         token: String,
         /// The new lifetime, e.g. 90m, 12h, 7d [default: the box's].
-        #[arg(long, value_name = "DURATION", value_parser = drop_cmd::parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = units::parse_seconds)]
         lifetime: Option<std::time::Duration>,
     },
     /// Delete a stored function now (whoever holds its invoke token may).
@@ -367,7 +371,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(commands::EXIT_BOX)
+            ExitCode::from(exit::EXIT_BOX)
         }
     }
 }
