@@ -199,6 +199,50 @@ async fn connections_beyond_the_cap_are_refused_while_existing_users_are_served(
     bx.assert_serves_hello().await;
 }
 
+/// Open connections to `bx` (each greeted with `Welcome`) until one is
+/// refused with `too_many_connections`; returns how many were let in. The
+/// connections let in are held until the end, so the count is the cap
+/// (less any connection the caller already holds).
+async fn connections_until_refused(bx: &TestBox) -> usize {
+    let mut held = Vec::new();
+    loop {
+        match bento_client::Connection::connect(&bx.target()).await {
+            Ok(connection) => held.push(connection),
+            Err(ClientError::Remote {
+                code: ErrorCode::TooManyConnections,
+                ..
+            }) => return held.len(),
+            Err(e) => panic!("a connection failed for another reason: {e}"),
+        }
+        assert!(held.len() <= 64, "no cap was enforced");
+    }
+}
+
+/// The default policy with `[box] max_connections = cap`.
+fn policy_with_connection_cap(cap: u64) -> String {
+    let line = "max_connections = 4096      # client connections open at once\n";
+    assert!(bento_policy::DEFAULT_POLICY_TOML.contains(line));
+    bento_policy::DEFAULT_POLICY_TOML.replace(line, &format!("max_connections = {cap}\n"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policys_connection_cap_is_enforced_and_the_option_overrides_it() {
+    let bx = TestBox::with_policy(&policy_with_connection_cap(3), &[]);
+    assert_eq!(connections_until_refused(&bx).await, 3);
+    // The connections are closed: a new user gets in (the box frees a slot
+    // when it notices the close) and is served.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while connections_until_refused(&bx).await != 3 {
+        assert!(Instant::now() < deadline, "the slots were never freed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bx.assert_serves_hello().await;
+    drop(bx);
+    let bx = TestBox::with_policy(&policy_with_connection_cap(3), &["--max-connections", "5"]);
+    assert_eq!(connections_until_refused(&bx).await, 5, "the option wins");
+    bx.assert_serves_hello().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_sessions_nobody_reads_do_not_lock_out_the_next_user() {
     // Room for four 1 MiB output buffers. Each session used to keep its

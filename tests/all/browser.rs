@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use crate::harness::{BENTO, TestBox};
 use crate::tor::net;
 
-const SOURCE: &str = include_str!("../../functions/browser/browser.py");
-const MANIFEST: &str = include_str!("../../functions/browser/browser.toml");
+const SOURCE: &str = bento_functions::browser::SOURCE;
+const MANIFEST: &str = bento_functions::browser::MANIFEST;
 
 /// Path (query included) → (content type, extra header lines, body).
 type Pages = HashMap<String, (String, String, Vec<u8>)>;

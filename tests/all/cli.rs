@@ -535,3 +535,64 @@ fn the_default_policy_admits_every_shipped_function_except_for_exit_fetching() {
         root.display()
     );
 }
+
+/// The function clients map every failure to the exit code `bento --help`
+/// documents (one mapping, crates/bento-cli/src/exit.rs): 2 for the
+/// request's fault, 3 for the box's (1, the function's, is shown by the
+/// Browser's tests); the box they talked to still serves the next user.
+#[test]
+fn function_clients_exit_with_the_documented_code_for_whose_fault_a_failure_is() {
+    let bx = TestBox::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out").display().to_string();
+    let missing = dir.path().join("missing").display().to_string();
+    let nobody = format!("{}@{}", "ab".repeat(32), bx.addr);
+    for (args, expected) in [
+        // An input that cannot be read.
+        (vec!["drop", "put", missing.as_str()], "cannot read"),
+        (
+            vec!["cover", "--duration", "1s", "--data", missing.as_str()],
+            "cannot read",
+        ),
+        // A malformed pick-up token; one the box does not know.
+        (
+            vec!["drop", "get", "not-a-token", "--out", out.as_str()],
+            "SERVICE_TOKEN@BOX",
+        ),
+        (
+            vec!["drop", "get", nobody.as_str(), "--out", out.as_str()],
+            "nothing to pick up",
+        ),
+        // Options the function would refuse, refused first.
+        (vec!["cover", "--cell-size", "63"], "cell size"),
+        (
+            vec!["drop", "put", "--expires", "281s", missing.as_str()],
+            "--expires",
+        ),
+        // A fraction of a second where whole seconds are counted.
+        (
+            vec!["drop", "put", "--expires", "1500ms", missing.as_str()],
+            "whole seconds",
+        ),
+    ] {
+        let output = bento(&bx, &args, b"");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    // A box that cannot be reached is the box's fault.
+    let unreachable = Command::new(BENTO)
+        .args(["--server", "127.0.0.1:1", "cover", "--duration", "1s"])
+        .env_remove("BENTO_SOCKS")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert_eq!(unreachable.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("connection to the box failed"), "{stderr}");
+    // Nothing was left behind, and the box serves the next user.
+    assert!(!std::path::Path::new(&out).exists());
+    let hello = write_function(&dir, "hello.py", "def main():\n    api.send(b'next')\n");
+    let next = bento(&bx, &["run", &hello], b"");
+    assert!(next.status.success());
+    assert_eq!(next.stdout, b"next");
+}

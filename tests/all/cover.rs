@@ -11,8 +11,8 @@ use crate::browser::{Site, bento_over_tor, noise, onion_box_with_policy, saved_f
 use crate::harness;
 use crate::tor::{net, onion_box};
 
-const SOURCE: &str = include_str!("../../functions/cover/cover.py");
-const MANIFEST: &str = include_str!("../../functions/cover/cover.toml");
+const SOURCE: &str = bento_functions::cover::SOURCE;
+const MANIFEST: &str = bento_functions::cover::MANIFEST;
 /// Protocol frame header (u32 length + u8 type).
 const FRAME: u64 = 5;
 

@@ -14,8 +14,8 @@ use crate::browser::{Site, noise};
 use crate::harness::{BENTO, TestBox};
 use crate::tor::{control_port, net, onion_test_box};
 
-const SOURCE: &str = include_str!("../../functions/proxy/proxy.py");
-const MANIFEST: &str = include_str!("../../functions/proxy/proxy.toml");
+const SOURCE: &str = bento_functions::proxy::SOURCE;
+const MANIFEST: &str = bento_functions::proxy::MANIFEST;
 
 /// What the origin sends as every page's type.
 const BINARY: &str = "application/octet-stream";

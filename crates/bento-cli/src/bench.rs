@@ -46,6 +46,12 @@ pub struct BenchArgs {
     /// Sandbox worker processes [default: number of CPUs].
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Fresh instances each worker of the measured box keeps ready
+    /// [default: the policy's box.prewarm_per_worker]. The hello-world
+    /// latency is also measured, side by side, on a second box with
+    /// prewarming off.
+    #[arg(long)]
+    pub prewarm: Option<u64>,
     /// Precompiled runtime (see `bento serve --help`).
     #[arg(long)]
     pub runtime: Option<PathBuf>,
@@ -59,6 +65,9 @@ pub struct BenchArgs {
     /// docs/bench-baseline.json): prints each figure's ratio to it.
     #[arg(long, value_name = "FILE")]
     pub baseline: Option<PathBuf>,
+    /// A long-running measurement instead of the figures above.
+    #[command(subcommand)]
+    pub mode: Option<crate::BenchMode>,
 }
 
 /// Every figure that `--baseline` compares: its JSON path, its name, and
@@ -77,6 +86,16 @@ const FIGURES: &[(&str, &str, bool)] = &[
     (
         "/sandbox_hello_ms/p50",
         "same function in the sandbox alone, p50 (ms)",
+        false,
+    ),
+    (
+        "/hello_world_no_prewarm_ms/p50",
+        "hello-world p50 on a box with prewarming off (ms)",
+        false,
+    ),
+    (
+        "/sandbox_hello_prepared_ms/p50",
+        "sandbox alone, prepared instance, p50 (ms)",
         false,
     ),
     (
@@ -133,12 +152,14 @@ pub(crate) fn compare(current: &serde_json::Value, baseline: &serde_json::Value)
 /// Runs `source`'s `main(*args)` `n` times in fresh instances of the
 /// runtime, in this process, with no server, worker or socket: the floor
 /// that the box's invocation latency is compared with in the same run.
+/// Alternates an instance made on the spot (`.0`) with one prepared before
+/// the clock starts (`.1`, as a worker's prewarmed instances are).
 fn sandbox_alone(
     runtime: &std::path::Path,
     source: &str,
     args_json: &str,
     n: usize,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     use bento_sandbox::{Call, CapabilityGrant, DiscardedSession, Job, PythonRuntime, SessionIo};
     let runtime = PythonRuntime::load_precompiled(runtime)?;
     let job = Job {
@@ -151,23 +172,33 @@ fn sandbox_alone(
         limits: bento_policy::InstanceLimits::default(),
         grant: CapabilityGrant::default(),
     };
-    let mut times = Vec::with_capacity(n);
+    let failed = |failure| anyhow::anyhow!("the sandbox run failed: {failure:?}");
+    let (mut fresh, mut prepared) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n + 20 {
-        let io = SessionIo::new(
-            std::sync::Arc::new(DiscardedSession),
-            Instant::now() + Duration::from_secs(60),
-            1 << 20,
-        );
+        let io = || {
+            SessionIo::new(
+                std::sync::Arc::new(DiscardedSession),
+                Instant::now() + Duration::from_secs(60),
+                1 << 20,
+            )
+        };
         let started = Instant::now();
-        runtime
-            .run(&job, io)
-            .map_err(|failure| anyhow::anyhow!("the sandbox run failed: {failure:?}"))?;
+        runtime.run(&job, io()).map_err(failed)?;
+        let fresh_time = started.elapsed();
+        let instance = runtime.prepare()?;
+        let started = Instant::now();
+        let (outcome, spent) = runtime.run_prepared(instance, &job, io());
+        let prepared_time = started.elapsed();
+        drop(spent);
+        outcome.map_err(failed)?;
         if i >= 20 {
-            times.push(started.elapsed());
+            fresh.push(fresh_time);
+            prepared.push(prepared_time);
         }
     }
-    times.sort();
-    Ok(times)
+    fresh.sort();
+    prepared.sort();
+    Ok((fresh, prepared))
 }
 
 /// The `p` percentile (0..=1) of sorted durations; zero for none.
@@ -229,7 +260,7 @@ fn memory_kib(pid: u32) -> (u64, u64) {
 }
 
 /// Direct children of `pid` (the worker processes).
-fn children(pid: u32) -> Vec<u32> {
+pub(crate) fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return out;
@@ -307,10 +338,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         max_instances: Some((args.sessions as u64 + 64).max(1024)),
         max_buffered_mib: Some(4 * (args.sessions as u64 + 64)),
         max_source_kib: Some(1024),
+        prewarm: args.prewarm,
         max_stored_mib: Some(64),
         session_retention_secs: 60,
         read_timeout_secs: 60,
-        max_connections: 4096,
+        max_connections: Some(4096),
         // The benchmark counts running instances, which only the
         // operator's endpoint tells.
         metrics: Some("127.0.0.1:0".parse()?),
@@ -319,6 +351,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     config.policy.instance.bandwidth_kib_per_s = 100_000_000;
     config.policy.caps.bandwidth_kib_per_s = 100_000_000;
     let workers = config.workers.workers;
+    let prewarm = config.policy.caps.prewarm_per_worker;
     let server = Server::bind(config, serve.listen).await?;
     let addr = server.local_addr()?;
     let metrics_addr = server
@@ -334,24 +367,53 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (idle_rss, idle_pss) = total_memory_mib();
     eprintln!("box on {addr} with {workers} workers; idle RSS {idle_rss:.0} MiB");
 
-    // 1. Hello-world invocation latency, fresh instance each time.
+    // 1. Hello-world invocation latency, fresh instance each time; side by
+    // side (alternating) with a second box that keeps no instance ready.
+    let cold_dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
+    let cold_serve = ServeArgs {
+        data_dir: Some(cold_dir.path().to_owned()),
+        prewarm: Some(0),
+        metrics: None,
+        ..serve.clone()
+    };
+    let mut cold_config = cold_serve.config()?;
+    cold_config.policy.instance.bandwidth_kib_per_s = 100_000_000;
+    cold_config.policy.caps.bandwidth_kib_per_s = 100_000_000;
+    let cold_server = Server::bind(cold_config, cold_serve.listen).await?;
+    let cold_bench = Bench {
+        target: Target {
+            server: cold_server.local_addr()?.to_string(),
+            socks: None,
+        },
+    };
+    let cold_task = tokio::spawn(cold_server.run());
     let hello = bench.store("hello.py", HELLO).await?;
+    let cold_hello = cold_bench.store("hello.py", HELLO).await?;
     for _ in 0..20 {
         bench.invoke_to_end(&hello, "[\"world\"]").await?; // warm-up
+        cold_bench.invoke_to_end(&cold_hello, "[\"world\"]").await?;
     }
     let mut latencies = Vec::with_capacity(args.invocations);
+    let mut cold_latencies = Vec::with_capacity(args.invocations);
     for i in 0..args.invocations {
-        let started = Instant::now();
-        let got = bench.invoke_to_end(&hello, "[\"world\"]").await?;
-        latencies.push(started.elapsed());
-        if got != 11 {
-            bail!("hello-world returned {got} bytes, expected 11");
+        for (b, token, times) in [
+            (&bench, &hello, &mut latencies),
+            (&cold_bench, &cold_hello, &mut cold_latencies),
+        ] {
+            let started = Instant::now();
+            let got = b.invoke_to_end(token, "[\"world\"]").await?;
+            times.push(started.elapsed());
+            if got != 11 {
+                bail!("hello-world returned {got} bytes, expected 11");
+            }
         }
         if (i + 1) % 250 == 0 {
             eprintln!("  hello-world: {} / {}", i + 1, args.invocations);
         }
     }
+    cold_task.abort();
     latencies.sort();
+    cold_latencies.sort();
 
     // 1b. The same function in the sandbox alone, side by side: the ratio
     // of the two is what the box adds, whatever the machine's speed.
@@ -360,13 +422,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(crate::runtime_path::default_runtime);
     let sandbox_n = args.invocations.min(500);
-    let sandbox = tokio::task::spawn_blocking(move || {
+    let (sandbox, sandbox_prepared) = tokio::task::spawn_blocking(move || {
         sandbox_alone(&runtime, HELLO, "[\"world\"]", sandbox_n)
     })
     .await??;
     eprintln!(
-        "  the same function in the sandbox alone: p50 {:.2} ms",
-        ms(percentile(&sandbox, 0.50))
+        "  the same function in the sandbox alone: p50 {:.2} ms (prepared instance: {:.2} ms)",
+        ms(percentile(&sandbox, 0.50)),
+        ms(percentile(&sandbox_prepared, 0.50))
     );
 
     // 2. Bulk output throughput.
@@ -497,10 +560,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "p90": ms(percentile(&latencies, 0.90)),
             "p99": ms(percentile(&latencies, 0.99)),
         },
+        "prewarm_per_worker": prewarm,
+        "hello_world_no_prewarm_ms": {
+            "invocations": cold_latencies.len(),
+            "p50": ms(percentile(&cold_latencies, 0.50)),
+            "p99": ms(percentile(&cold_latencies, 0.99)),
+        },
         "sandbox_hello_ms": {
             "invocations": sandbox.len(),
             "p50": ms(percentile(&sandbox, 0.50)),
             "p99": ms(percentile(&sandbox, 0.99)),
+        },
+        "sandbox_hello_prepared_ms": {
+            "invocations": sandbox_prepared.len(),
+            "p50": ms(percentile(&sandbox_prepared, 0.50)),
+            "p99": ms(percentile(&sandbox_prepared, 0.99)),
         },
         "box_over_sandbox": ms(percentile(&latencies, 0.50)) / ms(percentile(&sandbox, 0.50)).max(1e-9),
         "bulk_output_mb_s": { "mib_per_run": args.bulk_mib, "median": bulk_mb_s, "runs": rates },
@@ -550,6 +624,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             ms(percentile(&latencies, 0.99))
         );
         println!(
+            "| the same, on a box with prewarming off, alternating with the above (n={}) | p50 {:.2} ms, p99 {:.2} ms (the measured box keeps {prewarm} per worker) |",
+            cold_latencies.len(),
+            ms(percentile(&cold_latencies, 0.50)),
+            ms(percentile(&cold_latencies, 0.99))
+        );
+        println!(
             "| bulk output, {} MiB in 1 MiB sends (median of 3) | {bulk_mb_s:.0} MB/s |",
             args.bulk_mib
         );
@@ -573,6 +653,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             ms(percentile(&sandbox, 0.50)),
             ms(percentile(&sandbox, 0.99)),
             ms(percentile(&latencies, 0.50)) / ms(percentile(&sandbox, 0.50)).max(1e-9)
+        );
+        println!(
+            "| the same in the sandbox alone, instance prepared before the clock starts (n={}) | p50 {:.2} ms, p99 {:.2} ms |",
+            sandbox_prepared.len(),
+            ms(percentile(&sandbox_prepared, 0.50)),
+            ms(percentile(&sandbox_prepared, 0.99))
         );
         println!("| sessions started per second (sequential invokes) | {start_rate:.0} |");
     }

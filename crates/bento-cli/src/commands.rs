@@ -6,22 +6,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use bento_client::{Attachment, ClientError, Connection, Target};
+use bento_client::{Attachment, Connection, Target};
 use bento_policy::BoxPolicy;
-use bento_protocol::{ErrorCode, ErrorKind, InvokeToken, ServiceToken, SessionToken};
+use bento_protocol::{InvokeToken, ServiceToken, SessionToken};
 use bento_server::{Server, ServerConfig};
 use bento_worker::WorkerPoolConfig;
 use clap::Args;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub use crate::exit::EXIT_REQUEST;
+use crate::exit::{EXIT_FUNCTION, report};
 use crate::{Command, TargetArgs, runtime_path};
-
-/// Exit code: the function failed (exception, limit, kill).
-pub const EXIT_FUNCTION: u8 = 1;
-/// Exit code: bad request, unknown token, unusable input.
-pub const EXIT_REQUEST: u8 = 2;
-/// Exit code: the box is busy, failed, or unreachable.
-pub const EXIT_BOX: u8 = 3;
 
 /// Options of `bento serve`.
 #[derive(Debug, Clone, Args)]
@@ -92,7 +87,8 @@ pub struct ServeArgs {
     /// besides the Mozilla roots.
     #[arg(long, value_name = "PEM")]
     pub http_ca_file: Option<PathBuf>,
-    /// Ceiling: linear memory per instance, MiB [policy: instance.memory_mib].
+    /// Ceiling: memory per instance (linear memory and host buffers), MiB [policy:
+    /// instance.memory_mib].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub memory_mib: Option<u64>,
     /// Ceiling: CPU time per invocation, ms [policy: instance.cpu_ms].
@@ -113,6 +109,10 @@ pub struct ServeArgs {
     /// [policy: box.max_buffered_mib].
     #[arg(long)]
     pub max_buffered_mib: Option<u64>,
+    /// Fresh instances each worker keeps instantiated ahead of demand; 0
+    /// turns prewarming off [policy: box.prewarm_per_worker].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=bento_policy::MAX_PREWARM_PER_WORKER))]
+    pub prewarm: Option<u64>,
     /// Largest accepted function source, KiB [policy: box.max_upload_kib].
     #[arg(long)]
     pub max_source_kib: Option<u64>,
@@ -128,9 +128,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 30)]
     pub read_timeout_secs: u64,
     /// Most client connections at once, over all listeners; beyond it a
-    /// new connection is refused (too_many_connections) and closed.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_connections: u64,
+    /// new connection is refused (too_many_connections) and closed
+    /// [policy: box.max_connections, default 4096; this option wins].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
     /// Serve the operator's exact figures (sessions, instances, stored
     /// bytes, stores, invocations, errors by kind) in the Prometheus text
     /// format at http://ADDR/metrics. Loopback addresses only: clients
@@ -197,6 +198,10 @@ impl ServeArgs {
         }
         let mut config = ServerConfig::new(data_dir.to_owned(), workers);
         config.policy = self.policy()?;
+        config.workers.args.extend([
+            "--prewarm".to_owned(),
+            config.policy.caps.prewarm_per_worker.to_string(),
+        ]);
         if let Some(path) = &self.legacy_manifest {
             let text = read_text(path)?;
             let manifest = bento_policy::Manifest::from_toml(&text)
@@ -224,7 +229,8 @@ impl ServeArgs {
         config.onion_port = self.onion_port;
         config.session_retention = Duration::from_secs(self.session_retention_secs);
         config.read_timeout = Duration::from_secs(self.read_timeout_secs.max(1));
-        config.max_connections = usize::try_from(self.max_connections).unwrap_or(usize::MAX);
+        config.max_connections =
+            usize::try_from(config.policy.caps.max_connections).unwrap_or(usize::MAX);
         config.legacy_listen = self.legacy_listen;
         config.metrics_listen = self.metrics;
         Ok(config)
@@ -262,6 +268,8 @@ impl ServeArgs {
         set(self.max_buffered_mib, &mut policy.caps.max_buffered_mib);
         set(self.max_source_kib, &mut policy.caps.max_upload_kib);
         set(self.max_stored_mib, &mut policy.caps.max_stored_mib);
+        set(self.prewarm, &mut policy.caps.prewarm_per_worker);
+        set(self.max_connections, &mut policy.caps.max_connections);
         Ok(policy)
     }
 }
@@ -273,7 +281,7 @@ fn read_text(path: &Path) -> anyhow::Result<String> {
 /// `bento worker`: load the runtime, jail the process (unless `jail` is
 /// `None`; else `jail` is the instance storage directory), serve the pipe
 /// protocol on stdio.
-pub fn worker(runtime: &Path, jail: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub fn worker(runtime: &Path, jail: Option<PathBuf>, prewarm: usize) -> anyhow::Result<ExitCode> {
     use std::os::fd::AsFd;
     let runtime = bento_sandbox::PythonRuntime::load_precompiled(runtime)?;
     // After loading the runtime (which reads its file), before the first
@@ -293,7 +301,7 @@ pub fn worker(runtime: &Path, jail: Option<PathBuf>) -> anyhow::Result<ExitCode>
     // output chunk for newlines.
     let stdin = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
     let stdout = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
-    bento_worker::run_worker(runtime, stdin, stdout)?;
+    bento_worker::run_worker(runtime, prewarm, stdin, stdout)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -428,31 +436,6 @@ fn read_function(file: &Path, manifest: Option<&Path>) -> anyhow::Result<Upload>
     })
 }
 
-/// The exit code for an error the box reported: the function's fault, the
-/// request's, or the box's.
-pub(crate) fn exit_code_for(code: ErrorCode) -> u8 {
-    match code.kind() {
-        ErrorKind::LimitExceeded | ErrorKind::FunctionFailed => EXIT_FUNCTION,
-        ErrorKind::BadRequest | ErrorKind::UnknownToken => EXIT_REQUEST,
-        _ => EXIT_BOX,
-    }
-}
-
-/// Map a client error to an exit code and report it on stderr.
-pub(crate) fn report(error: &ClientError) -> ExitCode {
-    let code = match error {
-        ClientError::Remote { code, message } => {
-            eprintln!("error [{}]: {}", code.name(), message.trim_end());
-            exit_code_for(*code)
-        }
-        other => {
-            eprintln!("error: {other}");
-            EXIT_BOX
-        }
-    };
-    ExitCode::from(code)
-}
-
 #[allow(clippy::print_stdout)]
 fn print_line(text: &str) {
     println!("{text}");
@@ -560,12 +543,12 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
                 Err(e) => Ok(report(&e)),
             }
         }
-        Command::Browse(args) => crate::browse_cmd::run(&target, args).await,
-        Command::Drop(command) => crate::drop_cmd::run(&target, command).await,
-        Command::Cover(args) => crate::cover_cmd::run(&target, args).await,
-        Command::Shard(command) => crate::shard_cmd::run(&target, command).await,
-        Command::Lb(command) => crate::lb_cmd::run(&target, command).await,
-        Command::Proxy(args) => crate::proxy_cmd::run(&target, args).await,
+        Command::Browse(args) => Ok(crate::browse_cmd::run(&target, args).await),
+        Command::Drop(command) => Ok(crate::drop_cmd::run(&target, command).await),
+        Command::Cover(args) => Ok(crate::cover_cmd::run(&target, args).await),
+        Command::Shard(command) => Ok(crate::shard_cmd::run(&target, command).await),
+        Command::Lb(command) => Ok(crate::lb_cmd::run(&target, command).await),
+        Command::Proxy(args) => Ok(crate::proxy_cmd::run(&target, args).await),
         Command::Connect { service } => {
             let service = ServiceToken::from_hex(&service)?;
             connect_service(&target, &service).await
@@ -635,8 +618,20 @@ fn unreachable_command() -> anyhow::Result<ExitCode> {
 }
 
 async fn bench_dispatch(args: crate::bench::BenchArgs) -> anyhow::Result<ExitCode> {
-    crate::bench::run(args).await?;
-    Ok(ExitCode::SUCCESS)
+    let clean = match args.mode.clone() {
+        Some(crate::BenchMode::Soak(soak)) => crate::bench_soak::run(soak).await?,
+        Some(crate::BenchMode::Load(load)) => crate::bench_load::run(load).await?,
+        Some(crate::BenchMode::Crash(crash)) => crate::bench_crash::run(crash).await?,
+        None => {
+            crate::bench::run(args).await?;
+            true
+        }
+    };
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {

@@ -5,18 +5,24 @@
 //! box it starts itself. `bento worker` is internal: the box starts it.
 
 mod bench;
+mod bench_crash;
+mod bench_load;
+mod bench_soak;
 mod bench_tor;
 mod browse_cmd;
 mod commands;
 mod cover_cmd;
 mod doctor;
 mod drop_cmd;
+mod exit;
 mod lb_cmd;
 mod proxy_cmd;
 mod runtime_path;
 mod serve_config;
 mod shard_cmd;
+mod terminal;
 mod testnet_cmd;
+mod units;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +44,7 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
         bento invoke TOKEN --json -- world               # {\"session_token\"}\n  \
         bento attach SESSION                             # output to stdout, stdin to api.recv()\n\n\
         Through Tor: --server xyz.onion:PORT --socks 127.0.0.1:9050\n\
+        Exit codes: 0 ok, 1 the function failed, 2 bad request or unknown token, 3 the box is busy, failed or unreachable\n\
         Docs: README.md, docs/python-api.md, docs/policy.md, docs/protocol.md, docs/legacy.md"
 )]
 struct Cli {
@@ -90,7 +97,7 @@ enum Command {
         /// How long the box keeps the function, e.g. 90m, 12h, 7d [default:
         /// the box's, see `bento status`]; at most the box's
         /// max_function_lifetime_h.
-        #[arg(long, value_name = "DURATION", value_parser = drop_cmd::parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = units::parse_seconds)]
         lifetime: Option<std::time::Duration>,
         /// Print {"function_id": …, "invoke_token": …, "lifetime_s": …}.
         #[arg(long)]
@@ -105,7 +112,7 @@ enum Command {
         /// Invoke token from `bento store`.
         token: String,
         /// The new lifetime, e.g. 90m, 12h, 7d [default: the box's].
-        #[arg(long, value_name = "DURATION", value_parser = drop_cmd::parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = units::parse_seconds)]
         lifetime: Option<std::time::Duration>,
     },
     /// Delete a stored function now (whoever holds its invoke token may).
@@ -225,7 +232,27 @@ enum Command {
         /// Run without the worker jail (landlock, seccomp, rlimits).
         #[arg(long)]
         no_jail: bool,
+        /// Fresh instances to keep ready ahead of demand.
+        #[arg(long, default_value_t = 0)]
+        prewarm: usize,
     },
+}
+
+/// `bento bench` measurements that run for long (see docs/benchmarks.md).
+#[derive(Debug, Clone, Subcommand)]
+pub(crate) enum BenchMode {
+    /// Many invocations against one box (its own `bento serve` process),
+    /// sampling the server's and workers' open fds, threads and RSS; prints
+    /// the curve and whether each figure is flat or growing.
+    Soak(bench_soak::SoakArgs),
+    /// Many concurrent clients storing, invoking, detaching and killing
+    /// against one box, every session's output checked by hash, with a
+    /// probe timing a new user's answer throughout.
+    Load(bench_load::LoadArgs),
+    /// Kill -9 the box at random points during stores and sessions,
+    /// restart it on the same data dir, and check that every stored
+    /// function is intact or cleanly absent, never corrupt.
+    Crash(bench_crash::CrashArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -308,7 +335,8 @@ fn main() -> ExitCode {
             runtime,
             storage_dir,
             no_jail,
-        } => commands::worker(&runtime, (!no_jail).then_some(storage_dir)),
+            prewarm,
+        } => commands::worker(&runtime, (!no_jail).then_some(storage_dir), prewarm),
         Command::Runtime(RuntimeCommand::Precompile { wasm, out }) => {
             commands::precompile(&wasm, &out)
         }
@@ -343,7 +371,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(commands::EXIT_BOX)
+            ExitCode::from(exit::EXIT_BOX)
         }
     }
 }

@@ -191,7 +191,7 @@ mod tests {
         assert_eq!(args.workers, Some(3));
         assert!(args.no_worker_jail);
         assert_eq!(args.memory_mib, Some(64));
-        assert_eq!(args.max_connections, 100);
+        assert_eq!(args.max_connections, Some(100));
         assert_eq!(args.session_retention_secs, 5);
         assert_eq!(
             args.metrics.map(|a| a.to_string()).as_deref(),
@@ -207,7 +207,7 @@ mod tests {
             &["--workers", "5", "--read-timeout-secs", "7"],
         )?;
         assert_eq!(args.workers, Some(5));
-        assert_eq!(args.max_connections, 100);
+        assert_eq!(args.max_connections, Some(100));
         assert_eq!(args.read_timeout_secs, 7);
         // Neither gave it: the flag's default.
         assert_eq!(args.session_retention_secs, 600);

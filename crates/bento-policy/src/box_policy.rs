@@ -72,7 +72,7 @@ impl Capability {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
-    /// Linear memory, MiB.
+    /// Memory (linear memory and host buffers), MiB.
     pub memory_mib: u64,
     /// CPU time per invocation, ms.
     pub cpu_ms: u64,
@@ -100,12 +100,24 @@ fn default_max_onion_services() -> u64 {
     64
 }
 
+fn default_prewarm_per_worker() -> u64 {
+    4
+}
+
+/// Most instances a worker may keep ready (each reserves address space and
+/// memory whether or not it is ever used).
+pub const MAX_PREWARM_PER_WORKER: u64 = 64;
+
 fn default_max_function_lifetime_h() -> u64 {
     30 * 24
 }
 
 fn default_default_function_lifetime_h() -> u64 {
     7 * 24
+}
+
+fn default_max_connections() -> u64 {
+    4096
 }
 
 impl Resources {
@@ -183,6 +195,16 @@ pub struct BoxCaps {
     /// `max_function_lifetime_h`.
     #[serde(default = "default_default_function_lifetime_h")]
     pub default_function_lifetime_h: u64,
+    /// Fresh instances each sandbox worker keeps instantiated ahead of
+    /// demand, so that an invocation need not wait for one (optional in a
+    /// policy file: 4; 0 turns it off). Each holds its own memory mapping
+    /// and a few hundred KiB.
+    #[serde(default = "default_prewarm_per_worker")]
+    pub prewarm_per_worker: u64,
+    /// Client connections open at once, over all listeners (optional in a
+    /// policy file: 4096; `bento serve --max-connections` overrides it).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u64,
 }
 
 impl Default for BoxCaps {
@@ -197,6 +219,8 @@ impl Default for BoxCaps {
             max_onion_services: 64,
             max_function_lifetime_h: default_max_function_lifetime_h(),
             default_function_lifetime_h: default_default_function_lifetime_h(),
+            prewarm_per_worker: default_prewarm_per_worker(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -275,8 +299,9 @@ fn parse_versioned<T: serde::de::DeserializeOwned>(
 
 /// The default box policy, with every key documented (`bento policy default`).
 pub const DEFAULT_POLICY_TOML: &str = r#"# Bento box policy (see docs/policy.md). Every key in [instance] and [box]
-# is required but onion_services, max_onion_services and the two
-# *_function_lifetime_h keys; capabilities and destinations default to none.
+# is required but onion_services, max_onion_services, the two
+# *_function_lifetime_h keys and max_connections; capabilities and
+# destinations default to none.
 version = 1
 
 # Capabilities functions may be granted at all. A function gets only what its
@@ -296,7 +321,7 @@ destinations = ["reject *:*"]
 
 # Ceilings for one function instance; a manifest may ask for up to these.
 [instance]
-memory_mib = 128            # linear memory
+memory_mib = 128            # linear memory + host buffers
 cpu_ms = 10000              # CPU time per invocation
 wall_ms = 300000            # wall-clock time per invocation
 output_buffer_kib = 4096    # output kept while the client is away
@@ -316,6 +341,8 @@ bandwidth_kib_per_s = 10240 # all functions' traffic together
 max_onion_services = 64     # functions' onion services alive at once
 max_function_lifetime_h = 720     # longest lifetime a store may ask for (30 days)
 default_function_lifetime_h = 168 # lifetime when the store asks for none (7 days)
+prewarm_per_worker = 4      # fresh instances each worker keeps ready (0: none)
+max_connections = 4096      # client connections open at once
 "#;
 
 impl BoxPolicy {
@@ -339,6 +366,12 @@ impl BoxPolicy {
                 });
             }
         }
+        if file.caps.max_connections == 0 {
+            return Err(PolicyError::Syntax {
+                what: WHAT,
+                message: "[box] max_connections is 0; it must be at least 1".into(),
+            });
+        }
         if file.caps.max_function_lifetime_h == 0 {
             return Err(PolicyError::Syntax {
                 what: WHAT,
@@ -352,6 +385,15 @@ impl BoxPolicy {
                 message: format!(
                     "[box] default_function_lifetime_h is {}; it must be between 1 and max_function_lifetime_h ({})",
                     file.caps.default_function_lifetime_h, file.caps.max_function_lifetime_h
+                ),
+            });
+        }
+        if file.caps.prewarm_per_worker > MAX_PREWARM_PER_WORKER {
+            return Err(PolicyError::Syntax {
+                what: WHAT,
+                message: format!(
+                    "[box] prewarm_per_worker is {}; it must be at most {MAX_PREWARM_PER_WORKER}",
+                    file.caps.prewarm_per_worker
                 ),
             });
         }
@@ -396,7 +438,7 @@ struct ManifestFile {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceRequest {
-    /// Linear memory, MiB.
+    /// Memory (linear memory and host buffers), MiB.
     pub memory_mib: Option<u64>,
     /// CPU time per invocation, ms.
     pub cpu_ms: Option<u64>,
@@ -520,6 +562,20 @@ mod tests {
     }
 
     #[test]
+    fn the_connection_cap_is_a_policy_key_that_older_policies_may_leave_out() {
+        let line = "max_connections = 4096      # client connections open at once\n";
+        assert!(DEFAULT_POLICY_TOML.contains(line));
+        let older = BoxPolicy::from_toml(&DEFAULT_POLICY_TOML.replace(line, "")).unwrap();
+        assert_eq!(older.caps.max_connections, 4096);
+        let set = BoxPolicy::from_toml(&DEFAULT_POLICY_TOML.replace(line, "max_connections = 7\n"))
+            .unwrap();
+        assert_eq!(set.caps.max_connections, 7);
+        let err = BoxPolicy::from_toml(&DEFAULT_POLICY_TOML.replace(line, "max_connections = 0\n"))
+            .unwrap_err();
+        assert!(err.to_string().contains("max_connections is 0"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_and_versions_are_errors() {
         let err = BoxPolicy::from_toml(
             &DEFAULT_POLICY_TOML.replace("channels = 16", "channels = 16\nthreads = 4"),
@@ -550,6 +606,27 @@ mod tests {
         );
         BoxPolicy::from_toml(&DEFAULT_POLICY_TOML.replace("storage_kib = 1024", "storage_kib = 0"))
             .unwrap();
+    }
+
+    #[test]
+    fn prewarming_is_optional_in_a_policy_file_and_bounded() {
+        let without = DEFAULT_POLICY_TOML.replace(
+            "prewarm_per_worker = 4      # fresh instances each worker keeps ready (0: none)\n",
+            "",
+        );
+        assert_ne!(without, DEFAULT_POLICY_TOML, "the default names the key");
+        let policy = BoxPolicy::from_toml(&without).unwrap();
+        assert_eq!(policy.caps.prewarm_per_worker, 4);
+        let off = DEFAULT_POLICY_TOML.replace("prewarm_per_worker = 4 ", "prewarm_per_worker = 0 ");
+        assert_eq!(
+            BoxPolicy::from_toml(&off).unwrap().caps.prewarm_per_worker,
+            0
+        );
+        let err = BoxPolicy::from_toml(
+            &DEFAULT_POLICY_TOML.replace("prewarm_per_worker = 4 ", "prewarm_per_worker = 65 "),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("at most 64"), "{err}");
     }
 
     #[test]

@@ -16,8 +16,8 @@ mod exit_policy;
 
 pub use admission::{DEFAULT_CHANNELS, DEFAULT_STORAGE_KIB, Grant, Violation, admit};
 pub use box_policy::{
-    BoxCaps, BoxPolicy, Capability, DEFAULT_POLICY_TOML, Manifest, PolicyError, ResourceRequest,
-    Resources, SCHEMA_VERSION,
+    BoxCaps, BoxPolicy, Capability, DEFAULT_POLICY_TOML, MAX_PREWARM_PER_WORKER, Manifest,
+    PolicyError, ResourceRequest, Resources, SCHEMA_VERSION,
 };
 pub use exit_policy::{
     Action, AddrPattern, Decision, DestinationRule, ExitPolicy, RuleParseError, embedded_ipv4,
@@ -35,7 +35,8 @@ pub const MIB: u64 = 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceLimits {
-    /// Maximum linear memory of the instance, in bytes.
+    /// Maximum memory of the instance, in bytes: its linear memory and the
+    /// host buffers it can make grow, counted together by the sandbox.
     pub memory_bytes: u64,
     /// Maximum CPU time the instance may consume (wasm and host calls made
     /// on its behalf), in milliseconds.
@@ -75,7 +76,7 @@ impl InstanceLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Limit {
-    /// Linear memory ([`InstanceLimits::memory_bytes`]).
+    /// Memory ([`InstanceLimits::memory_bytes`]).
     Memory,
     /// CPU time ([`InstanceLimits::cpu_ms`]).
     Cpu,

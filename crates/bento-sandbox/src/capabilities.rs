@@ -227,12 +227,13 @@ impl Capabilities {
     }
 
     pub(crate) fn stream_send(&mut self, io: &SessionIo, id: u32) -> Result<(), String> {
-        let data = io.take_staged()?;
+        let staged = io.take_staged()?;
+        let data = &staged.data;
         match self.streams.get_mut(&id).ok_or_else(unknown_stream)? {
-            Stream::Service(channel) => io.channel_send(*channel, &data),
+            Stream::Service(channel) => io.channel_send(*channel, data),
             Stream::Tcp(tcp) => {
                 io.throttle(data.len() as u64).map_err(stopped)?;
-                write_socket(io, tcp, &data)
+                write_socket(io, tcp, data)
             }
         }
     }
@@ -262,11 +263,14 @@ impl Capabilities {
                 data
             }
         };
-        Ok(data.map(|data| {
-            let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-            io.set_pending(data);
-            len
-        }))
+        match data {
+            Some(data) => {
+                let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                io.set_pending(data).map_err(stopped)?;
+                Ok(Some(len))
+            }
+            None => Ok(None),
+        }
     }
 
     /// `api.wait`: block until one of the staged stream ids is readable
@@ -278,7 +282,7 @@ impl Capabilities {
         timeout: Option<f64>,
         accept: bool,
     ) -> Result<(u32, bool), String> {
-        let staged = io.take_staged()?;
+        let staged = io.take_staged()?.data;
         if staged.len() % 4 != 0 {
             return Err("invalid: wait() takes a list of stream ids".into());
         }
@@ -324,7 +328,7 @@ impl Capabilities {
             if !ready.is_empty() || can_accept || until.is_some_and(|u| Instant::now() >= u) {
                 let count = u32::try_from(ready.len()).unwrap_or(u32::MAX);
                 let body: Vec<u8> = ready.iter().flat_map(|id| id.to_be_bytes()).collect();
-                io.set_pending(Bytes::from(body));
+                io.set_pending(Bytes::from(body)).map_err(stopped)?;
                 return Ok((count, can_accept));
             }
         }
@@ -367,7 +371,8 @@ impl Capabilities {
         timeout_ms: Option<u64>,
     ) -> Result<String, String> {
         self.require(Capability::Http)?;
-        let body = io.take_staged()?;
+        let staged = io.take_staged()?;
+        let body = staged.data;
         let check = self.destinations.as_ref().ok_or_else(no_rules)?;
         let headers: Vec<(String, String)> = serde_json::from_str(headers_json)
             .map_err(|e| format!("invalid: headers must be name/value pairs: {e}"))?;
@@ -384,17 +389,32 @@ impl Capabilities {
             max_response_bytes: self.grant.http_max_response_bytes,
             deadline: request_deadline(io.deadline(), timeout_ms)?,
         };
-        let mut throttle =
-            |bytes: usize| io.throttle(bytes as u64).map_err(|_| EgressError::Stopped);
+        // The response body grows in the worker's heap as it arrives:
+        // every chunk is counted in the instance's memory before it is
+        // taken, so a large body stops the instance for memory instead of
+        // growing the worker.
+        let mut body_charge = io.reserve(0).map_err(stopped)?;
+        let mut throttle = |bytes: usize| {
+            let total = body_charge.bytes().saturating_add(bytes as u64);
+            if body_charge.resize(total).is_err() {
+                io.stop(crate::StopReason::Memory);
+                return Err(EgressError::Stopped);
+            }
+            io.throttle(bytes as u64).map_err(|_| EgressError::Stopped)
+        };
         let response = bento_egress::http_request(check, &tls, &request, &limits, &mut throttle)
             .map_err(|e| egress_error(&e))?;
+        // Redirects may have counted bodies that are gone; what stays is
+        // counted again as the pending result.
+        drop(body_charge);
         let meta = serde_json::json!({
             "status": response.status,
             "headers": response.headers,
             "url": response.url,
             "body_length": response.body.len(),
         });
-        io.set_pending(Bytes::from(response.body));
+        io.set_pending(Bytes::from(response.body))
+            .map_err(stopped)?;
         Ok(meta.to_string())
     }
 
@@ -409,16 +429,19 @@ impl Capabilities {
 
     pub(crate) fn storage_put(&mut self, io: &SessionIo, key: &str) -> Result<(), String> {
         let value = io.take_staged()?;
-        self.storage()?.put(key, &value).map_err(storage_error)
+        self.storage()?.put(key, &value.data).map_err(storage_error)
     }
 
     pub(crate) fn storage_get(&mut self, io: &SessionIo, key: &str) -> Result<Option<u32>, String> {
         let value = self.storage()?.get(key).map_err(storage_error)?;
-        Ok(value.map(|value| {
-            let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
-            io.set_pending(Bytes::from(value));
-            len
-        }))
+        match value {
+            Some(value) => {
+                let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
+                io.set_pending(Bytes::from(value)).map_err(stopped)?;
+                Ok(Some(len))
+            }
+            None => Ok(None),
+        }
     }
 
     pub(crate) fn storage_delete(&mut self, key: &str) -> Result<bool, String> {
@@ -436,7 +459,7 @@ impl Capabilities {
 }
 
 fn stopped(reason: crate::StopReason) -> String {
-    format!("stopped: the instance is being stopped ({reason:?})")
+    crate::session_io::stopped_text(reason)
 }
 
 fn no_rules() -> String {
@@ -538,6 +561,9 @@ fn read_socket(
     max: usize,
     until: Option<Instant>,
 ) -> Result<Option<Bytes>, String> {
+    // The read buffer is the instance's memory until it becomes the
+    // pending result (counted again there).
+    let _charge = io.reserve(max as u64).map_err(stopped)?;
     let mut buf = vec![0u8; max];
     loop {
         check_stop(io)?;

@@ -17,6 +17,9 @@ pub enum SandboxError {
     /// The runtime could not be compiled, loaded or linked.
     #[error("cannot load the Python runtime: {0:#}")]
     LoadRuntime(wasmtime::Error),
+    /// A fresh instance of the runtime could not be made.
+    #[error("cannot instantiate the Python runtime: {0:#}")]
+    Instantiate(wasmtime::Error),
     /// The wasmtime engine could not be configured.
     #[error("cannot configure the wasm engine: {0:#}")]
     Engine(wasmtime::Error),

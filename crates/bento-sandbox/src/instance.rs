@@ -10,8 +10,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::capabilities::Capabilities;
 use crate::engine::PythonRuntime;
-use crate::error::Failure;
+use crate::error::{Failure, SandboxError};
 use crate::grant::CapabilityGrant;
+use crate::memory::InstanceMemory;
 use crate::session_io::{DiscardedSession, SessionIo, SessionStdin, SessionStdout, StopReason};
 use crate::wasi_sleep::{InstanceClock, shadow_clock_subscriptions};
 
@@ -105,7 +106,8 @@ impl bento::runtime::capabilities::Host for InstanceState {
     }
 
     fn stage(&mut self, length: u64) -> wasmtime::Result<Result<(), String>> {
-        Ok(self.io.stage(length))
+        let result = self.io.stage(length);
+        self.stop_check(result)
     }
 
     fn now(&mut self) -> wasmtime::Result<f64> {
@@ -202,7 +204,8 @@ impl bento::runtime::capabilities::Host for InstanceState {
     }
 
     fn storage_get(&mut self, key: String) -> wasmtime::Result<Result<Option<u32>, String>> {
-        Ok(self.capabilities.storage_get(&self.io, &key))
+        let result = self.capabilities.storage_get(&self.io, &key);
+        self.stop_check(result)
     }
 
     fn storage_delete(&mut self, key: String) -> wasmtime::Result<Result<bool, String>> {
@@ -239,11 +242,24 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
     FunctionRuntime::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
 }
 
-/// Caps linear memory; growth beyond the cap stops the instance with a
-/// typed memory-limit failure rather than a `MemoryError` the function
-/// could catch and ignore.
+/// Counts linear memory in the instance's [`InstanceMemory`], with the
+/// host buffers; growth beyond the limit stops the instance with a typed
+/// memory-limit failure rather than a `MemoryError` the function could
+/// catch and ignore.
 struct MemoryLimiter {
+    /// The job's limit, for any one memory (also when the session's
+    /// account is unlimited, as for `bento bench`'s sandbox-alone timing).
     max_memory: usize,
+    /// The largest size any memory of the instance was allowed to reach.
+    largest: usize,
+    /// All linear memory of the instance, in bytes: what [`bind`] carries
+    /// from the placeholder account of a prepared instance into the
+    /// invocation's.
+    ///
+    /// [`bind`]: PythonRuntime::bind
+    linear: u64,
+    /// The account linear memory is counted in, with the host buffers.
+    memory: Arc<InstanceMemory>,
     io: Arc<SessionIo>,
 }
 
@@ -253,14 +269,19 @@ const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_memory {
+        // Called for each memory's creation too (from 0), so the deltas
+        // add up to all linear memory of the instance.
+        let growth = u64::try_from(desired.saturating_sub(current)).unwrap_or(u64::MAX);
+        if desired > self.max_memory || !self.memory.grow_linear(growth) {
             self.io.stop(StopReason::Memory);
             return Err(wasmtime::Error::msg("memory limit exceeded"));
         }
+        self.largest = self.largest.max(desired);
+        self.linear = self.linear.saturating_add(growth);
         Ok(true)
     }
 
@@ -294,85 +315,225 @@ fn thread_cpu_time() -> Duration {
     )
 }
 
+/// A fresh instance of the runtime, made ahead of demand: instantiated
+/// from the `InstancePre` (its memory mapped from the copy-on-write image,
+/// its tables and globals set up) but bound to no session, limits or grant
+/// yet, and never called. [`PythonRuntime::run_prepared`] consumes it, so
+/// each one is used exactly once.
+pub struct PreparedInstance {
+    store: Store<InstanceState>,
+    instance: FunctionRuntime,
+}
+
+impl std::fmt::Debug for PreparedInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedInstance").finish_non_exhaustive()
+    }
+}
+
+/// What is left of an instance after its call: its memory and tables,
+/// released when this drops. Releasing them (unmapping the memory) is the
+/// slowest part of an instance's end, so a worker drops this after it has
+/// reported the outcome. The function's connections, channels and storage
+/// are already closed.
+pub struct SpentInstance(#[allow(dead_code)] Store<InstanceState>);
+
+impl std::fmt::Debug for SpentInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpentInstance").finish_non_exhaustive()
+    }
+}
+
+/// Limits an unbound instance runs under while it is being instantiated:
+/// the runtime's own start-up code, never a function's.
+const PREPARE_BUDGET: Duration = Duration::from_secs(60);
+
+fn wasi_ctx(io: &Arc<SessionIo>, clock: InstanceClock) -> WasiCtx {
+    WasiCtxBuilder::new()
+        .monotonic_clock(clock)
+        .stdin(SessionStdin(io.clone()))
+        .stdout(SessionStdout(io.clone()))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build()
+}
+
+/// Stop the instance on the epoch tick after a kill, or once it has used
+/// `cpu_budget` of its thread's CPU since `cpu_start`, or at `deadline`.
+fn set_limits(
+    store: &mut Store<InstanceState>,
+    cpu_start: Duration,
+    cpu_budget: Duration,
+    deadline: Instant,
+) {
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |ctx| {
+        let io = &ctx.data().io;
+        if let Some(reason) = io.stop_reason() {
+            return Err(stopped(reason));
+        }
+        if thread_cpu_time().saturating_sub(cpu_start) > cpu_budget {
+            io.stop(StopReason::Cpu);
+            return Err(stopped(StopReason::Cpu));
+        }
+        if Instant::now() >= deadline {
+            io.stop(StopReason::WallTime);
+            return Err(stopped(StopReason::WallTime));
+        }
+        Ok(UpdateDeadline::Continue(1))
+    });
+}
+
+/// Why an instance could not be bound to its invocation.
+enum BindError {
+    /// Its memory is already larger than the grant allows.
+    Memory,
+    /// Instantiation left host resources behind that belong to no session.
+    NotFresh,
+}
+
 impl PythonRuntime {
-    fn new_store(
-        &self,
-        io: Arc<SessionIo>,
-        limits: &InstanceLimits,
-        grant: CapabilityGrant,
-    ) -> Store<InstanceState> {
+    /// Make a fresh instance ahead of demand (see [`PreparedInstance`]).
+    /// Runs only the runtime's own instantiation, no function code.
+    pub fn prepare(&self) -> Result<PreparedInstance, SandboxError> {
+        // A placeholder session: nothing reads its output, and it is
+        // replaced, with the clock, limits and grant, before any call.
+        let io = SessionIo::new(
+            Arc::new(DiscardedSession),
+            Instant::now() + PREPARE_BUDGET,
+            0,
+        );
         let clock = InstanceClock::new();
-        let wasi = WasiCtxBuilder::new()
-            .monotonic_clock(clock)
-            .stdin(SessionStdin(io.clone()))
-            .stdout(SessionStdout(io.clone()))
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+        let cpu_start = thread_cpu_time();
         let state = InstanceState {
-            wasi,
+            wasi: wasi_ctx(&io, clock),
             table: ResourceTable::new(),
             io: io.clone(),
             clock,
+            // The grant's memory limit is checked when the instance is
+            // bound (the limiter records how large instantiation made it).
             limiter: MemoryLimiter {
-                max_memory: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+                max_memory: usize::MAX,
+                largest: 0,
+                linear: 0,
+                // The placeholder's account (unlimited); `bind` moves the
+                // instance's linear memory into the invocation's.
+                memory: io.memory().clone(),
                 io: io.clone(),
             },
-            capabilities: Capabilities::new(grant),
-            cpu_start: thread_cpu_time(),
+            capabilities: Capabilities::new(CapabilityGrant::default()),
+            cpu_start,
         };
-        let cpu_start = state.cpu_start;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
+        set_limits(
+            &mut store,
+            cpu_start,
+            PREPARE_BUDGET,
+            Instant::now() + PREPARE_BUDGET,
+        );
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(SandboxError::Instantiate)?;
+        Ok(PreparedInstance { store, instance })
+    }
 
-        let cpu_budget = limits.cpu();
-        let deadline = io.deadline();
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |ctx| {
-            let io = &ctx.data().io;
-            if let Some(reason) = io.stop_reason() {
-                return Err(stopped(reason));
-            }
-            if thread_cpu_time().saturating_sub(cpu_start) > cpu_budget {
-                io.stop(StopReason::Cpu);
-                return Err(stopped(StopReason::Cpu));
-            }
-            if Instant::now() >= deadline {
-                io.stop(StopReason::WallTime);
-                return Err(stopped(StopReason::WallTime));
-            }
-            Ok(UpdateDeadline::Continue(1))
-        });
-        store
+    /// Give a prepared instance its session, clock, limits and grant, on
+    /// the thread that will run it; fails if it cannot honour them.
+    fn bind(
+        store: &mut Store<InstanceState>,
+        io: &Arc<SessionIo>,
+        limits: &InstanceLimits,
+        grant: CapabilityGrant,
+    ) -> Result<(), BindError> {
+        let clock = InstanceClock::new();
+        let cpu_start = thread_cpu_time();
+        let state = store.data_mut();
+        // Instantiation calls no host function, so the placeholder context
+        // cannot have handed out a stream or pollable; if a runtime ever
+        // did, that handle would still point at the placeholder session.
+        if !state.table.is_empty() {
+            return Err(BindError::NotFresh);
+        }
+        state.wasi = wasi_ctx(io, clock);
+        state.io = io.clone();
+        state.clock = clock;
+        state.limiter.io = io.clone();
+        state.limiter.max_memory = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
+        state.limiter.memory = io.memory().clone();
+        state.capabilities = Capabilities::new(grant);
+        state.cpu_start = cpu_start;
+        // The same checks `memory_growing` makes, for the growth that
+        // happened before the limit and the account were known: each
+        // memory within the limit, and all of it counted in the
+        // invocation's account (with its host buffers).
+        if state.limiter.largest > state.limiter.max_memory
+            || !io.memory().grow_linear(state.limiter.linear)
+        {
+            io.stop(StopReason::Memory);
+            return Err(BindError::Memory);
+        }
+        set_limits(store, cpu_start, limits.cpu(), io.deadline());
+        Ok(())
     }
 
     /// Run `job` in a fresh instance, on the calling thread, until the entry
     /// function returns or a limit, kill or error ends it.
     pub fn run(&self, job: &Job, io: Arc<SessionIo>) -> Outcome {
-        let mut store = self.new_store(io.clone(), &job.limits, job.grant.clone());
-        let result = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|instance| match &job.call {
-                Call::Entry { entry, args_json } => {
-                    instance.call_run(&mut store, &job.source, &job.filename, entry, args_json)
-                }
-                Call::Expression(call) => {
-                    instance.call_evaluate(&mut store, &job.source, &job.filename, call)
-                }
-            });
-        // Connections and channels end with the instance; its storage is
-        // deleted when the store drops.
+        match self.prepare() {
+            Ok(prepared) => self.run_prepared(prepared, job, io).0,
+            Err(error) => Err(Failure::Trap(error.to_string())),
+        }
+    }
+
+    /// Run `job` in `prepared`, on the calling thread, until the entry
+    /// function returns or a limit, kill or error ends it. The grant's
+    /// limits and capabilities apply before any of the function's code
+    /// runs, exactly as in a new instance.
+    pub fn run_prepared(
+        &self,
+        prepared: PreparedInstance,
+        job: &Job,
+        io: Arc<SessionIo>,
+    ) -> (Outcome, SpentInstance) {
+        let PreparedInstance {
+            mut store,
+            instance,
+        } = prepared;
+        match Self::bind(&mut store, &io, &job.limits, job.grant.clone()) {
+            Ok(()) => {}
+            Err(BindError::Memory) => {
+                let failure = classify(&wasmtime::Error::msg("memory"), &io, &job.limits);
+                return (Err(failure), SpentInstance(store));
+            }
+            Err(BindError::NotFresh) => {
+                let failure = Failure::Trap("the runtime's instance was not fresh".into());
+                return (Err(failure), SpentInstance(store));
+            }
+        }
+        let result = match &job.call {
+            Call::Entry { entry, args_json } => {
+                instance.call_run(&mut store, &job.source, &job.filename, entry, args_json)
+            }
+            Call::Expression(call) => {
+                instance.call_evaluate(&mut store, &job.source, &job.filename, call)
+            }
+        };
+        // Connections and channels end with the call; its storage is
+        // deleted with the capabilities, here rather than with the store,
+        // so that the caller may release the memory later.
         let state = store.data_mut();
         let clean = matches!(result, Ok(Ok(())));
         state.capabilities.close_all(&state.io, clean);
-        drop(store);
-        match result {
+        state.capabilities = Capabilities::new(CapabilityGrant::default());
+        let outcome = match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(traceback)) => Err(Failure::Exception(traceback)),
             Err(error) => Err(classify(&error, &io, &job.limits)),
-        }
+        };
+        (outcome, SpentInstance(store))
     }
 
     /// Compile `source` in a fresh instance without running it; the error
@@ -382,17 +543,31 @@ impl PythonRuntime {
             wall_ms: 10_000,
             ..InstanceLimits::default()
         };
-        let io = SessionIo::new(
+        let io = SessionIo::with_limits(
             Arc::new(DiscardedSession),
             Instant::now() + limits.wall(),
             0,
+            crate::Throttle::unlimited(),
+            0,
+            limits.memory_bytes,
         );
-        let mut store = self.new_store(io.clone(), &limits, CapabilityGrant::default());
-        let result = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|instance| instance.call_check(&mut store, source, filename));
-        match result {
+        let PreparedInstance {
+            mut store,
+            instance,
+        } = match self.prepare() {
+            Ok(prepared) => prepared,
+            Err(error) => return Err(Failure::Trap(error.to_string())),
+        };
+        match Self::bind(&mut store, &io, &limits, CapabilityGrant::default()) {
+            Ok(()) => {}
+            Err(BindError::Memory) => {
+                return Err(classify(&wasmtime::Error::msg("memory"), &io, &limits));
+            }
+            Err(BindError::NotFresh) => {
+                return Err(Failure::Trap("the runtime's instance was not fresh".into()));
+            }
+        }
+        match instance.call_check(&mut store, source, filename) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(Failure::Exception(message)),
             Err(error) => Err(classify(&error, &io, &limits)),
@@ -413,7 +588,7 @@ fn classify(error: &wasmtime::Error, io: &SessionIo, limits: &InstanceLimits) ->
         Some(StopReason::Memory) => limit(
             Limit::Memory,
             format!(
-                "the instance tried to grow its memory beyond {}",
+                "the instance tried to grow its memory (linear memory and host buffers) beyond {}",
                 mib(limits.memory_bytes)
             ),
         ),

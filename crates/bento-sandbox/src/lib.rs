@@ -6,8 +6,10 @@
 //! runtime once and starts one fresh instance per invocation from an
 //! `InstancePre`, with these limits:
 //!
-//! - linear memory, via a [`wasmtime::ResourceLimiter`]: growth beyond the
-//!   limit traps at once (no `MemoryError` for the function to swallow);
+//! - memory, via a [`wasmtime::ResourceLimiter`] and [`InstanceMemory`]:
+//!   linear memory and the host buffers the function can make grow share
+//!   one limit; going beyond it stops the instance at once (no
+//!   `MemoryError` for the function to swallow);
 //! - CPU time, measured per instance thread and checked on every epoch tick;
 //! - wall-clock time, checked on epoch ticks and by every blocking wait;
 //! - output backpressure: `api.send` blocks while the session's output
@@ -28,6 +30,7 @@ mod engine;
 mod error;
 mod grant;
 mod instance;
+mod memory;
 mod session_io;
 mod throttle;
 mod tor_stream;
@@ -36,7 +39,8 @@ mod wasi_sleep;
 pub use engine::{PythonRuntime, precompile_runtime};
 pub use error::{Failure, SandboxError};
 pub use grant::{CapabilityGrant, StorageGrant};
-pub use instance::{Call, Job, Outcome};
+pub use instance::{Call, Job, Outcome, PreparedInstance, SpentInstance};
+pub use memory::{HostBytes, INPUT_WINDOW, InstanceMemory, MemoryExceeded};
 pub use session_io::{
     CHANNEL_CREDIT, DiscardedSession, MAX_MESSAGE_LEN, MAX_STAGED, MESSAGE_CREDIT, MessageError,
     SessionHost, SessionIo, StopReason,

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdinStream, StdoutStream};
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
 
+use crate::memory::{HostBytes, INPUT_WINDOW, InstanceMemory};
 use crate::throttle::Throttle;
 
 /// Output credit one message boundary costs, so that a function sending
@@ -135,6 +136,9 @@ struct ChannelState {
     gone: bool,
     /// Bytes the function may still send before the box passes them on.
     credit: u64,
+    /// The channel's input window, counted in the instance's memory while
+    /// the channel is open.
+    _window: Option<HostBytes>,
 }
 
 /// Why a running instance is being stopped from outside the guest.
@@ -166,9 +170,14 @@ struct IoState {
     /// reaching the session (see `capabilities.stage`).
     route_remaining: u64,
     staged: Vec<u8>,
+    /// The staging buffer's size, counted in the instance's memory from
+    /// `stage` until the capability call that used it returns.
+    staged_charge: Option<HostBytes>,
     /// A capability result the guest reads from stdin before any session
     /// input (not session traffic: not acknowledged, not throttled).
     pending: Bytes,
+    /// What is left of `pending`, counted in the instance's memory.
+    pending_charge: Option<HostBytes>,
     /// Service channels by the box's channel id.
     channels: HashMap<u32, ChannelState>,
     /// Channels the function has not accepted yet.
@@ -189,6 +198,16 @@ pub struct SessionIo {
     deadline: Instant,
     throttle: Throttle,
     channel_limit: u64,
+    memory: Arc<InstanceMemory>,
+    /// The session's input window, counted for the instance's lifetime.
+    _input_window: HostBytes,
+}
+
+/// A body staged by the function for a capability call; its bytes stay
+/// counted in the instance's memory until this is dropped.
+pub(crate) struct Staged {
+    pub(crate) data: Vec<u8>,
+    _charge: Option<HostBytes>,
 }
 
 impl std::fmt::Debug for SessionIo {
@@ -200,19 +219,32 @@ impl std::fmt::Debug for SessionIo {
 impl SessionIo {
     /// A session channel whose waits end at `deadline` (the wall-clock
     /// limit), starting with `initial_credit` bytes of output credit.
+    /// Its memory is not limited.
     pub fn new(host: Arc<dyn SessionHost>, deadline: Instant, initial_credit: u64) -> Arc<Self> {
-        Self::with_limits(host, deadline, initial_credit, Throttle::unlimited(), 0)
+        Self::with_limits(
+            host,
+            deadline,
+            initial_credit,
+            Throttle::unlimited(),
+            0,
+            u64::MAX,
+        )
     }
 
-    /// Like [`SessionIo::new`], charging all traffic to `throttle` and
-    /// allowing `channel_limit` service channels and connections at once.
+    /// Like [`SessionIo::new`], charging all traffic to `throttle`,
+    /// allowing `channel_limit` service channels and connections at once,
+    /// and counting the instance's linear memory and host buffers against
+    /// `memory_bytes` (see [`InstanceMemory`]).
     pub fn with_limits(
         host: Arc<dyn SessionHost>,
         deadline: Instant,
         initial_credit: u64,
         throttle: Throttle,
         channel_limit: u64,
+        memory_bytes: u64,
     ) -> Arc<Self> {
+        let memory = InstanceMemory::new(memory_bytes);
+        let input_window = memory.reserve_anyway(INPUT_WINDOW);
         Arc::new(Self {
             state: Mutex::new(IoState {
                 output_credit: initial_credit,
@@ -223,6 +255,23 @@ impl SessionIo {
             deadline,
             throttle,
             channel_limit,
+            memory,
+            _input_window: input_window,
+        })
+    }
+
+    /// The instance's memory account.
+    pub fn memory(&self) -> &Arc<InstanceMemory> {
+        &self.memory
+    }
+
+    /// Count `bytes` of a host buffer the function asked for; beyond the
+    /// limit the instance is stopped for memory, as when its linear memory
+    /// cannot grow (the function cannot catch and ignore it).
+    pub(crate) fn reserve(&self, bytes: u64) -> Result<HostBytes, StopReason> {
+        self.memory.reserve(bytes).map_err(|_| {
+            self.stop(StopReason::Memory);
+            StopReason::Memory
         })
     }
 
@@ -360,6 +409,7 @@ impl SessionIo {
         // An unread capability result is dropped, like an unread remainder
         // of the previous message: recv() always returns whole messages.
         state.pending = Bytes::new();
+        state.pending_charge = None;
         let skipped = state.current.len() as u64;
         match state.messages.pop_front() {
             Some(message) => {
@@ -409,7 +459,13 @@ impl SessionIo {
         }
         if !state.pending.is_empty() {
             let take = max.min(state.pending.len());
-            return Ok(state.pending.split_to(take));
+            let chunk = state.pending.split_to(take);
+            let left = state.pending.len() as u64;
+            if let Some(charge) = &mut state.pending_charge {
+                // Shrinking never fails.
+                let _ = charge.resize(left);
+            }
+            return Ok(chunk);
         }
         if state.current.is_empty() {
             match state.messages.pop_front() {
@@ -496,26 +552,45 @@ impl SessionIo {
                 "invalid: {length} bytes is more than the {MAX_STAGED} bytes one call can take"
             ));
         }
+        // A previous body staged but never used is given back first.
+        self.lock().staged_charge = None;
+        let charge = self.reserve(length).map_err(stopped_text)?;
         let mut state = self.lock();
         state.route_remaining = length;
         state.staged = Vec::with_capacity(usize::try_from(length.min(1 << 20)).unwrap_or(0));
+        state.staged_charge = Some(charge);
         Ok(())
     }
 
     /// The staged body, once completely written.
-    pub(crate) fn take_staged(&self) -> Result<Vec<u8>, String> {
+    pub(crate) fn take_staged(&self) -> Result<Staged, String> {
         let mut state = self.lock();
         if state.route_remaining > 0 {
             state.route_remaining = 0;
             state.staged = Vec::new();
+            state.staged_charge = None;
             return Err("invalid: the staged body was not completely written".into());
         }
-        Ok(std::mem::take(&mut state.staged))
+        Ok(Staged {
+            data: std::mem::take(&mut state.staged),
+            _charge: state.staged_charge.take(),
+        })
     }
 
-    /// Make `data` the next bytes the guest reads from stdin.
-    pub(crate) fn set_pending(&self, data: Bytes) {
-        self.lock().pending = data;
+    /// Make `data` the next bytes the guest reads from stdin. Its bytes
+    /// count in the instance's memory until read; beyond the limit the
+    /// instance is stopped for memory.
+    pub(crate) fn set_pending(&self, data: Bytes) -> Result<(), StopReason> {
+        let mut state = self.lock();
+        // The result it replaces is gone: give its bytes back first.
+        state.pending = Bytes::new();
+        state.pending_charge = None;
+        drop(state);
+        let charge = self.reserve(data.len() as u64)?;
+        let mut state = self.lock();
+        state.pending = data;
+        state.pending_charge = Some(charge);
+        Ok(())
     }
 
     /// Count one more channel or connection, if the grant allows it.
@@ -544,15 +619,21 @@ impl SessionIo {
     pub fn open_channel(&self, channel: u32) {
         let accepted = {
             let mut state = self.lock();
-            let room = state.stop.is_none()
+            // A channel's input window is memory of the instance: no room
+            // for it refuses the channel like the channel limit does.
+            let window = (state.stop.is_none()
                 && state.open_channels < self.channel_limit
-                && !state.channels.contains_key(&channel);
+                && !state.channels.contains_key(&channel))
+            .then(|| self.memory.reserve(INPUT_WINDOW).ok())
+            .flatten();
+            let room = window.is_some();
             if room {
                 state.open_channels += 1;
                 state.channels.insert(
                     channel,
                     ChannelState {
                         credit: CHANNEL_CREDIT,
+                        _window: window,
                         ..ChannelState::default()
                     },
                 );
@@ -752,6 +833,12 @@ impl SessionIo {
             self.host.channel_closed(channel);
         }
     }
+}
+
+/// How a capability call that ended because the instance is being stopped
+/// reports it to the guest (the stop reason then ends the instance).
+pub(crate) fn stopped_text(reason: StopReason) -> String {
+    format!("stopped: the instance is being stopped ({reason:?})")
 }
 
 /// The guest's stdin: the client's messages, concatenated.
@@ -985,7 +1072,7 @@ mod tests {
         );
         io.stage(3).unwrap();
         io.write_output(Bytes::from_static(b"xyz")).unwrap();
-        assert_eq!(io.take_staged().unwrap(), b"xyz");
+        assert_eq!(io.take_staged().unwrap().data, b"xyz");
         assert!(recorder.output.lock().unwrap().is_empty());
         assert!(io.stage(MAX_STAGED + 1).is_err());
     }
@@ -994,7 +1081,7 @@ mod tests {
     fn a_capability_result_is_read_before_session_input_and_not_acknowledged() {
         let (recorder, io) = io(0, Duration::from_secs(60));
         io.push_input(Bytes::from_static(b"client"));
-        io.set_pending(Bytes::from_static(b"result"));
+        io.set_pending(Bytes::from_static(b"result")).unwrap();
         assert_eq!(io.read_input(100).unwrap(), "result");
         assert_eq!(*recorder.consumed.lock().unwrap(), 0);
         assert_eq!(io.read_input(100).unwrap(), "client");
@@ -1020,6 +1107,7 @@ mod tests {
             0,
             Throttle::unlimited(),
             2,
+            u64::MAX,
         );
         assert!(io.try_open_channel(), "an outbound connection takes a slot");
         io.open_channel(1);
@@ -1029,6 +1117,104 @@ mod tests {
         io.channel_close(1);
         io.open_channel(3);
         assert_eq!(host.0.lock().unwrap().last(), Some(&(3, true)));
+    }
+
+    /// A session whose instance may use `memory` bytes in all.
+    fn limited(memory: u64, channels: u64) -> Arc<SessionIo> {
+        SessionIo::with_limits(
+            Arc::new(DiscardedSession),
+            Instant::now() + Duration::from_secs(60),
+            0,
+            Throttle::unlimited(),
+            channels,
+            memory,
+        )
+    }
+
+    #[test]
+    fn host_buffers_are_counted_while_they_hold_bytes_and_given_back_after() {
+        let io = limited(INPUT_WINDOW + 100, 0);
+        assert_eq!(
+            io.memory().host_bytes(),
+            INPUT_WINDOW,
+            "the session's input window"
+        );
+        io.stage(60).unwrap();
+        assert_eq!(io.memory().host_bytes(), INPUT_WINDOW + 60);
+        io.write_output(Bytes::from(vec![1u8; 60])).unwrap();
+        let staged = io.take_staged().unwrap();
+        assert_eq!(
+            io.memory().host_bytes(),
+            INPUT_WINDOW + 60,
+            "held by the call"
+        );
+        drop(staged);
+        assert_eq!(io.memory().host_bytes(), INPUT_WINDOW);
+        io.set_pending(Bytes::from(vec![2u8; 80])).unwrap();
+        assert_eq!(io.read_input(30).unwrap().len(), 30);
+        assert_eq!(
+            io.memory().host_bytes(),
+            INPUT_WINDOW + 50,
+            "only the unread rest"
+        );
+        io.set_pending(Bytes::from(vec![3u8; 100])).unwrap();
+        assert_eq!(
+            io.memory().host_bytes(),
+            INPUT_WINDOW + 100,
+            "a replaced result is given back"
+        );
+        assert_eq!(io.stop_reason(), None);
+    }
+
+    #[test]
+    fn a_host_buffer_beyond_the_memory_limit_stops_the_instance_for_memory() {
+        let io = limited(INPUT_WINDOW + 100, 0);
+        io.stage(60).unwrap();
+        io.write_output(Bytes::from(vec![1u8; 60])).unwrap();
+        let _staged = io.take_staged().unwrap();
+        assert_eq!(
+            io.set_pending(Bytes::from(vec![0u8; 41])),
+            Err(StopReason::Memory)
+        );
+        assert_eq!(io.stop_reason(), Some(StopReason::Memory));
+        let io = limited(INPUT_WINDOW + 100, 0);
+        assert!(io.stage(101).is_err_and(|e| e.starts_with("stopped: ")));
+        assert_eq!(io.stop_reason(), Some(StopReason::Memory));
+    }
+
+    #[test]
+    fn a_channel_whose_input_window_does_not_fit_is_refused_and_a_closed_one_gives_it_back() {
+        #[derive(Default)]
+        struct Opened(Mutex<Vec<(u32, bool)>>);
+        impl SessionHost for Opened {
+            fn deliver_output(&self, _data: Bytes) {}
+            fn input_consumed(&self, _bytes: u64) {}
+            fn message_start(&self, _length: u64) {}
+            fn channel_opened(&self, channel: u32, accepted: bool) {
+                self.0.lock().unwrap().push((channel, accepted));
+            }
+        }
+        let host = Arc::new(Opened::default());
+        let io = SessionIo::with_limits(
+            host.clone(),
+            Instant::now() + Duration::from_secs(60),
+            0,
+            Throttle::unlimited(),
+            10,
+            3 * INPUT_WINDOW,
+        );
+        io.open_channel(1);
+        io.open_channel(2);
+        io.open_channel(3);
+        assert_eq!(
+            *host.0.lock().unwrap(),
+            vec![(1, true), (2, true), (3, false)],
+            "the session's window and two channels' fill 3 windows"
+        );
+        io.channel_close(1);
+        io.open_channel(4);
+        assert_eq!(host.0.lock().unwrap().last(), Some(&(4, true)));
+        assert_eq!(io.stop_reason(), None, "a refused channel stops nothing");
     }
 
     #[test]

@@ -366,7 +366,7 @@ impl Conn {
             Some(ChannelEvent::Opened(false)) => {
                 return Err(Close::with(
                     ErrorCode::ChannelLimit,
-                    "the service has as many channels open as its grant allows; try again later",
+                    "the service has as many channels open as its grant (channels and memory) allows; try again later",
                 ));
             }
             _ => {

@@ -94,8 +94,9 @@ pub struct ServerConfig {
     /// may take from its first byte (plus 1 s per [`MIN_CLIENT_RATE`] bytes
     /// received) (default 30 s).
     pub read_timeout: Duration,
-    /// Most client connections at once, over all listeners (default 4096,
-    /// `bento serve --max-connections`); beyond it a new connection gets
+    /// Most client connections at once, over all listeners (default 4096;
+    /// `bento serve` takes it from the policy's `box.max_connections` or
+    /// `--max-connections`); beyond it a new connection gets
     /// `too_many_connections` and is closed.
     pub max_connections: usize,
     /// Worker processes.

@@ -25,8 +25,9 @@ use tokio::sync::Notify;
 use tokio::sync::mpsc;
 
 /// Input bytes the box forwards to a worker before the function consumed
-/// them; beyond this the box stops reading the client (backpressure).
-pub const INPUT_WINDOW: u64 = 1024 * 1024;
+/// them; beyond this the box stops reading the client (backpressure). The
+/// sandbox counts each open window in the instance's memory.
+pub use bento_worker::INPUT_WINDOW;
 
 #[derive(Debug)]
 pub(crate) struct SessionState {

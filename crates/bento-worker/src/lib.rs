@@ -16,10 +16,11 @@ pub mod ipc;
 mod jail;
 mod pipe_size;
 mod pool;
+mod prewarm;
 mod worker_process;
 
 pub use bento_sandbox::{
-    CHANNEL_CREDIT, CapabilityGrant, MAX_MESSAGE_LEN, MESSAGE_CREDIT, StorageGrant,
+    CHANNEL_CREDIT, CapabilityGrant, INPUT_WINDOW, MAX_MESSAGE_LEN, MESSAGE_CREDIT, StorageGrant,
 };
 pub use ipc::{InstanceId, InstanceOutcome, OnionRequest, StartCall, StartRequest};
 pub use jail::{

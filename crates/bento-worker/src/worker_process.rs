@@ -10,11 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bento_sandbox::{
-    Call, Job, PythonRuntime, SessionHost, SessionIo, StopReason, Throttle, TokenBucket,
+    Call, Failure, Job, PythonRuntime, SessionHost, SessionIo, StopReason, Throttle, TokenBucket,
 };
 use bytes::{Bytes, BytesMut};
 
 use crate::ipc::{FromWorker, InstanceId, InstanceOutcome, StartCall, StartRequest, ToWorker};
+use crate::prewarm::Prewarmed;
 
 /// Native stack of an instance thread. Wasm may use 1 MiB of it; the rest
 /// is for host calls. Untouched pages cost no memory.
@@ -130,13 +131,16 @@ impl BoxBandwidth {
 
 type Instances = Arc<Mutex<HashMap<InstanceId, Arc<SessionIo>>>>;
 
-/// Run the worker loop over `input`/`output` until `input` closes.
+/// Run the worker loop over `input`/`output` until `input` closes, keeping
+/// `prewarm` fresh instances ready ahead of demand (0: none).
 pub fn run_worker<R: Read, W: Write + Send + 'static>(
     runtime: PythonRuntime,
+    prewarm: usize,
     mut input: R,
     output: W,
 ) -> Result<(), WorkerError> {
     let runtime = Arc::new(runtime);
+    let prewarmed = Prewarmed::start(&runtime, prewarm);
     let outbox = Arc::new(Outbox {
         writer: Mutex::new(output),
     });
@@ -149,7 +153,9 @@ pub fn run_worker<R: Read, W: Write + Send + 'static>(
         while let Some(message) =
             ToWorker::decode(&mut buf).map_err(|e| WorkerError::Pipe(e.to_string()))?
         {
-            handle(message, &runtime, &outbox, &instances, &bandwidth);
+            handle(
+                message, &runtime, &prewarmed, &outbox, &instances, &bandwidth,
+            );
         }
         let n = input
             .read(&mut chunk)
@@ -172,6 +178,7 @@ fn lock(instances: &Instances) -> std::sync::MutexGuard<'_, HashMap<InstanceId, 
 fn handle<W: Write + Send + 'static>(
     message: ToWorker,
     runtime: &Arc<PythonRuntime>,
+    prewarmed: &Prewarmed,
     outbox: &Arc<Outbox<W>>,
     instances: &Instances,
     bandwidth: &BoxBandwidth,
@@ -179,7 +186,9 @@ fn handle<W: Write + Send + 'static>(
     let find = |id| lock(instances).get(&id).cloned();
     match message {
         ToWorker::Start(id, request) => {
-            start(id, *request, runtime, outbox, instances, bandwidth);
+            start(
+                id, *request, runtime, prewarmed, outbox, instances, bandwidth,
+            );
         }
         ToWorker::Input(id, data) => {
             if let Some(io) = find(id) {
@@ -232,6 +241,7 @@ fn start<W: Write + Send + 'static>(
     id: InstanceId,
     request: StartRequest,
     runtime: &Arc<PythonRuntime>,
+    prewarmed: &Prewarmed,
     outbox: &Arc<Outbox<W>>,
     instances: &Instances,
     bandwidth: &BoxBandwidth,
@@ -257,8 +267,15 @@ fn start<W: Write + Send + 'static>(
         request.limits.output_buffer_bytes,
         throttle,
         grant.channels,
+        request.limits.memory_bytes,
     );
     lock(instances).insert(id, io.clone());
+    // Store-time checks make their own instance; invocations take a ready
+    // one when there is one.
+    let prepared = match request.call {
+        StartCall::Check => None,
+        _ => prewarmed.take(),
+    };
     let runtime = runtime.clone();
     let outbox_for_thread = outbox.clone();
     let instances_for_thread = instances.clone();
@@ -271,8 +288,8 @@ fn start<W: Write + Send + 'static>(
                 StartCall::Entry { entry, args_json } => Some(Call::Entry { entry, args_json }),
                 StartCall::Expression(call) => Some(Call::Expression(call)),
             };
-            let outcome = match call {
-                None => runtime.check(&request.source, &request.filename),
+            let (outcome, spent) = match call {
+                None => (runtime.check(&request.source, &request.filename), None),
                 Some(call) => {
                     let job = Job {
                         source: request.source,
@@ -281,11 +298,20 @@ fn start<W: Write + Send + 'static>(
                         limits: request.limits,
                         grant: request.grant,
                     };
-                    runtime.run(&job, io)
+                    match prepared.map_or_else(|| runtime.prepare(), Ok) {
+                        Ok(prepared) => {
+                            let (outcome, spent) = runtime.run_prepared(prepared, &job, io);
+                            (outcome, Some(spent))
+                        }
+                        Err(e) => (Err(Failure::Trap(e.to_string())), None),
+                    }
                 }
             };
             lock(&instances_for_thread).remove(&id);
             outbox_for_thread.send(&FromWorker::Finished(id, outcome.into()));
+            // Unmapping the instance's memory is the slow part of its end:
+            // after the outcome is on its way, not before.
+            drop(spent);
         });
     if let Err(e) = spawned {
         lock(instances).remove(&id);

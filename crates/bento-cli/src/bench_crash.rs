@@ -1,0 +1,237 @@
+//! `bento bench crash`: kill -9 the box at random points while clients
+//! store functions and run sessions, restart it on the same data
+//! directory, and check every function it ever acknowledged.
+//!
+//! Each round starts `bento serve` on the data directory, checks every
+//! function stored so far, then runs `--clients` clients that store new
+//! functions (sources of up to 64 KiB, each with its own expected answer)
+//! and run sessions, and kills the server with SIGKILL after a random
+//! 0..`--max-delay-ms`. A function is:
+//!
+//! - **intact** if invoking it answers exactly what it should;
+//! - **absent** if the box answers `unknown_invoke_token` (cleanly gone);
+//! - **corrupt** otherwise (a wrong answer, a failed compile, a trap,
+//!   any other error).
+//!
+//! The run passes when nothing is ever corrupt. An acknowledged store that
+//! later reads as absent is reported too (the box promised durability when
+//! it acknowledged: the store is fsynced before its answer).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bento_client::{ClientError, Connection, Target};
+use bento_protocol::{ErrorCode, InvokeToken};
+use clap::Args;
+
+use crate::bench_soak::BoxProcess;
+
+/// Options of `bento bench crash`.
+#[derive(Debug, Clone, Args)]
+pub struct CrashArgs {
+    /// Kill-and-restart rounds.
+    #[arg(long, default_value_t = 50)]
+    pub rounds: u64,
+    /// Clients storing and invoking while the box is killed.
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// Longest time the box runs in a round before it is killed, ms (each
+    /// round picks a random time up to this).
+    #[arg(long, default_value_t = 2000)]
+    pub max_delay_ms: u64,
+    /// Sandbox worker processes of the box [default: number of CPUs].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Precompiled runtime (see `bento serve --help`).
+    #[arg(long)]
+    pub runtime: Option<PathBuf>,
+}
+
+/// A function the box acknowledged, with the answer it must give.
+#[derive(Debug, Clone)]
+struct Known {
+    token: InvokeToken,
+    answer: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Intact,
+    Absent,
+    Corrupt,
+}
+
+/// A function source of about `pad` bytes that answers `answer`.
+fn source(answer: &str, pad: usize) -> String {
+    // The padding is a comment: a torn write would cut the source or the
+    // answer, which the check notices.
+    format!(
+        "# {}\ndef main():\n    api.send({answer:?})\n",
+        "p".repeat(pad)
+    )
+}
+
+async fn check(target: &Target, known: &Known) -> (State, String) {
+    let result = async {
+        let session = Connection::connect(target)
+            .await?
+            .invoke(&known.token, "main", "[]")
+            .await?;
+        let mut attachment = Connection::connect(target)
+            .await?
+            .attach(&session, None)
+            .await?;
+        let mut output = Vec::new();
+        while let Some(data) = attachment.next().await? {
+            output.extend_from_slice(&data);
+        }
+        attachment.close().await;
+        Ok::<_, ClientError>(output)
+    }
+    .await;
+    match result {
+        Ok(output) if output == known.answer.as_bytes() => (State::Intact, String::new()),
+        Ok(output) => (
+            State::Corrupt,
+            format!("answered {:?}", String::from_utf8_lossy(&output)),
+        ),
+        Err(ClientError::Remote {
+            code: ErrorCode::UnknownInvokeToken,
+            ..
+        }) => (State::Absent, String::new()),
+        Err(e) => (State::Corrupt, e.to_string()),
+    }
+}
+
+/// A tiny deterministic generator (not for anything secret).
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, n: u64) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        if n == 0 { 0 } else { x % n }
+    }
+}
+
+/// One client until the box dies: store, invoke what it stored, repeat.
+async fn client(target: Target, seed: u64, known: Arc<Mutex<Vec<Known>>>) {
+    let mut rng = XorShift(seed | 1);
+    for n in 0u64.. {
+        let answer = format!("answer {seed} {n}");
+        let pad = usize::try_from(rng.below(64 * 1024)).unwrap_or(0);
+        let stored = async {
+            Connection::connect(&target)
+                .await?
+                .store("crash.py", &source(&answer, pad))
+                .await
+        }
+        .await;
+        let Ok((_, token)) = stored else {
+            // The box is gone (or going): this store was never
+            // acknowledged, so it may be there or not.
+            return;
+        };
+        let this = Known { token, answer };
+        known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(this.clone());
+        // A session of it, possibly cut by the kill.
+        let _ = check(&target, &this).await;
+    }
+}
+
+/// `bento bench crash`; true when no function was ever corrupt.
+#[allow(clippy::print_stdout)]
+pub async fn run(args: CrashArgs) -> anyhow::Result<bool> {
+    let data_dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
+    let known: Arc<Mutex<Vec<Known>>> = Arc::default();
+    let mut rng = XorShift(0x5DEE_CE66_D1CE_4E5B ^ u64::from(std::process::id()));
+    let mut corrupt = 0u64;
+    let mut lost = 0u64;
+    let start = Instant::now();
+    println!("| round | stored so far | intact | absent | corrupt | killed after ms |");
+    println!("|---|---|---|---|---|---|");
+    for round in 0..=args.rounds {
+        let bx = BoxProcess::start_in(data_dir.path(), args.workers, args.runtime.clone()).await?;
+        // Check everything acknowledged so far.
+        let snapshot: Vec<Known> = known.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (mut intact, mut absent, mut bad) = (0u64, 0u64, 0u64);
+        for item in &snapshot {
+            match check(&bx.target, item).await {
+                (State::Intact, _) => intact += 1,
+                (State::Absent, _) => absent += 1,
+                (State::Corrupt, why) => {
+                    bad += 1;
+                    if bad <= 5 {
+                        println!("  corrupt after round {round}: {why}");
+                    }
+                }
+            }
+        }
+        corrupt += bad;
+        lost = lost.max(absent);
+        if round == args.rounds {
+            println!(
+                "| final | {} | {intact} | {absent} | {bad} | - |",
+                snapshot.len()
+            );
+            break;
+        }
+        // Load, then kill -9 at a random moment of it.
+        let delay = Duration::from_millis(rng.below(args.max_delay_ms + 1));
+        let mut clients = tokio::task::JoinSet::new();
+        for c in 0..args.clients {
+            clients.spawn(client(
+                bx.target.clone(),
+                (round << 16) | c as u64,
+                known.clone(),
+            ));
+        }
+        tokio::time::sleep(delay).await;
+        bx.kill9();
+        // The clients see the box go and stop.
+        while clients.join_next().await.is_some() {}
+        println!(
+            "| {round} | {} | {intact} | {absent} | {bad} | {} |",
+            snapshot.len(),
+            delay.as_millis()
+        );
+    }
+    let stored = known.lock().unwrap_or_else(|e| e.into_inner()).len();
+    println!(
+        "{} rounds in {:.0} s: {stored} acknowledged stores; {corrupt} corrupt answers; at most {lost} acknowledged functions absent",
+        args.rounds,
+        start.elapsed().as_secs_f64()
+    );
+    let clean = corrupt == 0;
+    println!(
+        "verdict: {}",
+        if clean && lost == 0 {
+            "every acknowledged function intact after every kill -9"
+        } else if clean {
+            "nothing corrupt, but acknowledged functions went missing"
+        } else {
+            "CORRUPT functions found"
+        }
+    );
+    Ok(clean && lost == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_padded_source_still_answers_its_answer() {
+        let text = source("answer 1 2", 10);
+        assert!(text.starts_with("# pppppppppp\n"));
+        assert!(text.ends_with("api.send(\"answer 1 2\")\n"));
+    }
+}
