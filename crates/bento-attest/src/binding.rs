@@ -40,9 +40,79 @@ impl Binding {
     }
 }
 
+/// The onion identity in a v3 onion address (`<56 base32 chars>.onion`,
+/// optionally with `:PORT`): the first 32 of the 35 bytes the name encodes
+/// (ed25519 public key, 2-byte checksum, version 3). `None` for anything
+/// else (an IP address, a host name, a malformed onion name). The checksum
+/// is not checked: a mistyped address fails the identity check anyway.
+pub fn onion_identity(address: &str) -> Option<[u8; ONION_IDENTITY_BYTES]> {
+    let host = match address.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => address,
+    };
+    let name = host.strip_suffix(".onion")?;
+    if name.len() != 56 {
+        return None;
+    }
+    let mut bits: u64 = 0;
+    let mut nbits = 0;
+    let mut out = Vec::with_capacity(35);
+    for c in name.bytes() {
+        let value = match c.to_ascii_lowercase() {
+            c @ b'a'..=b'z' => c - b'a',
+            c @ b'2'..=b'7' => c - b'2' + 26,
+            _ => return None,
+        };
+        bits = (bits << 5) | u64::from(value);
+        nbits += 5;
+        if nbits >= 8 {
+            nbits -= 8;
+            out.push((bits >> nbits) as u8);
+        }
+    }
+    // 56 × 5 bits = 35 bytes exactly; the last byte is the version.
+    if out.len() != 35 || out[34] != 3 {
+        return None;
+    }
+    let mut identity = [0u8; ONION_IDENTITY_BYTES];
+    identity.copy_from_slice(&out[..ONION_IDENTITY_BYTES]);
+    Some(identity)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_identity_of_a_v3_onion_address_is_its_public_key() {
+        // Tor's rend-spec-v3 test vector style: encode a known key and
+        // decode it back, with and without a port.
+        let key = [0x5au8; 32];
+        let mut raw = key.to_vec();
+        raw.extend([0xab, 0xcd, 3]);
+        let alphabet = b"abcdefghijklmnopqrstuvwxyz234567";
+        let mut name = String::new();
+        let (mut bits, mut nbits) = (0u64, 0);
+        for byte in raw {
+            bits = (bits << 8) | u64::from(byte);
+            nbits += 8;
+            while nbits >= 5 {
+                nbits -= 5;
+                name.push(alphabet[((bits >> nbits) & 31) as usize] as char);
+            }
+        }
+        assert_eq!(name.len(), 56);
+        assert_eq!(onion_identity(&format!("{name}.onion")), Some(key));
+        assert_eq!(onion_identity(&format!("{name}.onion:7878")), Some(key));
+        assert_eq!(
+            onion_identity(&format!("{}.onion", name.to_uppercase())),
+            Some(key)
+        );
+        assert_eq!(onion_identity("127.0.0.1:7878"), None);
+        assert_eq!(onion_identity("example.com:80"), None);
+        assert_eq!(onion_identity(&format!("{}.onion", &name[1..])), None);
+        assert_eq!(onion_identity(&format!("{}1.onion", &name[1..])), None);
+    }
 
     fn binding() -> Binding {
         Binding {

@@ -28,7 +28,9 @@ mod measure;
 mod source;
 mod verify;
 
-pub use binding::{BINDING_DOMAIN, Binding, CHANNEL_KEY_BYTES, NONCE_BYTES, ONION_IDENTITY_BYTES};
+pub use binding::{
+    BINDING_DOMAIN, Binding, CHANNEL_KEY_BYTES, NONCE_BYTES, ONION_IDENTITY_BYTES, onion_identity,
+};
 pub use evidence::{EVIDENCE_VERSION, Evidence, MAX_EVIDENCE_LEN};
 pub use kind::{TeeKind, UnknownTeeKind};
 pub use measure::{MEASUREMENT_DOMAIN, Measurement, measure};
