@@ -16,7 +16,8 @@ use crate::{Command, TargetArgs, runtime_path};
 pub struct AttestFlags {
     /// Refuse, before uploading anything, a box that does not prove it runs
     /// its worker in a TEE: of KIND (sgx, tdx, sev-snp) when given, of any
-    /// kind when not (docs/attestation.md).
+    /// kind when not (docs/attestation.md). The value is optional, so put
+    /// the flag after positional arguments or write --require-tee=KIND.
     #[arg(
         long,
         global = true,
