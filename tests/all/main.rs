@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod attest;
 mod bounds;
 mod browser;
 mod capabilities;

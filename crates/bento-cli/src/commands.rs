@@ -233,6 +233,8 @@ impl ServeArgs {
             usize::try_from(config.policy.caps.max_connections).unwrap_or(usize::MAX);
         config.legacy_listen = self.legacy_listen;
         config.metrics_listen = self.metrics;
+        // The box states the measurement of what its workers run.
+        config.measured_files = Some((config.workers.program.clone(), runtime));
         Ok(config)
     }
 }
@@ -390,7 +392,7 @@ pub fn precompile(wasm: &Path, out: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn target(args: &TargetArgs) -> Target {
+pub(crate) fn target(args: &TargetArgs) -> Target {
     Target {
         server: args.server.clone(),
         socks: args.socks.clone(),
@@ -609,7 +611,9 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
                 Err(e) => Ok(report(&e)),
             }
         }
-        Command::Worker { .. } | Command::Runtime(_) | Command::Policy(_) => unreachable_command(),
+        Command::Worker { .. } | Command::Runtime(_) | Command::Policy(_) | Command::Attest(_) => {
+            unreachable_command()
+        }
     }
 }
 

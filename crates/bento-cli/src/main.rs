@@ -4,6 +4,7 @@
 //! one (directly, or through Tor with `--socks`); `bento bench` measures a
 //! box it starts itself. `bento worker` is internal: the box starts it.
 
+mod attest_cmd;
 mod bench;
 mod bench_crash;
 mod bench_load;
@@ -69,6 +70,8 @@ struct TargetArgs {
     /// proxy resolves the box's name.
     #[arg(long, global = true, env = "BENTO_SOCKS")]
     socks: Option<String>,
+    #[command(flatten)]
+    attest: attest_cmd::AttestFlags,
 }
 
 #[derive(Debug, Subcommand)]
@@ -207,6 +210,9 @@ enum Command {
     /// Show the box's version, limits and coarse load (nothing about other
     /// users; the operator's exact figures are on `serve --metrics`).
     Status,
+    /// Ask a box what it proves about the code that runs your functions
+    /// (TEE kind, measurement), or `bento attest measure` a worker build.
+    Attest(attest_cmd::AttestArgs),
     /// Measure a box started for the purpose: invocation latency, output
     /// throughput, echo round trip, memory of waiting sessions.
     Bench(bench::BenchArgs),
@@ -362,7 +368,15 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build();
             match runtime {
-                Ok(rt) => rt.block_on(commands::dispatch(command, cli.target)),
+                Ok(rt) => rt.block_on(async {
+                    if let Command::Attest(args) = command {
+                        return attest_cmd::run(args, &cli.target).await;
+                    }
+                    if let Some(refused) = attest_cmd::preflight(&command, &cli.target).await {
+                        return Ok(refused);
+                    }
+                    commands::dispatch(command, cli.target).await
+                }),
                 Err(e) => Err(e.into()),
             }
         }

@@ -3,7 +3,8 @@
 //! Connects directly over TCP or through a SOCKS5 proxy such as Tor's
 //! SocksPort (with the proxy resolving names, so `.onion` boxes work), and
 //! speaks the wire protocol: store (with a lifetime), renew, delete,
-//! invoke, attach, kill, status.
+//! invoke, attach, kill, status, and attest ([`Connection::attest`]: what
+//! the box proves about the code that runs your functions).
 //!
 //! An [`Attachment`] streams a session's output. Output returned by
 //! [`Attachment::next`] counts as consumed once `next` is called again (or
@@ -11,7 +12,10 @@
 //! the box never sends it again. A client that stops in between gets the
 //! unacknowledged bytes again on re-attach, so nothing is lost.
 
+mod attest;
 mod socks;
+
+pub use attest::{AttestError, Requirement, TeeKind, TeeRequirement, Verified};
 
 use bento_protocol::{
     ErrorCode, Frame, FrameDecoder, FunctionId, InvokeToken, MAX_DATA_LEN, PROTOCOL_VERSION,
@@ -52,6 +56,10 @@ pub enum ClientError {
     /// The box closed the connection.
     #[error("the box closed the connection")]
     Closed,
+    /// The box does not prove what the client requires (or its evidence
+    /// is malformed, replayed, or for another box); nothing was uploaded.
+    #[error("box refused: {0}")]
+    Attestation(#[from] AttestError),
 }
 
 /// A function the box stored.

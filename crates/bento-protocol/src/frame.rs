@@ -4,7 +4,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error_code::ErrorCode;
 use crate::token::{FunctionId, InvokeToken, ServiceToken, SessionToken, TOKEN_BYTES};
-use crate::{HELLO_MAGIC, MAX_DATA_LEN, MAX_FRAME_LEN, MAX_NAME_LEN};
+use crate::{
+    ATTEST_NONCE_LEN, HELLO_MAGIC, MAX_DATA_LEN, MAX_EVIDENCE_LEN, MAX_FRAME_LEN, MAX_NAME_LEN,
+};
 
 /// Why bytes could not be decoded into a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,6 +117,10 @@ frame_types! {
     End = 0x25;
     /// Box → client: the detach is recorded; a new attach resumes at `offset`.
     Detached = 0x26;
+    /// Client → box: prove what you run, bound to this nonce.
+    Attest = 0x27;
+    /// Box → client: attestation evidence (kind `none` when there is no TEE).
+    Attested = 0x28;
     /// Either direction: a typed error.
     Error = 0x7f;
 }
@@ -261,6 +267,17 @@ pub enum Frame {
     },
     /// The function returned; all output was sent.
     End,
+    /// Ask the box for attestation evidence.
+    Attest {
+        /// Fresh random bytes; the evidence must be bound to them.
+        nonce: [u8; ATTEST_NONCE_LEN],
+    },
+    /// Reply to `Attest`: evidence in the layout of `docs/attestation.md`
+    /// (opaque to this crate; `bento-attest` parses and verifies it).
+    Attested {
+        /// At most [`MAX_EVIDENCE_LEN`] bytes.
+        evidence: Bytes,
+    },
     /// A typed error.
     Error {
         /// The code.
@@ -299,6 +316,8 @@ impl Frame {
             Frame::Detach => FrameType::Detach,
             Frame::Detached { .. } => FrameType::Detached,
             Frame::End => FrameType::End,
+            Frame::Attest { .. } => FrameType::Attest,
+            Frame::Attested { .. } => FrameType::Attested,
             Frame::Error { .. } => FrameType::Error,
         }
     }
@@ -408,6 +427,8 @@ impl Frame {
             }
             Frame::Status { json } => put_str(out, json),
             Frame::Output { data } | Frame::Input { data } => out.put_slice(data),
+            Frame::Attest { nonce } => out.put_slice(nonce),
+            Frame::Attested { evidence } => out.put_slice(evidence),
             Frame::Error { code, message } => {
                 out.put_u16(code.to_u16());
                 put_str(out, message);
@@ -681,6 +702,23 @@ impl Reader {
                 offset: self.u64("offset")?,
             },
             FrameType::End => Frame::End,
+            FrameType::Attest => {
+                self.need(ATTEST_NONCE_LEN, "nonce")?;
+                let mut nonce = [0u8; ATTEST_NONCE_LEN];
+                self.body.copy_to_slice(&mut nonce);
+                Frame::Attest { nonce }
+            }
+            FrameType::Attested => {
+                if self.body.len() > MAX_EVIDENCE_LEN {
+                    return Err(self.malformed(format!(
+                        "{} evidence bytes exceed the maximum of {MAX_EVIDENCE_LEN}",
+                        self.body.len()
+                    )));
+                }
+                Frame::Attested {
+                    evidence: std::mem::take(&mut self.body),
+                }
+            }
             FrameType::Error => Frame::Error {
                 code: ErrorCode::from_u16(self.u16("code")?),
                 message: self.string("message", big)?,
@@ -795,6 +833,12 @@ mod tests {
             Frame::Detach,
             Frame::Detached { offset: 9 },
             Frame::End,
+            Frame::Attest {
+                nonce: [7; ATTEST_NONCE_LEN],
+            },
+            Frame::Attested {
+                evidence: Bytes::from_static(b"\x01\x00evidence"),
+            },
             Frame::error(ErrorCode::LimitMemory, "too big"),
         ];
         for frame in frames {
@@ -885,6 +929,48 @@ mod tests {
         buf.put_slice(&encode_data_header(FrameType::Input, MAX_DATA_LEN + 1));
         buf.put_bytes(0, MAX_DATA_LEN + 1);
         assert!(FrameDecoder::default().decode(&mut buf).is_err());
+    }
+
+    #[test]
+    fn an_attest_with_a_short_or_long_nonce_is_malformed() {
+        for len in [0, ATTEST_NONCE_LEN - 1, ATTEST_NONCE_LEN + 1] {
+            let mut buf = BytesMut::new();
+            buf.put_u32(len as u32 + 1);
+            buf.put_u8(FrameType::Attest as u8);
+            buf.put_bytes(1, len);
+            assert!(
+                matches!(
+                    FrameDecoder::default().decode(&mut buf),
+                    Err(ProtocolError::Malformed {
+                        frame: "Attest",
+                        ..
+                    })
+                ),
+                "nonce of {len} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn evidence_over_its_limit_is_rejected() {
+        let mut buf = BytesMut::new();
+        Frame::Attested {
+            evidence: Bytes::from(vec![0u8; MAX_EVIDENCE_LEN + 1]),
+        }
+        .encode(&mut buf);
+        assert!(matches!(
+            FrameDecoder::default().decode(&mut buf),
+            Err(ProtocolError::Malformed {
+                frame: "Attested",
+                ..
+            })
+        ));
+        let mut buf = BytesMut::new();
+        let at_limit = Frame::Attested {
+            evidence: Bytes::from(vec![0u8; MAX_EVIDENCE_LEN]),
+        };
+        at_limit.encode(&mut buf);
+        assert_eq!(FrameDecoder::default().decode(&mut buf), Ok(Some(at_limit)));
     }
 
     #[test]

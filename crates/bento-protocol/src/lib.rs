@@ -41,6 +41,14 @@ pub const MAX_FRAME_LEN: u32 = 4 * 1024 * 1024;
 /// Largest payload of one `Input` or `Output` frame.
 pub const MAX_DATA_LEN: usize = 1024 * 1024;
 
+/// Bytes of the nonce in an `Attest` frame.
+pub const ATTEST_NONCE_LEN: usize = 32;
+
+/// Largest evidence in an `Attested` frame. A DCAP quote is ~5 KiB and its
+/// collateral 15–25 KiB of JSON; 64 KiB leaves room for longer certificate
+/// chains without letting a box make a client buffer megabytes.
+pub const MAX_EVIDENCE_LEN: usize = 64 * 1024;
+
 /// Largest string field other than a function's source (entry names,
 /// messages, JSON arguments are bounded by the frame).
 pub const MAX_NAME_LEN: usize = 255;

@@ -246,6 +246,11 @@ impl Conn {
                     let json = self.state.status_json();
                     self.send(&Frame::Status { json }).await?;
                 }
+                Frame::Attest { nonce } => {
+                    let onion = self.state.tor.as_ref().map(|t| t.onion_address.as_str());
+                    let reply = self.state.attestation.answer(nonce, onion).await;
+                    self.send(&reply).await?;
+                }
                 Frame::Attach {
                     session_token,
                     resume_from,

@@ -17,6 +17,7 @@
 //! a default log is no timeline of users. Everything in the data directory
 //! is owner-only (files 0600, directories 0700), fixed at start-up.
 
+mod attest;
 mod box_ops;
 mod connection;
 pub mod function_store;
@@ -114,6 +115,10 @@ pub struct ServerConfig {
     /// Where to serve the operator's metrics (Prometheus text format), if
     /// anywhere; must be a loopback address.
     pub metrics_listen: Option<SocketAddr>,
+    /// The worker binary and precompiled runtime whose measurement
+    /// (`bento attest measure`) the box states in its attestation evidence;
+    /// `None` states none.
+    pub measured_files: Option<(PathBuf, PathBuf)>,
 }
 
 /// Where instances' encrypted storage lives inside a data directory: the
@@ -139,6 +144,7 @@ impl ServerConfig {
             tor_socks: None,
             onion_port: 7878,
             metrics_listen: None,
+            measured_files: None,
         }
     }
 
@@ -237,6 +243,8 @@ pub(crate) struct BoxState {
     pub(crate) tor: Option<Arc<onion::TorBox>>,
     /// Counters for the operator's metrics endpoint.
     pub(crate) metrics: Metrics,
+    /// Answers `Attest` (kind `none`: this box runs no TEE).
+    pub(crate) attestation: attest::BoxAttestation,
 }
 
 /// How busy the box is, as clients see it: coarse, so that one user's
@@ -405,6 +413,7 @@ impl Server {
             legacy_listener,
             metrics_listener,
             state: Arc::new(BoxState {
+                attestation: attest::BoxAttestation::unattested(config.measured_files.clone()),
                 config,
                 store,
                 sessions: SessionTable::default(),

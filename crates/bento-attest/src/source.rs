@@ -1,0 +1,219 @@
+//! Producing evidence: `none` here, real TEEs through their OS interfaces.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::evidence::MAX_EVIDENCE_LEN;
+use crate::{AttestError, Binding, Evidence, TeeKind};
+
+/// Something that can have a TEE sign 64 bytes of report data.
+pub trait EvidenceSource: Send + Sync {
+    /// The kind of evidence produced.
+    fn kind(&self) -> TeeKind;
+
+    /// The TEE's quote (or report) over `report_data`.
+    fn quote(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, AttestError>;
+
+    /// Collateral shipped with every quote (SGX/TDX: dcap-qvl
+    /// `QuoteCollateralV3` JSON, fetched by the operator from a PCCS).
+    fn collateral(&self) -> &[u8] {
+        &[]
+    }
+
+    /// Evidence bound to `binding`, claiming `software_digest`.
+    fn evidence(&self, binding: &Binding, software_digest: &[u8]) -> Result<Evidence, AttestError> {
+        let evidence = Evidence {
+            kind: self.kind(),
+            onion_identity: binding.onion_identity,
+            channel_key: binding.channel_key,
+            software_digest: software_digest.to_vec(),
+            quote: self.quote(&binding.report_data())?,
+            collateral: self.collateral().to_vec(),
+        };
+        // Refuse here rather than have every client refuse it.
+        let len = evidence.encode().len();
+        if len > MAX_EVIDENCE_LEN {
+            return Err(AttestError::Produce {
+                kind: self.kind(),
+                reason: format!("evidence of {len} bytes exceeds {MAX_EVIDENCE_LEN}"),
+            });
+        }
+        Ok(evidence)
+    }
+}
+
+/// No TEE. The "quote" is the bare report data, unsigned: it runs the same
+/// code path as a real TEE (binding, channel key) and proves nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoTee;
+
+impl EvidenceSource for NoTee {
+    fn kind(&self) -> TeeKind {
+        TeeKind::None
+    }
+
+    fn quote(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, AttestError> {
+        Ok(report_data.to_vec())
+    }
+}
+
+/// SGX under Gramine: write the report data to
+/// `/dev/attestation/user_report_data`, read the DCAP quote from
+/// `/dev/attestation/quote`. Only works inside a Gramine-SGX enclave
+/// (`sgx.remote_attestation = "dcap"`); not exercised by tests here.
+#[derive(Debug)]
+pub struct GramineSgx {
+    collateral: Vec<u8>,
+    // The two pseudo-files are one global state per enclave: a second
+    // writer between our write and read would get us its quote.
+    lock: Mutex<()>,
+    root: PathBuf,
+}
+
+impl GramineSgx {
+    /// A source using Gramine's `/dev/attestation`, shipping `collateral`.
+    pub fn new(collateral: Vec<u8>) -> GramineSgx {
+        GramineSgx {
+            collateral,
+            lock: Mutex::new(()),
+            root: PathBuf::from("/dev/attestation"),
+        }
+    }
+}
+
+impl EvidenceSource for GramineSgx {
+    fn kind(&self) -> TeeKind {
+        TeeKind::Sgx
+    }
+
+    fn quote(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, AttestError> {
+        let produce = |reason: String| AttestError::Produce {
+            kind: TeeKind::Sgx,
+            reason,
+        };
+        let _guard = self
+            .lock
+            .lock()
+            .map_err(|_| produce("lock poisoned".into()))?;
+        std::fs::write(self.root.join("user_report_data"), report_data)
+            .map_err(|e| produce(format!("writing user_report_data: {e}")))?;
+        std::fs::read(self.root.join("quote")).map_err(|e| produce(format!("reading quote: {e}")))
+    }
+
+    fn collateral(&self) -> &[u8] {
+        &self.collateral
+    }
+}
+
+/// TDX or SEV-SNP through the kernel's configfs-tsm interface
+/// (`/sys/kernel/config/tsm/report`, Linux ≥ 6.7): make a report
+/// directory, write `inblob`, read `outblob`. Inside a TDX guest the outblob
+/// is a DCAP quote; inside an SNP guest it is the attestation report. Only
+/// works inside a confidential VM; not exercised by tests here.
+#[derive(Debug)]
+pub struct ConfigfsTsm {
+    kind: TeeKind,
+    collateral: Vec<u8>,
+    root: PathBuf,
+    counter: AtomicU64,
+}
+
+impl ConfigfsTsm {
+    /// A source of `kind` (tdx or sev-snp) evidence, shipping `collateral`.
+    pub fn new(kind: TeeKind, collateral: Vec<u8>) -> ConfigfsTsm {
+        ConfigfsTsm {
+            kind,
+            collateral,
+            root: PathBuf::from("/sys/kernel/config/tsm/report"),
+            counter: AtomicU64::new(0),
+        }
+    }
+}
+
+impl EvidenceSource for ConfigfsTsm {
+    fn kind(&self) -> TeeKind {
+        self.kind
+    }
+
+    fn quote(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, AttestError> {
+        let kind = self.kind;
+        let produce = |reason: String| AttestError::Produce { kind, reason };
+        // One directory per request: configfs-tsm detects concurrent
+        // writers through `generation`, a private directory avoids them.
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let dir = self.root.join(format!("bento-{}-{n}", std::process::id()));
+        std::fs::create_dir(&dir)
+            .map_err(|e| produce(format!("creating {}: {e}", dir.display())))?;
+        let result = std::fs::write(dir.join("inblob"), report_data)
+            .map_err(|e| produce(format!("writing inblob: {e}")))
+            .and_then(|()| {
+                std::fs::read(dir.join("outblob"))
+                    .map_err(|e| produce(format!("reading outblob: {e}")))
+            });
+        // configfs directories are removed with rmdir, never recursively.
+        let _ = std::fs::remove_dir(&dir);
+        result
+    }
+
+    fn collateral(&self) -> &[u8] {
+        &self.collateral
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_tee_evidence_carries_the_binding_and_its_report_data() {
+        let binding = Binding {
+            nonce: [9; 32],
+            onion_identity: [8; 32],
+            channel_key: [7; 32],
+        };
+        let evidence = NoTee.evidence(&binding, &[1; 32]).unwrap();
+        assert_eq!(evidence.kind, TeeKind::None);
+        assert_eq!(evidence.quote, binding.report_data().to_vec());
+        assert_eq!(evidence.channel_key, [7; 32]);
+        assert_eq!(evidence.onion_identity, [8; 32]);
+        assert!(evidence.collateral.is_empty());
+    }
+
+    #[test]
+    fn a_tsm_source_outside_a_confidential_vm_fails_with_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut source = ConfigfsTsm::new(TeeKind::Tdx, Vec::new());
+        source.root = dir.path().join("missing");
+        assert!(matches!(
+            source.quote(&[0; 64]),
+            Err(AttestError::Produce {
+                kind: TeeKind::Tdx,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn an_oversized_collateral_is_refused_when_producing() {
+        let mut source = GramineSgx::new(vec![b' '; MAX_EVIDENCE_LEN]);
+        let dir = tempfile::tempdir().unwrap();
+        source.root = dir.path().to_path_buf();
+        std::fs::write(dir.path().join("quote"), b"q").unwrap();
+        let binding = Binding {
+            nonce: [0; 32],
+            onion_identity: [0; 32],
+            channel_key: [0; 32],
+        };
+        assert!(matches!(
+            source.evidence(&binding, &[]),
+            Err(AttestError::Produce {
+                kind: TeeKind::Sgx,
+                ..
+            })
+        ));
+        // The report data was written where Gramine expects it.
+        let written = std::fs::read(dir.path().join("user_report_data")).unwrap();
+        assert_eq!(written, binding.report_data().to_vec());
+    }
+}
