@@ -554,6 +554,8 @@ fn function_clients_exit_with_the_documented_code_for_whose_fault_a_failure_is()
             vec!["cover", "--duration", "1s", "--data", missing.as_str()],
             "cannot read",
         ),
+        (vec!["store", missing.as_str()], "cannot read"),
+        (vec!["run", missing.as_str()], "cannot read"),
         // A malformed pick-up token; one the box does not know.
         (
             vec!["drop", "get", "not-a-token", "--out", out.as_str()],

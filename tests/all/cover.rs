@@ -14,7 +14,7 @@ use crate::tor::{net, onion_box};
 const SOURCE: &str = bento_functions::cover::SOURCE;
 const MANIFEST: &str = bento_functions::cover::MANIFEST;
 /// Protocol frame header (u32 length + u8 type).
-const FRAME: u64 = 5;
+const FRAME: u64 = bento_functions::cover::FRAME_HEADER;
 
 /// The `bento cover --report` CSV, summed: (box→client bytes, client→box
 /// bytes, box→client cells, client→box cells, Output frames).

@@ -277,7 +277,13 @@ impl ServeArgs {
 }
 
 fn read_text(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    std::fs::read_to_string(path).map_err(|source| {
+        crate::exit::UnreadableInput {
+            path: path.to_owned(),
+            source,
+        }
+        .into()
+    })
 }
 
 /// `bento worker`: load the runtime, jail the process (unless `jail` is

@@ -17,6 +17,29 @@ pub const EXIT_REQUEST: u8 = 2;
 /// Exit code: the box is busy, failed, or unreachable.
 pub const EXIT_BOX: u8 = 3;
 
+/// A file the user named could not be read: their request's fault (exit
+/// 2), found before any box was asked.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {}: {source}", path.display())]
+pub struct UnreadableInput {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// The exit code of a command that failed with `error` (one not already
+/// reported by [`report`] or [`fail`]): 2 when the user's own input was
+/// unusable, else 3 (the box, or reaching it).
+pub fn exit_code_of(error: &anyhow::Error) -> u8 {
+    if error.chain().any(|cause| cause.is::<UnreadableInput>()) {
+        EXIT_REQUEST
+    } else {
+        EXIT_BOX
+    }
+}
+
 /// The exit code for whose fault a failure was.
 pub fn exit_code(fault: Fault) -> u8 {
     match fault {

@@ -385,7 +385,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(exit::EXIT_BOX)
+            ExitCode::from(exit::exit_code_of(&e))
         }
     }
 }

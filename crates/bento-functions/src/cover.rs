@@ -32,7 +32,7 @@ const DATA: u8 = 1;
 const END: u8 = 2;
 /// A protocol frame's header (u32 length, u8 type): what each Output and
 /// Input frame adds on the wire around its data.
-pub const FRAME_HEADER: u64 = 5;
+pub const FRAME_HEADER: u64 = bento_protocol::FRAME_HEADER_LEN as u64;
 /// The smallest cell the function accepts, bytes.
 pub const MIN_CELL: u64 = 64;
 /// The largest cell the function accepts, bytes.

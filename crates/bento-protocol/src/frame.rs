@@ -456,9 +456,9 @@ impl Frame {
 /// The 5-byte header (length and type) of an `Output` or `Input` frame
 /// carrying `data_len` bytes, so large payloads can be written without
 /// copying them into a frame buffer.
-pub fn encode_data_header(frame_type: FrameType, data_len: usize) -> [u8; 5] {
+pub fn encode_data_header(frame_type: FrameType, data_len: usize) -> [u8; crate::FRAME_HEADER_LEN] {
     let len = u32::try_from(data_len + 1).unwrap_or(u32::MAX);
-    let mut header = [0u8; 5];
+    let mut header = [0u8; crate::FRAME_HEADER_LEN];
     header[..4].copy_from_slice(&len.to_be_bytes());
     header[4] = frame_type as u8;
     header

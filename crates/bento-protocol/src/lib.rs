@@ -35,6 +35,10 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// client from stray traffic at once.
 pub const HELLO_MAGIC: &[u8; 5] = b"BENTO";
 
+/// Bytes of a frame's header: its length (u32, big-endian, counting the
+/// type byte and payload) and its type (u8).
+pub const FRAME_HEADER_LEN: usize = 5;
+
 /// Largest frame (type byte + payload) either side may send.
 pub const MAX_FRAME_LEN: u32 = 4 * 1024 * 1024;
 
