@@ -40,6 +40,25 @@ async fn hundred_mib_of_output_arrives_complete_and_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detach_right_after_the_last_byte_of_a_finished_function_succeeds() {
+    // The function has ended and its End is on the wire, unread, when the
+    // client detaches: the acknowledgement lets the box forget the session
+    // before it sees the Detach. Nothing is lost, so the detach succeeds.
+    let bx = TestBox::start(&[]);
+    let token = bx.store("def main():\n    api.send(b'all of it')\n").await;
+    for _ in 0..5 {
+        let session = bx.invoke(&token, "[]").await;
+        let mut attachment = bx.connect().await.attach(&session, None).await.unwrap();
+        let data = attachment.next().await.unwrap().expect("the output");
+        assert_eq!(&data[..], b"all of it");
+        // Let the function end and its End arrive.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(attachment.detach().await.unwrap(), 9);
+    }
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_mib_survive_a_detach_halfway_and_a_re_attach() {
     let bx = TestBox::fast(&[]);
     let token = bx.store_fast(HUNDRED_MIB).await;

@@ -588,24 +588,45 @@ impl Attachment {
     /// recorded every acknowledgement, so an immediate re-attach, from here
     /// or elsewhere, resumes exactly after the consumed output. Output that
     /// arrives meanwhile was not consumed and will be sent again.
+    ///
+    /// If the function had already ended and everything it wrote was
+    /// consumed, the box has nothing left to keep: it forgets the session
+    /// on the acknowledgement and may never confirm. That is a detach that
+    /// lost nothing, and returns the consumed offset too (a later attach
+    /// finds no session).
     pub async fn detach(mut self) -> Result<u64, ClientError> {
         self.ack();
         self.outgoing
             .send(Frame::Detach)
             .await
             .map_err(|_| ClientError::Closed)?;
+        let consumed = self.consumed;
         let confirmed = tokio::time::timeout(DETACH_TIMEOUT, async {
+            // Whether the session's End arrived with no output before it
+            // that this client had not consumed.
+            let mut ended_consumed = false;
+            let mut unconsumed = false;
             loop {
-                match read_frame(&mut self.reader, &mut self.buf, &mut self.decoder).await? {
+                let frame =
+                    match read_frame(&mut self.reader, &mut self.buf, &mut self.decoder).await {
+                        Ok(frame) => frame,
+                        Err(_) if ended_consumed => return Ok(consumed),
+                        Err(e) => return Err(e),
+                    };
+                match frame {
                     Frame::Detached { offset } => return Ok(offset),
                     // Sent before the box saw the detach; not consumed.
-                    Frame::Output { .. } | Frame::End | Frame::Error { .. } => {}
+                    Frame::Output { .. } => unconsumed = true,
+                    Frame::End => ended_consumed = !unconsumed,
+                    // What the box says to a Detach for a session it has
+                    // just forgotten.
+                    Frame::Error { .. } if ended_consumed => return Ok(consumed),
+                    Frame::Error { .. } => {}
                     other => return Err(ClientError::Unexpected(other.frame_type().name().into())),
                 }
             }
         })
         .await;
-        let consumed = self.consumed;
         self.close().await;
         match confirmed {
             Ok(Ok(offset)) if offset == consumed => Ok(consumed),
