@@ -48,17 +48,20 @@ fn bento_attest_says_plainly_that_an_unattested_box_proves_nothing_and_states_it
     // The box states the measurement of its worker (this bento binary) and
     // runtime; a user computes the same value with `bento attest measure`.
     let runtime = runtime().display().to_string();
-    let measured = bento(
-        &bx,
-        &[
-            "attest",
-            "measure",
-            "--worker",
-            BENTO,
-            "--runtime",
-            &runtime,
-        ],
-    );
+    let measure = || {
+        bento(
+            &bx,
+            &[
+                "attest",
+                "measure",
+                "--worker",
+                BENTO,
+                "--runtime",
+                &runtime,
+            ],
+        )
+    };
+    let measured = measure();
     assert!(measured.status.success(), "{}", text(&measured.stderr));
     let digest = text(&measured.stdout).trim().to_owned();
     assert_eq!(digest.len(), 64, "{digest}");
@@ -67,17 +70,7 @@ fn bento_attest_says_plainly_that_an_unattested_box_proves_nothing_and_states_it
         "{stdout}"
     );
     // Measuring twice gives the same digest (reproducible).
-    let again = bento(
-        &bx,
-        &[
-            "attest",
-            "measure",
-            "--worker",
-            BENTO,
-            "--runtime",
-            &runtime,
-        ],
-    );
+    let again = measure();
     assert_eq!(text(&again.stdout).trim(), digest);
 }
 

@@ -79,16 +79,12 @@ async fn check(target: &Target, known: &Known) -> (State, String) {
             .await?
             .invoke(&known.token, "main", "[]")
             .await?;
-        let mut attachment = Connection::connect(target)
+        Connection::connect(target)
             .await?
             .attach(&session, None)
-            .await?;
-        let mut output = Vec::new();
-        while let Some(data) = attachment.next().await? {
-            output.extend_from_slice(&data);
-        }
-        attachment.close().await;
-        Ok::<_, ClientError>(output)
+            .await?
+            .read_to_end()
+            .await
     }
     .await;
     match result {

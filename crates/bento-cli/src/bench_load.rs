@@ -265,15 +265,12 @@ async fn read_all(
     target: &Target,
     session: &bento_protocol::SessionToken,
 ) -> anyhow::Result<(Vec<u8>, ())> {
-    let mut attachment = Connection::connect(target)
+    let output = Connection::connect(target)
         .await?
         .attach(session, None)
+        .await?
+        .read_to_end()
         .await?;
-    let mut output = Vec::new();
-    while let Some(data) = attachment.next().await? {
-        output.extend_from_slice(&data);
-    }
-    attachment.close().await;
     Ok((output, ()))
 }
 

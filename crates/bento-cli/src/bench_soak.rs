@@ -245,15 +245,12 @@ async fn invoke_checked(target: &Target, token: &InvokeToken, i: u64) -> anyhow:
     let mut conn = Connection::connect(target).await?;
     let session = conn.invoke(token, "main", &format!("[{i}]")).await?;
     drop(conn);
-    let mut attachment = Connection::connect(target)
+    let output = Connection::connect(target)
         .await?
         .attach(&session, None)
+        .await?
+        .read_to_end()
         .await?;
-    let mut output = Vec::new();
-    while let Some(data) = attachment.next().await? {
-        output.extend_from_slice(&data);
-    }
-    attachment.close().await;
     let expected = format!("soak {i}");
     if output != expected.as_bytes() {
         bail!(

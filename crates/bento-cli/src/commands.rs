@@ -152,10 +152,7 @@ impl ServeArgs {
     /// Server configuration from these options.
     pub fn config(&self) -> anyhow::Result<ServerConfig> {
         let data_dir = self.data_dir()?;
-        let runtime = self
-            .runtime
-            .clone()
-            .unwrap_or_else(runtime_path::default_runtime);
+        let runtime = self.runtime_path();
         if !runtime.is_file() {
             bail!(
                 "the precompiled Python runtime {} does not exist; run scripts/setup.sh \
@@ -240,6 +237,13 @@ impl ServeArgs {
 }
 
 impl ServeArgs {
+    /// The precompiled runtime: `--runtime`, else the default.
+    pub fn runtime_path(&self) -> PathBuf {
+        self.runtime
+            .clone()
+            .unwrap_or_else(runtime_path::default_runtime)
+    }
+
     /// The data directory, from the command line or the config file.
     pub fn data_dir(&self) -> anyhow::Result<&Path> {
         self.data_dir

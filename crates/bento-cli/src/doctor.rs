@@ -15,7 +15,6 @@ use std::time::Duration;
 use bento_tor::{TorControl, TorError};
 
 use crate::commands::ServeArgs;
-use crate::runtime_path;
 
 /// The first tor release with onion-service proof-of-work defenses.
 const TOR_POW_VERSION: (u32, u32, u32) = (0, 4, 8);
@@ -177,10 +176,7 @@ fn physical_memory_mib() -> Option<u64> {
 }
 
 fn check_runtime(args: &ServeArgs, report: &mut Report) {
-    let path = args
-        .runtime
-        .clone()
-        .unwrap_or_else(runtime_path::default_runtime);
+    let path = args.runtime_path();
     if !path.is_file() {
         report.fail(
             "runtime",
@@ -472,11 +468,7 @@ fn parse_tor_version(text: &str) -> Option<(u32, u32, u32)> {
 
 /// Whatever else `serve` would refuse at start (legacy manifest, CA file).
 fn check_other_options(args: &ServeArgs, report: &mut Report) {
-    let runtime_ok = args
-        .runtime
-        .clone()
-        .unwrap_or_else(runtime_path::default_runtime)
-        .is_file();
+    let runtime_ok = args.runtime_path().is_file();
     if !runtime_ok || args.data_dir.is_none() || args.policy().is_err() {
         // Already reported; config() would only repeat the first of them.
         return;

@@ -572,6 +572,17 @@ impl Attachment {
         }
     }
 
+    /// Everything the session outputs until its end, then close the
+    /// connection (everything acknowledged, so the box can forget it).
+    pub async fn read_to_end(mut self) -> Result<Vec<u8>, ClientError> {
+        let mut out = Vec::new();
+        while let Some(data) = self.next().await? {
+            out.extend_from_slice(&data);
+        }
+        self.close().await;
+        Ok(out)
+    }
+
     /// After the last frame: acknowledge everything so the box can forget
     /// the session.
     fn finish(&mut self) {

@@ -1088,18 +1088,22 @@ mod tests {
         assert_eq!(*recorder.consumed.lock().unwrap(), 6);
     }
 
+    /// A host that records which channels were opened and whether each was
+    /// accepted.
+    #[derive(Default)]
+    struct Opened(Mutex<Vec<(u32, bool)>>);
+
+    impl SessionHost for Opened {
+        fn deliver_output(&self, _data: Bytes) {}
+        fn input_consumed(&self, _bytes: u64) {}
+        fn message_start(&self, _length: u64) {}
+        fn channel_opened(&self, channel: u32, accepted: bool) {
+            self.0.lock().unwrap().push((channel, accepted));
+        }
+    }
+
     #[test]
     fn channels_beyond_the_limit_are_refused_and_a_closed_one_frees_its_slot() {
-        #[derive(Default)]
-        struct Opened(Mutex<Vec<(u32, bool)>>);
-        impl SessionHost for Opened {
-            fn deliver_output(&self, _data: Bytes) {}
-            fn input_consumed(&self, _bytes: u64) {}
-            fn message_start(&self, _length: u64) {}
-            fn channel_opened(&self, channel: u32, accepted: bool) {
-                self.0.lock().unwrap().push((channel, accepted));
-            }
-        }
         let host = Arc::new(Opened::default());
         let io = SessionIo::with_limits(
             host.clone(),
@@ -1184,16 +1188,6 @@ mod tests {
 
     #[test]
     fn a_channel_whose_input_window_does_not_fit_is_refused_and_a_closed_one_gives_it_back() {
-        #[derive(Default)]
-        struct Opened(Mutex<Vec<(u32, bool)>>);
-        impl SessionHost for Opened {
-            fn deliver_output(&self, _data: Bytes) {}
-            fn input_consumed(&self, _bytes: u64) {}
-            fn message_start(&self, _length: u64) {}
-            fn channel_opened(&self, channel: u32, accepted: bool) {
-                self.0.lock().unwrap().push((channel, accepted));
-            }
-        }
         let host = Arc::new(Opened::default());
         let io = SessionIo::with_limits(
             host.clone(),

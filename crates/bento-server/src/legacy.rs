@@ -515,9 +515,10 @@ async fn stream_instance(
                     .min(OUTPUT_BATCH);
                 Step::Body(Session::output_from(&s, sent, max))
             } else if in_message > 0 {
-                match &s.outcome {
-                    Some(_) => Step::Truncated,
-                    None => Step::Wait,
+                if s.outcome.is_some() {
+                    Step::Truncated
+                } else {
+                    Step::Wait
                 }
             } else {
                 match s.messages.front().copied() {
@@ -576,9 +577,17 @@ async fn stream_instance(
         };
         let work = async {
             match step {
-                Step::TakenOver => {
+                Step::TakenOver | Step::Truncated => {
                     // Mid-frame, this connection's stream cannot be kept
-                    // well-formed: end it (the new stream sends the rest).
+                    // well-formed: end it. Taken over, the new stream sends
+                    // the rest. Truncated (the function stopped in the
+                    // middle of a message whose Output frame has begun),
+                    // the frame can neither be completed honestly (padding
+                    // would hand the client bytes that look like the
+                    // function's data, and let a function make the box send
+                    // more than it wrote) nor abandoned: the client sees the
+                    // stream end mid-frame, and the Error and `function
+                    // dead` wait for the next Open.
                     if let Some(guard) = frame_guard.as_mut() {
                         let _ = guard.shutdown().await;
                     }
@@ -659,20 +668,6 @@ async fn stream_instance(
                         ),
                     );
                     finish(&state, &session, &id, &writer, Some(text)).await
-                }
-                Step::Truncated => {
-                    // The function stopped in the middle of a message whose
-                    // Output frame has begun. The frame can neither be
-                    // completed honestly (padding would hand the client
-                    // bytes that look like the function's data, and let a
-                    // function make the box send more than it wrote) nor
-                    // abandoned: end the connection. The client sees the
-                    // stream end mid-frame; the Error and `function dead`
-                    // wait for the next Open.
-                    if let Some(guard) = frame_guard.as_mut() {
-                        let _ = guard.shutdown().await;
-                    }
-                    Err(std::io::ErrorKind::Other.into())
                 }
                 Step::Finished(outcome) => {
                     let text = outcome_refusal(&outcome).map(|r| r.message);
