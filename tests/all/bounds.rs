@@ -181,22 +181,10 @@ async fn connections_beyond_the_cap_are_refused_while_existing_users_are_served(
     }
     attachment.close().await;
     assert_eq!(output, b"still served");
-    // Once the idle connections go, a new user gets in.
+    // Once the idle connections go, every slot comes back and a new user
+    // gets in.
     drop(idle);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match bento_client::Connection::connect(&bx.target()).await {
-            Ok(_) => break,
-            Err(ClientError::Remote {
-                code: ErrorCode::TooManyConnections,
-                ..
-            }) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("a new user was not served after the cap freed: {e}"),
-        }
-    }
-    bx.assert_serves_hello().await;
+    assert_slots_are_freed_and_the_next_user_served(&bx, 3).await;
 }
 
 /// Open connections to `bx` (each greeted with `Welcome`) until one is
@@ -229,18 +217,52 @@ fn policy_with_connection_cap(cap: u64) -> String {
 async fn the_policys_connection_cap_is_enforced_and_the_option_overrides_it() {
     let bx = TestBox::with_policy(&policy_with_connection_cap(3), &[]);
     assert_eq!(connections_until_refused(&bx).await, 3);
-    // The connections are closed: a new user gets in (the box frees a slot
-    // when it notices the close) and is served.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while connections_until_refused(&bx).await != 3 {
-        assert!(Instant::now() < deadline, "the slots were never freed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bx.assert_serves_hello().await;
+    assert_slots_are_freed_and_the_next_user_served(&bx, 3).await;
     drop(bx);
     let bx = TestBox::with_policy(&policy_with_connection_cap(3), &["--max-connections", "5"]);
     assert_eq!(connections_until_refused(&bx).await, 5, "the option wins");
-    bx.assert_serves_hello().await;
+    assert_slots_are_freed_and_the_next_user_served(&bx, 5).await;
+}
+
+/// The connections `connections_until_refused` held are closed. The box
+/// frees a slot when it notices a close, which happens asynchronously: until
+/// then a new user may be refused with `too_many_connections` (and nothing
+/// else). Every slot comes back, and a new user is served.
+async fn assert_slots_are_freed_and_the_next_user_served(bx: &TestBox, cap: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let connect = || async {
+        loop {
+            match bento_client::Connection::connect(&bx.target()).await {
+                Ok(connection) => return connection,
+                Err(ClientError::Remote {
+                    code: ErrorCode::TooManyConnections,
+                    ..
+                }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("a new user was not let in after the closes: {e}"),
+            }
+        }
+    };
+    let mut held = Vec::new();
+    for _ in 0..cap {
+        held.push(connect().await);
+    }
+    drop(held);
+    let mut conn = connect().await;
+    let (_, token) = conn
+        .store(
+            "test.py",
+            "def main(name):\n    api.send('hello ' + name)\n",
+        )
+        .await
+        .unwrap();
+    let session = conn
+        .invoke(&token, "main", "[\"next user\"]")
+        .await
+        .unwrap();
+    let output = connect().await.attach(&session, None).await.unwrap();
+    assert_eq!(output.read_to_end().await.unwrap(), b"hello next user");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
