@@ -73,6 +73,13 @@ fn frames() -> Vec<Vec<Frame>> {
             invoke_token: InvokeToken::from_bytes(token(2)),
             entry: "main".into(),
             args_json: "[\"world\", 1, {\"k\": null}]".into(),
+            defense: None,
+        }),
+        one(Frame::Invoke {
+            invoke_token: InvokeToken::from_bytes(token(2)),
+            entry: "main".into(),
+            args_json: "[]".into(),
+            defense: Some("front".into()),
         }),
         one(Frame::Invoked {
             session_token: SessionToken::from_bytes(token(3)),
@@ -110,6 +117,9 @@ fn frames() -> Vec<Vec<Frame>> {
             data: Bytes::from_static(b"\x00\x01\x02"),
         }),
         one(Frame::InputEnd),
+        one(Frame::Padding {
+            data: Bytes::from_static(&[0; 64]),
+        }),
         one(Frame::Ack { offset: 11 }),
         one(Frame::Detach),
         one(Frame::Detached { offset: 11 }),
@@ -125,6 +135,7 @@ fn frames() -> Vec<Vec<Frame>> {
                 invoke_token: InvokeToken::from_bytes(token(2)),
                 entry: "main".into(),
                 args_json: "[]".into(),
+                defense: None,
             },
             Frame::Input {
                 data: Bytes::from_static(b"ping"),

@@ -26,6 +26,7 @@ mod protocol_abuse;
 mod proxy;
 mod requests_shim;
 mod sessions;
+mod shaping;
 mod shard;
 mod store_lifetime;
 mod tor;

@@ -18,11 +18,13 @@ mod socks;
 pub use attest::{AttestError, Requirement, TeeKind, TeeRequirement, Verified};
 
 use bento_protocol::{
-    ErrorCode, Frame, FrameDecoder, FunctionId, InvokeToken, MAX_DATA_LEN, PROTOCOL_VERSION,
-    ProtocolError, ServiceToken, SessionToken,
+    ErrorCode, Frame, FrameDecoder, FunctionId, InvokeToken, MAX_DATA_LEN, MIN_PROTOCOL_VERSION,
+    PADDING_VERSION, PROTOCOL_VERSION, ProtocolError, ServiceToken, SessionToken,
 };
+pub use bento_shaping::Defense;
+use bento_shaping::{Shaper, Side};
 use bytes::{Bytes, BytesMut};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -60,6 +62,10 @@ pub enum ClientError {
     /// is malformed, replayed, or for another box); nothing was uploaded.
     #[error("box refused: {0}")]
     Attestation(#[from] AttestError),
+    /// A defense was asked for, but the box predates padding (it speaks
+    /// only protocol version 1); nothing was invoked.
+    #[error("this box does not support traffic-analysis defenses (it speaks protocol version {0})")]
+    NoPadding(u16),
 }
 
 /// A function the box stored.
@@ -91,6 +97,8 @@ pub struct Connection {
     decoder: FrameDecoder,
     /// The box's software string from `Welcome`.
     pub software: String,
+    /// The protocol version agreed with the box.
+    version: u16,
 }
 
 /// A lifetime on the wire: whole seconds, at least 1; 0 asks for the box's
@@ -121,17 +129,28 @@ impl Connection {
             buf: BytesMut::with_capacity(256 * 1024),
             decoder: FrameDecoder::default(),
             software: String::new(),
+            version: MIN_PROTOCOL_VERSION,
         };
+        // Every version this client speaks: a box that predates padding
+        // answers 1 and is served exactly as before.
         conn.send(&Frame::Hello {
-            min_version: PROTOCOL_VERSION,
+            min_version: MIN_PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
         })
         .await?;
         match conn.recv().await? {
-            Frame::Welcome { software, .. } => conn.software = software,
+            Frame::Welcome { software, version } => {
+                conn.software = software;
+                conn.version = version;
+            }
             other => return Err(remote(other)),
         }
         Ok(conn)
+    }
+
+    /// The protocol version agreed with the box.
+    pub fn version(&self) -> u16 {
+        self.version
     }
 
     async fn send(&mut self, frame: &Frame) -> Result<(), ClientError> {
@@ -263,10 +282,29 @@ impl Connection {
         entry: &str,
         args_json: &str,
     ) -> Result<(SessionToken, Option<ServiceToken>), ClientError> {
+        self.invoke_with_defense(token, entry, args_json, None)
+            .await
+    }
+
+    /// Like [`Connection::invoke_service`], asking the box to shape the
+    /// session's output with `defense` (the box refuses one its policy does
+    /// not allow with `defense_refused`). Attach to such a session with
+    /// [`Connection::attach`] as usual; padding is discarded on arrival.
+    pub async fn invoke_with_defense(
+        &mut self,
+        token: &InvokeToken,
+        entry: &str,
+        args_json: &str,
+        defense: Option<Defense>,
+    ) -> Result<(SessionToken, Option<ServiceToken>), ClientError> {
+        if defense.is_some() && self.version < PADDING_VERSION {
+            return Err(ClientError::NoPadding(self.version));
+        }
         self.send(&Frame::Invoke {
             invoke_token: token.clone(),
             entry: entry.into(),
             args_json: args_json.into(),
+            defense: defense.map(|d| d.name().to_owned()),
         })
         .await?;
         match self.recv().await? {
@@ -326,10 +364,27 @@ impl Connection {
     /// Attach to a session's I/O; `resume_from` `None` resumes where the
     /// last client acknowledged.
     pub async fn attach(
-        mut self,
+        self,
         token: &SessionToken,
         resume_from: Option<u64>,
     ) -> Result<Attachment, ClientError> {
+        self.attach_shaped(token, resume_from, None).await
+    }
+
+    /// Like [`Connection::attach`], padding this client's own direction
+    /// with `defense`'s client-side machines: padding cells go out when
+    /// they say, input and acknowledgements are never delayed (an input
+    /// frame is one message for the function and must not be cut into
+    /// cells). Padding that would exceed `max_padding_bytes` is not sent.
+    pub async fn attach_shaped(
+        mut self,
+        token: &SessionToken,
+        resume_from: Option<u64>,
+        padding: Option<(Defense, u64)>,
+    ) -> Result<Attachment, ClientError> {
+        if padding.is_some() && self.version < PADDING_VERSION {
+            return Err(ClientError::NoPadding(self.version));
+        }
         self.send(&Frame::Attach {
             session_token: token.clone(),
             resume_from,
@@ -342,7 +397,14 @@ impl Connection {
         let (tx, rx) = mpsc::channel(32);
         let (ack_tx, ack_rx) = watch::channel(offset);
         let (close_tx, close_rx) = oneshot::channel();
-        let writer = tokio::spawn(write_frames(self.writer, rx, ack_rx, close_rx));
+        let shaper = match padding {
+            Some((defense, max_padding_bytes)) => Some(
+                Shaper::new(defense, Side::Client, max_padding_bytes, Instant::now())
+                    .map_err(|e| ClientError::Unexpected(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let writer = tokio::spawn(write_frames(self.writer, rx, ack_rx, close_rx, shaper));
         Ok(Attachment {
             reader: self.reader,
             buf: self.buf,
@@ -391,7 +453,12 @@ async fn write_frames(
     mut frames: mpsc::Receiver<Frame>,
     mut ack: watch::Receiver<u64>,
     mut close: oneshot::Receiver<()>,
+    mut shaper: Option<Shaper>,
 ) {
+    if let Some(shaper) = shaper.as_mut() {
+        // The Attach this writer follows is the first real cell.
+        shaper.sent_normal(1, Instant::now());
+    }
     let mut frames_open = true;
     let mut last_sent = *ack.borrow();
     // An ack waiting to ride along with the next frame (see ACK_DELAY).
@@ -399,9 +466,23 @@ async fn write_frames(
     let mut pending_since = tokio::time::Instant::now();
     loop {
         let mut out = BytesMut::new();
+        let mut only_padding = false;
+        let pad_at = shaper.as_ref().and_then(Shaper::next_wakeup);
         tokio::select! {
             biased;
             _ = &mut close => break,
+            () = sleep_until_std(pad_at), if pad_at.is_some() => {
+                if let Some(shaper) = shaper.as_mut() {
+                    // Nothing waits to replace padding: input is never held.
+                    for _ in shaper.poll(Instant::now(), 0) {
+                        bento_shaping::padding_cell(&mut out);
+                    }
+                }
+                if out.is_empty() {
+                    continue;
+                }
+                only_padding = true;
+            }
             changed = ack.changed() => match changed {
                 Ok(()) => {
                     let offset = *ack.borrow_and_update();
@@ -441,6 +522,9 @@ async fn write_frames(
                 }
             },
         }
+        if let (Some(shaper), false) = (shaper.as_mut(), only_padding) {
+            shaper.sent_normal(out.len(), Instant::now());
+        }
         if writer.write_all(&out).await.is_err() {
             return;
         }
@@ -464,6 +548,14 @@ async fn write_frames(
         }
     }
     let _ = writer.shutdown().await;
+}
+
+/// Sleep until `deadline` (forever without one; callers guard the branch).
+async fn sleep_until_std(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How long [`Attachment::detach`] waits for the box's confirmation.
@@ -550,6 +642,9 @@ impl Attachment {
                         self.consumed += data.len() as u64;
                         return Ok(Some(data));
                     }
+                    // Traffic-analysis padding: discarded on arrival (and
+                    // the next buffered frame looked at before reading).
+                    Frame::Padding { .. } => continue,
                     Frame::End => {
                         self.finish();
                         return Ok(None);
@@ -626,6 +721,7 @@ impl Attachment {
                     };
                 match frame {
                     Frame::Detached { offset } => return Ok(offset),
+                    Frame::Padding { .. } => {}
                     // Sent before the box saw the detach; not consumed.
                     Frame::Output { .. } => unconsumed = true,
                     Frame::End => ended_consumed = !unconsumed,

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::exit_policy::{ExitPolicy, RuleParseError};
+use crate::shaping::ShapingPolicy;
 
 /// The schema version both files carry.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -236,6 +237,8 @@ struct PolicyFile {
     instance: Resources,
     #[serde(rename = "box")]
     caps: BoxCaps,
+    #[serde(default)]
+    shaping: ShapingPolicy,
 }
 
 /// The operator's box policy.
@@ -249,6 +252,8 @@ pub struct BoxPolicy {
     pub capabilities: BTreeSet<Capability>,
     /// Where functions may connect (also bounded by each manifest).
     pub destinations: ExitPolicy,
+    /// Traffic-analysis defenses sessions may ask for, and their bounds.
+    pub shaping: ShapingPolicy,
 }
 
 /// A policy or manifest file that cannot be used.
@@ -343,6 +348,12 @@ max_function_lifetime_h = 720     # longest lifetime a store may ask for (30 day
 default_function_lifetime_h = 168 # lifetime when the store asks for none (7 days)
 prewarm_per_worker = 4      # fresh instances each worker keeps ready (0: none)
 max_connections = 4096      # client connections open at once
+
+# Traffic-analysis defenses the box shapes a session's output with when the
+# client asks for one at invoke (docs/policy.md#shaping). Optional section.
+[shaping]
+defenses = ["front", "tamaraw", "regulator", "constant"]  # [] turns it off
+max_padding_mib = 64        # padding one attachment may send
 "#;
 
 impl BoxPolicy {
@@ -404,6 +415,7 @@ impl BoxPolicy {
             caps: file.caps,
             capabilities: file.capabilities,
             destinations,
+            shaping: file.shaping,
         })
     }
 }
@@ -416,6 +428,7 @@ impl Default for BoxPolicy {
             caps: BoxCaps::default(),
             capabilities: BTreeSet::new(),
             destinations: ExitPolicy::default(),
+            shaping: ShapingPolicy::default(),
         })
     }
 }

@@ -13,6 +13,7 @@
 mod admission;
 mod box_policy;
 mod exit_policy;
+mod shaping;
 
 pub use admission::{DEFAULT_CHANNELS, DEFAULT_STORAGE_KIB, Grant, Violation, admit};
 pub use box_policy::{
@@ -23,6 +24,7 @@ pub use exit_policy::{
     Action, AddrPattern, Decision, DestinationRule, ExitPolicy, RuleParseError, embedded_ipv4,
     is_private_or_local,
 };
+pub use shaping::{DEFAULT_MAX_PADDING_MIB, Defense, DefenseRefused, ShapingPolicy};
 
 use std::time::Duration;
 

@@ -91,6 +91,10 @@ error_codes! {
     ManifestRejected = 8, BadRequest, "manifest_rejected";
     /// A stored function's requested lifetime is longer than the box allows.
     InvalidLifetime = 9, BadRequest, "invalid_lifetime";
+    /// The traffic-analysis defense asked for is unknown, not allowed by
+    /// the box's policy, or needs a protocol version the connection did not
+    /// negotiate.
+    DefenseRefused = 15, BadRequest, "defense_refused";
     /// No stored function has this invoke token (never stored, deleted, or
     /// its lifetime ended).
     UnknownInvokeToken = 16, UnknownToken, "unknown_invoke_token";

@@ -121,6 +121,9 @@ frame_types! {
     Attest = 0x27;
     /// Box → client: attestation evidence (kind `none` when there is no TEE).
     Attested = 0x28;
+    /// Either direction, while attached and only on a connection that
+    /// negotiated [`crate::PADDING_VERSION`]: bytes the receiver discards.
+    Padding = 0x29;
     /// Either direction: a typed error.
     Error = 0x7f;
 }
@@ -194,6 +197,11 @@ pub enum Frame {
         entry: String,
         /// Arguments as a JSON array.
         args_json: String,
+        /// The traffic-analysis defense the box is to shape the session's
+        /// output with (a name from `docs/policy.md#shaping`); `None`
+        /// (absent on the wire, as from older clients) for none. Only on a
+        /// connection that negotiated [`crate::PADDING_VERSION`].
+        defense: Option<String>,
     },
     /// Reply to `Invoke`.
     Invoked {
@@ -278,6 +286,12 @@ pub enum Frame {
         /// At most [`MAX_EVIDENCE_LEN`] bytes.
         evidence: Bytes,
     },
+    /// Traffic-analysis padding: the receiver discards it without effect
+    /// (it is not output or input, moves no offset and needs no ack).
+    Padding {
+        /// Filler bytes, at most [`MAX_DATA_LEN`]; their value means nothing.
+        data: Bytes,
+    },
     /// A typed error.
     Error {
         /// The code.
@@ -318,6 +332,7 @@ impl Frame {
             Frame::End => FrameType::End,
             Frame::Attest { .. } => FrameType::Attest,
             Frame::Attested { .. } => FrameType::Attested,
+            Frame::Padding { .. } => FrameType::Padding,
             Frame::Error { .. } => FrameType::Error,
         }
     }
@@ -388,10 +403,14 @@ impl Frame {
                 invoke_token,
                 entry,
                 args_json,
+                defense,
             } => {
                 out.put_slice(invoke_token.as_bytes());
                 put_str(out, entry);
                 put_str(out, args_json);
+                if let Some(defense) = defense {
+                    put_str(out, defense);
+                }
             }
             Frame::Invoked {
                 session_token,
@@ -426,7 +445,9 @@ impl Frame {
                 out.put_u64(*offset)
             }
             Frame::Status { json } => put_str(out, json),
-            Frame::Output { data } | Frame::Input { data } => out.put_slice(data),
+            Frame::Output { data } | Frame::Input { data } | Frame::Padding { data } => {
+                out.put_slice(data)
+            }
             Frame::Attest { nonce } => out.put_slice(nonce),
             Frame::Attested { evidence } => out.put_slice(evidence),
             Frame::Error { code, message } => {
@@ -651,6 +672,11 @@ impl Reader {
                 invoke_token: InvokeToken::from_bytes(self.token("invoke_token")?),
                 entry: self.string("entry", MAX_NAME_LEN)?,
                 args_json: self.string("args_json", big)?,
+                defense: if self.body.has_remaining() {
+                    Some(self.string("defense", MAX_NAME_LEN)?)
+                } else {
+                    None
+                },
             },
             FrameType::Invoked => Frame::Invoked {
                 session_token: SessionToken::from_bytes(self.token("session_token")?),
@@ -693,6 +719,7 @@ impl Reader {
             },
             FrameType::Output => Frame::Output { data: self.data()? },
             FrameType::Input => Frame::Input { data: self.data()? },
+            FrameType::Padding => Frame::Padding { data: self.data()? },
             FrameType::InputEnd => Frame::InputEnd,
             FrameType::Ack => Frame::Ack {
                 offset: self.u64("offset")?,
@@ -730,7 +757,7 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::PROTOCOL_VERSION;
+    use crate::{FRAME_HEADER_LEN, PROTOCOL_VERSION};
 
     fn round_trip(frame: Frame) {
         let mut buf = BytesMut::new();
@@ -794,6 +821,16 @@ mod tests {
                 invoke_token: InvokeToken::from_bytes(token()),
                 entry: "main".into(),
                 args_json: "[1]".into(),
+                defense: None,
+            },
+            Frame::Invoke {
+                invoke_token: InvokeToken::from_bytes(token()),
+                entry: "main".into(),
+                args_json: "[1]".into(),
+                defense: Some("front".into()),
+            },
+            Frame::Padding {
+                data: Bytes::from_static(&[0; 17]),
             },
             Frame::Invoked {
                 session_token: SessionToken::from_bytes(token()),
@@ -925,10 +962,44 @@ mod tests {
 
     #[test]
     fn data_frames_over_the_data_limit_are_rejected() {
+        for frame_type in [FrameType::Input, FrameType::Output, FrameType::Padding] {
+            let mut buf = BytesMut::new();
+            buf.put_slice(&encode_data_header(frame_type, MAX_DATA_LEN + 1));
+            buf.put_bytes(0, MAX_DATA_LEN + 1);
+            assert!(FrameDecoder::default().decode(&mut buf).is_err());
+        }
+    }
+
+    #[test]
+    fn an_invoke_from_an_older_client_has_no_defense_and_encodes_as_before() {
+        let old = Frame::Invoke {
+            invoke_token: InvokeToken::from_bytes(token()),
+            entry: "main".into(),
+            args_json: "[]".into(),
+            defense: None,
+        }
+        .to_bytes();
+        // token, then two length-prefixed strings and nothing else.
+        assert_eq!(old.len(), FRAME_HEADER_LEN + TOKEN_BYTES + 4 + 4 + 4 + 2);
+    }
+
+    #[test]
+    fn a_defense_name_longer_than_a_name_is_malformed() {
         let mut buf = BytesMut::new();
-        buf.put_slice(&encode_data_header(FrameType::Input, MAX_DATA_LEN + 1));
-        buf.put_bytes(0, MAX_DATA_LEN + 1);
-        assert!(FrameDecoder::default().decode(&mut buf).is_err());
+        Frame::Invoke {
+            invoke_token: InvokeToken::from_bytes(token()),
+            entry: "main".into(),
+            args_json: "[]".into(),
+            defense: Some("x".repeat(MAX_NAME_LEN + 1)),
+        }
+        .encode(&mut buf);
+        assert!(matches!(
+            FrameDecoder::default().decode(&mut buf),
+            Err(ProtocolError::Malformed {
+                frame: "Invoke",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bento_protocol::{
-    ErrorCode, Frame, FrameDecoder, FrameType, MAX_DATA_LEN, PROTOCOL_VERSION, ProtocolError,
-    ServiceToken, SessionToken, encode_data_header,
+    ErrorCode, Frame, FrameDecoder, FrameType, MAX_DATA_LEN, MIN_PROTOCOL_VERSION, PADDING_VERSION,
+    PROTOCOL_VERSION, ProtocolError, ServiceToken, SessionToken, encode_data_header,
 };
 use bento_worker::{ChannelEvent, StartCall};
 use bytes::BytesMut;
@@ -18,6 +18,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use crate::BoxState;
 use crate::box_ops::{Refusal, outcome_refusal};
 use crate::session::{INPUT_WINDOW, Session};
+use crate::shaping::OutputShaper;
 
 /// Output bytes written to the client per wake-up, before looking at its
 /// frames again.
@@ -53,6 +54,8 @@ struct Conn {
     /// While attached: when the client's current incomplete frame began
     /// (its deadline runs from there, however slowly its bytes trickle).
     partial_since: Option<Instant>,
+    /// The protocol version agreed in the handshake.
+    version: u16,
 }
 
 pub(crate) async fn handle_connection(stream: TcpStream, state: Arc<BoxState>) {
@@ -65,6 +68,7 @@ pub(crate) async fn handle_connection(stream: TcpStream, state: Arc<BoxState>) {
         decoder: FrameDecoder::default(),
         state,
         partial_since: None,
+        version: MIN_PROTOCOL_VERSION,
     };
     let ended = conn.run().await;
     // The last words are bounded too: a client that does not read must not
@@ -170,16 +174,18 @@ impl Conn {
                 min_version,
                 max_version,
             }) => {
-                if !(min_version..=max_version).contains(&PROTOCOL_VERSION) {
+                let Some(version) = bento_protocol::negotiate_version(min_version, max_version)
+                else {
                     return Err(Close::with(
                         ErrorCode::UnsupportedVersion,
                         format!(
-                            "this box speaks protocol version {PROTOCOL_VERSION}; the client offered {min_version}..={max_version}"
+                            "this box speaks protocol versions {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}; the client offered {min_version}..={max_version}"
                         ),
                     ));
-                }
+                };
+                self.version = version;
                 self.send(&Frame::Welcome {
-                    version: PROTOCOL_VERSION,
+                    version,
                     software: format!("bento {}", env!("CARGO_PKG_VERSION")),
                 })
                 .await?;
@@ -226,8 +232,11 @@ impl Conn {
                     invoke_token,
                     entry,
                     args_json,
+                    defense,
                 } => {
-                    let reply = self.invoke(&invoke_token, entry, args_json).await;
+                    let reply = self
+                        .invoke(&invoke_token, entry, args_json, defense.as_deref())
+                        .await;
                     self.send(&reply).await?;
                 }
                 Frame::Kill { session_token } => {
@@ -297,7 +306,28 @@ impl Conn {
         token: &bento_protocol::InvokeToken,
         entry: String,
         args_json: String,
+        defense: Option<&str>,
     ) -> Frame {
+        // The defense is checked before anything starts: a refused one
+        // costs the box nothing. Its name is never logged.
+        let defense = match defense {
+            None => None,
+            Some(_) if self.version < PADDING_VERSION => {
+                return Frame::error(
+                    ErrorCode::DefenseRefused,
+                    format!(
+                        "a defense needs protocol version {PADDING_VERSION} (Padding frames); this connection speaks {}",
+                        self.version
+                    ),
+                );
+            }
+            Some(name) => match self.state.config.policy.shaping.admit(name) {
+                Ok(defense) => Some(defense),
+                Err(refused) => {
+                    return Frame::error(ErrorCode::DefenseRefused, refused.to_string());
+                }
+            },
+        };
         let Some(function) = self.state.store.lookup(token) else {
             return Frame::error(
                 ErrorCode::UnknownInvokeToken,
@@ -335,10 +365,15 @@ impl Conn {
             .start_session(&function, call, session_token.clone(), false)
             .await
         {
-            Ok((_, service_token)) => Frame::Invoked {
-                session_token,
-                service_token,
-            },
+            Ok((session, service_token)) => {
+                if let Some(defense) = defense {
+                    session.set_defense(defense);
+                }
+                Frame::Invoked {
+                    session_token,
+                    service_token,
+                }
+            }
             Err(e) => e.into_frame(),
         }
     }
@@ -443,6 +478,16 @@ impl Conn {
         let Some(session) = self.state.sessions.get(&token) else {
             return Err(Close(Some(unknown_session())));
         };
+        // A shaped session's output must not go to a client that would
+        // choke on padding, nor unshaped to anyone: refuse the attach.
+        if session.defense().is_some() && self.version < PADDING_VERSION {
+            return Err(Close::with(
+                ErrorCode::DefenseRefused,
+                format!(
+                    "this session is shaped by a defense; attach with protocol version {PADDING_VERSION} (Padding frames)"
+                ),
+            ));
+        }
         let (generation, mut sent) = {
             let mut state = session.lock();
             let start = resume_from.unwrap_or(state.acked);
@@ -462,6 +507,20 @@ impl Conn {
         session.changed.notify_waiters();
         self.send(&Frame::Attached { offset: sent }).await?;
         let timeout = self.state.config.read_timeout;
+        let mut shaper = match session.defense() {
+            Some(defense) => Some(
+                OutputShaper::new(
+                    defense,
+                    self.state.config.policy.shaping.max_padding_bytes(),
+                    Instant::now(),
+                )
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "cannot shape an attachment");
+                    Close::with(ErrorCode::Internal, "the box cannot shape this session now")
+                })?,
+            ),
+            None => None,
+        };
         let mut end_sent = false;
         // When the client's current incomplete frame began: its deadline
         // runs from there, however slowly its bytes trickle in.
@@ -473,10 +532,39 @@ impl Conn {
             tokio::pin!(changed);
             changed.as_mut().enable();
 
+            // Shaping: the cells due now go first, and while the defense
+            // blocks, ordinary output waits (it rides in those cells).
+            let mut shaped = None;
+            let mut hold = false;
+            if let Some(shaper) = shaper.as_mut() {
+                let now = Instant::now();
+                let due = shaper.due(now, &session.lock(), sent);
+                hold = shaper.holds_output(now);
+                if !due.wire.is_empty() {
+                    shaped = Some(due);
+                }
+            }
+            if let Some(due) = shaped {
+                let deadline = crate::frame_deadline(Instant::now(), timeout, due.wire.len());
+                let writer = &mut self.writer;
+                let write = async {
+                    writer.write_all(&due.wire).await?;
+                    writer.flush().await
+                };
+                match tokio::time::timeout_at(deadline.into(), write).await {
+                    Ok(result) => result?,
+                    Err(_) => return Err(Close(None)),
+                }
+                sent += due.output_bytes;
+            }
             let (chunks, finished, input_blocked, taken_over, expired) = {
                 let state = session.lock();
                 (
-                    Session::output_from(&state, sent, OUTPUT_BATCH),
+                    if hold {
+                        Vec::new()
+                    } else {
+                        Session::output_from(&state, sent, OUTPUT_BATCH)
+                    },
                     state.outcome.clone(),
                     state.input_blocked(),
                     state.attach_generation != generation,
@@ -495,6 +583,8 @@ impl Conn {
                     "another client attached to this session",
                 ));
             }
+            // Held output is not all sent: End waits for it.
+            let all_sent = sent >= session.lock().produced;
             if !chunks.is_empty() {
                 // A client that stops reading must not hold the session
                 // (and its reserved output) forever: writing has a deadline
@@ -516,7 +606,11 @@ impl Conn {
                     Err(_) => return Err(Close(None)),
                 }
                 sent += bytes as u64;
-            } else if let (Some(outcome), false) = (&finished, end_sent) {
+                if let Some(shaper) = shaper.as_mut() {
+                    let frames = chunks.len() * bento_protocol::FRAME_HEADER_LEN;
+                    shaper.sent(bytes + frames, Instant::now());
+                }
+            } else if let (Some(outcome), false, true) = (&finished, end_sent, all_sent) {
                 let frame = outcome_refusal(outcome).map_or(Frame::End, Refusal::into_frame);
                 self.send(&frame).await?;
                 end_sent = true;
@@ -532,7 +626,7 @@ impl Conn {
             {
                 return Ok(());
             }
-            let more_output = {
+            let more_output = !hold && {
                 let state = session.lock();
                 sent < state.produced || (state.outcome.is_some() && !end_sent)
             };
@@ -561,9 +655,11 @@ impl Conn {
             let frame_deadline = self
                 .partial_since
                 .map(|started| crate::frame_deadline(started, timeout, self.buf.len()));
+            let shaper_wakeup = shaper.as_ref().and_then(OutputShaper::next_wakeup);
             bento_protocol::reserve_for_read(&mut self.buf);
             tokio::select! {
                 _ = &mut changed => {}
+                () = sleep_until(shaper_wakeup), if shaper_wakeup.is_some() => {}
                 read = self.reader.read_buf(&mut self.buf), if !input_blocked => {
                     match read {
                         Ok(0) => return Ok(()), // client went away; session stays
@@ -636,6 +732,9 @@ impl Conn {
                         return Ok(false);
                     }
                 }
+                // Padding from a client that negotiated it: discarded, it
+                // is neither input nor acknowledgement.
+                Frame::Padding { .. } if self.version >= PADDING_VERSION => {}
                 Frame::Detach => {
                     // Everything the client acknowledged before detaching
                     // is recorded; say so, so that it can re-attach at once.

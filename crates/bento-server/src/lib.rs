@@ -26,6 +26,7 @@ pub mod metrics;
 mod onion;
 mod own_addresses;
 pub mod session;
+mod shaping;
 
 pub use legacy::{
     ExecuteRequest, LegacyDecodeError, LegacyRequest, StoreRequest, decode_legacy_request,

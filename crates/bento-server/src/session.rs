@@ -91,6 +91,9 @@ pub struct Session {
     onion_cleanups: OnionCleanups,
     /// This session, for tasks it starts on its own behalf.
     me: Weak<Session>,
+    /// The traffic-analysis defense its invoker chose, set once right after
+    /// the start, before the invoker learns the session token.
+    defense: OnceLock<bento_policy::Defense>,
 }
 
 /// What a session has beyond its session channel, from its grant.
@@ -192,7 +195,18 @@ impl Session {
             tor,
             onion_cleanups: OnionCleanups::default(),
             me: me.clone(),
+            defense: OnceLock::new(),
         })
+    }
+
+    /// Shape every attachment of this session with `defense`.
+    pub(crate) fn set_defense(&self, defense: bento_policy::Defense) {
+        let _ = self.defense.set(defense);
+    }
+
+    /// The defense every attachment is shaped with, if any.
+    pub(crate) fn defense(&self) -> Option<bento_policy::Defense> {
+        self.defense.get().copied()
     }
 
     /// Record how to remove an onion service of this instance. If the

@@ -1,0 +1,509 @@
+//! Traffic-analysis defenses at the box (docs/protocol.md#padding,
+//! docs/policy.md#shaping): Padding frames, negotiated so that older clients
+//! never see one; sessions shaped by Maybenot defenses chosen at invoke and
+//! bounded by policy; the client's own padding; a constant-rate wire while
+//! the function stalls; and no trace of the defense outside the stream.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bento_client::{ClientError, Connection, Defense};
+use bento_protocol::{
+    ErrorCode, Frame, FrameDecoder, FrameType, InvokeToken, PADDING_VERSION, PROTOCOL_VERSION,
+    SessionToken,
+};
+use bento_shaping::CELL_LEN;
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::harness::TestBox;
+
+/// A function may sleep (to stall like a slow origin) under this manifest.
+const TIME_MANIFEST: &str = "version = 1\ncapabilities = [\"time\"]\n";
+
+/// Sends `n` bytes in 16 KiB pieces.
+const BULK: &str = "def main(n):\n    while n > 0:\n        k = min(n, 16384)\n        api.send(b'x' * k)\n        n -= k\n";
+
+/// A raw protocol client: what a client that predates padding (or a
+/// hostile one) puts on the wire, and every byte the box sends back.
+struct Raw {
+    stream: TcpStream,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl Raw {
+    /// Connect and say Hello offering `min..=max`; returns the client and
+    /// the version the box chose.
+    async fn hello(bx: &TestBox, min: u16, max: u16) -> (Self, u16) {
+        let stream = TcpStream::connect(&bx.addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut raw = Self {
+            stream,
+            buf: BytesMut::new(),
+            decoder: FrameDecoder::default(),
+        };
+        raw.send(&Frame::Hello {
+            min_version: min,
+            max_version: max,
+        })
+        .await;
+        match raw.recv().await {
+            Frame::Welcome { version, .. } => (raw, version),
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    async fn send(&mut self, frame: &Frame) {
+        self.stream.write_all(&frame.to_bytes()).await.unwrap();
+    }
+
+    async fn recv(&mut self) -> Frame {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                if let Some(frame) = self.decoder.decode(&mut self.buf).unwrap() {
+                    return frame;
+                }
+                assert!(
+                    self.stream.read_buf(&mut self.buf).await.unwrap() > 0,
+                    "box closed"
+                );
+            }
+        })
+        .await
+        .expect("the box answers within 60 s")
+    }
+
+    async fn invoke(&mut self, token: &InvokeToken, args: &str, defense: Option<&str>) -> Frame {
+        self.send(&Frame::Invoke {
+            invoke_token: token.clone(),
+            entry: "main".into(),
+            args_json: args.into(),
+            defense: defense.map(str::to_owned),
+        })
+        .await;
+        self.recv().await
+    }
+
+    /// Attach and read until End: (output bytes, Padding frames, wire
+    /// bytes after Attached, (arrival, bytes) of every read).
+    async fn attach_and_read(&mut self, session: &SessionToken) -> Reading {
+        self.send(&Frame::Attach {
+            session_token: session.clone(),
+            resume_from: None,
+        })
+        .await;
+        match self.recv().await {
+            Frame::Attached { offset: 0 } => {}
+            other => panic!("expected Attached, got {other:?}"),
+        }
+        let mut reading = Reading::default();
+        reading.wire += self.buf.len() as u64;
+        loop {
+            while let Some(frame) = self.decoder.decode(&mut self.buf).unwrap() {
+                match frame {
+                    Frame::Output { data } => reading.output += data.len() as u64,
+                    Frame::Padding { .. } => reading.padding_frames += 1,
+                    Frame::End => {
+                        reading.wire -= self.buf.len() as u64;
+                        // Everything consumed: the box may forget the session.
+                        self.send(&Frame::Ack {
+                            offset: reading.output,
+                        })
+                        .await;
+                        return reading;
+                    }
+                    other => panic!("unexpected {other:?} while attached"),
+                }
+            }
+            let n = tokio::time::timeout(
+                Duration::from_secs(120),
+                self.stream.read_buf(&mut self.buf),
+            )
+            .await
+            .expect("the shaped stream keeps flowing")
+            .unwrap();
+            assert!(n > 0, "the box closed before End");
+            reading.wire += n as u64;
+            reading.reads.push((Instant::now(), n));
+        }
+    }
+}
+
+#[derive(Default)]
+struct Reading {
+    output: u64,
+    padding_frames: u64,
+    /// Wire bytes from just after `Attached` up to and including `End`.
+    wire: u64,
+    reads: Vec<(Instant, usize)>,
+}
+
+async fn invoked(frame: Frame) -> SessionToken {
+    match frame {
+        Frame::Invoked { session_token, .. } => session_token,
+        other => panic!("expected Invoked, got {other:?}"),
+    }
+}
+
+fn refusal(frame: &Frame) -> ErrorCode {
+    match frame {
+        Frame::Error { code, .. } => *code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_predates_padding_gets_version_one_and_never_a_padding_frame() {
+    let bx = TestBox::fast(&[]);
+    let token = bx.store_fast(BULK).await;
+    let (mut old, version) = Raw::hello(&bx, 1, 1).await;
+    assert_eq!(version, 1);
+    let session = invoked(old.invoke(&token, "[100000]", None).await).await;
+    let reading = old.attach_and_read(&session).await;
+    assert_eq!(reading.output, 100_000);
+    assert_eq!(reading.padding_frames, 0);
+
+    // A new client is offered padding.
+    let (_, version) = Raw::hello(&bx, 1, PROTOCOL_VERSION).await;
+    assert_eq!(version, PADDING_VERSION);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shaped_session_is_refused_to_a_client_that_cannot_discard_padding() {
+    let bx = TestBox::fast(&[]);
+    let token = bx.store_fast(BULK).await;
+    let (mut new, _) = Raw::hello(&bx, 1, PROTOCOL_VERSION).await;
+    let session = invoked(new.invoke(&token, "[1000]", Some("front")).await).await;
+    // The session token reached a client that predates padding: it gets a
+    // typed refusal, not a frame it cannot decode, nor unshaped output.
+    let (mut old, _) = Raw::hello(&bx, 1, 1).await;
+    old.send(&Frame::Attach {
+        session_token: session.clone(),
+        resume_from: None,
+    })
+    .await;
+    assert_eq!(refusal(&old.recv().await), ErrorCode::DefenseRefused);
+    // And an old connection cannot ask for a defense at all.
+    let (mut old, _) = Raw::hello(&bx, 1, 1).await;
+    // (A version 1 box would call this frame malformed; ours refuses it.)
+    assert_eq!(
+        refusal(&old.invoke(&token, "[1]", Some("front")).await),
+        ErrorCode::DefenseRefused
+    );
+    // The session itself is intact for its rightful client.
+    let reading = new.attach_and_read(&session).await;
+    assert_eq!(reading.output, 1000);
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_or_forbidden_defense_is_refused_at_invoke_and_the_box_serves_the_next_user() {
+    let policy = crate::harness::fast_policy().replace(
+        "defenses = [\"front\", \"tamaraw\", \"regulator\", \"constant\"]",
+        "defenses = [\"front\"]",
+    );
+    assert!(policy.contains("defenses = [\"front\"]"));
+    let bx = TestBox::with_policy(&policy, &[]);
+    let token = bx.store_fast(BULK).await;
+    let (mut raw, _) = Raw::hello(&bx, 1, PROTOCOL_VERSION).await;
+    for name in [
+        "tamaraw",
+        "constant",
+        "nonsense",
+        "FRONT",
+        "",
+        &"f".repeat(255),
+    ] {
+        let reply = raw.invoke(&token, "[1]", Some(name)).await;
+        assert_eq!(refusal(&reply), ErrorCode::DefenseRefused, "{name:?}");
+        if let Frame::Error { message, .. } = &reply {
+            assert!(message.len() < 200, "the refusal does not echo a long name");
+        }
+    }
+    // The connection survives a refusal, and nothing was started.
+    let session = invoked(raw.invoke(&token, "[5]", Some("front")).await).await;
+    assert_eq!(raw.attach_and_read(&session).await.output, 5);
+
+    // The library refuses a defense the box forbids the same way.
+    let mut conn = bx.connect().await;
+    match conn
+        .invoke_with_defense(&token, "main", "[1]", Some(Defense::Regulator))
+        .await
+    {
+        Err(ClientError::Remote {
+            code: ErrorCode::DefenseRefused,
+            ..
+        }) => {}
+        other => panic!("expected defense_refused, got {other:?}"),
+    }
+    bx.assert_serves_hello().await;
+}
+
+/// Invoke `main(*args)` under `defense` with a raw client and read it to
+/// the end: what the client's socket saw.
+async fn shaped_run(bx: &TestBox, token: &InvokeToken, defense: &str, args: &str) -> Reading {
+    let (mut raw, _) = Raw::hello(bx, 1, PROTOCOL_VERSION).await;
+    let session = invoked(raw.invoke(token, args, Some(defense)).await).await;
+    raw.attach_and_read(&session).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_defense_delivers_the_output_exactly_with_its_padding_discarded() {
+    let bx = TestBox::fast(&[]);
+    let token = bx.store_fast(BULK).await;
+    for defense in Defense::ALL {
+        // Through the library: padding never reaches the caller.
+        let mut conn = bx.connect().await;
+        let (session, _) = conn
+            .invoke_with_defense(&token, "main", "[50000]", Some(defense))
+            .await
+            .unwrap();
+        let out = bx.connect().await.attach(&session, None).await.unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(60), out.read_to_end())
+            .await
+            .expect("a shaped session ends")
+            .unwrap();
+        assert_eq!(out.len(), 50_000, "{defense}");
+        assert!(out.iter().all(|b| *b == b'x'), "{defense}");
+    }
+    // On the wire, a defense that pads from the start sends padding.
+    let reading = shaped_run(&bx, &token, "constant", "[20000]").await;
+    assert_eq!(reading.output, 20_000);
+    assert!(reading.padding_frames > 0);
+    bx.assert_serves_hello().await;
+}
+
+/// Bandwidth overhead of each defense on a fixed workload: 1 MB of output
+/// read as fast as the client can. The numbers go to docs/benchmarks.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_defense_pads_within_its_bounds_on_a_one_megabyte_page() {
+    let bx = TestBox::fast(&[]);
+    let token = bx.store_fast(BULK).await;
+    const PAGE: u64 = 1_000_000;
+    let plain = {
+        let (mut raw, _) = Raw::hello(&bx, 1, PROTOCOL_VERSION).await;
+        let session = invoked(raw.invoke(&token, &format!("[{PAGE}]"), None).await).await;
+        let started = Instant::now();
+        let reading = raw.attach_and_read(&session).await;
+        assert_eq!(reading.padding_frames, 0);
+        (reading.wire, started.elapsed())
+    };
+    eprintln!(
+        "shaping overhead, {PAGE} B page: none: {} wire bytes in {:.2} s",
+        plain.0,
+        plain.1.as_secs_f64()
+    );
+    for defense in Defense::ALL {
+        let started = Instant::now();
+        let reading = shaped_run(&bx, &token, defense.name(), &format!("[{PAGE}]")).await;
+        let took = started.elapsed();
+        assert_eq!(reading.output, PAGE, "{defense}");
+        let overhead = reading.wire as f64 / plain.0 as f64 - 1.0;
+        eprintln!(
+            "shaping overhead, {PAGE} B page: {defense}: {} wire bytes ({:+.1}%), {} padding frames, {:.2} s",
+            reading.wire,
+            overhead * 100.0,
+            reading.padding_frames,
+            took.as_secs_f64()
+        );
+        // Every defense's padding is bounded by its published budget or
+        // rate (and by the policy's 64 MiB); none may more than triple a
+        // page this size.
+        assert!(overhead < 2.0, "{defense}: {overhead}");
+    }
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wire_stays_constant_rate_while_the_function_stalls_two_seconds() {
+    let bx = TestBox::fast(&[]);
+    let source = "def main():\n    api.send(b'a' * 20000)\n    api.sleep(2.0)\n    api.send(b'b' * 20000)\n    api.sleep(1.25)\n";
+    let token = bx
+        .try_store_with_manifest(source, TIME_MANIFEST)
+        .await
+        .unwrap();
+    let reading = shaped_run(&bx, &token, "constant", "[]").await;
+    assert_eq!(reading.output, 40_000);
+    // The constant defense sends one cell per 10 ms: 25 600 bytes per
+    // 500 ms interval. Counted at this socket, per interval, from the
+    // first read on; the last (partial) interval is left out.
+    const INTERVAL: Duration = Duration::from_millis(500);
+    let rate = (CELL_LEN as u64) * 50;
+    let first = reading.reads[0].0;
+    let mut counts = vec![0u64; 1];
+    for (at, n) in &reading.reads {
+        let i = (at.duration_since(first).as_millis() / INTERVAL.as_millis()) as usize;
+        if counts.len() <= i {
+            counts.resize(i + 1, 0);
+        }
+        counts[i] += *n as u64;
+    }
+    // The last interval holds the End and is cut short by it.
+    counts.pop();
+    eprintln!("constant-rate wire, bytes per 500 ms: {counts:?}");
+    // The run lasts about 3.25 s (2 s of stall, 1.25 s of tail, so that
+    // the End falls inside an interval); the 40 000 output bytes take
+    // 0.8 s of cells.
+    assert!(counts.len() >= 5, "{counts:?}");
+    // Tolerance: one cell per interval either way (a cell written on one
+    // side of an interval's edge is read on the other), and the first
+    // interval also holds the Attached reply's leftovers.
+    let tolerance = CELL_LEN as u64;
+    for (i, count) in counts.iter().enumerate().skip(1) {
+        assert!(
+            count.abs_diff(rate) <= tolerance,
+            "interval {i}: {count} bytes, expected {rate} ± {tolerance}: {counts:?}"
+        );
+    }
+    bx.assert_serves_hello().await;
+}
+
+/// Counts the client→box Padding frames passing through.
+async fn counting_proxy(upstream: String) -> (String, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let padding = Arc::new(AtomicU64::new(0));
+    let counter = padding.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = TcpStream::connect(&upstream).await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let down = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                });
+                let mut buf = BytesMut::new();
+                let mut header = BytesMut::new();
+                // Frame-by-frame: count Padding by its type byte.
+                loop {
+                    match cr.read_buf(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    header.extend_from_slice(&buf);
+                    while header.len() >= 5 {
+                        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]])
+                            as usize;
+                        if header.len() < 4 + len {
+                            break;
+                        }
+                        if header[4] == FrameType::Padding as u8 {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let _ = header.split_to(4 + len);
+                    }
+                    if sw.write_all(&buf).await.is_err() {
+                        break;
+                    }
+                    buf.clear();
+                }
+                let _ = sw.shutdown().await;
+                let _ = down.await;
+            });
+        }
+    });
+    (addr, padding)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_pads_its_own_direction_and_the_box_discards_it() {
+    let bx = TestBox::fast(&[]);
+    // Echo each input message until input ends.
+    let echo = "def main():\n    while True:\n        m = api.recv()\n        if not m:\n            return\n        api.send(m)\n";
+    let token = bx
+        .try_store_with_manifest(echo, TIME_MANIFEST)
+        .await
+        .unwrap();
+    let (proxy, padding) = counting_proxy(bx.addr.clone()).await;
+    let target = bento_client::Target {
+        server: proxy,
+        socks: None,
+    };
+    let session = Connection::connect(&target)
+        .await
+        .unwrap()
+        .invoke(&token, "main", "[]")
+        .await
+        .unwrap();
+    let mut attachment = Connection::connect(&target)
+        .await
+        .unwrap()
+        .attach_shaped(&session, None, Some((Defense::Constant, 64 * 1024 * 1024)))
+        .await
+        .unwrap();
+    let input = attachment.input();
+    let mut echoed = Vec::new();
+    for i in 0..20u8 {
+        input.send(bytes::Bytes::from(vec![i; 1000])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    input.end().await.unwrap();
+    while let Some(data) = attachment.next().await.unwrap() {
+        echoed.extend_from_slice(&data);
+    }
+    attachment.close().await;
+    // Every message came back whole and in order: padding was neither
+    // input nor an acknowledgement.
+    let expected: Vec<u8> = (0..20u8).flat_map(|i| vec![i; 1000]).collect();
+    assert_eq!(echoed, expected);
+    // About 1 s at 100 cells/s; at least a third of that, whatever the
+    // machine's load.
+    let sent = padding.load(Ordering::Relaxed);
+    assert!(sent >= 30, "the client sent {sent} padding frames");
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_metrics_and_logs_do_not_name_a_sessions_defense() {
+    let bx = TestBox::fast(&[]);
+    let slow = "def main():\n    api.send(b'x' * 1000)\n    api.sleep(2.0)\n";
+    let token = bx
+        .try_store_with_manifest(slow, TIME_MANIFEST)
+        .await
+        .unwrap();
+    let (mut raw, _) = Raw::hello(&bx, 1, PROTOCOL_VERSION).await;
+    let before = bx.connect().await.status().await.unwrap();
+    let session = invoked(raw.invoke(&token, "[]", Some("tamaraw")).await).await;
+    // While the shaped session runs and is attached.
+    let reader = tokio::spawn(async move { raw.attach_and_read(&session).await.output });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = bx.connect().await.status().await.unwrap();
+    let metrics = bx.metrics().await;
+    assert_eq!(reader.await.unwrap(), 1000);
+    let log = bx.log();
+    let names: Vec<&str> = Defense::ALL.iter().map(|d| d.name()).collect();
+    for text in [
+        before.to_string(),
+        during.to_string(),
+        format!("{metrics:?}"),
+    ] {
+        for name in &names {
+            assert!(!text.contains(name), "{name} in {text}");
+        }
+        assert!(!text.contains("shap"), "{text}");
+    }
+    // (The metrics count `defense_refused` errors box-wide; that code
+    // names no defense and no session.)
+    for text in [before.to_string(), during.to_string()] {
+        assert!(!text.contains("defense"), "{text}");
+    }
+    for name in &names {
+        // Whole words only: the log may say "frontend" one day.
+        let found = log
+            .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .any(|word| word == *name);
+        assert!(!found, "the log names {name}:\n{log}");
+    }
+    // The shape of the status is the same with and without the session:
+    // the same keys, so nothing new appears because of a defense.
+    let keys =
+        |v: &serde_json::Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    assert_eq!(keys(&before), keys(&during));
+}
