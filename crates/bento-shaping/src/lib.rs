@@ -451,8 +451,9 @@ fn machines(defense: Defense, side: Side, rng: &mut StdRng) -> Vec<Machine> {
         // FRONT's parameters from Gong and Wang (2020): N_s = 1700 cells,
         // W in [1, 14] s at the server, N_c = 1100, W in [1, 14] s at the
         // client.
-        (Defense::Front, Side::Box) => front::front(1700, 1.0, 14.0, 5, rng),
-        (Defense::Front, Side::Client) => front::front(1100, 1.0, 14.0, 5, rng),
+        // Maybenot counts time in microseconds, windows included.
+        (Defense::Front, Side::Box) => front::front(1700, 1e6, 14e6, 5, rng),
+        (Defense::Front, Side::Client) => front::front(1100, 1e6, 14e6, 5, rng),
         // Tamaraw (Cai et al.): 5 ms per cell from the server, 20 ms from
         // the client; stop after 2 s without real data.
         (Defense::Tamaraw, Side::Box) => tamaraw::tamaraw(0.005, 2_000_000.0),
@@ -663,6 +664,15 @@ mod tests {
                 2000
             }
         });
+        let mut hist = [0u32; 20];
+        for (t, pad) in &wire {
+            if *pad {
+                hist[(t.as_secs() as usize).min(19)] += 1;
+            }
+        }
+        // FRONT spreads its padding over a window of seconds, not a burst.
+        let busy_seconds = hist.iter().filter(|n| **n > 0).count();
+        assert!(busy_seconds >= 3, "padding per second: {hist:?}");
         let first_real = wire.iter().find(|(_, pad)| !pad).map(|(t, _)| *t);
         assert_eq!(first_real, Some(Duration::from_millis(100)));
         assert!(shaper.padding_bytes() > 0);
