@@ -147,7 +147,7 @@ fn status_shows_version_and_load() {
     let out = bento(&bx, &["status"], b"");
     assert!(out.status.success());
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status["protocol_version"], 1);
+    assert_eq!(status["protocol_version"], bento_protocol::PROTOCOL_VERSION);
     assert_eq!(status["workers"]["configured"], 1);
     assert!(status["software"].as_str().unwrap().starts_with("bento "));
 }

@@ -516,3 +516,115 @@ async fn status_metrics_and_logs_do_not_name_a_sessions_defense() {
         |v: &serde_json::Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
     assert_eq!(keys(&before), keys(&during));
 }
+
+fn bento_cli(bx: &TestBox, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(crate::harness::BENTO)
+        .args(args)
+        .env("BENTO_SERVER", &bx.addr)
+        .env_remove("BENTO_SOCKS")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bento_run_defense_shapes_a_session_and_a_refused_one_exits_2() {
+    let policy = crate::harness::fast_policy().replace(
+        "defenses = [\"front\", \"tamaraw\", \"regulator\", \"constant\"]",
+        "defenses = [\"front\", \"constant\"]",
+    );
+    let bx = TestBox::with_policy(&policy, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hello.py");
+    std::fs::write(&file, "def main(name):\n    api.send('hello ' + name)\n").unwrap();
+    let file = file.display().to_string();
+    let bx = Arc::new(bx);
+
+    let run = |args: Vec<String>| {
+        let bx = bx.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            bento_cli(&bx, &args)
+        })
+    };
+    let args = |defense: &str| -> Vec<String> {
+        ["run", "--defense", defense, &file, "--", "world"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let out = run(args("constant")).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"hello world");
+
+    let out = run(args("tamaraw")).await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("defense_refused"), "{stderr}");
+
+    let out = run(args("nonsense")).await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown defense"), "{stderr}");
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn padding_from_a_version_one_client_is_an_unexpected_frame_and_the_box_serves_the_next_user()
+{
+    let bx = TestBox::fast(&[]);
+    let echo = "def main():\n    api.send(api.recv())\n";
+    let token = bx.store_fast(echo).await;
+    // Outside an attachment, on either version: not a request.
+    let (mut raw, _) = Raw::hello(&bx, 1, PROTOCOL_VERSION).await;
+    raw.send(&Frame::Padding {
+        data: bytes::Bytes::from_static(&[0; 100]),
+    })
+    .await;
+    assert_eq!(refusal(&raw.recv().await), ErrorCode::UnexpectedFrame);
+    // While attached on a version 1 connection: it never negotiated it.
+    let (mut old, _) = Raw::hello(&bx, 1, 1).await;
+    let session = invoked(old.invoke(&token, "[]", None).await).await;
+    old.send(&Frame::Attach {
+        session_token: session.clone(),
+        resume_from: None,
+    })
+    .await;
+    assert!(matches!(old.recv().await, Frame::Attached { .. }));
+    old.send(&Frame::Padding {
+        data: bytes::Bytes::from_static(&[0; 100]),
+    })
+    .await;
+    assert_eq!(refusal(&old.recv().await), ErrorCode::UnexpectedFrame);
+    // While attached on version 2: discarded, the input after it arrives
+    // whole, and the session ends normally.
+    let (mut new, _) = Raw::hello(&bx, 1, PROTOCOL_VERSION).await;
+    new.send(&Frame::Attach {
+        session_token: session,
+        resume_from: None,
+    })
+    .await;
+    assert!(matches!(new.recv().await, Frame::Attached { .. }));
+    for _ in 0..100 {
+        new.send(&Frame::Padding {
+            data: bytes::Bytes::from(vec![0u8; 64 * 1024]),
+        })
+        .await;
+    }
+    new.send(&Frame::Input {
+        data: bytes::Bytes::from_static(b"ping"),
+    })
+    .await;
+    assert_eq!(
+        new.recv().await,
+        Frame::Output {
+            data: bytes::Bytes::from_static(b"ping")
+        }
+    );
+    assert_eq!(new.recv().await, Frame::End);
+    bx.assert_serves_hello().await;
+}

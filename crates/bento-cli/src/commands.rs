@@ -527,12 +527,13 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
             token,
             entry,
             json,
+            defense,
             args,
         } => {
             let token = InvokeToken::from_hex(&token)?;
             let result = async {
                 let mut conn = Connection::connect(&target).await?;
-                conn.invoke_service(&token, &entry, &args_to_json(&args))
+                conn.invoke_with_defense(&token, &entry, &args_to_json(&args), defense)
                     .await
             }
             .await;
@@ -565,14 +566,15 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
             let service = ServiceToken::from_hex(&service)?;
             connect_service(&target, &service).await
         }
-        Command::Attach { session, from } => {
+        Command::Attach { session, from, pad } => {
             let session = SessionToken::from_hex(&session)?;
-            attach(&target, &session, from).await
+            attach(&target, &session, from, pad).await
         }
         Command::Run {
             file,
             manifest,
             entry,
+            defense,
             args,
         } => {
             let upload = read_function(&file, manifest.as_deref())?;
@@ -581,7 +583,7 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
                 let (_, token) = conn
                     .store_with_manifest(&upload.filename, &upload.source, &upload.manifest)
                     .await?;
-                conn.invoke_service(&token, &entry, &args_to_json(&args))
+                conn.invoke_with_defense(&token, &entry, &args_to_json(&args), defense)
                     .await
             }
             .await;
@@ -590,7 +592,7 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
                     if let Some(service) = service {
                         eprintln!("service token (for `bento connect`): {}", service.to_hex());
                     }
-                    attach(&target, &session, None).await
+                    attach(&target, &session, None, defense).await
                 }
                 Err(e) => Ok(report(&e)),
             }
@@ -745,9 +747,12 @@ async fn attach(
     target: &Target,
     session: &SessionToken,
     from: Option<u64>,
+    pad: Option<bento_client::Defense>,
 ) -> anyhow::Result<ExitCode> {
+    // The client's padding is bounded like the box's default.
+    let padding = pad.map(|d| (d, bento_policy::DEFAULT_MAX_PADDING_MIB * 1024 * 1024));
     let attachment = match Connection::connect(target).await {
-        Ok(conn) => conn.attach(session, from).await,
+        Ok(conn) => conn.attach_shaped(session, from, padding).await,
         Err(e) => Err(e),
     };
     let mut attachment: Attachment = match attachment {

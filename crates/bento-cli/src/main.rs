@@ -138,6 +138,11 @@ enum Command {
         /// Print {"session_token": …} (plus "service_token" for a service).
         #[arg(long)]
         json: bool,
+        /// Shape the session's output against traffic analysis with this
+        /// defense: front, tamaraw, regulator or constant (the box's policy
+        /// says which it allows; docs/policy.md#shaping).
+        #[arg(long, value_name = "DEFENSE", value_parser = parse_defense)]
+        defense: Option<bento_client::Defense>,
         /// Arguments: each is parsed as JSON when it parses, else taken as a string.
         #[arg(last = true)]
         args: Vec<String>,
@@ -154,6 +159,10 @@ enum Command {
         /// last client stopped reading.
         #[arg(long)]
         from: Option<u64>,
+        /// Pad this client's own direction with the client side of this
+        /// defense (input is never delayed).
+        #[arg(long, value_name = "DEFENSE", value_parser = parse_defense)]
+        pad: Option<bento_client::Defense>,
     },
     /// Store, invoke and attach in one go.
     Run {
@@ -165,6 +174,11 @@ enum Command {
         /// Function to call.
         #[arg(long, default_value = "main")]
         entry: String,
+        /// Shape the session against traffic analysis with this defense
+        /// (front, tamaraw, regulator, constant): the box shapes its
+        /// output, this client pads its input direction.
+        #[arg(long, value_name = "DEFENSE", value_parser = parse_defense)]
+        defense: Option<bento_client::Defense>,
         /// Arguments: each is parsed as JSON when it parses, else taken as a string.
         #[arg(last = true)]
         args: Vec<String>,
@@ -388,4 +402,15 @@ fn main() -> ExitCode {
             ExitCode::from(exit::exit_code_of(&e))
         }
     }
+}
+
+/// A defense by name, for `--defense` and `--pad`.
+fn parse_defense(name: &str) -> Result<bento_client::Defense, String> {
+    bento_client::Defense::from_name(name).ok_or_else(|| {
+        let known: Vec<&str> = bento_client::Defense::ALL
+            .iter()
+            .map(|d| d.name())
+            .collect();
+        format!("unknown defense {name:?}; known: {}", known.join(", "))
+    })
 }
