@@ -628,3 +628,31 @@ async fn padding_from_a_version_one_client_is_an_unexpected_frame_and_the_box_se
     assert_eq!(new.recv().await, Frame::End);
     bx.assert_serves_hello().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn padding_stops_at_the_policys_cap_and_the_output_still_arrives() {
+    let policy =
+        crate::harness::fast_policy().replace("max_padding_mib = 64 ", "max_padding_mib = 1 ");
+    assert!(policy.contains("max_padding_mib = 1 "));
+    let bx = TestBox::with_policy(&policy, &[]);
+    // Idle long enough for `constant` (51 200 B/s of padding) to pass the
+    // 1 MiB cap (after about 20.5 s), then send.
+    let idle = "def main():\n    api.sleep(24.0)\n    api.send(b'z' * 5000)\n";
+    let token = bx
+        .try_store_with_manifest(idle, TIME_MANIFEST)
+        .await
+        .unwrap();
+    let reading = shaped_run(&bx, &token, "constant", "[]").await;
+    assert_eq!(reading.output, 5000);
+    let padding = reading.padding_frames * CELL_LEN as u64;
+    // Data cells may carry a filler frame too; whole padding cells are
+    // what the cap counts, and none beyond it went out.
+    let cap = 1024 * 1024;
+    assert!(
+        padding <= cap + 10 * CELL_LEN as u64,
+        "{padding} bytes of padding against a cap of {cap}"
+    );
+    // The cap was reached: padding went on until it, not beyond.
+    assert!(padding >= cap - 2 * CELL_LEN as u64, "{padding}");
+    bx.assert_serves_hello().await;
+}

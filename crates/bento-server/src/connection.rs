@@ -615,6 +615,9 @@ impl Conn {
                 self.send(&frame).await?;
                 end_sent = true;
                 session.lock().end_delivered = true;
+                // Nothing follows the last frame: a client that lingers
+                // without acknowledging gets no more padding.
+                shaper = None;
             }
             // Frames the client sent while input was blocked are already
             // buffered; take them now rather than waiting for more bytes.

@@ -99,7 +99,9 @@ pub enum ShapingError {
     #[error("no randomness for the defense's machines: {0}")]
     Randomness(String),
     /// A machine or limit Maybenot refused (a bug in this crate's tables).
-    #[error("the {defense} machines are invalid: {message}")]
+    /// The message does not name the defense: it may end up in a log, and
+    /// which defense a session uses is private.
+    #[error("a defense's machines are invalid: {message}")]
     InvalidMachine {
         /// The defense.
         defense: Defense,
