@@ -656,3 +656,38 @@ async fn padding_stops_at_the_policys_cap_and_the_output_still_arrives() {
     assert!(padding >= cap - 2 * CELL_LEN as u64, "{padding}");
     bx.assert_serves_hello().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regulator_client_pads_in_step_with_what_it_receives() {
+    let bx = TestBox::fast(&[]);
+    let token = bx
+        .try_store_with_manifest(PAGE_SOURCE, TIME_MANIFEST)
+        .await
+        .unwrap();
+    let (proxy, padding) = counting_proxy(bx.addr.clone()).await;
+    let target = bento_client::Target {
+        server: proxy,
+        socks: None,
+    };
+    let session = Connection::connect(&target)
+        .await
+        .unwrap()
+        .invoke(&token, "main", "[]")
+        .await
+        .unwrap();
+    let attachment = Connection::connect(&target)
+        .await
+        .unwrap()
+        .attach_shaped(&session, None, Some((Defense::Regulator, 64 * 1024 * 1024)))
+        .await
+        .unwrap();
+    let out = attachment.read_to_end().await.unwrap();
+    assert_eq!(out.len() as u64, PAGE);
+    // RegulaTor's client sends one cell per U = 3.95 it receives; the page
+    // is ~1970 cells and the client sends nearly nothing real, so about
+    // 500 padding cells. At least half that, whatever the timing.
+    let sent = padding.load(Ordering::Relaxed);
+    assert!(sent >= 250, "the client sent {sent} padding frames");
+    eprintln!("regulator client: {sent} padding cells for a {PAGE} B page");
+    bx.assert_serves_hello().await;
+}

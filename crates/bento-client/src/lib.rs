@@ -18,12 +18,15 @@ mod socks;
 pub use attest::{AttestError, Requirement, TeeKind, TeeRequirement, Verified};
 
 use bento_protocol::{
-    ErrorCode, Frame, FrameDecoder, FunctionId, InvokeToken, MAX_DATA_LEN, MIN_PROTOCOL_VERSION,
-    PADDING_VERSION, PROTOCOL_VERSION, ProtocolError, ServiceToken, SessionToken,
+    ErrorCode, FRAME_HEADER_LEN, Frame, FrameDecoder, FunctionId, InvokeToken, MAX_DATA_LEN,
+    MIN_PROTOCOL_VERSION, PADDING_VERSION, PROTOCOL_VERSION, ProtocolError, ServiceToken,
+    SessionToken,
 };
 pub use bento_shaping::Defense;
 use bento_shaping::{Shaper, Side};
 use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -404,7 +407,14 @@ impl Connection {
             ),
             None => None,
         };
-        let writer = tokio::spawn(write_frames(self.writer, rx, ack_rx, close_rx, shaper));
+        let received = shaper.as_ref().map(|_| Arc::new(Received::default()));
+        let writer = tokio::spawn(write_frames(
+            self.writer,
+            rx,
+            ack_rx,
+            close_rx,
+            shaper.map(|s| (s, received.clone().unwrap_or_default())),
+        ));
         Ok(Attachment {
             reader: self.reader,
             buf: self.buf,
@@ -415,6 +425,7 @@ impl Connection {
             writer,
             consumed: offset,
             acked: offset,
+            received,
         })
     }
 }
@@ -453,12 +464,17 @@ async fn write_frames(
     mut frames: mpsc::Receiver<Frame>,
     mut ack: watch::Receiver<u64>,
     mut close: oneshot::Receiver<()>,
-    mut shaper: Option<Shaper>,
+    shaping: Option<(Shaper, Arc<Received>)>,
 ) {
+    let (mut shaper, received) = match shaping {
+        Some((shaper, received)) => (Some(shaper), Some(received)),
+        None => (None, None),
+    };
     if let Some(shaper) = shaper.as_mut() {
         // The Attach this writer follows is the first real cell.
         shaper.sent_normal(1, Instant::now());
     }
+    let mut seen = (0u64, 0u64);
     let mut frames_open = true;
     let mut last_sent = *ack.borrow();
     // An ack waiting to ride along with the next frame (see ACK_DELAY).
@@ -471,6 +487,23 @@ async fn write_frames(
         tokio::select! {
             biased;
             _ = &mut close => break,
+            () = notified(received.as_deref()), if received.is_some() => {
+                if let (Some(shaper), Some(received)) = (shaper.as_mut(), received.as_deref()) {
+                    let now = (
+                        received.output.load(Ordering::Relaxed),
+                        received.padding.load(Ordering::Relaxed),
+                    );
+                    let due = shaper.received(now.0 - seen.0, now.1 - seen.1, Instant::now());
+                    seen = now;
+                    for _ in due {
+                        bento_shaping::padding_cell(&mut out);
+                    }
+                }
+                if out.is_empty() {
+                    continue;
+                }
+                only_padding = true;
+            }
             () = sleep_until_std(pad_at), if pad_at.is_some() => {
                 if let Some(shaper) = shaper.as_mut() {
                     // Nothing waits to replace padding: input is never held.
@@ -550,6 +583,15 @@ async fn write_frames(
     let _ = writer.shutdown().await;
 }
 
+/// Wait for frames to arrive (forever without a counter; callers guard the
+/// branch).
+async fn notified(received: Option<&Received>) {
+    match received {
+        Some(received) => received.arrived.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Sleep until `deadline` (forever without one; callers guard the branch).
 async fn sleep_until_std(deadline: Option<Instant>) {
     match deadline {
@@ -577,6 +619,26 @@ pub struct Attachment {
     /// Offset just past the output returned so far.
     consumed: u64,
     acked: u64,
+    /// Frames received, for a shaping writer's machines.
+    received: Option<Arc<Received>>,
+}
+
+/// Cells an attachment received, told to its shaping writer (some
+/// defenses pace the client by what it receives, e.g. RegulaTor's client).
+#[derive(Debug, Default)]
+struct Received {
+    output: AtomicU64,
+    padding: AtomicU64,
+    arrived: tokio::sync::Notify,
+}
+
+impl Received {
+    /// A frame of `wire_bytes` arrived; Maybenot counts cells.
+    fn count(&self, padding: bool, wire_bytes: usize) {
+        let counter = if padding { &self.padding } else { &self.output };
+        counter.fetch_add(bento_shaping::cells(wire_bytes), Ordering::Relaxed);
+        self.arrived.notify_one();
+    }
 }
 
 /// Sends input to an attached session; cheap to clone.
@@ -639,12 +701,20 @@ impl Attachment {
             if let Some(frame) = self.decoder.decode(&mut self.buf)? {
                 match frame {
                     Frame::Output { data } => {
+                        if let Some(received) = &self.received {
+                            received.count(false, FRAME_HEADER_LEN + data.len());
+                        }
                         self.consumed += data.len() as u64;
                         return Ok(Some(data));
                     }
                     // Traffic-analysis padding: discarded on arrival (and
                     // the next buffered frame looked at before reading).
-                    Frame::Padding { .. } => continue,
+                    Frame::Padding { data } => {
+                        if let Some(received) = &self.received {
+                            received.count(true, FRAME_HEADER_LEN + data.len());
+                        }
+                        continue;
+                    }
                     Frame::End => {
                         self.finish();
                         return Ok(None);

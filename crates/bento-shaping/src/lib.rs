@@ -233,21 +233,25 @@ impl Shaper {
         self.trigger(&events, now);
     }
 
-    /// The reader received `normal` real frames and `padding` padding
-    /// frames from the peer.
-    pub fn received(&mut self, normal: u64, padding: u64, now: Instant) {
-        let mut events = Vec::new();
-        for _ in 0..normal {
-            events.push(TriggerEvent::TunnelRecv);
-            events.push(TriggerEvent::NormalRecv);
+    /// The reader received `normal` real cells and `padding` padding
+    /// cells from the peer; returns the cells due in answer, in order.
+    ///
+    /// The cells are fed one at a time, each followed by a poll: Maybenot
+    /// keeps one pending action per machine, so a batch would let the last
+    /// cell's action replace the others (a RegulaTor client, which pads
+    /// once per U cells received, would pad once per batch).
+    pub fn received(&mut self, normal: u64, padding: u64, now: Instant) -> Vec<Emit> {
+        let mut out = Vec::new();
+        for i in 0..normal.saturating_add(padding) {
+            let kind = if i < normal {
+                TriggerEvent::NormalRecv
+            } else {
+                TriggerEvent::PaddingRecv
+            };
+            self.trigger(&[TriggerEvent::TunnelRecv, kind], now);
+            out.extend(self.poll(now, 0));
         }
-        for _ in 0..padding {
-            events.push(TriggerEvent::TunnelRecv);
-            events.push(TriggerEvent::PaddingRecv);
-        }
-        if !events.is_empty() {
-            self.trigger(&events, now);
-        }
+        out
     }
 
     /// Carry out every action due by `now`; returns the cells to send, in
@@ -679,6 +683,22 @@ mod tests {
         assert_eq!(first_real, Some(Duration::from_millis(100)));
         assert!(shaper.padding_bytes() > 0);
         assert!(shaper.padding_bytes() <= 1700 * CELL_LEN as u64);
+    }
+
+    #[test]
+    fn a_regulator_client_answers_a_batch_of_received_cells_cell_by_cell() {
+        let t0 = Instant::now();
+        let mut shaper = Shaper::new(Defense::Regulator, Side::Client, u64::MAX, t0).unwrap();
+        shaper.sent_normal(1, t0);
+        let mut padding = 0;
+        for i in 1..=40u32 {
+            // 40 batches of 10 cells, 25 ms apart.
+            let now = t0 + Duration::from_millis(25) * i;
+            padding += shaper.received(10, 0, now).len();
+            padding += shaper.poll(now, 0).len();
+        }
+        // One cell per U = 3.95 received: ~100 for 400, not one per batch.
+        assert!((60..=140).contains(&padding), "{padding} padding cells");
     }
 
     #[test]
