@@ -12,7 +12,8 @@ use bento_server::Server;
 use bytes::Bytes;
 use clap::Args;
 
-use crate::commands::ServeArgs;
+use crate::latency::{ms, percentile};
+use crate::serve::ServeArgs;
 
 const HELLO: &str = "def main(name):\n    api.send('hello ' + name)\n";
 const BULK: &str = "def main(mib):\n    chunk = b'x' * (1024 * 1024)\n    for _ in range(mib):\n        api.send(chunk)\n";
@@ -206,20 +207,6 @@ fn sandbox_alone(
     fresh.sort();
     prepared.sort();
     Ok((fresh, prepared))
-}
-
-/// The `p` percentile (0..=1) of sorted durations; zero for none.
-pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
-/// A duration in milliseconds.
-pub(crate) fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 struct Bench {
