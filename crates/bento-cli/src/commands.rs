@@ -305,23 +305,51 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
             args,
         } => {
             let upload = read_function(&file, manifest.as_deref())?;
-            let started = async {
-                let mut conn = Connection::connect(&target).await?;
-                let (_, token) = conn
-                    .store_with_manifest(&upload.filename, &upload.source, &upload.manifest)
-                    .await?;
-                conn.invoke_service(&token, &entry, &args_to_json(&args))
+            let args_json = args_to_json(&args);
+            // One round trip: the box runs the source without storing it
+            // and this connection becomes the session's attachment.
+            let run = async {
+                Connection::connect(&target)
+                    .await?
+                    .run(
+                        &upload.filename,
+                        &upload.source,
+                        &upload.manifest,
+                        &entry,
+                        &args_json,
+                    )
                     .await
             }
             .await;
-            match started {
-                Ok((session, service)) => {
-                    if let Some(service) = service {
-                        eprintln!("service token (for `bento connect`): {}", service.to_hex());
+            let (session, service, attachment) = match run {
+                Ok((session, service, attachment)) => (session, service, Some(attachment)),
+                // A box from before `Run` does not know the frame: store,
+                // invoke and attach as before.
+                Err(bento_client::ClientError::Remote {
+                    code: bento_protocol::ErrorCode::MalformedFrame,
+                    ..
+                }) => {
+                    let started = async {
+                        let mut conn = Connection::connect(&target).await?;
+                        let (_, token) = conn
+                            .store_with_manifest(&upload.filename, &upload.source, &upload.manifest)
+                            .await?;
+                        conn.invoke_service(&token, &entry, &args_json).await
                     }
-                    attach(&target, &session, None).await
+                    .await;
+                    match started {
+                        Ok((session, service)) => (session, service, None),
+                        Err(e) => return Ok(report(&e)),
+                    }
                 }
-                Err(e) => Ok(report(&e)),
+                Err(e) => return Ok(report(&e)),
+            };
+            if let Some(service) = service {
+                eprintln!("service token (for `bento connect`): {}", service.to_hex());
+            }
+            match attachment {
+                Some(attachment) => stream_attachment(attachment, &session).await,
+                None => attach(&target, &session, None).await,
             }
         }
         Command::Kill { session } => {
@@ -434,10 +462,18 @@ async fn attach(
         Ok(conn) => conn.attach(session, from).await,
         Err(e) => Err(e),
     };
-    let mut attachment: Attachment = match attachment {
-        Ok(a) => a,
-        Err(e) => return Ok(report(&e)),
-    };
+    match attachment {
+        Ok(attachment) => stream_attachment(attachment, session).await,
+        Err(e) => Ok(report(&e)),
+    }
+}
+
+/// Forward stdin to the session and its output to stdout until it ends;
+/// Ctrl-C detaches (the session keeps running).
+async fn stream_attachment(
+    mut attachment: Attachment,
+    session: &SessionToken,
+) -> anyhow::Result<ExitCode> {
     let input = attachment.input();
     let stdin_task = tokio::spawn(async move {
         let mut stdin = tokio::io::stdin();

@@ -335,6 +335,47 @@ impl Connection {
             resume_from,
         })
         .await?;
+        self.into_attachment().await
+    }
+
+    /// Run `entry(*args)` of `source` once, without storing it, attached
+    /// from its first byte: one round trip where store, invoke and attach
+    /// take three. The box checks the upload as for a store (sizes, file
+    /// name, the manifest against its policy), but does not compile it
+    /// ahead: a syntax error arrives as the session's error. Returns the
+    /// session token (to re-attach or kill from elsewhere), the service
+    /// token for a function with the `service` capability, and the
+    /// attachment.
+    pub async fn run(
+        mut self,
+        filename: &str,
+        source: &str,
+        manifest: &str,
+        entry: &str,
+        args_json: &str,
+    ) -> Result<(SessionToken, Option<ServiceToken>, Attachment), ClientError> {
+        self.send(&Frame::Run {
+            filename: filename.into(),
+            source: source.into(),
+            manifest: manifest.into(),
+            entry: entry.into(),
+            args_json: args_json.into(),
+        })
+        .await?;
+        let (session_token, service_token) = match self.recv().await? {
+            Frame::Invoked {
+                session_token,
+                service_token,
+            } => (session_token, service_token),
+            other => return Err(remote(other)),
+        };
+        let attachment = self.into_attachment().await?;
+        Ok((session_token, service_token, attachment))
+    }
+
+    /// After `Attach` (or an accepted `Run`): the box's `Attached`, then the
+    /// connection is the session's.
+    async fn into_attachment(mut self) -> Result<Attachment, ClientError> {
         let offset = match self.recv().await? {
             Frame::Attached { offset } => offset,
             other => return Err(remote(other)),

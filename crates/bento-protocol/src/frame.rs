@@ -121,6 +121,9 @@ frame_types! {
     Attest = 0x27;
     /// Box → client: attestation evidence (kind `none` when there is no TEE).
     Attested = 0x28;
+    /// Client → box: run a function once without storing it; answered with
+    /// `Invoked`, after which the connection is attached to the session.
+    Run = 0x30;
     /// Either direction: a typed error.
     Error = 0x7f;
 }
@@ -278,6 +281,22 @@ pub enum Frame {
         /// At most [`MAX_EVIDENCE_LEN`] bytes.
         evidence: Bytes,
     },
+    /// Run a function once, without storing it: the checks of `Store`
+    /// (but not its trial compile) and of `Invoke`, then the answer is
+    /// `Invoked` and the connection continues as an `Attach` at offset 0
+    /// (`Attached`, output, …): one round trip instead of three.
+    Run {
+        /// File name shown in tracebacks.
+        filename: String,
+        /// Python source.
+        source: String,
+        /// Manifest (TOML); empty for the minimum grant.
+        manifest: String,
+        /// Name of the function to call.
+        entry: String,
+        /// Arguments as a JSON array.
+        args_json: String,
+    },
     /// A typed error.
     Error {
         /// The code.
@@ -318,6 +337,7 @@ impl Frame {
             Frame::End => FrameType::End,
             Frame::Attest { .. } => FrameType::Attest,
             Frame::Attested { .. } => FrameType::Attested,
+            Frame::Run { .. } => FrameType::Run,
             Frame::Error { .. } => FrameType::Error,
         }
     }
@@ -429,6 +449,19 @@ impl Frame {
             Frame::Output { data } | Frame::Input { data } => out.put_slice(data),
             Frame::Attest { nonce } => out.put_slice(nonce),
             Frame::Attested { evidence } => out.put_slice(evidence),
+            Frame::Run {
+                filename,
+                source,
+                manifest,
+                entry,
+                args_json,
+            } => {
+                put_str(out, filename);
+                put_str(out, source);
+                put_str(out, manifest);
+                put_str(out, entry);
+                put_str(out, args_json);
+            }
             Frame::Error { code, message } => {
                 out.put_u16(code.to_u16());
                 put_str(out, message);
@@ -702,6 +735,13 @@ impl Reader {
                 offset: self.u64("offset")?,
             },
             FrameType::End => Frame::End,
+            FrameType::Run => Frame::Run {
+                filename: self.string("filename", MAX_NAME_LEN)?,
+                source: self.string("source", big)?,
+                manifest: self.string("manifest", big)?,
+                entry: self.string("entry", MAX_NAME_LEN)?,
+                args_json: self.string("args_json", big)?,
+            },
             FrameType::Attest => {
                 self.need(ATTEST_NONCE_LEN, "nonce")?;
                 let mut nonce = [0u8; ATTEST_NONCE_LEN];
@@ -838,6 +878,13 @@ mod tests {
             },
             Frame::Attested {
                 evidence: Bytes::from_static(b"\x01\x00evidence"),
+            },
+            Frame::Run {
+                filename: "f.py".into(),
+                source: "def main(x): api.send(x)".into(),
+                manifest: String::new(),
+                entry: "main".into(),
+                args_json: "[\"hi\"]".into(),
             },
             Frame::error(ErrorCode::LimitMemory, "too big"),
         ];

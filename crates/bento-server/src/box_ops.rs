@@ -140,28 +140,7 @@ impl BoxState {
         lifetime_s: Option<u64>,
     ) -> Result<Stored, Refusal> {
         let lifetime = self.resolve_lifetime(lifetime_s)?;
-        let max = self.config.max_source_bytes();
-        if source.len() > max {
-            return Err(Refusal::new(
-                ErrorCode::InvalidFunction,
-                format!(
-                    "the source is {} bytes; this box accepts at most {max}",
-                    source.len()
-                ),
-            ));
-        }
-        check_filename(&filename)
-            .map_err(|reason| Refusal::new(ErrorCode::InvalidFunction, reason))?;
-        if manifest.len() > max {
-            return Err(Refusal::new(
-                ErrorCode::ManifestRejected,
-                format!(
-                    "the manifest is {} bytes; this box accepts at most {max}",
-                    manifest.len()
-                ),
-            ));
-        }
-        self.admit_manifest(&manifest)?;
+        self.check_upload(&filename, &source, &manifest)?;
         match self.pool.check(source.clone(), filename.clone()).await {
             Ok(InstanceOutcome::Exception(text)) => {
                 return Err(Refusal::new(
@@ -206,6 +185,39 @@ impl BoxState {
                 "the box could not store the function",
             )),
         }
+    }
+
+    /// The checks every upload passes, stored or run once: sizes, file
+    /// name, and the manifest against the policy.
+    pub(crate) fn check_upload(
+        &self,
+        filename: &str,
+        source: &str,
+        manifest: &str,
+    ) -> Result<(), Refusal> {
+        let max = self.config.max_source_bytes();
+        if source.len() > max {
+            return Err(Refusal::new(
+                ErrorCode::InvalidFunction,
+                format!(
+                    "the source is {} bytes; this box accepts at most {max}",
+                    source.len()
+                ),
+            ));
+        }
+        check_filename(filename)
+            .map_err(|reason| Refusal::new(ErrorCode::InvalidFunction, reason))?;
+        if manifest.len() > max {
+            return Err(Refusal::new(
+                ErrorCode::ManifestRejected,
+                format!(
+                    "the manifest is {} bytes; this box accepts at most {max}",
+                    manifest.len()
+                ),
+            ));
+        }
+        self.admit_manifest(manifest)?;
+        Ok(())
     }
 
     /// Give the function under `token` a new lifetime (seconds from now; 0

@@ -255,6 +255,27 @@ impl Conn {
                     session_token,
                     resume_from,
                 } => return self.attach(session_token, resume_from).await,
+                Frame::Run {
+                    filename,
+                    source,
+                    manifest,
+                    entry,
+                    args_json,
+                } => {
+                    let reply = self
+                        .run_once(filename, source, manifest, entry, args_json)
+                        .await;
+                    let session_token = match &reply {
+                        Frame::Invoked { session_token, .. } => Some(session_token.clone()),
+                        _ => None,
+                    };
+                    self.send(&reply).await?;
+                    // Refused: the connection serves further requests, as
+                    // after a refused Invoke.
+                    if let Some(token) = session_token {
+                        return self.attach(token, None).await;
+                    }
+                }
                 Frame::Connect { service_token } => {
                     return self.connect_service(service_token).await;
                 }
@@ -304,27 +325,39 @@ impl Conn {
                 crate::function_store::StoreError::UnknownToken.to_string(),
             );
         };
-        if !is_identifier(&entry) {
-            return Frame::error(
-                ErrorCode::InvalidArguments,
-                format!("entry {entry:?} is not a Python identifier"),
-            );
+        if let Err(refusal) = check_call(&entry, &args_json) {
+            return refusal;
         }
-        match serde_json::from_str::<serde_json::Value>(&args_json) {
-            Ok(serde_json::Value::Array(_)) => {}
-            Ok(_) => {
-                return Frame::error(
-                    ErrorCode::InvalidArguments,
-                    "arguments must be a JSON array",
-                );
-            }
-            Err(e) => {
-                return Frame::error(
-                    ErrorCode::InvalidArguments,
-                    format!("arguments are not JSON: {e}"),
-                );
-            }
+        self.start(&function, entry, args_json).await
+    }
+
+    /// `Run`: the checks of a store and of an invoke, then a session of
+    /// content that is never written anywhere.
+    async fn run_once(
+        &mut self,
+        filename: String,
+        source: String,
+        manifest: String,
+        entry: String,
+        args_json: String,
+    ) -> Frame {
+        if let Err(refusal) = check_call(&entry, &args_json) {
+            return refusal;
         }
+        if let Err(refusal) = self.state.check_upload(&filename, &source, &manifest) {
+            return refusal.into_frame();
+        }
+        let function = crate::function_store::StoredFunction::unstored(filename, source, manifest);
+        self.start(&function, entry, args_json).await
+    }
+
+    /// A fresh session of `function`: `Invoked`, or the refusal.
+    async fn start(
+        &mut self,
+        function: &crate::function_store::StoredFunction,
+        entry: String,
+        args_json: String,
+    ) -> Frame {
         let session_token = match SessionToken::generate() {
             Ok(token) => token,
             Err(_) => return Frame::error(ErrorCode::Internal, "cannot generate a token"),
@@ -332,7 +365,7 @@ impl Conn {
         let call = StartCall::Entry { entry, args_json };
         match self
             .state
-            .start_session(&function, call, session_token.clone(), false)
+            .start_session(function, call, session_token.clone(), false)
             .await
         {
             Ok((_, service_token)) => Frame::Invoked {
@@ -698,6 +731,28 @@ impl Drop for ChannelGuard {
 }
 
 /// Sleep until `deadline` (forever without one; callers guard the branch).
+/// An entry point and arguments a session can start with, or the error
+/// frame saying why not.
+fn check_call(entry: &str, args_json: &str) -> Result<(), Frame> {
+    if !is_identifier(entry) {
+        return Err(Frame::error(
+            ErrorCode::InvalidArguments,
+            format!("entry {entry:?} is not a Python identifier"),
+        ));
+    }
+    match serde_json::from_str::<serde_json::Value>(args_json) {
+        Ok(serde_json::Value::Array(_)) => Ok(()),
+        Ok(_) => Err(Frame::error(
+            ErrorCode::InvalidArguments,
+            "arguments must be a JSON array",
+        )),
+        Err(e) => Err(Frame::error(
+            ErrorCode::InvalidArguments,
+            format!("arguments are not JSON: {e}"),
+        )),
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
