@@ -173,6 +173,10 @@ impl ServeArgs {
                     bento_server::instance_storage_root(data_dir)
                         .display()
                         .to_string(),
+                    "--channel-key".into(),
+                    bento_server::channel_key_path(data_dir)
+                        .display()
+                        .to_string(),
                 ];
                 if self.no_worker_jail {
                     args.push("--no-jail".into());
@@ -293,9 +297,19 @@ fn read_text(path: &Path) -> anyhow::Result<String> {
 /// `bento worker`: load the runtime, jail the process (unless `jail` is
 /// `None`; else `jail` is the instance storage directory), serve the pipe
 /// protocol on stdio.
-pub fn worker(runtime: &Path, jail: Option<PathBuf>, prewarm: usize) -> anyhow::Result<ExitCode> {
+pub fn worker(
+    runtime: &Path,
+    jail: Option<PathBuf>,
+    prewarm: usize,
+    channel_key: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
     use std::os::fd::AsFd;
     let runtime = bento_sandbox::PythonRuntime::load_precompiled(runtime)?;
+    // Before the jail, which leaves the worker no access to the data
+    // directory.
+    let channel = channel_key
+        .map(bento_attest::ChannelSecret::load_or_create)
+        .transpose()?;
     // After loading the runtime (which reads its file), before the first
     // instance thread: every thread inherits the jail.
     match jail {
@@ -313,7 +327,7 @@ pub fn worker(runtime: &Path, jail: Option<PathBuf>, prewarm: usize) -> anyhow::
     // output chunk for newlines.
     let stdin = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
     let stdout = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
-    bento_worker::run_worker(runtime, prewarm, stdin, stdout)?;
+    bento_worker::run_worker(runtime, prewarm, channel, stdin, stdout)?;
     Ok(ExitCode::SUCCESS)
 }
 

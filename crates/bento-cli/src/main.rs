@@ -241,6 +241,11 @@ enum Command {
         /// Fresh instances to keep ready ahead of demand.
         #[arg(long, default_value_t = 0)]
         prewarm: usize,
+        /// The sealed channel's secret key, created if missing (every
+        /// worker of a box reads the same file). Without it the worker
+        /// offers no sealed channel.
+        #[arg(long)]
+        channel_key: Option<PathBuf>,
     },
 }
 
@@ -342,7 +347,13 @@ fn main() -> ExitCode {
             storage_dir,
             no_jail,
             prewarm,
-        } => commands::worker(&runtime, (!no_jail).then_some(storage_dir), prewarm),
+            channel_key,
+        } => commands::worker(
+            &runtime,
+            (!no_jail).then_some(storage_dir),
+            prewarm,
+            channel_key.as_deref(),
+        ),
         Command::Runtime(RuntimeCommand::Precompile { wasm, out }) => {
             commands::precompile(&wasm, &out)
         }
