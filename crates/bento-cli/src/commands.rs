@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use bento_client::{Attachment, Connection, Target};
+use bento_client::{Connection, Target};
 use bento_policy::BoxPolicy;
-use bento_protocol::{InvokeToken, ServiceToken, SessionToken};
+use bento_protocol::{InvokeToken, ServiceToken};
 use bento_server::{Server, ServerConfig};
 use bento_worker::WorkerPoolConfig;
 use clap::Args;
@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use crate::exit::EXIT_REQUEST;
 use crate::exit::{EXIT_FUNCTION, report};
+use crate::sealed_cmd::{AnyAttachment, AnySessionToken};
 use crate::{Command, TargetArgs, runtime_path};
 
 /// Options of `bento serve`.
@@ -467,7 +468,13 @@ fn print_line(text: &str) {
     println!("{text}");
 }
 
-pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Result<ExitCode> {
+/// Run a client command; `channel_key` is the verified worker key to seal
+/// to (`--sealed`), `None` for plain requests.
+pub async fn dispatch(
+    command: Command,
+    target_args: TargetArgs,
+    channel_key: Option<[u8; 32]>,
+) -> anyhow::Result<ExitCode> {
     let target = target(&target_args);
     match command {
         Command::Serve(args) => serve(*args).await,
@@ -483,8 +490,22 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
             let upload = read_function(&file, manifest.as_deref())?;
             let result = async {
                 let mut conn = Connection::connect(&target).await?;
-                conn.store_for(&upload.filename, &upload.source, &upload.manifest, lifetime)
-                    .await
+                match &channel_key {
+                    Some(key) => {
+                        conn.store_sealed(
+                            key,
+                            &upload.filename,
+                            &upload.source,
+                            &upload.manifest,
+                            lifetime,
+                        )
+                        .await
+                    }
+                    None => {
+                        conn.store_for(&upload.filename, &upload.source, &upload.manifest, lifetime)
+                            .await
+                    }
+                }
             }
             .await;
             match result {
@@ -546,8 +567,14 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
             let token = InvokeToken::from_hex(&token)?;
             let result = async {
                 let mut conn = Connection::connect(&target).await?;
-                conn.invoke_service(&token, &entry, &args_to_json(&args))
-                    .await
+                invoke_any(
+                    &mut conn,
+                    channel_key.as_ref(),
+                    &token,
+                    &entry,
+                    &args_to_json(&args),
+                )
+                .await
             }
             .await;
             match result {
@@ -580,7 +607,7 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
             connect_service(&target, &service).await
         }
         Command::Attach { session, from } => {
-            let session = SessionToken::from_hex(&session)?;
+            let session = AnySessionToken::parse(&session)?;
             attach(&target, &session, from).await
         }
         Command::Run {
@@ -592,11 +619,32 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
             let upload = read_function(&file, manifest.as_deref())?;
             let started = async {
                 let mut conn = Connection::connect(&target).await?;
-                let (_, token) = conn
-                    .store_with_manifest(&upload.filename, &upload.source, &upload.manifest)
-                    .await?;
-                conn.invoke_service(&token, &entry, &args_to_json(&args))
-                    .await
+                let token = match &channel_key {
+                    Some(key) => {
+                        conn.store_sealed(
+                            key,
+                            &upload.filename,
+                            &upload.source,
+                            &upload.manifest,
+                            None,
+                        )
+                        .await?
+                        .invoke_token
+                    }
+                    None => {
+                        conn.store_with_manifest(&upload.filename, &upload.source, &upload.manifest)
+                            .await?
+                            .1
+                    }
+                };
+                invoke_any(
+                    &mut conn,
+                    channel_key.as_ref(),
+                    &token,
+                    &entry,
+                    &args_to_json(&args),
+                )
+                .await
             }
             .await;
             match started {
@@ -610,7 +658,7 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
             }
         }
         Command::Kill { session } => {
-            let session = SessionToken::from_hex(&session)?;
+            let session = AnySessionToken::parse(&session)?.session().clone();
             let result = async {
                 let mut conn = Connection::connect(&target).await?;
                 conn.kill(&session).await
@@ -754,17 +802,35 @@ async fn connect_service(target: &Target, service: &ServiceToken) -> anyhow::Res
     }
 }
 
+/// Start a session, sealed to `channel_key` when given: the session token
+/// (sealed ones carry their secret) and the service token, if any.
+async fn invoke_any(
+    conn: &mut Connection,
+    channel_key: Option<&[u8; 32]>,
+    token: &InvokeToken,
+    entry: &str,
+    args_json: &str,
+) -> Result<(AnySessionToken, Option<ServiceToken>), bento_client::ClientError> {
+    match channel_key {
+        Some(key) => {
+            let (session, service) = conn.invoke_sealed(key, token, entry, args_json).await?;
+            Ok((AnySessionToken::Sealed(Box::new(session)), service))
+        }
+        None => {
+            let (session, service) = conn.invoke_service(token, entry, args_json).await?;
+            Ok((AnySessionToken::Plain(session), service))
+        }
+    }
+}
+
 /// Forward stdin to the session, write its output to stdout.
 async fn attach(
     target: &Target,
-    session: &SessionToken,
+    session: &AnySessionToken,
     from: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
-    let attachment = match Connection::connect(target).await {
-        Ok(conn) => conn.attach(session, from).await,
-        Err(e) => Err(e),
-    };
-    let mut attachment: Attachment = match attachment {
+    let attachment = AnyAttachment::attach(target, session, from).await;
+    let mut attachment = match attachment {
         Ok(a) => a,
         Err(e) => return Ok(report(&e)),
     };

@@ -19,6 +19,7 @@ mod exit;
 mod lb_cmd;
 mod proxy_cmd;
 mod runtime_path;
+mod sealed_cmd;
 mod serve_config;
 mod shard_cmd;
 mod terminal;
@@ -148,7 +149,8 @@ enum Command {
     /// limit, kill), 2 for a bad request or unknown token, 3 when the box
     /// is busy or failed. Ctrl-C detaches and leaves the session running.
     Attach {
-        /// Session token from `bento invoke`.
+        /// Session token from `bento invoke` (128 hex digits for a sealed
+        /// session: it carries the session's secret).
         session: String,
         /// Resume at this output offset instead of where the box says the
         /// last client stopped reading.
@@ -383,10 +385,11 @@ fn main() -> ExitCode {
                     if let Command::Attest(args) = command {
                         return attest_cmd::run(args, &cli.target).await;
                     }
-                    if let Some(refused) = attest_cmd::preflight(&command, &cli.target).await {
-                        return Ok(refused);
-                    }
-                    commands::dispatch(command, cli.target).await
+                    let channel_key = match attest_cmd::preflight(&command, &cli.target).await {
+                        Ok(key) => key,
+                        Err(refused) => return Ok(refused),
+                    };
+                    commands::dispatch(command, cli.target, channel_key).await
                 }),
                 Err(e) => Err(e.into()),
             }
