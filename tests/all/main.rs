@@ -25,6 +25,7 @@ mod prewarm;
 mod protocol_abuse;
 mod proxy;
 mod requests_shim;
+mod sealed;
 mod sessions;
 mod shard;
 mod store_lifetime;
