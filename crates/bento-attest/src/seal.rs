@@ -344,12 +344,23 @@ impl ChannelSecret {
                 .and_then(|()| file.sync_all())
                 .map_err(file_error)?;
         }
-        let linked = std::fs::hard_link(&candidate, path);
-        let _ = std::fs::remove_file(&candidate);
-        match linked {
-            Ok(()) => Ok(secret),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load_or_create(path),
-            Err(e) => Err(file_error(e)),
+        match std::fs::hard_link(&candidate, path) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&candidate);
+                Ok(secret)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let _ = std::fs::remove_file(&candidate);
+                Self::load_or_create(path)
+            }
+            // A file system without hard links (e.g. an encrypted mount):
+            // rename, and read back whichever key ended up there. A worker
+            // that read an earlier one then disagrees with the others, and
+            // the box offers no sealed channel rather than a wrong one.
+            Err(_) => {
+                std::fs::rename(&candidate, path).map_err(file_error)?;
+                Self::load_or_create(path)
+            }
         }
     }
 
