@@ -697,3 +697,102 @@ async fn a_box_whose_evidence_binds_another_channel_key_is_refused_before_upload
     assert!(stderr.contains("offers no sealed channel"), "{stderr}");
     fake.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_function_over_the_upload_limit_is_refused_and_the_box_serves_on() {
+    let bx = TestBox::start(&[]);
+    let key = channel_key(&bx.target()).await;
+    // The box sees only the envelope: at most the upload limit (1 MiB by
+    // default) + 255 (file name) + 8 (two lengths) + 49 (overhead) bytes.
+    // With a 6-byte file name the largest source is limit + 249 bytes.
+    let body = "\ndef main(a): api.send('ok')\n";
+    let source_of = |len: usize| format!("#{}{body}", "x".repeat(len - 1 - body.len()));
+    let largest = 1024 * 1024 + 255 + 8 - 8 - "big.py".len();
+    let refused = bx
+        .connect()
+        .await
+        .store_sealed(&key, "big.py", &source_of(largest + 1), "", None)
+        .await;
+    match refused {
+        Err(ClientError::Remote {
+            code: ErrorCode::InvalidFunction,
+            message,
+        }) => assert!(message.contains("accepts at most"), "{message}"),
+        other => panic!("expected invalid_function, got {other:?}"),
+    }
+    assert!(!bx.log().contains("stored a function"), "{}", bx.log());
+    let stored = bx
+        .connect()
+        .await
+        .store_sealed(&key, "big.py", &source_of(largest), "", None)
+        .await
+        .unwrap();
+    let (token, _) = bx
+        .connect()
+        .await
+        .invoke_sealed(&key, &stored.invoke_token, "main", "[1]")
+        .await
+        .unwrap();
+    let out = bx
+        .connect()
+        .await
+        .attach_sealed(&token, None)
+        .await
+        .unwrap()
+        .read_to_end()
+        .await
+        .unwrap();
+    assert_eq!(out, b"ok");
+    bx.assert_serves_hello().await;
+}
+
+#[test]
+fn every_worker_of_a_box_holds_the_same_channel_key_and_a_sealed_session_can_be_killed() {
+    let bx = TestBox::start(&["--workers", "3"]);
+    let attest = bento(&bx.addr, &["attest"], b"");
+    let stdout = text(&attest.stdout);
+    assert!(attest.status.success(), "{}", text(&attest.stderr));
+    assert!(stdout.contains("sealed-channel key"), "{stdout}");
+    assert!(
+        !stdout.contains(&format!("sealed-channel key {} ", "0".repeat(64))),
+        "three workers, one key: {stdout}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wait.py");
+    std::fs::write(&file, "def main():\n    api.recv()\n").unwrap();
+    let file = file.display().to_string();
+    let stored = bento(
+        &bx.addr,
+        &["--sealed", "--allow-unattested", "store", &file],
+        b"",
+    );
+    assert!(stored.status.success(), "{}", text(&stored.stderr));
+    let invoke_token = text(&stored.stdout).trim().to_owned();
+    // Invocations land on different workers; every one opens the function.
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let invoked = bento(
+            &bx.addr,
+            &["--sealed", "--allow-unattested", "invoke", &invoke_token],
+            b"",
+        );
+        assert!(invoked.status.success(), "{}", text(&invoked.stderr));
+        sessions.push(text(&invoked.stdout).trim().to_owned());
+    }
+    for session in &sessions {
+        let killed = bento(&bx.addr, &["--allow-unattested", "kill", session], b"");
+        assert!(killed.status.success(), "{}", text(&killed.stderr));
+        let attached = bento(&bx.addr, &["--allow-unattested", "attach", session], b"");
+        assert_eq!(
+            attached.status.code(),
+            Some(1),
+            "{}",
+            text(&attached.stderr)
+        );
+        assert!(
+            text(&attached.stderr).contains("killed"),
+            "{}",
+            text(&attached.stderr)
+        );
+    }
+}

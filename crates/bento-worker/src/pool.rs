@@ -879,6 +879,23 @@ mod tests {
         (outcome, output)
     }
 
+    #[test]
+    fn the_box_offers_a_sealed_channel_only_when_every_worker_holds_the_same_key() {
+        let agreed = ChannelKeys::Unknown
+            .merge(Some([1; 32]))
+            .merge(Some([1; 32]));
+        assert_eq!(agreed, ChannelKeys::Agreed([1; 32]));
+        assert_eq!(agreed.merge(Some([2; 32])), ChannelKeys::Unusable);
+        assert_eq!(agreed.merge(None), ChannelKeys::Unusable);
+        assert_eq!(ChannelKeys::Unknown.merge(None), ChannelKeys::Unusable);
+        // Once unusable, a respawned worker with the first key does not
+        // bring it back: the others may still hold another.
+        assert_eq!(
+            ChannelKeys::Unusable.merge(Some([1; 32])),
+            ChannelKeys::Unusable
+        );
+    }
+
     #[tokio::test]
     async fn output_within_the_granted_credit_is_passed_on() {
         let (outcome, output) = run_one(
