@@ -233,7 +233,7 @@ fn handle<W: Write + Send + 'static>(
                     // when the function reads it: the server's input window
                     // counts the ciphertext it forwarded.
                     Ok(plaintext) => {
-                        let overhead = (data.len() - plaintext.len()) as u64;
+                        let overhead = data.len().saturating_sub(plaintext.len()) as u64;
                         running.io.push_input(plaintext);
                         outbox.send(&FromWorker::InputConsumed(id, overhead));
                     }
