@@ -171,6 +171,56 @@ async fn the_server_process_relays_a_sealed_session_without_seeing_source_argume
         assert!(!log.contains(marker), "{marker} in the server's log");
     }
     assert!(!contains(&data, "secret.py"), "the file name is sealed too");
+
+    // The server process's memory: the plain session's source is there
+    // (so the scan reads it), the sealed session's plaintext is not.
+    let memory = process_memory(bx.pid());
+    assert!(
+        memory.windows(14).any(|w| w == b"PLAIN-SRC-11aa"),
+        "the scan did not find the plain source in the server's memory"
+    );
+    for marker in ["SRC-7c1f0d", "ARG-93ab2c", "IN-55d2f1", "OUT-e4a09b"] {
+        assert!(
+            !memory.windows(marker.len()).any(|w| w == marker.as_bytes()),
+            "{marker} in the server's memory"
+        );
+    }
+}
+
+/// Every readable, private mapping of process `pid` (heap, stacks,
+/// anonymous memory), read through /proc (the test is its parent, so it
+/// may). Files mapped from disk (the binary, libraries) are skipped.
+fn process_memory(pid: u32) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut out = Vec::new();
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(range), Some(perms)) = (fields.first(), fields.get(1)) else {
+            continue;
+        };
+        let path = fields.get(5).copied().unwrap_or("");
+        if !perms.starts_with("rw") || path.starts_with('/') || path == "[vvar]" {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        let mut offset = start;
+        let mut chunk = vec![0u8; 1 << 20];
+        while offset < end {
+            let len = usize::try_from((end - offset).min(chunk.len() as u64)).unwrap();
+            match mem.read_at(&mut chunk[..len], offset) {
+                Ok(n) if n > 0 => out.extend_from_slice(&chunk[..n]),
+                _ => break,
+            }
+            offset += len as u64;
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
