@@ -846,3 +846,24 @@ fn every_worker_of_a_box_holds_the_same_channel_key_and_a_sealed_session_can_be_
         );
     }
 }
+
+#[test]
+fn commands_that_cannot_seal_refuse_sealed_instead_of_sending_in_the_clear() {
+    let bx = TestBox::start(&[]);
+    for args in [
+        vec!["--sealed", "connect", &"ab".repeat(32)],
+        vec![
+            "--sealed",
+            "browse",
+            "http://127.0.0.1:1/",
+            "--out",
+            "/nonexistent/page",
+        ],
+    ] {
+        let out = bento(&bx.addr, &args, b"");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("refuses --sealed"), "{args:?}: {stderr}");
+    }
+    assert!(!bx.log().contains("stored a function"), "{}", bx.log());
+}

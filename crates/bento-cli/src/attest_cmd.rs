@@ -172,6 +172,15 @@ pub async fn preflight(
     if target_args.attest.sealed && uploads {
         return crate::sealed_cmd::channel_key(target_args).await.map(Some);
     }
+    if let (true, Some(name)) = (
+        target_args.attest.sealed,
+        crate::sealed_cmd::cannot_seal(command),
+    ) {
+        eprintln!(
+            "error: `bento {name}` cannot seal what it sends; it refuses --sealed rather than send in the clear"
+        );
+        return Err(ExitCode::from(EXIT_REQUEST));
+    }
     preflight_unsealed(command, target_args)
         .await
         .map_or(Ok(None), Err)

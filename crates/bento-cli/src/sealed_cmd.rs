@@ -49,6 +49,24 @@ pub async fn channel_key(target_args: &TargetArgs) -> Result<[u8; 32], ExitCode>
     Ok(verified.channel_key)
 }
 
+/// Commands that send users' data but cannot seal it (service channels,
+/// the functions' composite commands): `--sealed` is refused for them
+/// rather than ignored. `None` for the others (sealing applies, or they
+/// send nothing secret: renew, delete, kill, status, attach).
+pub fn cannot_seal(command: &crate::Command) -> Option<&'static str> {
+    use crate::Command;
+    match command {
+        Command::Connect { .. } => Some("connect"),
+        Command::Browse(_) => Some("browse"),
+        Command::Drop(_) => Some("drop"),
+        Command::Cover(_) => Some("cover"),
+        Command::Shard(_) => Some("shard"),
+        Command::Lb(_) => Some("lb"),
+        Command::Proxy(_) => Some("proxy"),
+        _ => None,
+    }
+}
+
 /// A session token as the user wrote it: plain (64 hex digits) or sealed
 /// (128).
 pub enum AnySessionToken {
