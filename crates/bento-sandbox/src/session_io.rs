@@ -1013,6 +1013,25 @@ mod tests {
     }
 
     #[test]
+    fn a_sealed_sessions_chunk_overhead_is_charged_to_its_credit() {
+        let (recorder, io) = io(30, Duration::from_secs(60));
+        io.set_chunk_overhead(20);
+        // 30 of credit: one chunk of at most 10 bytes (plus 20 overhead).
+        assert_eq!(io.output_permit().unwrap(), 10);
+        assert!(io.write_output(Bytes::from_static(b"abcdefghijk")).is_err());
+        io.write_output(Bytes::from_static(b"abcdefghij")).unwrap();
+        assert_eq!(io.output_permit().unwrap(), 0);
+        // Credit no larger than the overhead allows nothing.
+        io.grant_credit(20);
+        assert_eq!(io.output_permit().unwrap(), 0);
+        assert!(io.write_output(Bytes::new()).is_ok());
+        assert!(io.write_output(Bytes::from_static(b"x")).is_err());
+        io.grant_credit(21);
+        io.write_output(Bytes::from_static(b"x")).unwrap();
+        assert_eq!(&*recorder.output.lock().unwrap(), b"abcdefghijx");
+    }
+
+    #[test]
     fn a_message_longer_than_any_frame_or_overlapping_the_previous_one_is_refused() {
         let (recorder, io) = io(1024, Duration::from_secs(60));
         assert_eq!(
