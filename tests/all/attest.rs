@@ -159,7 +159,7 @@ async fn the_client_library_refuses_an_unattested_box_with_a_typed_error() {
 
 /// A fake box that answers `Attest` with `reply(nonce)`; its task fails if
 /// the client sends anything after the evidence (an upload it must not send).
-async fn fake_box(
+pub(crate) async fn fake_box(
     reply: fn([u8; ATTEST_NONCE_LEN]) -> Frame,
 ) -> (Target, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -26,6 +26,7 @@ mod protocol_abuse;
 mod proxy;
 mod requests_shim;
 mod run_once;
+mod sealed;
 mod sessions;
 mod shard;
 mod store_lifetime;

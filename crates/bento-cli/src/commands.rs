@@ -4,19 +4,30 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use bento_client::{Attachment, Connection, Target};
-use bento_protocol::{InvokeToken, ServiceToken, SessionToken};
+use bento_client::{Connection, Target};
+use bento_protocol::{InvokeToken, ServiceToken};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::exit::{EXIT_FUNCTION, EXIT_REQUEST, report};
+use crate::sealed_cmd::{AnyAttachment, AnySessionToken};
 use crate::{Command, TargetArgs, TestnetCommand};
 
 /// `bento worker`: load the runtime, jail the process (unless `jail` is
 /// `None`; else `jail` is the instance storage directory), serve the pipe
 /// protocol on stdio.
-pub fn worker(runtime: &Path, jail: Option<PathBuf>, prewarm: usize) -> anyhow::Result<ExitCode> {
+pub fn worker(
+    runtime: &Path,
+    jail: Option<PathBuf>,
+    prewarm: usize,
+    channel_key: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
     use std::os::fd::AsFd;
     let runtime = bento_sandbox::PythonRuntime::load_precompiled(runtime)?;
+    // Before the jail, which leaves the worker no access to the data
+    // directory.
+    let channel = channel_key
+        .map(bento_attest::ChannelSecret::load_or_create)
+        .transpose()?;
     // After loading the runtime (which reads its file), before the first
     // instance thread: every thread inherits the jail.
     match jail {
@@ -34,7 +45,7 @@ pub fn worker(runtime: &Path, jail: Option<PathBuf>, prewarm: usize) -> anyhow::
     // output chunk for newlines.
     let stdin = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
     let stdout = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
-    bento_worker::run_worker(runtime, prewarm, stdin, stdout)?;
+    bento_worker::run_worker(runtime, prewarm, channel, stdin, stdout)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -174,7 +185,13 @@ fn print_line(text: &str) {
     println!("{text}");
 }
 
-pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Result<ExitCode> {
+/// Run a client command; `channel_key` is the verified worker key to seal
+/// to (`--sealed`), `None` for plain requests.
+pub async fn dispatch(
+    command: Command,
+    target_args: TargetArgs,
+    channel_key: Option<[u8; 32]>,
+) -> anyhow::Result<ExitCode> {
     let target = target(&target_args);
     match command {
         Command::Serve(args) => crate::serve::serve(*args).await,
@@ -198,8 +215,22 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
             let upload = read_function(&file, manifest.as_deref())?;
             let result = async {
                 let mut conn = Connection::connect(&target).await?;
-                conn.store_for(&upload.filename, &upload.source, &upload.manifest, lifetime)
-                    .await
+                match &channel_key {
+                    Some(key) => {
+                        conn.store_sealed(
+                            key,
+                            &upload.filename,
+                            &upload.source,
+                            &upload.manifest,
+                            lifetime,
+                        )
+                        .await
+                    }
+                    None => {
+                        conn.store_for(&upload.filename, &upload.source, &upload.manifest, lifetime)
+                            .await
+                    }
+                }
             }
             .await;
             match result {
@@ -261,8 +292,14 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
             let token = InvokeToken::from_hex(&token)?;
             let result = async {
                 let mut conn = Connection::connect(&target).await?;
-                conn.invoke_service(&token, &entry, &args_to_json(&args))
-                    .await
+                invoke_any(
+                    &mut conn,
+                    channel_key.as_ref(),
+                    &token,
+                    &entry,
+                    &args_to_json(&args),
+                )
+                .await
             }
             .await;
             match result {
@@ -295,7 +332,7 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
             connect_service(&target, &service).await
         }
         Command::Attach { session, from } => {
-            let session = SessionToken::from_hex(&session)?;
+            let session = AnySessionToken::parse(&session)?;
             attach(&target, &session, from).await
         }
         Command::Run {
@@ -306,42 +343,68 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
         } => {
             let upload = read_function(&file, manifest.as_deref())?;
             let args_json = args_to_json(&args);
-            // One round trip: the box runs the source without storing it
-            // and this connection becomes the session's attachment.
-            let run = async {
-                Connection::connect(&target)
-                    .await?
-                    .run(
-                        &upload.filename,
-                        &upload.source,
-                        &upload.manifest,
-                        &entry,
-                        &args_json,
-                    )
-                    .await
-            }
-            .await;
-            let (session, service, attachment) = match run {
-                Ok((session, service, attachment)) => (session, service, Some(attachment)),
-                // A box from before `Run` does not know the frame: store,
-                // invoke and attach as before.
-                Err(bento_client::ClientError::Remote {
+            // Store (sealed or not), invoke: the path for a sealed run and
+            // for a box that predates `Run`.
+            let store_and_invoke = || async {
+                let mut conn = Connection::connect(&target).await?;
+                let token = match &channel_key {
+                    Some(key) => {
+                        conn.store_sealed(
+                            key,
+                            &upload.filename,
+                            &upload.source,
+                            &upload.manifest,
+                            None,
+                        )
+                        .await?
+                        .invoke_token
+                    }
+                    None => {
+                        conn.store_with_manifest(&upload.filename, &upload.source, &upload.manifest)
+                            .await?
+                            .1
+                    }
+                };
+                invoke_any(&mut conn, channel_key.as_ref(), &token, &entry, &args_json).await
+            };
+            // Plain: one round trip; the box runs the source without
+            // storing it and this connection becomes the attachment.
+            let run = match channel_key {
+                Some(_) => None,
+                None => Some(
+                    async {
+                        Connection::connect(&target)
+                            .await?
+                            .run(
+                                &upload.filename,
+                                &upload.source,
+                                &upload.manifest,
+                                &entry,
+                                &args_json,
+                            )
+                            .await
+                    }
+                    .await,
+                ),
+            };
+            let started = match run {
+                Some(Ok((session, service, attachment))) => Ok((
+                    AnySessionToken::Plain(session),
+                    service,
+                    Some(AnyAttachment::Plain(attachment)),
+                )),
+                // A box from before `Run` does not know the frame.
+                Some(Err(bento_client::ClientError::Remote {
                     code: bento_protocol::ErrorCode::MalformedFrame,
                     ..
-                }) => {
-                    let started = async {
-                        let mut conn = Connection::connect(&target).await?;
-                        let (_, token) = conn
-                            .store_with_manifest(&upload.filename, &upload.source, &upload.manifest)
-                            .await?;
-                        conn.invoke_service(&token, &entry, &args_json).await
-                    }
-                    .await;
-                    match started {
-                        Ok((session, service)) => (session, service, None),
-                        Err(e) => return Ok(report(&e)),
-                    }
-                }
+                }))
+                | None => store_and_invoke()
+                    .await
+                    .map(|(session, service)| (session, service, None)),
+                Some(Err(e)) => Err(e),
+            };
+            let (session, service, attachment) = match started {
+                Ok(started) => started,
                 Err(e) => return Ok(report(&e)),
             };
             if let Some(service) = service {
@@ -353,7 +416,7 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
             }
         }
         Command::Kill { session } => {
-            let session = SessionToken::from_hex(&session)?;
+            let session = AnySessionToken::parse(&session)?.session().clone();
             let result = async {
                 let mut conn = Connection::connect(&target).await?;
                 conn.kill(&session).await
@@ -452,16 +515,34 @@ async fn connect_service(target: &Target, service: &ServiceToken) -> anyhow::Res
     }
 }
 
+/// Start a session, sealed to `channel_key` when given: the session token
+/// (sealed ones carry their secret) and the service token, if any.
+async fn invoke_any(
+    conn: &mut Connection,
+    channel_key: Option<&[u8; 32]>,
+    token: &InvokeToken,
+    entry: &str,
+    args_json: &str,
+) -> Result<(AnySessionToken, Option<ServiceToken>), bento_client::ClientError> {
+    match channel_key {
+        Some(key) => {
+            let (session, service) = conn.invoke_sealed(key, token, entry, args_json).await?;
+            Ok((AnySessionToken::Sealed(Box::new(session)), service))
+        }
+        None => {
+            let (session, service) = conn.invoke_service(token, entry, args_json).await?;
+            Ok((AnySessionToken::Plain(session), service))
+        }
+    }
+}
+
 /// Forward stdin to the session, write its output to stdout.
 async fn attach(
     target: &Target,
-    session: &SessionToken,
+    session: &AnySessionToken,
     from: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
-    let attachment = match Connection::connect(target).await {
-        Ok(conn) => conn.attach(session, from).await,
-        Err(e) => Err(e),
-    };
+    let attachment = AnyAttachment::attach(target, session, from).await;
     match attachment {
         Ok(attachment) => stream_attachment(attachment, session).await,
         Err(e) => Ok(report(&e)),
@@ -471,8 +552,8 @@ async fn attach(
 /// Forward stdin to the session and its output to stdout until it ends;
 /// Ctrl-C detaches (the session keeps running).
 async fn stream_attachment(
-    mut attachment: Attachment,
-    session: &SessionToken,
+    mut attachment: AnyAttachment,
+    session: &AnySessionToken,
 ) -> anyhow::Result<ExitCode> {
     let input = attachment.input();
     let stdin_task = tokio::spawn(async move {

@@ -20,6 +20,7 @@ mod latency;
 mod lb_cmd;
 mod proxy_cmd;
 mod runtime_path;
+mod sealed_cmd;
 mod serve;
 mod serve_config;
 mod shard_cmd;
@@ -150,7 +151,8 @@ enum Command {
     /// limit, kill), 2 for a bad request or unknown token, 3 when the box
     /// is busy or failed. Ctrl-C detaches and leaves the session running.
     Attach {
-        /// Session token from `bento invoke`.
+        /// Session token from `bento invoke` (128 hex digits for a sealed
+        /// session: it carries the session's secret).
         session: String,
         /// Resume at this output offset instead of where the box says the
         /// last client stopped reading.
@@ -243,6 +245,11 @@ enum Command {
         /// Fresh instances to keep ready ahead of demand.
         #[arg(long, default_value_t = 0)]
         prewarm: usize,
+        /// The sealed channel's secret key, created if missing (every
+        /// worker of a box reads the same file). Without it the worker
+        /// offers no sealed channel.
+        #[arg(long)]
+        channel_key: Option<PathBuf>,
     },
 }
 
@@ -373,7 +380,13 @@ fn main() -> ExitCode {
             storage_dir,
             no_jail,
             prewarm,
-        } => commands::worker(&runtime, (!no_jail).then_some(storage_dir), prewarm),
+            channel_key,
+        } => commands::worker(
+            &runtime,
+            (!no_jail).then_some(storage_dir),
+            prewarm,
+            channel_key.as_deref(),
+        ),
         Command::Runtime(RuntimeCommand::Precompile { wasm, out }) => {
             commands::precompile(&wasm, &out)
         }
@@ -403,10 +416,11 @@ fn main() -> ExitCode {
                     if let Command::Attest(args) = command {
                         return attest_cmd::run(args, &cli.target).await;
                     }
-                    if let Some(refused) = attest_cmd::preflight(&command, &cli.target).await {
-                        return Ok(refused);
-                    }
-                    commands::dispatch(command, cli.target).await
+                    let channel_key = match attest_cmd::preflight(&command, &cli.target).await {
+                        Ok(key) => key,
+                        Err(refused) => return Ok(refused),
+                    };
+                    commands::dispatch(command, cli.target, channel_key).await
                 }),
                 Err(e) => Err(e.into()),
             }

@@ -171,6 +171,10 @@ impl ServeArgs {
                     bento_server::instance_storage_root(data_dir)
                         .display()
                         .to_string(),
+                    "--channel-key".into(),
+                    bento_server::channel_key_path(data_dir)
+                        .display()
+                        .to_string(),
                 ];
                 if self.no_worker_jail {
                     args.push("--no-jail".into());

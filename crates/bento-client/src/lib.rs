@@ -13,9 +13,12 @@
 //! unacknowledged bytes again on re-attach, so nothing is lost.
 
 mod attest;
+mod sealed;
 mod socks;
 
 pub use attest::{AttestError, Requirement, TeeKind, TeeRequirement, Verified};
+pub use bento_attest::SealError;
+pub use sealed::{SealedAttachment, SealedInputSender, SealedSessionToken};
 
 use bento_protocol::{
     ErrorCode, Frame, FrameDecoder, FunctionId, InvokeToken, MAX_DATA_LEN, PROTOCOL_VERSION,
@@ -60,6 +63,14 @@ pub enum ClientError {
     /// is malformed, replayed, or for another box); nothing was uploaded.
     #[error("box refused: {0}")]
     Attestation(#[from] AttestError),
+    /// Sealed data from the box did not open: changed, replayed, reordered
+    /// or from another session (docs/attestation.md).
+    #[error("sealed output: {0}")]
+    Sealed(#[from] SealError),
+    /// `--sealed` with a box whose evidence binds no sealed-channel key;
+    /// nothing was uploaded.
+    #[error("box refused: it offers no sealed channel (its evidence binds no channel key)")]
+    NoSealedChannel,
 }
 
 /// A function the box stored.
@@ -394,6 +405,7 @@ impl Connection {
             writer,
             consumed: offset,
             acked: offset,
+            ceiling: None,
         })
     }
 }
@@ -526,6 +538,9 @@ pub struct Attachment {
     /// Offset just past the output returned so far.
     consumed: u64,
     acked: u64,
+    /// A sealed attachment acknowledges only whole records (a resumed
+    /// stream must start at a record boundary): at most this offset.
+    ceiling: Option<u64>,
 }
 
 /// Sends input to an attached session; cheap to clone.
@@ -572,11 +587,18 @@ impl Attachment {
         self.consumed
     }
 
+    /// What may be acknowledged: everything returned, or for a sealed
+    /// attachment everything up to the last whole record.
+    fn consumed_offset(&self) -> u64 {
+        self.ceiling.map_or(self.consumed, |c| c.min(self.consumed))
+    }
+
     fn ack(&mut self) {
-        if self.consumed > self.acked {
+        let consumed = self.consumed_offset();
+        if consumed > self.acked {
             // Fails only when the writer is gone, which the next read reports.
-            let _ = self.ack.send(self.consumed);
-            self.acked = self.consumed;
+            let _ = self.ack.send(consumed);
+            self.acked = consumed;
         }
     }
 
@@ -629,8 +651,9 @@ impl Attachment {
     fn finish(&mut self) {
         // Always send a final Ack, even if nothing new: it tells the box the
         // end frame arrived.
-        let _ = self.ack.send(self.consumed);
-        self.acked = self.consumed;
+        let consumed = self.consumed_offset();
+        let _ = self.ack.send(consumed);
+        self.acked = consumed;
     }
 
     /// Acknowledge what was consumed and leave the session running; a later
@@ -652,7 +675,7 @@ impl Attachment {
             .send(Frame::Detach)
             .await
             .map_err(|_| ClientError::Closed)?;
-        let consumed = self.consumed;
+        let consumed = self.consumed_offset();
         let confirmed = tokio::time::timeout(DETACH_TIMEOUT, async {
             // Whether the session's End arrived with no output before it
             // that this client had not consumed.

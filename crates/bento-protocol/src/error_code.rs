@@ -91,6 +91,10 @@ error_codes! {
     ManifestRejected = 8, BadRequest, "manifest_rejected";
     /// A stored function's requested lifetime is longer than the box allows.
     InvalidLifetime = 9, BadRequest, "invalid_lifetime";
+    /// Sealed data failed to open in the worker: changed, replayed,
+    /// reordered, moved from another session, or sealed to another key
+    /// (or the box offers no sealed channel).
+    SealedRejected = 10, BadRequest, "sealed_rejected";
     /// No stored function has this invoke token (never stored, deleted, or
     /// its lifetime ended).
     UnknownInvokeToken = 16, UnknownToken, "unknown_invoke_token";

@@ -121,6 +121,12 @@ frame_types! {
     Attest = 0x27;
     /// Box → client: attestation evidence (kind `none` when there is no TEE).
     Attested = 0x28;
+    /// Client → box: store a function whose file name and source are
+    /// sealed to the worker's channel key.
+    SealedStore = 0x2a;
+    /// Client → box: start a session with its call sealed to the worker's
+    /// channel key.
+    SealedInvoke = 0x2b;
     /// Client → box: run a function once without storing it; answered with
     /// `Invoked`, after which the connection is attached to the session.
     Run = 0x30;
@@ -281,6 +287,24 @@ pub enum Frame {
         /// At most [`MAX_EVIDENCE_LEN`] bytes.
         evidence: Bytes,
     },
+    /// Store a function sealed to the worker's channel key
+    /// (docs/attestation.md, "The sealed channel"); answered by `Stored`.
+    SealedStore {
+        /// The manifest, in the clear: the box checks it against its policy.
+        manifest: String,
+        /// Seconds; 0 for the box's default.
+        lifetime_s: u64,
+        /// The sealed file name and source (rest of the frame).
+        envelope: Bytes,
+    },
+    /// Start a session of a sealed function with a sealed call; answered
+    /// by `Invoked`.
+    SealedInvoke {
+        /// Capability to invoke.
+        invoke_token: InvokeToken,
+        /// The sealed entry and arguments (rest of the frame).
+        envelope: Bytes,
+    },
     /// Run a function once, without storing it: the checks of `Store`
     /// (but not its trial compile) and of `Invoke`, then the answer is
     /// `Invoked` and the connection continues as an `Attach` at offset 0
@@ -337,6 +361,8 @@ impl Frame {
             Frame::End => FrameType::End,
             Frame::Attest { .. } => FrameType::Attest,
             Frame::Attested { .. } => FrameType::Attested,
+            Frame::SealedStore { .. } => FrameType::SealedStore,
+            Frame::SealedInvoke { .. } => FrameType::SealedInvoke,
             Frame::Run { .. } => FrameType::Run,
             Frame::Error { .. } => FrameType::Error,
         }
@@ -449,6 +475,22 @@ impl Frame {
             Frame::Output { data } | Frame::Input { data } => out.put_slice(data),
             Frame::Attest { nonce } => out.put_slice(nonce),
             Frame::Attested { evidence } => out.put_slice(evidence),
+            Frame::SealedStore {
+                manifest,
+                lifetime_s,
+                envelope,
+            } => {
+                put_str(out, manifest);
+                out.put_u64(*lifetime_s);
+                out.put_slice(envelope);
+            }
+            Frame::SealedInvoke {
+                invoke_token,
+                envelope,
+            } => {
+                out.put_slice(invoke_token.as_bytes());
+                out.put_slice(envelope);
+            }
             Frame::Run {
                 filename,
                 source,
@@ -759,6 +801,15 @@ impl Reader {
                     evidence: std::mem::take(&mut self.body),
                 }
             }
+            FrameType::SealedStore => Frame::SealedStore {
+                manifest: self.string("manifest", big)?,
+                lifetime_s: self.u64("lifetime_s")?,
+                envelope: std::mem::take(&mut self.body),
+            },
+            FrameType::SealedInvoke => Frame::SealedInvoke {
+                invoke_token: InvokeToken::from_bytes(self.token("invoke_token")?),
+                envelope: std::mem::take(&mut self.body),
+            },
             FrameType::Error => Frame::Error {
                 code: ErrorCode::from_u16(self.u16("code")?),
                 message: self.string("message", big)?,
@@ -878,6 +929,15 @@ mod tests {
             },
             Frame::Attested {
                 evidence: Bytes::from_static(b"\x01\x00evidence"),
+            },
+            Frame::SealedStore {
+                manifest: "[limits]".into(),
+                lifetime_s: 60,
+                envelope: Bytes::from_static(b"\x01sealed"),
+            },
+            Frame::SealedInvoke {
+                invoke_token: InvokeToken::from_bytes(token()),
+                envelope: Bytes::from_static(b"\x01sealed"),
             },
             Frame::Run {
                 filename: "f.py".into(),

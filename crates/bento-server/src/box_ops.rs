@@ -26,7 +26,7 @@ pub(crate) struct Refusal {
 }
 
 impl Refusal {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -61,6 +61,9 @@ pub(crate) fn outcome_refusal(outcome: &InstanceOutcome) -> Option<Refusal> {
             ErrorCode::WorkerCrashed,
             "the sandbox worker running this session died; the box has replaced it",
         ),
+        InstanceOutcome::SealRejected(reason) => {
+            Refusal::new(ErrorCode::SealedRejected, reason.clone())
+        }
     })
 }
 
@@ -155,6 +158,17 @@ impl BoxState {
             }
             Err(e) => return Err(Refusal::new(ErrorCode::Internal, e.to_string())),
         }
+        self.persist(filename, source, manifest, lifetime).await
+    }
+
+    /// Persist a checked function for `lifetime`.
+    pub(crate) async fn persist(
+        self: &Arc<Self>,
+        filename: String,
+        source: String,
+        manifest: String,
+        lifetime: Duration,
+    ) -> Result<Stored, Refusal> {
         let state = self.clone();
         let stored = tokio::task::spawn_blocking(move || {
             state.store.store(&filename, &source, &manifest, lifetime)
@@ -339,12 +353,14 @@ impl BoxState {
         );
         // The session releases its buffer reservation when it is dropped.
         buffer.keep();
+        let (source, filename, sealed) = crate::sealed_ops::start_parts(function);
         let request = StartRequest {
-            source: function.source.clone(),
-            filename: function.filename.clone(),
+            source,
+            filename,
             call,
             limits,
             grant: self.capability_grant(&grant, storage),
+            sealed,
         };
         let started = self
             .pool

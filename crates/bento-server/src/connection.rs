@@ -230,6 +230,32 @@ impl Conn {
                     let reply = self.invoke(&invoke_token, entry, args_json).await;
                     self.send(&reply).await?;
                 }
+                Frame::SealedStore {
+                    manifest,
+                    lifetime_s,
+                    envelope,
+                } => {
+                    let reply = match self
+                        .state
+                        .store_sealed(manifest, lifetime_s, envelope)
+                        .await
+                    {
+                        Ok(stored) => Frame::Stored {
+                            function_id: stored.function_id,
+                            invoke_token: stored.invoke_token,
+                            lifetime_s: Some(stored.lifetime.as_secs()),
+                        },
+                        Err(e) => e.into_frame(),
+                    };
+                    self.send(&reply).await?;
+                }
+                Frame::SealedInvoke {
+                    invoke_token,
+                    envelope,
+                } => {
+                    let reply = self.state.invoke_sealed(&invoke_token, envelope).await;
+                    self.send(&reply).await?;
+                }
                 Frame::Kill { session_token } => {
                     let reply = match self.state.sessions.get(&session_token) {
                         Some(session) => {
@@ -248,7 +274,12 @@ impl Conn {
                 }
                 Frame::Attest { nonce } => {
                     let onion = self.state.tor.as_ref().map(|t| t.onion_address.as_str());
-                    let reply = self.state.attestation.answer(nonce, onion).await;
+                    let channel_key = self.state.pool.channel_key();
+                    let reply = self
+                        .state
+                        .attestation
+                        .answer(nonce, onion, channel_key)
+                        .await;
                     self.send(&reply).await?;
                 }
                 Frame::Attach {
@@ -325,6 +356,9 @@ impl Conn {
                 crate::function_store::StoreError::UnknownToken.to_string(),
             );
         };
+        if let Some(refusal) = crate::sealed_ops::refuse_plain_invoke(&function) {
+            return refusal;
+        }
         if let Err(refusal) = check_call(&entry, &args_json) {
             return refusal;
         }
