@@ -95,13 +95,14 @@ fn require_tee_refuses_an_unattested_box_before_anything_is_uploaded() {
         assert!(stderr.contains("nothing was sent"), "{flags:?}: {stderr}");
         assert!(out.stdout.is_empty());
     }
-    // The box never saw a Store.
+    // The box never saw a Store, nor a Run.
     assert!(!bx.log().contains("stored a function"), "{}", bx.log());
+    assert!(!bx.log().contains("started a session"), "{}", bx.log());
     // And it serves the next user, who accepts an unattested box.
     let out = bento(&bx, &["run", &hello, "--allow-unattested", "--", "world"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(out.stdout, b"hello world");
-    assert!(bx.log().contains("stored a function"));
+    assert!(bx.log().contains("started a session"));
 }
 
 #[test]
