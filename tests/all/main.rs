@@ -11,6 +11,7 @@ mod browser;
 mod capabilities;
 mod cli;
 mod cover;
+mod discovery;
 mod dropbox;
 mod harness;
 mod host_memory;

@@ -169,6 +169,13 @@ pub fn announcements(contact: &str) -> Vec<Result<Announcement, AnnouncementErro
     found
 }
 
+/// Whether a ContactInfo carries a valid announcement of `target`.
+pub fn announces(contact: &str, target: &Announcement) -> bool {
+    announcements(contact)
+        .iter()
+        .any(|a| a.as_ref().is_ok_and(|a| a == target))
+}
+
 /// What a relay's server descriptor says that discovery needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayDescriptor {
@@ -338,6 +345,12 @@ mod tests {
             format!("bento:{ONION}:7878")
         );
         assert!(announcements("Random Person <nobody AT example dot com>").is_empty());
+        let ours = Announcement::new(ONION, 7878).unwrap();
+        assert!(announces(&contact, &ours));
+        assert!(!announces(
+            &contact,
+            &Announcement::new(ONION, 7879).unwrap()
+        ));
     }
 
     #[test]
