@@ -28,6 +28,7 @@ mod proxy;
 mod requests_shim;
 mod sessions;
 mod shard;
+mod socket_shim;
 mod store_lifetime;
 mod tor;
 mod tor_restart;
