@@ -65,8 +65,8 @@ import requests  # noqa: F401
 import requests.exceptions  # noqa: F401
 
 # `import socket` in a function gives TCP client sockets over api.connect:
-# the sandbox has no sockets of its own. Standard-library modules imported
-# above keep whatever they imported.
+# the sandbox has no sockets of its own (the WASI build has no `_socket`, so
+# no module above imported the standard `socket`).
 sys.modules["socket"] = bento_socket
 
 import wit_world

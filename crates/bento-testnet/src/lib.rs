@@ -9,7 +9,9 @@
 //! notes in `shared/TOR-TESTNET.md` (20 s voting interval, Guard flag only on
 //! the authorities, exits that accept `*:*` but bind outgoing sockets to
 //! 127.0.0.1, empty GeoIP files). Optional relays also host a Bento box
-//! (ControlPort + SocksPort).
+//! (ControlPort + SocksPort). Relays can announce boxes in their
+//! ContactInfo ([`NodeState::set_contact_info`]); clients fetch full server
+//! descriptors (`FetchUselessDescriptors 1`) so that they see it.
 //!
 //! Every tor gets `--defaults-torrc <empty file>` (nothing from `/etc/tor`
 //! is read), its own `-f` torrc and DataDirectory, ports on 127.0.0.1 only,
