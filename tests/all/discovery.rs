@@ -331,3 +331,15 @@ fn the_text_listing_names_each_verdict() {
     assert!(text.contains("unreachable"), "{text}");
     assert!(text.contains("[Exit]"), "{text}");
 }
+
+#[test]
+fn a_tee_requirement_shows_boxes_without_one_as_failing_it() {
+    let net = net();
+    let listed = boxes(&["--require-tee"]);
+    for (relay, _) in &net.boxes {
+        let entry = by_relay(&listed, relay);
+        assert_eq!(entry["state"], "attestation_failed", "{entry:#}");
+        assert!(entry["capabilities"].is_null(), "{entry:#}");
+    }
+    assert_eq!(by_relay(&listed, "auth1")["state"], "not_a_box");
+}
