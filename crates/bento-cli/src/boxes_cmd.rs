@@ -293,7 +293,7 @@ async fn probe(
         }
         Err(_) => {
             listed.verdict = Verdict::Unreachable;
-            listed.detail = Some(format!("no answer in {:.0} s", timeout.as_secs_f64()));
+            listed.detail = Some(format!("no answer in {timeout:?}"));
         }
     }
     listed
@@ -324,7 +324,89 @@ fn classify(step: Step, error: &ClientError) -> Verdict {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use bento_tor::Announcement;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// What the SOCKS proxy's far end does once the stream is open.
+    #[derive(Clone, Copy)]
+    enum FarEnd {
+        /// Reads and never answers: an onion that holds the stream open.
+        Silent,
+        /// Sends back what it gets: an onion that is not a box.
+        Echo,
+        /// Refuses the stream: tor found nothing behind the onion.
+        Refused,
+    }
+
+    /// A SOCKS5 proxy on loopback standing in for tor's SocksPort.
+    async fn socks_proxy(far_end: FarEnd) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut greet = [0u8; 3];
+                    s.read_exact(&mut greet).await?;
+                    s.write_all(&[5, 0]).await?;
+                    let mut head = [0u8; 5];
+                    s.read_exact(&mut head).await?;
+                    let mut rest = vec![0u8; head[4] as usize + 2];
+                    s.read_exact(&mut rest).await?;
+                    let code = if matches!(far_end, FarEnd::Refused) {
+                        4
+                    } else {
+                        0
+                    };
+                    s.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await?;
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let n = s.read(&mut buf).await?;
+                        if n == 0 {
+                            return Ok::<_, std::io::Error>(());
+                        }
+                        if matches!(far_end, FarEnd::Echo) {
+                            s.write_all(&buf[..n]).await?;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn announced() -> AnnouncingRelay {
+        let onion = format!("{}.onion", "b".repeat(56));
+        AnnouncingRelay {
+            nickname: "liar".into(),
+            fingerprint: "A".repeat(40),
+            flags: vec!["Exit".into()],
+            announcement: Ok(Announcement::new(&onion, 7878).unwrap()),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_onion_that_holds_the_stream_but_never_answers_is_cut_at_the_timeout() {
+        let socks = socks_proxy(FarEnd::Silent).await;
+        let timeout = Duration::from_millis(500);
+        let listed = probe(announced(), &socks, &Requirement::default(), timeout).await;
+        assert_eq!(listed.verdict, Verdict::Unreachable);
+        assert_eq!(listed.detail.as_deref(), Some("no answer in 500ms"));
+        assert!(listed.status.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_onion_that_echoes_is_not_a_box_and_one_tor_cannot_reach_is_unreachable() {
+        let timeout = Duration::from_secs(30);
+        let echo = socks_proxy(FarEnd::Echo).await;
+        let listed = probe(announced(), &echo, &Requirement::default(), timeout).await;
+        assert_eq!(listed.verdict, Verdict::NotABox, "{listed:?}");
+        let refused = socks_proxy(FarEnd::Refused).await;
+        let listed = probe(announced(), &refused, &Requirement::default(), timeout).await;
+        assert_eq!(listed.verdict, Verdict::Unreachable, "{listed:?}");
+    }
 
     #[test]
     fn capability_names_are_the_policy_names() {
