@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bento_tor::{TorControl, TorError};
 
-use crate::commands::ServeArgs;
+use crate::serve::ServeArgs;
 
 /// The first tor release with onion-service proof-of-work defenses.
 const TOR_POW_VERSION: (u32, u32, u32) = (0, 4, 8);

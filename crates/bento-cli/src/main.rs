@@ -17,9 +17,11 @@ mod cover_cmd;
 mod doctor;
 mod drop_cmd;
 mod exit;
+mod latency;
 mod lb_cmd;
 mod proxy_cmd;
 mod runtime_path;
+mod serve;
 mod serve_config;
 mod shard_cmd;
 mod terminal;
@@ -79,13 +81,13 @@ struct TargetArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a Bento box.
-    Serve(Box<commands::ServeArgs>),
+    Serve(Box<serve::ServeArgs>),
     /// Check a box's setup (takes the same options as `serve`, e.g.
     /// `--config /etc/bento/box.toml`): the policy, the runtime, the data
     /// directory, the worker jail, the ports and the local tor (ControlPort,
     /// cookie, version, bootstrap, SocksPort), each with what to fix.
     /// Exits 1 if the box would not serve.
-    Doctor(Box<commands::ServeArgs>),
+    Doctor(Box<serve::ServeArgs>),
     /// Store a Python function; prints its invoke token.
     ///
     /// The function's manifest (what it asks for: limits, capabilities,
@@ -232,7 +234,7 @@ enum Command {
     Policy(PolicyCommand),
     /// A private Tor network on loopback with Bento boxes, for tests and demos.
     #[command(subcommand)]
-    Testnet(testnet_cmd::TestnetCommand),
+    Testnet(TestnetCommand),
     /// Internal: a sandbox worker process (started by `bento serve`).
     #[command(hide = true)]
     Worker {
@@ -267,6 +269,35 @@ pub(crate) enum BenchMode {
     /// restart it on the same data dir, and check that every stored
     /// function is intact or cleanly absent, never corrupt.
     Crash(bench_crash::CrashArgs),
+}
+
+/// `bento testnet …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TestnetCommand {
+    /// Build a private Tor network from scratch and start Bento boxes beside
+    /// its relays; returns once a circuit can be built and every box
+    /// answers through its onion address.
+    Up(testnet_cmd::UpArgs),
+    /// Show the running network: `--json` prints {"socks": …, "boxes":
+    /// [{"onion": …, "listen": …}, …], …} for scripts.
+    Status {
+        #[command(flatten)]
+        dir: testnet_cmd::DirArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop exactly the processes `up` started (by PID) and remove the state.
+    Down {
+        #[command(flatten)]
+        dir: testnet_cmd::DirArg,
+    },
+    /// Measure what Bento costs on top of Tor, on a network of its own
+    /// (in a temporary directory unless --dir names an empty one):
+    /// round trip and throughput of a raw Tor stream vs a Bento session
+    /// beside the same relay, and the time to bring the network up and to
+    /// publish an onion service.
+    Bench(bench_tor::TorBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -334,7 +365,7 @@ fn main() -> ExitCode {
     };
     if let Err(e) = apply_config(&mut cli.command, &matches) {
         eprintln!("error: {e:#}");
-        return ExitCode::from(commands::EXIT_REQUEST);
+        return ExitCode::from(exit::EXIT_REQUEST);
     }
     // The benchmark's own box would log every session; keep it quiet.
     init_tracing(

@@ -12,38 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bento_client::{Connection, Target};
 use bento_testnet::{BoxEntry, Testnet, TestnetConfig, TestnetState};
-use clap::{Args, Subcommand};
+use clap::Args;
 
 use crate::runtime_path;
-
-/// `bento testnet …`.
-#[derive(Debug, Subcommand)]
-pub enum TestnetCommand {
-    /// Build a private Tor network from scratch and start Bento boxes beside
-    /// its relays; returns once a circuit can be built and every box
-    /// answers through its onion address.
-    Up(UpArgs),
-    /// Show the running network: `--json` prints {"socks": …, "boxes":
-    /// [{"onion": …, "listen": …}, …], …} for scripts.
-    Status {
-        #[command(flatten)]
-        dir: DirArg,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Stop exactly the processes `up` started (by PID) and remove the state.
-    Down {
-        #[command(flatten)]
-        dir: DirArg,
-    },
-    /// Measure what Bento costs on top of Tor, on a network of its own
-    /// (in a temporary directory unless --dir names an empty one):
-    /// round trip and throughput of a raw Tor stream vs a Bento session
-    /// beside the same relay, and the time to bring the network up and to
-    /// publish an onion service.
-    Bench(crate::bench_tor::TorBenchArgs),
-}
 
 /// Where the network lives.
 #[derive(Debug, Clone, Args)]
@@ -54,7 +25,7 @@ pub struct DirArg {
 }
 
 impl DirArg {
-    fn path(&self) -> PathBuf {
+    pub fn path(&self) -> PathBuf {
         self.dir.clone().unwrap_or_else(default_dir)
     }
 }
@@ -93,23 +64,12 @@ fn default_dir() -> PathBuf {
 /// How long a box may take to start and publish its onion service.
 const BOX_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub async fn run(command: TestnetCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        TestnetCommand::Up(args) => up(args).await,
-        TestnetCommand::Status { dir, json } => status(&dir.path(), json),
-        TestnetCommand::Down { dir } => down(&dir.path()),
-        TestnetCommand::Bench(args) => {
-            crate::bench_tor::run(args).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-    }
-}
-
 fn progress(step: &str) {
     eprintln!("[testnet] {step}");
 }
 
-async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+/// `bento testnet up`.
+pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     if args.boxes > 4 {
         bail!("--boxes: at most 4 (the network has 4 non-authority relays)");
     }
@@ -360,12 +320,13 @@ pub(crate) fn pid_alive(pid: u32) -> bool {
 }
 
 #[allow(clippy::print_stdout)]
-fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+/// `bento testnet status`.
+pub fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let state = match Testnet::load(dir) {
         Ok(state) => state,
         Err(e) => {
             eprintln!("no test network in {}: {e}", dir.display());
-            return Ok(ExitCode::from(crate::commands::EXIT_REQUEST));
+            return Ok(ExitCode::from(crate::exit::EXIT_REQUEST));
         }
     };
     let socks = state.client_socks().map(|s| s.to_string());
@@ -408,12 +369,13 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn down(dir: &Path) -> anyhow::Result<ExitCode> {
+/// `bento testnet down`.
+pub fn down(dir: &Path) -> anyhow::Result<ExitCode> {
     let state = match Testnet::load(dir) {
         Ok(state) => state,
         Err(e) => {
             eprintln!("no test network in {}: {e}", dir.display());
-            return Ok(ExitCode::from(crate::commands::EXIT_REQUEST));
+            return Ok(ExitCode::from(crate::exit::EXIT_REQUEST));
         }
     };
     let count = state.nodes.len() + state.boxes.len();
