@@ -131,7 +131,8 @@ pub async fn run(args: TorBenchArgs) -> anyhow::Result<()> {
     let up_args = UpArgs {
         dir: args.dir.clone(),
         boxes: 1,
-        policy: Some(policy.clone()),
+        policy: vec![policy.clone()],
+        announce: false,
         runtime: None,
         owner_pid: Some(std::process::id()),
     };

@@ -441,9 +441,11 @@ pub async fn dispatch(
                 Err(e) => Ok(report(&e)),
             }
         }
-        Command::Worker { .. } | Command::Runtime(_) | Command::Policy(_) | Command::Attest(_) => {
-            unreachable_command()
-        }
+        Command::Worker { .. }
+        | Command::Runtime(_)
+        | Command::Policy(_)
+        | Command::Attest(_)
+        | Command::Boxes(_) => unreachable_command(),
     }
 }
 

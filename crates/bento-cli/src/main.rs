@@ -10,6 +10,7 @@ mod bench_crash;
 mod bench_load;
 mod bench_soak;
 mod bench_tor;
+mod boxes_cmd;
 mod browse_cmd;
 mod commands;
 mod cover_cmd;
@@ -48,6 +49,7 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
         bento invoke TOKEN --json -- world               # {\"session_token\"}\n  \
         bento attach SESSION                             # output to stdout, stdin to api.recv()\n\n\
         Through Tor: --server xyz.onion:PORT --socks 127.0.0.1:9050\n\
+        Find boxes: bento boxes [--capability http] [--exit] [--json]   (needs tor's ControlPort)\n\
         Exit codes: 0 ok, 1 the function failed, 2 bad request or unknown token, 3 the box is busy, failed or unreachable\n\
         Docs: README.md, docs/python-api.md, docs/policy.md, docs/protocol.md, docs/legacy.md"
 )]
@@ -214,6 +216,12 @@ enum Command {
     /// Show the box's version, limits and coarse load (nothing about other
     /// users; the operator's exact figures are on `serve --metrics`).
     Status,
+    /// List the Bento boxes announced in the current Tor consensus (relays'
+    /// ContactInfo `bento:ONION.onion:PORT`) and ask each, over Tor, what
+    /// it offers: policy, protocol version, attestation. Boxes that do not
+    /// answer, or onions that are not boxes, are shown as such. Needs the
+    /// local tor's ControlPort with `FetchUselessDescriptors 1`.
+    Boxes(boxes_cmd::BoxesArgs),
     /// Ask a box what it proves about the code that runs your functions
     /// (TEE kind, measurement), or `bento attest measure` a worker build.
     Attest(attest_cmd::AttestArgs),
@@ -415,6 +423,9 @@ fn main() -> ExitCode {
                 Ok(rt) => rt.block_on(async {
                     if let Command::Attest(args) = command {
                         return attest_cmd::run(args, &cli.target).await;
+                    }
+                    if let Command::Boxes(args) = command {
+                        return boxes_cmd::run(args, &cli.target).await;
                     }
                     let channel_key = match attest_cmd::preflight(&command, &cli.target).await {
                         Ok(key) => key,

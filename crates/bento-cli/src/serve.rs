@@ -284,6 +284,29 @@ impl ServeArgs {
 
 /// Run the box until interrupted, terminated, or (with
 /// `--exit-with-pid`) until its owner exits.
+/// Logs whether the relay's ContactInfo announces this box to `bento
+/// boxes`, and if not, the exact field to add to torrc.
+async fn tell_how_to_announce(control: &str, onion: &str) {
+    let Ok(announcement) = bento_tor::Announcement::parse(onion) else {
+        return;
+    };
+    let field = announcement.contact_field();
+    let contact = match bento_tor::TorControl::connect(control).await {
+        Ok(mut tor) => tor.getconf("ContactInfo").await,
+        Err(e) => Err(e),
+    };
+    match contact {
+        Ok(Some(contact)) if bento_tor::discovery::announces(&contact, &announcement) => {
+            tracing::info!(%field, "the relay's ContactInfo announces this box");
+        }
+        Ok(_) => tracing::info!(
+            "to list this box in `bento boxes`, add the field `{field}` to the relay's \
+             ContactInfo in torrc and reload tor (docs/operators.md)"
+        ),
+        Err(e) => tracing::debug!(error = %e, "cannot read the relay's ContactInfo"),
+    }
+}
+
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
     let workers = config.workers.workers;
@@ -301,9 +324,15 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         server.onion_published(Duration::from_secs(120)),
     ) {
         tracing::info!(%onion, "bento box onion service added; publishing");
+        let control = args.tor_control.clone();
         tokio::spawn(async move {
             match published.await {
-                Ok(()) => tracing::info!(%onion, "bento box onion service published"),
+                Ok(()) => {
+                    tracing::info!(%onion, "bento box onion service published");
+                    if let Some(control) = control {
+                        tell_how_to_announce(&control, &onion).await;
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "the onion service is not published yet"),
             }
         });

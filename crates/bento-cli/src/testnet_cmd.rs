@@ -38,9 +38,16 @@ pub struct UpArgs {
     /// Bento boxes to start, each beside its own relay (at most 4).
     #[arg(long, default_value_t = 2)]
     pub boxes: usize,
-    /// Box policy for the boxes (see `bento serve --policy`).
+    /// Box policy for the boxes (see `bento serve --policy`); repeat it to
+    /// give boxes different policies: box N gets the Nth, boxes past the
+    /// last given get the last.
     #[arg(long)]
-    pub policy: Option<PathBuf>,
+    pub policy: Vec<PathBuf>,
+    /// Each box's relay announces it in its ContactInfo
+    /// (`bento:ONION.onion:PORT`, see `bento boxes`); `up` returns once the
+    /// client's tor has every announcement.
+    #[arg(long)]
+    pub announce: bool,
     /// Precompiled runtime for the boxes (see `bento serve --runtime`).
     #[arg(long)]
     pub runtime: Option<PathBuf>,
@@ -95,7 +102,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let tor_secs = started.elapsed().as_secs_f64();
     progress(&format!("Tor network ready in {tor_secs:.1} s"));
     let mut state = net.into_state();
-    let result = start_boxes(&mut state, &args, &runtime).await;
+    let mut result = start_boxes(&mut state, &args, &runtime).await;
+    if result.is_ok() && args.announce {
+        result = announce_boxes(&state).await;
+    }
     // Record whatever started, so `down` can stop it even after a failure.
     state.save(&dir)?;
     if let Err(e) = result {
@@ -147,7 +157,7 @@ pub(crate) async fn start_boxes(
             .arg(runtime)
             .arg("--tor-control")
             .arg(host.control_addr().to_string());
-        if let Some(policy) = &args.policy {
+        if let Some(policy) = args.policy.get(i).or(args.policy.last()) {
             command.arg("--policy").arg(policy);
         }
         if let Some(owner) = args.owner_pid {
@@ -183,6 +193,62 @@ pub(crate) async fn start_boxes(
         reach_through_tor(&onion, socks).await?;
     }
     Ok(())
+}
+
+/// How long the announcements may take to reach the client: the relays'
+/// new descriptors wait for the next consensus (20 s voting interval), then
+/// the client fetches them.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Each box's relay announces the box in its ContactInfo; returns once the
+/// client's tor lists every announcement in the consensus.
+async fn announce_boxes(state: &TestnetState) -> anyhow::Result<()> {
+    // `start_boxes` starts box N beside box host N.
+    for (entry, host) in state.boxes.iter().zip(state.box_hosts()) {
+        let announcement = bento_tor::Announcement::parse(&entry.onion)
+            .with_context(|| format!("box {} has no valid onion address", entry.onion))?;
+        let contact = format!(
+            "{} {}",
+            bento_testnet::default_contact_info(&host.nickname),
+            announcement.contact_field()
+        );
+        host.set_contact_info(&contact).await?;
+        progress(&format!("{} announces {}", host.nickname, announcement));
+    }
+    let client = state
+        .nodes
+        .iter()
+        .find(|n| n.role == bento_testnet::NodeRole::Client)
+        .context("the network has no client")?;
+    let wanted: Vec<&str> = state.boxes.iter().map(|b| b.onion.as_str()).collect();
+    let deadline = Instant::now() + ANNOUNCE_TIMEOUT;
+    progress("waiting for the client to see the announcements (next consensus)");
+    loop {
+        let mut control =
+            bento_tor::TorControl::connect(&client.control_addr().to_string()).await?;
+        let listed: Vec<String> = control
+            .announcing_relays()
+            .await?
+            .into_iter()
+            .filter_map(|r| r.announcement.ok().map(|a| a.server()))
+            .collect();
+        if wanted.iter().all(|w| listed.iter().any(|l| l == w)) {
+            progress("every box is announced in the consensus");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the client's tor lists {} of {} announced boxes after {} s",
+                wanted
+                    .iter()
+                    .filter(|w| listed.iter().any(|l| l == *w))
+                    .count(),
+                wanted.len(),
+                ANNOUNCE_TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 /// Read the box's log until it reports its address and a published onion
