@@ -60,8 +60,14 @@ import uuid  # noqa: F401
 import zlib  # noqa: F401
 
 # Prototype-compatible modules, in this directory (see docs/python-api.md).
+import bento_socket
 import requests  # noqa: F401
 import requests.exceptions  # noqa: F401
+
+# `import socket` in a function gives TCP client sockets over api.connect:
+# the sandbox has no sockets of its own (the WASI build has no `_socket`, so
+# no module above imported the standard `socket`).
+sys.modules["socket"] = bento_socket
 
 import wit_world
 from componentize_py_types import Err

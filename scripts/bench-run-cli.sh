@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Whole-CLI latency of `bento run hello.py -- world` (process start, store,
-# invoke, attach, exit) against two boxes on loopback, one keeping 4 fresh
-# instances per worker ready and one with prewarming off, alternating.
-# Prints the median and p90 of each and of `bento --version` alone.
+# Whole-CLI latency of `bento run hello.py -- world` (process start, the
+# attestation check, one Run round trip, exit) against two boxes on
+# loopback, one keeping 4 fresh instances per worker ready and one with
+# prewarming off, alternating; and on the first box with
+# --allow-unattested (no attestation round trip). Prints the median and
+# p90 of each and of `bento --version` alone.
 #
 #   BENTO_PROFILE=release scripts/setup.sh
 #   N=200 scripts/bench-run-cli.sh        # N runs per box (default 200)
@@ -34,9 +36,12 @@ def timed(args, expect=None):
     return elapsed
 boxes = {"prewarm 4": "127.0.0.1:17878", "prewarm 0": "127.0.0.1:17879"}
 times = {name: [] for name in boxes}
+unchecked = "prewarm 4, --allow-unattested"
+times[unchecked] = []
 for _ in range(n):
     for name, server in boxes.items():
         times[name].append(timed([bento, "run", "--server", server, hello, "--", "world"], b"hello world"))
+    times[unchecked].append(timed([bento, "run", "--allow-unattested", "--server", boxes["prewarm 4"], hello, "--", "world"], b"hello world"))
 times["bento --version alone"] = [timed([bento, "--version"]) for _ in range(n)]
 for name, v in times.items():
     v.sort()

@@ -124,6 +124,15 @@ fn frames() -> Vec<Vec<Frame>> {
         one(Frame::Detach),
         one(Frame::Detached { offset: 11 }),
         one(Frame::End),
+        one(Frame::SealedStore {
+            manifest: String::new(),
+            lifetime_s: 0,
+            envelope: Bytes::from_static(&[1; 64]),
+        }),
+        one(Frame::SealedInvoke {
+            invoke_token: InvokeToken::from_bytes(token(2)),
+            envelope: Bytes::from_static(&[1; 64]),
+        }),
         one(Frame::error(ErrorCode::from_u16(1), "invalid token")),
         // A whole conversation, as a client sends it.
         vec![
@@ -196,9 +205,16 @@ mod box_seeds {
             call,
             limits: InstanceLimits::default(),
             grant: grant(),
+            sealed: None,
         };
         vec![
             ToWorker::Start(1, Box::new(start(StartCall::Check))),
+            ToWorker::Start(
+                3,
+                Box::new(start(StartCall::SealedEntry {
+                    envelope: "01ab".into(),
+                })),
+            ),
             ToWorker::Start(
                 2,
                 Box::new(start(StartCall::Entry {
@@ -226,7 +242,10 @@ mod box_seeds {
 
     fn from_worker() -> Vec<FromWorker> {
         vec![
-            FromWorker::Ready,
+            FromWorker::Ready { channel_key: None },
+            FromWorker::Ready {
+                channel_key: Some([9; 32]),
+            },
             FromWorker::Output(2, Bytes::from_static(b"hello")),
             FromWorker::InputConsumed(2, 4),
             FromWorker::MessageStart(2, 5),

@@ -95,13 +95,14 @@ fn require_tee_refuses_an_unattested_box_before_anything_is_uploaded() {
         assert!(stderr.contains("nothing was sent"), "{flags:?}: {stderr}");
         assert!(out.stdout.is_empty());
     }
-    // The box never saw a Store.
+    // The box never saw a Store, nor a Run.
     assert!(!bx.log().contains("stored a function"), "{}", bx.log());
+    assert!(!bx.log().contains("started a session"), "{}", bx.log());
     // And it serves the next user, who accepts an unattested box.
     let out = bento(&bx, &["run", &hello, "--allow-unattested", "--", "world"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(out.stdout, b"hello world");
-    assert!(bx.log().contains("stored a function"));
+    assert!(bx.log().contains("started a session"));
 }
 
 #[test]
@@ -159,7 +160,7 @@ async fn the_client_library_refuses_an_unattested_box_with_a_typed_error() {
 
 /// A fake box that answers `Attest` with `reply(nonce)`; its task fails if
 /// the client sends anything after the evidence (an upload it must not send).
-async fn fake_box(
+pub(crate) async fn fake_box(
     reply: fn([u8; ATTEST_NONCE_LEN]) -> Frame,
 ) -> (Target, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -15,6 +15,8 @@
 //! - [`verify`] checks evidence against what the client expects
 //!   ([`Requirement`]) at a given time, with collateral supplied offline
 //!   (SGX and TDX quotes are verified by `dcap-qvl` against Intel's root).
+//! - [`seal`](ChannelSecret) is the sealed channel: the worker's key pair,
+//!   envelopes for a function and a call, and the session's record layer.
 //! - [`measure`] computes the software measurement of the worker binary
 //!   plus the precompiled runtime (`bento attest measure`).
 //!
@@ -25,6 +27,7 @@ mod binding;
 mod evidence;
 mod kind;
 mod measure;
+mod seal;
 mod source;
 mod verify;
 
@@ -34,6 +37,12 @@ pub use binding::{
 pub use evidence::{EVIDENCE_VERSION, Evidence, MAX_EVIDENCE_LEN};
 pub use kind::{TeeKind, UnknownTeeKind};
 pub use measure::{MEASUREMENT_DOMAIN, Measurement, measure};
+pub use seal::{
+    ChannelSecret, ENVELOPE_OVERHEAD, ENVELOPE_VERSION, INPUT_RECORD_OVERHEAD,
+    OUTPUT_RECORD_OVERHEAD, OutputOpener, ReplySealer, SEAL_DOMAIN, SEAL_TAG_LEN,
+    SEALED_MESSAGE_PREFIX, SESSION_SECRET_BYTES, SealError, SealedCall, SealedFunction,
+    SessionKeys, seal_call, seal_function,
+};
 pub use source::{ConfigfsTsm, EvidenceSource, GramineSgx, NoTee};
 pub use verify::{
     ACCEPTED_TCB_STATUSES, QuoteFacts, Requirement, TeeRequirement, Verified, VerifyOptions,

@@ -39,6 +39,13 @@ pub struct AttestFlags {
     /// Do not warn that the box is not attested (when nothing is required).
     #[arg(long, global = true, env = "BENTO_ALLOW_UNATTESTED")]
     pub allow_unattested: bool,
+    /// Seal the function, arguments, input and output to the key of the
+    /// box's worker that its attestation evidence binds (store, invoke,
+    /// run; attach and kill recognise sealed session tokens by themselves).
+    /// A box that offers no sealed channel is refused before anything is
+    /// uploaded (docs/attestation.md).
+    #[arg(long, global = true, env = "BENTO_SEALED")]
+    pub sealed: bool,
 }
 
 impl AttestFlags {
@@ -154,7 +161,40 @@ pub async fn run(args: AttestArgs, target_args: &TargetArgs) -> anyhow::Result<E
 /// attested. The check runs on its own connection just before the
 /// command's; over Tor both reach the onion service whose identity the
 /// evidence binds.
-pub async fn preflight(command: &Command, target_args: &TargetArgs) -> Option<ExitCode> {
+pub async fn preflight(
+    command: &Command,
+    target_args: &TargetArgs,
+) -> Result<Option<[u8; 32]>, ExitCode> {
+    let uploads = matches!(
+        command,
+        Command::Store { .. } | Command::Invoke { .. } | Command::Run { .. }
+    );
+    if target_args.attest.sealed
+        && let Some(name) = crate::sealed_cmd::cannot_shape_sealed(command)
+    {
+        eprintln!(
+            "error: `bento {name}` cannot shape a sealed session yet; drop --sealed or the defense"
+        );
+        return Err(ExitCode::from(EXIT_REQUEST));
+    }
+    if target_args.attest.sealed && uploads {
+        return crate::sealed_cmd::channel_key(target_args).await.map(Some);
+    }
+    if let (true, Some(name)) = (
+        target_args.attest.sealed,
+        crate::sealed_cmd::cannot_seal(command),
+    ) {
+        eprintln!(
+            "error: `bento {name}` cannot seal what it sends; it refuses --sealed rather than send in the clear"
+        );
+        return Err(ExitCode::from(EXIT_REQUEST));
+    }
+    preflight_unsealed(command, target_args)
+        .await
+        .map_or(Ok(None), Err)
+}
+
+async fn preflight_unsealed(command: &Command, target_args: &TargetArgs) -> Option<ExitCode> {
     let talks_to_box = matches!(
         command,
         Command::Store { .. }

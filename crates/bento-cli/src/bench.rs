@@ -12,12 +12,15 @@ use bento_server::Server;
 use bytes::Bytes;
 use clap::Args;
 
-use crate::commands::ServeArgs;
+use crate::latency::{ms, percentile};
+use crate::serve::ServeArgs;
 
 const HELLO: &str = "def main(name):\n    api.send('hello ' + name)\n";
 const BULK: &str = "def main(mib):\n    chunk = b'x' * (1024 * 1024)\n    for _ in range(mib):\n        api.send(chunk)\n";
 const ECHO: &str = "def main():\n    while True:\n        m = api.recv()\n        if not m:\n            return\n        api.send(m)\n";
 const WAIT: &str = "def main():\n    api.recv()\n";
+/// Hello-world invocations timed while the waiting sessions wait.
+const WHILE_WAITING_INVOCATIONS: usize = 200;
 const THROTTLED: &str =
     "def main(kib):\n    chunk = b't' * 1024\n    for _ in range(kib):\n        api.send(chunk)\n";
 /// What every benchmark function asks for: room to move GiBs at full speed
@@ -111,6 +114,11 @@ const FIGURES: &[(&str, &str, bool)] = &[
         false,
     ),
     (
+        "/waiting_sessions/hello_world_beside_them_ms/p50",
+        "hello-world p50 beside the waiting sessions (ms)",
+        false,
+    ),
+    (
         "/waiting_sessions/sessions_started_per_s",
         "sessions started per second",
         true,
@@ -199,20 +207,6 @@ fn sandbox_alone(
     fresh.sort();
     prepared.sort();
     Ok((fresh, prepared))
-}
-
-/// The `p` percentile (0..=1) of sorted durations; zero for none.
-pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
-/// A duration in milliseconds.
-pub(crate) fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 struct Bench {
@@ -547,6 +541,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (busy_rss, busy_pss) = total_memory_mib();
     let available_drop = available_before - mem_available_mib();
+    // A new user while they all wait: each hello-world is one more fresh
+    // instance beside them (the policy leaves room for it).
+    let mut while_waiting = Vec::with_capacity(WHILE_WAITING_INVOCATIONS);
+    for _ in 0..WHILE_WAITING_INVOCATIONS {
+        let started = Instant::now();
+        let got = bench.invoke_to_end(&hello, "[\"world\"]").await?;
+        while_waiting.push(started.elapsed());
+        if got != 11 {
+            bail!("hello-world beside the waiting sessions returned {got} bytes, expected 11");
+        }
+    }
+    while_waiting.sort();
+    eprintln!(
+        "  hello-world beside {} waiting sessions: p50 {:.2} ms",
+        args.sessions,
+        ms(percentile(&while_waiting, 0.50))
+    );
     for session in &sessions {
         conn.kill(session).await?;
     }
@@ -593,6 +604,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "pss_per_session_mib": (busy_pss - idle_pss) / args.sessions as f64,
             "mem_available_drop_mib": available_drop,
             "sessions_started_per_s": start_rate,
+            "hello_world_beside_them_ms": {
+                "invocations": while_waiting.len(),
+                "p50": ms(percentile(&while_waiting, 0.50)),
+                "p99": ms(percentile(&while_waiting, 0.99)),
+            },
         },
     });
     if let Some(path) = &args.save {
@@ -659,6 +675,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             sandbox_prepared.len(),
             ms(percentile(&sandbox_prepared, 0.50)),
             ms(percentile(&sandbox_prepared, 0.99))
+        );
+        println!(
+            "| hello-world invocation while they wait (n={}) | p50 {:.2} ms, p99 {:.2} ms |",
+            while_waiting.len(),
+            ms(percentile(&while_waiting, 0.50)),
+            ms(percentile(&while_waiting, 0.99))
         );
         println!("| sessions started per second (sequential invokes) | {start_rate:.0} |");
     }

@@ -34,8 +34,8 @@ use bento_protocol::{ErrorCode, InvokeToken};
 use clap::Args;
 use sha2::{Digest, Sha256};
 
-use crate::bench::{ms, percentile};
 use crate::bench_soak::BoxProcess;
+use crate::latency::{ms, percentile};
 
 const HELLO: &str = "def main(name):\n    api.send('hello ' + name)\n";
 /// Sends `n` messages of 1 KiB, each SHA-256("seed:i") repeated 32 times.

@@ -47,7 +47,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// A percentile of sorted durations, in milliseconds.
 fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
-    crate::bench::ms(crate::bench::percentile(sorted, p))
+    crate::latency::ms(crate::latency::percentile(sorted, p))
 }
 
 /// The raw service: one byte `e` then echo, or `s` + 8-byte count then
@@ -131,7 +131,8 @@ pub async fn run(args: TorBenchArgs) -> anyhow::Result<()> {
     let up_args = UpArgs {
         dir: args.dir.clone(),
         boxes: 1,
-        policy: Some(policy.clone()),
+        policy: vec![policy.clone()],
+        announce: false,
         runtime: None,
         owner_pid: Some(std::process::id()),
     };

@@ -1,301 +1,33 @@
 //! The subcommands.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
-use bento_client::{Attachment, Connection, Target};
-use bento_policy::BoxPolicy;
-use bento_protocol::{InvokeToken, ServiceToken, SessionToken};
-use bento_server::{Server, ServerConfig};
-use bento_worker::WorkerPoolConfig;
-use clap::Args;
+use bento_client::{Connection, Target};
+use bento_protocol::{InvokeToken, ServiceToken};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub use crate::exit::EXIT_REQUEST;
-use crate::exit::{EXIT_FUNCTION, report};
-use crate::{Command, TargetArgs, runtime_path};
-
-/// Options of `bento serve`.
-#[derive(Debug, Clone, Args)]
-pub struct ServeArgs {
-    /// Read options from this TOML file: each key is an option's long name
-    /// (`data-dir = "/var/lib/bento"`, `workers = 2`, `no-worker-jail =
-    /// false`); options on the command line win; relative paths are
-    /// relative to the file. packaging/box.toml lists every key.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Address to listen on (plain TCP; put it behind Tor for anonymity).
-    #[arg(long, default_value = "127.0.0.1:7878")]
-    pub listen: SocketAddr,
-    /// Also serve the Bento research prototype's protocol here, so existing
-    /// prototype clients and functions run unchanged (see docs/legacy.md).
-    #[arg(long, value_name = "ADDR")]
-    pub legacy_listen: Option<SocketAddr>,
-    /// Data directory: stored functions live here and survive restarts.
-    #[arg(long, required_unless_present = "config")]
-    pub data_dir: Option<PathBuf>,
-    /// Precompiled Python runtime (.cwasm) [default: $BENTO_RUNTIME, else
-    /// .cache/runtime/bento-python.cwasm in the source tree, as written by
-    /// scripts/setup.sh].
-    #[arg(long)]
-    pub runtime: Option<PathBuf>,
-    /// Sandbox worker processes [default: number of CPUs].
-    #[arg(long)]
-    pub workers: Option<usize>,
-    /// Command prefix for each worker process, split on whitespace, e.g.
-    /// "prlimit --as=8589934592" or a jail/TEE loader ("gramine-sgx …").
-    /// The wrapper must exec the command it is given and pass its stdin and
-    /// stdout through untouched: they carry the worker protocol.
-    #[arg(long, value_name = "COMMAND")]
-    pub worker_wrapper: Option<String>,
-    /// Run workers without the worker jail. By default each worker jails
-    /// itself before running functions (landlock: no access to the data
-    /// dir but instance storage, no binding of ports; seccomp: no new
-    /// processes, exec, listening or non-IP sockets; no core dumps), using
-    /// whatever of that the kernel supports; see docs/security.md.
-    #[arg(long)]
-    pub no_worker_jail: bool,
-    /// The box policy (TOML): what functions may ask for and reach (see
-    /// docs/policy.md; `bento policy default` prints the default, which is
-    /// used when this is absent). The options below override its values.
-    #[arg(long, value_name = "FILE")]
-    pub policy: Option<PathBuf>,
-    /// The manifest (TOML) functions stored through --legacy-listen run
-    /// under, since the prototype's protocol cannot carry one [default: the
-    /// minimum].
-    #[arg(long, value_name = "FILE")]
-    pub legacy_manifest: Option<PathBuf>,
-    /// The local tor's ControlPort (cookie authentication): publish the
-    /// box as a v3 onion service (key kept in the data directory, so the
-    /// address survives restarts) and serve functions' tor_connect and
-    /// onion_service capabilities.
-    #[arg(long, value_name = "ADDR")]
-    pub tor_control: Option<String>,
-    /// tor's SocksPort for functions' tor_connect [default: asked from tor].
-    #[arg(long, value_name = "ADDR", requires = "tor_control")]
-    pub tor_socks: Option<SocketAddr>,
-    /// Exit when this process does (used by `bento testnet up` for tests).
-    #[arg(long, hide = true)]
-    pub exit_with_pid: Option<u32>,
-    /// Virtual port of the box's onion service.
-    #[arg(long, default_value_t = 7878, requires = "tor_control")]
-    pub onion_port: u16,
-    /// Extra trusted CA certificates (PEM) for functions' HTTPS requests,
-    /// besides the Mozilla roots.
-    #[arg(long, value_name = "PEM")]
-    pub http_ca_file: Option<PathBuf>,
-    /// Ceiling: memory per instance (linear memory and host buffers), MiB [policy:
-    /// instance.memory_mib].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub memory_mib: Option<u64>,
-    /// Ceiling: CPU time per invocation, ms [policy: instance.cpu_ms].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub cpu_ms: Option<u64>,
-    /// Ceiling: wall-clock time per invocation, ms, including waiting for
-    /// input [policy: instance.wall_ms].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub wall_ms: Option<u64>,
-    /// Ceiling: output buffered per session while its client is not
-    /// reading, KiB; when full, api.send() blocks [policy: instance.output_buffer_kib].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub output_buffer_kib: Option<u64>,
-    /// Most instances running at once [policy: box.max_instances].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_instances: Option<u64>,
-    /// Most output-buffer memory all sessions together may reserve, MiB
-    /// [policy: box.max_buffered_mib].
-    #[arg(long)]
-    pub max_buffered_mib: Option<u64>,
-    /// Fresh instances each worker keeps instantiated ahead of demand; 0
-    /// turns prewarming off [policy: box.prewarm_per_worker].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=bento_policy::MAX_PREWARM_PER_WORKER))]
-    pub prewarm: Option<u64>,
-    /// Largest accepted function source, KiB [policy: box.max_upload_kib].
-    #[arg(long)]
-    pub max_source_kib: Option<u64>,
-    /// Most bytes of stored functions, MiB [policy: box.max_stored_mib].
-    #[arg(long)]
-    pub max_stored_mib: Option<u64>,
-    /// Seconds a finished session's unread output is kept, whether or not
-    /// a client is attached to it.
-    #[arg(long, default_value_t = 600)]
-    pub session_retention_secs: u64,
-    /// Seconds a client may idle between requests; also how long one frame
-    /// may take from its first byte (plus 1 s per 16 KiB received).
-    #[arg(long, default_value_t = 30)]
-    pub read_timeout_secs: u64,
-    /// Most client connections at once, over all listeners; beyond it a
-    /// new connection is refused (too_many_connections) and closed
-    /// [policy: box.max_connections, default 4096; this option wins].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_connections: Option<u64>,
-    /// Serve the operator's exact figures (sessions, instances, stored
-    /// bytes, stores, invocations, errors by kind) in the Prometheus text
-    /// format at http://ADDR/metrics. Loopback addresses only: clients
-    /// see coarse buckets in `bento status`.
-    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
-    pub metrics: Option<SocketAddr>,
-}
-
-/// A loopback socket address for `--metrics`.
-fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
-    let addr: SocketAddr = text
-        .parse()
-        .map_err(|e| format!("{text:?} is not an address like 127.0.0.1:9100: {e}"))?;
-    bento_server::metrics::check_loopback(addr).map_err(|e| e.to_string())
-}
-
-impl ServeArgs {
-    /// Server configuration from these options.
-    pub fn config(&self) -> anyhow::Result<ServerConfig> {
-        let data_dir = self.data_dir()?;
-        let runtime = self.runtime_path();
-        if !runtime.is_file() {
-            bail!(
-                "the precompiled Python runtime {} does not exist; run scripts/setup.sh \
-                 (or pass --runtime FILE.cwasm)",
-                runtime.display()
-            );
-        }
-        let program =
-            std::env::current_exe().context("cannot find the bento binary to start workers")?;
-        let workers = WorkerPoolConfig {
-            program,
-            args: {
-                let mut args = vec![
-                    "worker".into(),
-                    "--runtime".into(),
-                    runtime.display().to_string(),
-                    "--storage-dir".into(),
-                    bento_server::instance_storage_root(data_dir)
-                        .display()
-                        .to_string(),
-                ];
-                if self.no_worker_jail {
-                    args.push("--no-jail".into());
-                }
-                args
-            },
-            wrapper: self
-                .worker_wrapper
-                .as_deref()
-                .map(|w| w.split_whitespace().map(str::to_owned).collect())
-                .unwrap_or_default(),
-            workers: self
-                .workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),
-        };
-        if self.no_worker_jail {
-            tracing::warn!("worker jail: off (--no-worker-jail)");
-        } else {
-            tracing::info!("worker jail: {}", bento_worker::jail_support());
-        }
-        let mut config = ServerConfig::new(data_dir.to_owned(), workers);
-        config.policy = self.policy()?;
-        config.workers.args.extend([
-            "--prewarm".to_owned(),
-            config.policy.caps.prewarm_per_worker.to_string(),
-        ]);
-        if let Some(path) = &self.legacy_manifest {
-            let text = read_text(path)?;
-            let manifest = bento_policy::Manifest::from_toml(&text)
-                .with_context(|| format!("--legacy-manifest {}", path.display()))?;
-            // Every prototype function would be refused at store time:
-            // better to say so now, once.
-            if let Err(violations) = bento_policy::admit(&manifest, &config.policy, &[]) {
-                let list: Vec<String> = violations.iter().map(|v| format!("  - {v}")).collect();
-                bail!(
-                    "--legacy-manifest {} asks for more than the policy allows:\n{}",
-                    path.display(),
-                    list.join("\n")
-                );
-            }
-            config.legacy_manifest = text;
-        }
-        if let Some(path) = &self.http_ca_file {
-            let pem = read_text(path)?;
-            bento_egress::TlsSettings::with_extra_roots_pem(pem.as_bytes())
-                .map_err(|e| anyhow::anyhow!("--http-ca-file {}: {e}", path.display()))?;
-            config.http_extra_roots_pem = Some(pem);
-        }
-        config.tor_control = self.tor_control.clone();
-        config.tor_socks = self.tor_socks;
-        config.onion_port = self.onion_port;
-        config.session_retention = Duration::from_secs(self.session_retention_secs);
-        config.read_timeout = Duration::from_secs(self.read_timeout_secs.max(1));
-        config.max_connections =
-            usize::try_from(config.policy.caps.max_connections).unwrap_or(usize::MAX);
-        config.legacy_listen = self.legacy_listen;
-        config.metrics_listen = self.metrics;
-        // The box states the measurement of what its workers run.
-        config.measured_files = Some((config.workers.program.clone(), runtime));
-        Ok(config)
-    }
-}
-
-impl ServeArgs {
-    /// The precompiled runtime: `--runtime`, else the default.
-    pub fn runtime_path(&self) -> PathBuf {
-        self.runtime
-            .clone()
-            .unwrap_or_else(runtime_path::default_runtime)
-    }
-
-    /// The data directory, from the command line or the config file.
-    pub fn data_dir(&self) -> anyhow::Result<&Path> {
-        self.data_dir
-            .as_deref()
-            .context("no data directory: pass --data-dir DIR or set data-dir in the --config file")
-    }
-
-    /// The policy file (or the default) with the command-line overrides.
-    pub(crate) fn policy(&self) -> anyhow::Result<BoxPolicy> {
-        let mut policy = match &self.policy {
-            Some(path) => BoxPolicy::from_toml(&read_text(path)?)
-                .with_context(|| format!("--policy {}", path.display()))?,
-            None => BoxPolicy::default(),
-        };
-        let set = |value: Option<u64>, target: &mut u64| {
-            if let Some(value) = value {
-                *target = value;
-            }
-        };
-        set(self.memory_mib, &mut policy.instance.memory_mib);
-        set(self.cpu_ms, &mut policy.instance.cpu_ms);
-        set(self.wall_ms, &mut policy.instance.wall_ms);
-        set(
-            self.output_buffer_kib,
-            &mut policy.instance.output_buffer_kib,
-        );
-        set(self.max_instances, &mut policy.caps.max_instances);
-        set(self.max_buffered_mib, &mut policy.caps.max_buffered_mib);
-        set(self.max_source_kib, &mut policy.caps.max_upload_kib);
-        set(self.max_stored_mib, &mut policy.caps.max_stored_mib);
-        set(self.prewarm, &mut policy.caps.prewarm_per_worker);
-        set(self.max_connections, &mut policy.caps.max_connections);
-        Ok(policy)
-    }
-}
-
-fn read_text(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).map_err(|source| {
-        crate::exit::UnreadableInput {
-            path: path.to_owned(),
-            source,
-        }
-        .into()
-    })
-}
+use crate::exit::{EXIT_FUNCTION, EXIT_REQUEST, report};
+use crate::sealed_cmd::{AnyAttachment, AnySessionToken};
+use crate::{Command, TargetArgs, TestnetCommand};
 
 /// `bento worker`: load the runtime, jail the process (unless `jail` is
 /// `None`; else `jail` is the instance storage directory), serve the pipe
 /// protocol on stdio.
-pub fn worker(runtime: &Path, jail: Option<PathBuf>, prewarm: usize) -> anyhow::Result<ExitCode> {
+pub fn worker(
+    runtime: &Path,
+    jail: Option<PathBuf>,
+    prewarm: usize,
+    channel_key: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
     use std::os::fd::AsFd;
     let runtime = bento_sandbox::PythonRuntime::load_precompiled(runtime)?;
+    // Before the jail, which leaves the worker no access to the data
+    // directory.
+    let channel = channel_key
+        .map(bento_attest::ChannelSecret::load_or_create)
+        .transpose()?;
     // After loading the runtime (which reads its file), before the first
     // instance thread: every thread inherits the jail.
     match jail {
@@ -313,7 +45,7 @@ pub fn worker(runtime: &Path, jail: Option<PathBuf>, prewarm: usize) -> anyhow::
     // output chunk for newlines.
     let stdin = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
     let stdout = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
-    bento_worker::run_worker(runtime, prewarm, stdin, stdout)?;
+    bento_worker::run_worker(runtime, prewarm, channel, stdin, stdout)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -430,15 +162,15 @@ struct Upload {
 /// Read a function and its manifest: `manifest` if given, else the `.toml`
 /// next to the source if there is one, else none (the minimum).
 fn read_function(file: &Path, manifest: Option<&Path>) -> anyhow::Result<Upload> {
-    let source = read_text(file)?;
+    let source = crate::exit::read_text(file)?;
     let filename = file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "function.py".into());
     let beside = file.with_extension("toml");
     let manifest = match manifest {
-        Some(path) => read_text(path)?,
-        None if beside.is_file() => read_text(&beside)?,
+        Some(path) => crate::exit::read_text(path)?,
+        None if beside.is_file() => crate::exit::read_text(&beside)?,
         None => String::new(),
     };
     Ok(Upload {
@@ -453,12 +185,26 @@ fn print_line(text: &str) {
     println!("{text}");
 }
 
-pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Result<ExitCode> {
+/// Run a client command; `channel_key` is the verified worker key to seal
+/// to (`--sealed`), `None` for plain requests.
+pub async fn dispatch(
+    command: Command,
+    target_args: TargetArgs,
+    channel_key: Option<[u8; 32]>,
+) -> anyhow::Result<ExitCode> {
     let target = target(&target_args);
     match command {
-        Command::Serve(args) => serve(*args).await,
+        Command::Serve(args) => crate::serve::serve(*args).await,
         Command::Doctor(args) => crate::doctor::run(&args).await,
-        Command::Testnet(command) => crate::testnet_cmd::run(command).await,
+        Command::Testnet(command) => match command {
+            TestnetCommand::Up(args) => crate::testnet_cmd::up(args).await,
+            TestnetCommand::Status { dir, json } => crate::testnet_cmd::status(&dir.path(), json),
+            TestnetCommand::Down { dir } => crate::testnet_cmd::down(&dir.path()),
+            TestnetCommand::Bench(args) => {
+                crate::bench_tor::run(args).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+        },
         Command::Bench(args) => bench_dispatch(args).await,
         Command::Store {
             file,
@@ -469,8 +215,22 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
             let upload = read_function(&file, manifest.as_deref())?;
             let result = async {
                 let mut conn = Connection::connect(&target).await?;
-                conn.store_for(&upload.filename, &upload.source, &upload.manifest, lifetime)
-                    .await
+                match &channel_key {
+                    Some(key) => {
+                        conn.store_sealed(
+                            key,
+                            &upload.filename,
+                            &upload.source,
+                            &upload.manifest,
+                            lifetime,
+                        )
+                        .await
+                    }
+                    None => {
+                        conn.store_for(&upload.filename, &upload.source, &upload.manifest, lifetime)
+                            .await
+                    }
+                }
             }
             .await;
             match result {
@@ -533,8 +293,15 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
             let token = InvokeToken::from_hex(&token)?;
             let result = async {
                 let mut conn = Connection::connect(&target).await?;
-                conn.invoke_with_defense(&token, &entry, &args_to_json(&args), defense)
-                    .await
+                invoke_any(
+                    &mut conn,
+                    channel_key.as_ref(),
+                    &token,
+                    &entry,
+                    &args_to_json(&args),
+                    defense,
+                )
+                .await
             }
             .await;
             match result {
@@ -567,7 +334,7 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
             connect_service(&target, &service).await
         }
         Command::Attach { session, from, pad } => {
-            let session = SessionToken::from_hex(&session)?;
+            let session = AnySessionToken::parse(&session)?;
             attach(&target, &session, from, pad).await
         }
         Command::Run {
@@ -578,27 +345,91 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
             args,
         } => {
             let upload = read_function(&file, manifest.as_deref())?;
-            let started = async {
+            let args_json = args_to_json(&args);
+            // Store (sealed or not), invoke: the path for a sealed run and
+            // for a box that predates `Run`.
+            let store_and_invoke = || async {
                 let mut conn = Connection::connect(&target).await?;
-                let (_, token) = conn
-                    .store_with_manifest(&upload.filename, &upload.source, &upload.manifest)
-                    .await?;
-                conn.invoke_with_defense(&token, &entry, &args_to_json(&args), defense)
-                    .await
-            }
-            .await;
-            match started {
-                Ok((session, service)) => {
-                    if let Some(service) = service {
-                        eprintln!("service token (for `bento connect`): {}", service.to_hex());
+                let token = match &channel_key {
+                    Some(key) => {
+                        conn.store_sealed(
+                            key,
+                            &upload.filename,
+                            &upload.source,
+                            &upload.manifest,
+                            None,
+                        )
+                        .await?
+                        .invoke_token
                     }
-                    attach(&target, &session, None, defense).await
-                }
-                Err(e) => Ok(report(&e)),
+                    None => {
+                        conn.store_with_manifest(&upload.filename, &upload.source, &upload.manifest)
+                            .await?
+                            .1
+                    }
+                };
+                invoke_any(
+                    &mut conn,
+                    channel_key.as_ref(),
+                    &token,
+                    &entry,
+                    &args_json,
+                    defense,
+                )
+                .await
+            };
+            // Plain: one round trip; the box runs the source without
+            // storing it and this connection becomes the attachment.
+            // A shaped run asks for its defense with `Invoke` (`Run` has
+            // no defense field) and pads its own direction too.
+            let run = match (&channel_key, defense) {
+                (Some(_), _) | (None, Some(_)) => None,
+                (None, None) => Some(
+                    async {
+                        Connection::connect(&target)
+                            .await?
+                            .run(
+                                &upload.filename,
+                                &upload.source,
+                                &upload.manifest,
+                                &entry,
+                                &args_json,
+                            )
+                            .await
+                    }
+                    .await,
+                ),
+            };
+            let started = match run {
+                Some(Ok((session, service, attachment))) => Ok((
+                    AnySessionToken::Plain(session),
+                    service,
+                    Some(AnyAttachment::Plain(attachment)),
+                )),
+                // A box from before `Run` does not know the frame.
+                Some(Err(bento_client::ClientError::Remote {
+                    code: bento_protocol::ErrorCode::MalformedFrame,
+                    ..
+                }))
+                | None => store_and_invoke()
+                    .await
+                    .map(|(session, service)| (session, service, None)),
+                Some(Err(e)) => Err(e),
+            };
+            let (session, service, attachment) = match started {
+                Ok(started) => started,
+                Err(e) => return Ok(report(&e)),
+            };
+            if let Some(service) = service {
+                eprintln!("service token (for `bento connect`): {}", service.to_hex());
+            }
+            match attachment {
+                Some(attachment) => stream_attachment(attachment, &session).await,
+                None => attach(&target, &session, None, defense).await,
             }
         }
         Command::Kill { session } => {
-            let session = SessionToken::from_hex(&session)?;
+            let session = AnySessionToken::parse(&session)?.session().clone();
             let result = async {
                 let mut conn = Connection::connect(&target).await?;
                 conn.kill(&session).await
@@ -623,9 +454,11 @@ pub async fn dispatch(command: Command, target_args: TargetArgs) -> anyhow::Resu
                 Err(e) => Ok(report(&e)),
             }
         }
-        Command::Worker { .. } | Command::Runtime(_) | Command::Policy(_) | Command::Attest(_) => {
-            unreachable_command()
-        }
+        Command::Worker { .. }
+        | Command::Runtime(_)
+        | Command::Policy(_)
+        | Command::Attest(_)
+        | Command::Boxes(_) => unreachable_command(),
     }
 }
 
@@ -648,51 +481,6 @@ async fn bench_dispatch(args: crate::bench::BenchArgs) -> anyhow::Result<ExitCod
     } else {
         ExitCode::FAILURE
     })
-}
-
-async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = args.config()?;
-    let workers = config.workers.workers;
-    let server = Server::bind(config, args.listen).await?;
-    let addr = server.local_addr()?;
-    if let Some(legacy) = server.legacy_addr() {
-        tracing::info!(legacy_addr = %legacy?, "serving the research prototype's protocol");
-    }
-    if let Some(metrics) = server.metrics_addr() {
-        tracing::info!(metrics_addr = %metrics?, "serving the operator's metrics at /metrics");
-    }
-    tracing::info!(%addr, workers, "bento box listening");
-    if let (Some(onion), Some(published)) = (
-        server.onion_address(),
-        server.onion_published(Duration::from_secs(120)),
-    ) {
-        tracing::info!(%onion, "bento box onion service added; publishing");
-        tokio::spawn(async move {
-            match published.await {
-                Ok(()) => tracing::info!(%onion, "bento box onion service published"),
-                Err(e) => tracing::warn!(error = %e, "the onion service is not published yet"),
-            }
-        });
-    }
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let owner_gone = async {
-        match args.exit_with_pid {
-            Some(pid) => {
-                while crate::testnet_cmd::pid_alive(pid) {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        result = server.run() => result?,
-        () = owner_gone => tracing::info!("the owning process exited; shutting down"),
-        _ = interrupt.recv() => tracing::info!("interrupted; shutting down"),
-        _ = terminate.recv() => tracing::info!("terminated; shutting down"),
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Forward stdin to a service channel, write what the function sends to stdout.
@@ -742,23 +530,52 @@ async fn connect_service(target: &Target, service: &ServiceToken) -> anyhow::Res
     }
 }
 
+/// Start a session, sealed to `channel_key` when given, else shaped by
+/// `defense` when given (the two are never asked for together: see
+/// `sealed_cmd::cannot_shape_sealed`): the session token (sealed ones
+/// carry their secret) and the service token, if any.
+async fn invoke_any(
+    conn: &mut Connection,
+    channel_key: Option<&[u8; 32]>,
+    token: &InvokeToken,
+    entry: &str,
+    args_json: &str,
+    defense: Option<bento_client::Defense>,
+) -> Result<(AnySessionToken, Option<ServiceToken>), bento_client::ClientError> {
+    match channel_key {
+        Some(key) => {
+            let (session, service) = conn.invoke_sealed(key, token, entry, args_json).await?;
+            Ok((AnySessionToken::Sealed(Box::new(session)), service))
+        }
+        None => {
+            let (session, service) = conn
+                .invoke_with_defense(token, entry, args_json, defense)
+                .await?;
+            Ok((AnySessionToken::Plain(session), service))
+        }
+    }
+}
+
 /// Forward stdin to the session, write its output to stdout.
 async fn attach(
     target: &Target,
-    session: &SessionToken,
+    session: &AnySessionToken,
     from: Option<u64>,
     pad: Option<bento_client::Defense>,
 ) -> anyhow::Result<ExitCode> {
-    // The client's padding is bounded like the box's default.
-    let padding = pad.map(|d| (d, bento_policy::DEFAULT_MAX_PADDING_MIB * 1024 * 1024));
-    let attachment = match Connection::connect(target).await {
-        Ok(conn) => conn.attach_shaped(session, from, padding).await,
-        Err(e) => Err(e),
-    };
-    let mut attachment: Attachment = match attachment {
-        Ok(a) => a,
-        Err(e) => return Ok(report(&e)),
-    };
+    let attachment = AnyAttachment::attach(target, session, from, pad).await;
+    match attachment {
+        Ok(attachment) => stream_attachment(attachment, session).await,
+        Err(e) => Ok(report(&e)),
+    }
+}
+
+/// Forward stdin to the session and its output to stdout until it ends;
+/// Ctrl-C detaches (the session keeps running).
+async fn stream_attachment(
+    mut attachment: AnyAttachment,
+    session: &AnySessionToken,
+) -> anyhow::Result<ExitCode> {
     let input = attachment.input();
     let stdin_task = tokio::spawn(async move {
         let mut stdin = tokio::io::stdin();

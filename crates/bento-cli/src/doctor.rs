@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bento_tor::{TorControl, TorError};
 
-use crate::commands::ServeArgs;
+use crate::serve::ServeArgs;
 
 /// The first tor release with onion-service proof-of-work defenses.
 const TOR_POW_VERSION: (u32, u32, u32) = (0, 4, 8);
@@ -388,7 +388,11 @@ async fn check_tor(args: &ServeArgs, report: &mut Report) {
         ),
     }
     match control.getinfo("fingerprint").await {
-        Ok(fp) => report.ok("tor", format!("a relay ({fp}): the box runs beside it")),
+        Ok(fp) => {
+            report.ok("tor", format!("a relay ({fp}): the box runs beside it"));
+            let contact = control.getconf("ContactInfo").await;
+            check_announcement(contact, args.onion_port, report);
+        }
         Err(_) => report.warn(
             "tor",
             "this tor is not a relay",
@@ -431,6 +435,62 @@ async fn check_tor(args: &ServeArgs, report: &mut Report) {
             format!("cannot ask for the SocksPort: {e}"),
             "set tor-socks",
         ),
+    }
+}
+
+/// Whether the relay's ContactInfo announces a box, so that users of
+/// `bento boxes` find it (docs/operators.md, "Announce the box").
+fn check_announcement(
+    contact: Result<Option<String>, TorError>,
+    onion_port: u16,
+    report: &mut Report,
+) {
+    let add = format!(
+        "add the field `bento:ONION.onion:{onion_port}` to ContactInfo in torrc (ONION: the \
+         address `bento serve` logs as published; keep the other fields) and reload tor"
+    );
+    let contact = match contact {
+        Ok(contact) => contact.unwrap_or_default(),
+        Err(e) => {
+            report.warn(
+                "announce",
+                format!("cannot read ContactInfo: {e}"),
+                "check tor",
+            );
+            return;
+        }
+    };
+    let fields = bento_tor::discovery::announcements(&contact);
+    if fields.is_empty() {
+        report.warn(
+            "announce",
+            "the relay's ContactInfo announces no box: `bento boxes` will not list it",
+            add,
+        );
+        return;
+    }
+    for field in fields {
+        match field {
+            Ok(a) if a.port() == onion_port => {
+                report.ok(
+                    "announce",
+                    format!("ContactInfo announces {}", a.contact_field()),
+                );
+            }
+            Ok(a) => report.warn(
+                "announce",
+                format!(
+                    "ContactInfo announces {} but the box listens on onion port {onion_port}",
+                    a.contact_field()
+                ),
+                add.clone(),
+            ),
+            Err(e) => report.warn(
+                "announce",
+                format!("ContactInfo has a malformed bento field: {e}"),
+                add.clone(),
+            ),
+        }
     }
 }
 
@@ -493,6 +553,26 @@ mod tests {
         assert_eq!(parse_tor_version("0.4.7.16"), Some((0, 4, 7)));
         assert!(parse_tor_version("0.4.7.16") < Some(TOR_POW_VERSION));
         assert_eq!(parse_tor_version("garbage"), None);
+    }
+
+    #[test]
+    fn the_announcement_check_names_the_field_to_add() {
+        let onion = format!("{}.onion", "a".repeat(56));
+        let mut report = Report::default();
+        check_announcement(Ok(None), 7878, &mut report);
+        check_announcement(
+            Ok(Some(format!("email:x bento:{onion}:7878"))),
+            7878,
+            &mut report,
+        );
+        check_announcement(Ok(Some(format!("bento:{onion}:80"))), 7878, &mut report);
+        check_announcement(Ok(Some("bento:nope".into())), 7878, &mut report);
+        let text = report.render();
+        assert_eq!(report.count(Verdict::Fail), 0, "{text}");
+        assert_eq!(report.count(Verdict::Warn), 3, "{text}");
+        assert_eq!(report.count(Verdict::Ok), 1, "{text}");
+        assert!(text.contains("bento:ONION.onion:7878"), "{text}");
+        assert!(text.contains(&format!("bento:{onion}:7878")), "{text}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! request, unknown token or unusable input; 3 the box is busy, failed or
 //! unreachable. `bento --help` and README.md say the same.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use bento_client::ClientError;
@@ -77,4 +78,16 @@ pub fn status(result: Result<(), bento_functions::Error>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
+}
+
+/// Read a file the user named: a failure is their input's fault
+/// ([`UnreadableInput`], exit 2), not the box's.
+pub(crate) fn read_text(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).map_err(|source| {
+        UnreadableInput {
+            path: path.to_owned(),
+            source,
+        }
+        .into()
+    })
 }

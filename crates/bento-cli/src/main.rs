@@ -10,15 +10,19 @@ mod bench_crash;
 mod bench_load;
 mod bench_soak;
 mod bench_tor;
+mod boxes_cmd;
 mod browse_cmd;
 mod commands;
 mod cover_cmd;
 mod doctor;
 mod drop_cmd;
 mod exit;
+mod latency;
 mod lb_cmd;
 mod proxy_cmd;
 mod runtime_path;
+mod sealed_cmd;
+mod serve;
 mod serve_config;
 mod shard_cmd;
 mod terminal;
@@ -45,6 +49,7 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
         bento invoke TOKEN --json -- world               # {\"session_token\"}\n  \
         bento attach SESSION                             # output to stdout, stdin to api.recv()\n\n\
         Through Tor: --server xyz.onion:PORT --socks 127.0.0.1:9050\n\
+        Find boxes: bento boxes [--capability http] [--exit] [--json]   (needs tor's ControlPort)\n\
         Exit codes: 0 ok, 1 the function failed, 2 bad request or unknown token, 3 the box is busy, failed or unreachable\n\
         Docs: README.md, docs/python-api.md, docs/policy.md, docs/protocol.md, docs/legacy.md"
 )]
@@ -77,13 +82,13 @@ struct TargetArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a Bento box.
-    Serve(Box<commands::ServeArgs>),
+    Serve(Box<serve::ServeArgs>),
     /// Check a box's setup (takes the same options as `serve`, e.g.
     /// `--config /etc/bento/box.toml`): the policy, the runtime, the data
     /// directory, the worker jail, the ports and the local tor (ControlPort,
     /// cookie, version, bootstrap, SocksPort), each with what to fix.
     /// Exits 1 if the box would not serve.
-    Doctor(Box<commands::ServeArgs>),
+    Doctor(Box<serve::ServeArgs>),
     /// Store a Python function; prints its invoke token.
     ///
     /// The function's manifest (what it asks for: limits, capabilities,
@@ -153,7 +158,8 @@ enum Command {
     /// limit, kill), 2 for a bad request or unknown token, 3 when the box
     /// is busy or failed. Ctrl-C detaches and leaves the session running.
     Attach {
-        /// Session token from `bento invoke`.
+        /// Session token from `bento invoke` (128 hex digits for a sealed
+        /// session: it carries the session's secret).
         session: String,
         /// Resume at this output offset instead of where the box says the
         /// last client stopped reading.
@@ -224,6 +230,12 @@ enum Command {
     /// Show the box's version, limits and coarse load (nothing about other
     /// users; the operator's exact figures are on `serve --metrics`).
     Status,
+    /// List the Bento boxes announced in the current Tor consensus (relays'
+    /// ContactInfo `bento:ONION.onion:PORT`) and ask each, over Tor, what
+    /// it offers: policy, protocol version, attestation. Boxes that do not
+    /// answer, or onions that are not boxes, are shown as such. Needs the
+    /// local tor's ControlPort with `FetchUselessDescriptors 1`.
+    Boxes(boxes_cmd::BoxesArgs),
     /// Ask a box what it proves about the code that runs your functions
     /// (TEE kind, measurement), or `bento attest measure` a worker build.
     Attest(attest_cmd::AttestArgs),
@@ -238,7 +250,7 @@ enum Command {
     Policy(PolicyCommand),
     /// A private Tor network on loopback with Bento boxes, for tests and demos.
     #[command(subcommand)]
-    Testnet(testnet_cmd::TestnetCommand),
+    Testnet(TestnetCommand),
     /// Internal: a sandbox worker process (started by `bento serve`).
     #[command(hide = true)]
     Worker {
@@ -255,6 +267,11 @@ enum Command {
         /// Fresh instances to keep ready ahead of demand.
         #[arg(long, default_value_t = 0)]
         prewarm: usize,
+        /// The sealed channel's secret key, created if missing (every
+        /// worker of a box reads the same file). Without it the worker
+        /// offers no sealed channel.
+        #[arg(long)]
+        channel_key: Option<PathBuf>,
     },
 }
 
@@ -273,6 +290,35 @@ pub(crate) enum BenchMode {
     /// restart it on the same data dir, and check that every stored
     /// function is intact or cleanly absent, never corrupt.
     Crash(bench_crash::CrashArgs),
+}
+
+/// `bento testnet …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TestnetCommand {
+    /// Build a private Tor network from scratch and start Bento boxes beside
+    /// its relays; returns once a circuit can be built and every box
+    /// answers through its onion address.
+    Up(testnet_cmd::UpArgs),
+    /// Show the running network: `--json` prints {"socks": …, "boxes":
+    /// [{"onion": …, "listen": …}, …], …} for scripts.
+    Status {
+        #[command(flatten)]
+        dir: testnet_cmd::DirArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop exactly the processes `up` started (by PID) and remove the state.
+    Down {
+        #[command(flatten)]
+        dir: testnet_cmd::DirArg,
+    },
+    /// Measure what Bento costs on top of Tor, on a network of its own
+    /// (in a temporary directory unless --dir names an empty one):
+    /// round trip and throughput of a raw Tor stream vs a Bento session
+    /// beside the same relay, and the time to bring the network up and to
+    /// publish an onion service.
+    Bench(bench_tor::TorBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -340,7 +386,7 @@ fn main() -> ExitCode {
     };
     if let Err(e) = apply_config(&mut cli.command, &matches) {
         eprintln!("error: {e:#}");
-        return ExitCode::from(commands::EXIT_REQUEST);
+        return ExitCode::from(exit::EXIT_REQUEST);
     }
     // The benchmark's own box would log every session; keep it quiet.
     init_tracing(
@@ -356,7 +402,13 @@ fn main() -> ExitCode {
             storage_dir,
             no_jail,
             prewarm,
-        } => commands::worker(&runtime, (!no_jail).then_some(storage_dir), prewarm),
+            channel_key,
+        } => commands::worker(
+            &runtime,
+            (!no_jail).then_some(storage_dir),
+            prewarm,
+            channel_key.as_deref(),
+        ),
         Command::Runtime(RuntimeCommand::Precompile { wasm, out }) => {
             commands::precompile(&wasm, &out)
         }
@@ -386,10 +438,14 @@ fn main() -> ExitCode {
                     if let Command::Attest(args) = command {
                         return attest_cmd::run(args, &cli.target).await;
                     }
-                    if let Some(refused) = attest_cmd::preflight(&command, &cli.target).await {
-                        return Ok(refused);
+                    if let Command::Boxes(args) = command {
+                        return boxes_cmd::run(args, &cli.target).await;
                     }
-                    commands::dispatch(command, cli.target).await
+                    let channel_key = match attest_cmd::preflight(&command, &cli.target).await {
+                        Ok(key) => key,
+                        Err(refused) => return Ok(refused),
+                    };
+                    commands::dispatch(command, cli.target, channel_key).await
                 }),
                 Err(e) => Err(e.into()),
             }

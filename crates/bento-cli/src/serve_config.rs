@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Args, FromArgMatches};
 
-use crate::commands::ServeArgs;
+use crate::serve::ServeArgs;
 
 /// Keys whose value is a path: a relative path in the file is taken
 /// relative to the file's directory (as an operator reading

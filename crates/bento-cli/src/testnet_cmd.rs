@@ -12,38 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bento_client::{Connection, Target};
 use bento_testnet::{BoxEntry, Testnet, TestnetConfig, TestnetState};
-use clap::{Args, Subcommand};
+use clap::Args;
 
 use crate::runtime_path;
-
-/// `bento testnet …`.
-#[derive(Debug, Subcommand)]
-pub enum TestnetCommand {
-    /// Build a private Tor network from scratch and start Bento boxes beside
-    /// its relays; returns once a circuit can be built and every box
-    /// answers through its onion address.
-    Up(UpArgs),
-    /// Show the running network: `--json` prints {"socks": …, "boxes":
-    /// [{"onion": …, "listen": …}, …], …} for scripts.
-    Status {
-        #[command(flatten)]
-        dir: DirArg,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Stop exactly the processes `up` started (by PID) and remove the state.
-    Down {
-        #[command(flatten)]
-        dir: DirArg,
-    },
-    /// Measure what Bento costs on top of Tor, on a network of its own
-    /// (in a temporary directory unless --dir names an empty one):
-    /// round trip and throughput of a raw Tor stream vs a Bento session
-    /// beside the same relay, and the time to bring the network up and to
-    /// publish an onion service.
-    Bench(crate::bench_tor::TorBenchArgs),
-}
 
 /// Where the network lives.
 #[derive(Debug, Clone, Args)]
@@ -54,7 +25,7 @@ pub struct DirArg {
 }
 
 impl DirArg {
-    fn path(&self) -> PathBuf {
+    pub fn path(&self) -> PathBuf {
         self.dir.clone().unwrap_or_else(default_dir)
     }
 }
@@ -67,9 +38,16 @@ pub struct UpArgs {
     /// Bento boxes to start, each beside its own relay (at most 4).
     #[arg(long, default_value_t = 2)]
     pub boxes: usize,
-    /// Box policy for the boxes (see `bento serve --policy`).
+    /// Box policy for the boxes (see `bento serve --policy`); repeat it to
+    /// give boxes different policies: box N gets the Nth, boxes past the
+    /// last given get the last.
     #[arg(long)]
-    pub policy: Option<PathBuf>,
+    pub policy: Vec<PathBuf>,
+    /// Each box's relay announces it in its ContactInfo
+    /// (`bento:ONION.onion:PORT`, see `bento boxes`); `up` returns once the
+    /// client's tor has every announcement.
+    #[arg(long)]
+    pub announce: bool,
     /// Precompiled runtime for the boxes (see `bento serve --runtime`).
     #[arg(long)]
     pub runtime: Option<PathBuf>,
@@ -86,23 +64,12 @@ fn default_dir() -> PathBuf {
 /// How long a box may take to start and publish its onion service.
 const BOX_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub async fn run(command: TestnetCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        TestnetCommand::Up(args) => up(args).await,
-        TestnetCommand::Status { dir, json } => status(&dir.path(), json),
-        TestnetCommand::Down { dir } => down(&dir.path()),
-        TestnetCommand::Bench(args) => {
-            crate::bench_tor::run(args).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-    }
-}
-
 fn progress(step: &str) {
     eprintln!("[testnet] {step}");
 }
 
-async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+/// `bento testnet up`.
+pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     if args.boxes > 4 {
         bail!("--boxes: at most 4 (the network has 4 non-authority relays)");
     }
@@ -135,7 +102,10 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let tor_secs = started.elapsed().as_secs_f64();
     progress(&format!("Tor network ready in {tor_secs:.1} s"));
     let mut state = net.into_state();
-    let result = start_boxes(&mut state, &args, &runtime).await;
+    let mut result = start_boxes(&mut state, &args, &runtime).await;
+    if result.is_ok() && args.announce {
+        result = announce_boxes(&state).await;
+    }
     // Record whatever started, so `down` can stop it even after a failure.
     state.save(&dir)?;
     if let Err(e) = result {
@@ -187,7 +157,7 @@ pub(crate) async fn start_boxes(
             .arg(runtime)
             .arg("--tor-control")
             .arg(host.control_addr().to_string());
-        if let Some(policy) = &args.policy {
+        if let Some(policy) = args.policy.get(i).or(args.policy.last()) {
             command.arg("--policy").arg(policy);
         }
         if let Some(owner) = args.owner_pid {
@@ -223,6 +193,62 @@ pub(crate) async fn start_boxes(
         reach_through_tor(&onion, socks).await?;
     }
     Ok(())
+}
+
+/// How long the announcements may take to reach the client: the relays'
+/// new descriptors wait for the next consensus (20 s voting interval), then
+/// the client fetches them.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Each box's relay announces the box in its ContactInfo; returns once the
+/// client's tor lists every announcement in the consensus.
+async fn announce_boxes(state: &TestnetState) -> anyhow::Result<()> {
+    // `start_boxes` starts box N beside box host N.
+    for (entry, host) in state.boxes.iter().zip(state.box_hosts()) {
+        let announcement = bento_tor::Announcement::parse(&entry.onion)
+            .with_context(|| format!("box {} has no valid onion address", entry.onion))?;
+        let contact = format!(
+            "{} {}",
+            bento_testnet::default_contact_info(&host.nickname),
+            announcement.contact_field()
+        );
+        host.set_contact_info(&contact).await?;
+        progress(&format!("{} announces {}", host.nickname, announcement));
+    }
+    let client = state
+        .nodes
+        .iter()
+        .find(|n| n.role == bento_testnet::NodeRole::Client)
+        .context("the network has no client")?;
+    let wanted: Vec<&str> = state.boxes.iter().map(|b| b.onion.as_str()).collect();
+    let deadline = Instant::now() + ANNOUNCE_TIMEOUT;
+    progress("waiting for the client to see the announcements (next consensus)");
+    loop {
+        let mut control =
+            bento_tor::TorControl::connect(&client.control_addr().to_string()).await?;
+        let listed: Vec<String> = control
+            .announcing_relays()
+            .await?
+            .into_iter()
+            .filter_map(|r| r.announcement.ok().map(|a| a.server()))
+            .collect();
+        if wanted.iter().all(|w| listed.iter().any(|l| l == w)) {
+            progress("every box is announced in the consensus");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the client's tor lists {} of {} announced boxes after {} s",
+                wanted
+                    .iter()
+                    .filter(|w| listed.iter().any(|l| l == *w))
+                    .count(),
+                wanted.len(),
+                ANNOUNCE_TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 /// Read the box's log until it reports its address and a published onion
@@ -294,12 +320,13 @@ pub(crate) fn pid_alive(pid: u32) -> bool {
 }
 
 #[allow(clippy::print_stdout)]
-fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+/// `bento testnet status`.
+pub fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let state = match Testnet::load(dir) {
         Ok(state) => state,
         Err(e) => {
             eprintln!("no test network in {}: {e}", dir.display());
-            return Ok(ExitCode::from(crate::commands::EXIT_REQUEST));
+            return Ok(ExitCode::from(crate::exit::EXIT_REQUEST));
         }
     };
     let socks = state.client_socks().map(|s| s.to_string());
@@ -342,12 +369,13 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn down(dir: &Path) -> anyhow::Result<ExitCode> {
+/// `bento testnet down`.
+pub fn down(dir: &Path) -> anyhow::Result<ExitCode> {
     let state = match Testnet::load(dir) {
         Ok(state) => state,
         Err(e) => {
             eprintln!("no test network in {}: {e}", dir.display());
-            return Ok(ExitCode::from(crate::commands::EXIT_REQUEST));
+            return Ok(ExitCode::from(crate::exit::EXIT_REQUEST));
         }
     };
     let count = state.nodes.len() + state.boxes.len();

@@ -13,9 +13,12 @@
 //! unacknowledged bytes again on re-attach, so nothing is lost.
 
 mod attest;
+mod sealed;
 mod socks;
 
 pub use attest::{AttestError, Requirement, TeeKind, TeeRequirement, Verified};
+pub use bento_attest::SealError;
+pub use sealed::{SealedAttachment, SealedInputSender, SealedSessionToken};
 
 use bento_protocol::{
     ErrorCode, FRAME_HEADER_LEN, Frame, FrameDecoder, FunctionId, InvokeToken, MAX_DATA_LEN,
@@ -69,6 +72,14 @@ pub enum ClientError {
     /// only protocol version 1); nothing was invoked.
     #[error("this box does not support traffic-analysis defenses (it speaks protocol version {0})")]
     NoPadding(u16),
+    /// Sealed data from the box did not open: changed, replayed, reordered
+    /// or from another session (docs/attestation.md).
+    #[error("sealed output: {0}")]
+    Sealed(#[from] SealError),
+    /// `--sealed` with a box whose evidence binds no sealed-channel key;
+    /// nothing was uploaded.
+    #[error("box refused: it offers no sealed channel (its evidence binds no channel key)")]
+    NoSealedChannel,
 }
 
 /// A function the box stored.
@@ -393,6 +404,50 @@ impl Connection {
             resume_from,
         })
         .await?;
+        self.into_attachment(padding).await
+    }
+
+    /// Run `entry(*args)` of `source` once, without storing it, attached
+    /// from its first byte: one round trip where store, invoke and attach
+    /// take three. The box checks the upload as for a store (sizes, file
+    /// name, the manifest against its policy), but does not compile it
+    /// ahead: a syntax error arrives as the session's error. Returns the
+    /// session token (to re-attach or kill from elsewhere), the service
+    /// token for a function with the `service` capability, and the
+    /// attachment.
+    pub async fn run(
+        mut self,
+        filename: &str,
+        source: &str,
+        manifest: &str,
+        entry: &str,
+        args_json: &str,
+    ) -> Result<(SessionToken, Option<ServiceToken>, Attachment), ClientError> {
+        self.send(&Frame::Run {
+            filename: filename.into(),
+            source: source.into(),
+            manifest: manifest.into(),
+            entry: entry.into(),
+            args_json: args_json.into(),
+        })
+        .await?;
+        let (session_token, service_token) = match self.recv().await? {
+            Frame::Invoked {
+                session_token,
+                service_token,
+            } => (session_token, service_token),
+            other => return Err(remote(other)),
+        };
+        let attachment = self.into_attachment(None).await?;
+        Ok((session_token, service_token, attachment))
+    }
+
+    /// After `Attach` (or an accepted `Run`): the box's `Attached`, then the
+    /// connection is the session's, padded by `padding` if given.
+    async fn into_attachment(
+        mut self,
+        padding: Option<(Defense, u64)>,
+    ) -> Result<Attachment, ClientError> {
         let offset = match self.recv().await? {
             Frame::Attached { offset } => offset,
             other => return Err(remote(other)),
@@ -426,6 +481,7 @@ impl Connection {
             consumed: offset,
             acked: offset,
             received,
+            ceiling: None,
         })
     }
 }
@@ -619,6 +675,9 @@ pub struct Attachment {
     /// Offset just past the output returned so far.
     consumed: u64,
     acked: u64,
+    /// A sealed attachment acknowledges only whole records (a resumed
+    /// stream must start at a record boundary): at most this offset.
+    ceiling: Option<u64>,
     /// Frames received, for a shaping writer's machines.
     received: Option<Arc<Received>>,
 }
@@ -685,11 +744,18 @@ impl Attachment {
         self.consumed
     }
 
+    /// What may be acknowledged: everything returned, or for a sealed
+    /// attachment everything up to the last whole record.
+    fn consumed_offset(&self) -> u64 {
+        self.ceiling.map_or(self.consumed, |c| c.min(self.consumed))
+    }
+
     fn ack(&mut self) {
-        if self.consumed > self.acked {
+        let consumed = self.consumed_offset();
+        if consumed > self.acked {
             // Fails only when the writer is gone, which the next read reports.
-            let _ = self.ack.send(self.consumed);
-            self.acked = self.consumed;
+            let _ = self.ack.send(consumed);
+            self.acked = consumed;
         }
     }
 
@@ -753,8 +819,9 @@ impl Attachment {
     fn finish(&mut self) {
         // Always send a final Ack, even if nothing new: it tells the box the
         // end frame arrived.
-        let _ = self.ack.send(self.consumed);
-        self.acked = self.consumed;
+        let consumed = self.consumed_offset();
+        let _ = self.ack.send(consumed);
+        self.acked = consumed;
     }
 
     /// Acknowledge what was consumed and leave the session running; a later
@@ -776,7 +843,7 @@ impl Attachment {
             .send(Frame::Detach)
             .await
             .map_err(|_| ClientError::Closed)?;
-        let consumed = self.consumed;
+        let consumed = self.consumed_offset();
         let confirmed = tokio::time::timeout(DETACH_TIMEOUT, async {
             // Whether the session's End arrived with no output before it
             // that this client had not consumed.

@@ -91,6 +91,10 @@ error_codes! {
     ManifestRejected = 8, BadRequest, "manifest_rejected";
     /// A stored function's requested lifetime is longer than the box allows.
     InvalidLifetime = 9, BadRequest, "invalid_lifetime";
+    /// Sealed data failed to open in the worker: changed, replayed,
+    /// reordered, moved from another session, or sealed to another key
+    /// (or the box offers no sealed channel).
+    SealedRejected = 10, BadRequest, "sealed_rejected";
     /// The traffic-analysis defense asked for is unknown, not allowed by
     /// the box's policy, or needs a protocol version the connection did not
     /// negotiate.

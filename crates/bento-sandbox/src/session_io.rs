@@ -162,6 +162,10 @@ struct IoState {
     current: Bytes,
     input_closed: bool,
     output_credit: u64,
+    /// Credit every output chunk costs beyond its bytes: a sealed session's
+    /// record overhead, which the owner's host adds to each chunk (see
+    /// [`SessionIo::set_chunk_overhead`]).
+    chunk_overhead: u64,
     /// Bytes of the current message (see `begin_message`) still to be
     /// written; a new message may begin only once this is zero.
     message_remaining: u64,
@@ -293,6 +297,14 @@ impl SessionIo {
     pub fn close_input(&self) {
         self.lock().input_closed = true;
         self.changed.notify_all();
+    }
+
+    /// Charge `overhead` bytes of credit for every output chunk on top of
+    /// its length: the host turns each chunk into that much more (a sealed
+    /// session's record header and tag), and the server counts credit in
+    /// what it receives.
+    pub fn set_chunk_overhead(&self, overhead: u64) {
+        self.lock().chunk_overhead = overhead;
     }
 
     /// Allow `bytes` more output.
@@ -505,9 +517,11 @@ impl SessionIo {
                 .unwrap_or(usize::MAX)
                 .min(MAX_OUTPUT_CHUNK));
         }
-        Ok(usize::try_from(state.output_credit)
-            .unwrap_or(usize::MAX)
-            .min(MAX_OUTPUT_CHUNK))
+        Ok(
+            usize::try_from(state.output_credit.saturating_sub(state.chunk_overhead))
+                .unwrap_or(usize::MAX)
+                .min(MAX_OUTPUT_CHUNK),
+        )
     }
 
     fn write_output(&self, data: Bytes) -> StreamResult<()> {
@@ -524,10 +538,11 @@ impl SessionIo {
             state.staged.extend_from_slice(&data);
             return Ok(());
         }
-        if len > state.output_credit {
+        let charged = len.saturating_add(state.chunk_overhead);
+        if charged > state.output_credit {
             return Err(StreamError::trap("wrote more than check-write permitted"));
         }
-        state.output_credit -= len;
+        state.output_credit -= charged;
         state.message_remaining = state.message_remaining.saturating_sub(len);
         drop(state);
         if let Err(reason) = self.throttle(len) {
@@ -540,7 +555,9 @@ impl SessionIo {
     fn wait_output_credit(&self) {
         let state = self.lock();
         // A stop is reported by the next check-write; nothing to do here.
-        drop(self.wait_until(state, |s| s.output_credit > 0 || s.route_remaining > 0));
+        drop(self.wait_until(state, |s| {
+            s.output_credit > s.chunk_overhead || s.route_remaining > 0
+        }));
     }
 
     // ---- capability plumbing ------------------------------------------
@@ -993,6 +1010,25 @@ mod tests {
         io.grant_credit(10);
         io.write_output(Bytes::from_static(b"e")).unwrap();
         assert_eq!(&*recorder.output.lock().unwrap(), b"abcde");
+    }
+
+    #[test]
+    fn a_sealed_sessions_chunk_overhead_is_charged_to_its_credit() {
+        let (recorder, io) = io(30, Duration::from_secs(60));
+        io.set_chunk_overhead(20);
+        // 30 of credit: one chunk of at most 10 bytes (plus 20 overhead).
+        assert_eq!(io.output_permit().unwrap(), 10);
+        assert!(io.write_output(Bytes::from_static(b"abcdefghijk")).is_err());
+        io.write_output(Bytes::from_static(b"abcdefghij")).unwrap();
+        assert_eq!(io.output_permit().unwrap(), 0);
+        // Credit no larger than the overhead allows nothing.
+        io.grant_credit(20);
+        assert_eq!(io.output_permit().unwrap(), 0);
+        assert!(io.write_output(Bytes::new()).is_ok());
+        assert!(io.write_output(Bytes::from_static(b"x")).is_err());
+        io.grant_credit(21);
+        io.write_output(Bytes::from_static(b"x")).unwrap();
+        assert_eq!(&*recorder.output.lock().unwrap(), b"abcdefghijx");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bento_policy::is_private_or_local;
+use bento_tor::socks::wire;
 
 /// Longest a SOCKS handshake with the local tor may take (circuit building
 /// and, for onion services, descriptor lookup happen inside it) unless the
@@ -75,88 +76,45 @@ pub(crate) fn tor_connect(
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
 
-    // Greeting: username/password only, so the isolation always applies.
-    stream.write_all(&[5, 1, 2]).map_err(io)?;
+    // Username/password only, so the isolation always applies. The bytes
+    // are bento-tor's, the project's one SOCKS5 encoding.
+    stream.write_all(&wire::greeting(true)).map_err(io)?;
     let mut reply = [0u8; 2];
     stream.read_exact(&mut reply).map_err(io)?;
-    if reply != [5, 2] {
+    if wire::check_method_choice(reply, true).is_err() {
         return Err("io: the box's tor does not accept SOCKS5 username authentication".into());
     }
-    let user = isolation.as_bytes();
-    let mut auth = vec![1, u8::try_from(user.len()).unwrap_or(u8::MAX)];
-    auth.extend_from_slice(&user[..user.len().min(255)]);
-    auth.extend_from_slice(&[1, b'x']);
+    let auth = wire::credentials(isolation, "x")
+        .map_err(|e| format!("io: bad isolation credentials: {e}"))?;
     stream.write_all(&auth).map_err(io)?;
     stream.read_exact(&mut reply).map_err(io)?;
-    if reply[1] != 0 {
+    if wire::check_auth_status(reply).is_err() {
         return Err("io: the box's tor refused the SOCKS credentials".into());
     }
-
-    let mut request = vec![5, 1, 0];
-    match literal {
-        Some(IpAddr::V4(v4)) => {
-            request.push(1);
-            request.extend_from_slice(&v4.octets());
-        }
-        Some(IpAddr::V6(v6)) => {
-            request.push(4);
-            request.extend_from_slice(&v6.octets());
-        }
-        None => {
-            request.push(3);
-            request.push(u8::try_from(host.len()).unwrap_or(u8::MAX));
-            request.extend_from_slice(host.as_bytes());
-        }
-    }
-    request.extend_from_slice(&port.to_be_bytes());
+    let request = wire::connect_request(host, port).map_err(|e| format!("invalid: {e}"))?;
     stream.write_all(&request).map_err(io)?;
     let mut head = [0u8; 4];
     stream.read_exact(&mut head).map_err(io)?;
-    if head[1] != 0 {
-        return Err(format!(
-            "io: Tor could not connect to {host}:{port}: {}",
-            socks_reply(head[1])
-        ));
-    }
-    let skip = match head[3] {
-        1 => 4 + 2,
-        4 => 16 + 2,
-        3 => {
+    let skip = match wire::check_reply_head(head) {
+        Ok(wire::BoundAddress::Bytes(n)) => n,
+        Ok(wire::BoundAddress::NameOfLength) => {
             let mut len = [0u8; 1];
             stream.read_exact(&mut len).map_err(io)?;
-            usize::from(len[0]) + 2
+            wire::name_bytes(len[0])
         }
-        other => return Err(format!("io: bad SOCKS reply address type {other}")),
+        Err(wire::ReplyError::Refused { code }) => {
+            return Err(format!(
+                "io: Tor could not connect to {host}:{port}: {}",
+                wire::reply_meaning(code)
+            ));
+        }
+        Err(e) => return Err(format!("io: {e}")),
     };
     let mut bound = vec![0u8; skip];
     stream.read_exact(&mut bound).map_err(io)?;
     stream.set_read_timeout(None).map_err(io)?;
     stream.set_write_timeout(None).map_err(io)?;
     Ok(stream)
-}
-
-/// SOCKS5 reply codes, with tor's meanings for the ones it uses.
-fn socks_reply(code: u8) -> &'static str {
-    match code {
-        1 => "general failure (for an onion service: it may be unreachable or not yet published)",
-        2 => "not allowed by the exit's policy",
-        3 => "network unreachable",
-        4 => "host unreachable",
-        5 => "connection refused",
-        6 => "timed out",
-        7 => "command not supported",
-        8 => "address type not supported",
-        // tor's extended errors for onion services (ExtendedErrors).
-        0xf0 => "onion service descriptor not found",
-        0xf1 => "onion service descriptor is invalid",
-        0xf2 => "onion service introduction failed",
-        0xf3 => "onion service rendezvous failed",
-        0xf4 => "onion service needs client authorization",
-        0xf5 => "onion service client authorization is wrong",
-        0xf6 => "bad onion address",
-        0xf7 => "onion service introduction timed out",
-        _ => "unknown SOCKS error",
-    }
 }
 
 /// A fresh isolation token for one instance.

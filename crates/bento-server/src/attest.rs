@@ -18,7 +18,8 @@ pub(crate) struct BoxAttestation {
     software_digest: OnceCell<Vec<u8>>,
 }
 
-/// No sealed channel yet: the all-zero key says so (docs/attestation.md).
+/// No sealed channel (the workers hold no common key): the all-zero key
+/// says so (docs/attestation.md).
 const NO_CHANNEL_KEY: [u8; CHANNEL_KEY_BYTES] = [0; CHANNEL_KEY_BYTES];
 
 impl BoxAttestation {
@@ -57,18 +58,20 @@ impl BoxAttestation {
             .clone()
     }
 
-    /// The reply to `Attest { nonce }`.
+    /// The reply to `Attest { nonce }`, binding the workers' sealed-channel
+    /// key `channel_key` (reported by the workers, which hold its secret).
     pub(crate) async fn answer(
         &self,
         nonce: [u8; ATTEST_NONCE_LEN],
         onion_address: Option<&str>,
+        channel_key: Option<[u8; CHANNEL_KEY_BYTES]>,
     ) -> Frame {
         let binding = Binding {
             nonce,
             onion_identity: onion_address
                 .and_then(bento_attest::onion_identity)
                 .unwrap_or([0; ONION_IDENTITY_BYTES]),
-            channel_key: NO_CHANNEL_KEY,
+            channel_key: channel_key.unwrap_or(NO_CHANNEL_KEY),
         };
         let digest = self.software_digest().await;
         let source = Arc::clone(&self.source);

@@ -26,7 +26,7 @@ pub(crate) struct Refusal {
 }
 
 impl Refusal {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -61,6 +61,9 @@ pub(crate) fn outcome_refusal(outcome: &InstanceOutcome) -> Option<Refusal> {
             ErrorCode::WorkerCrashed,
             "the sandbox worker running this session died; the box has replaced it",
         ),
+        InstanceOutcome::SealRejected(reason) => {
+            Refusal::new(ErrorCode::SealedRejected, reason.clone())
+        }
     })
 }
 
@@ -140,28 +143,7 @@ impl BoxState {
         lifetime_s: Option<u64>,
     ) -> Result<Stored, Refusal> {
         let lifetime = self.resolve_lifetime(lifetime_s)?;
-        let max = self.config.max_source_bytes();
-        if source.len() > max {
-            return Err(Refusal::new(
-                ErrorCode::InvalidFunction,
-                format!(
-                    "the source is {} bytes; this box accepts at most {max}",
-                    source.len()
-                ),
-            ));
-        }
-        check_filename(&filename)
-            .map_err(|reason| Refusal::new(ErrorCode::InvalidFunction, reason))?;
-        if manifest.len() > max {
-            return Err(Refusal::new(
-                ErrorCode::ManifestRejected,
-                format!(
-                    "the manifest is {} bytes; this box accepts at most {max}",
-                    manifest.len()
-                ),
-            ));
-        }
-        self.admit_manifest(&manifest)?;
+        self.check_upload(&filename, &source, &manifest)?;
         match self.pool.check(source.clone(), filename.clone()).await {
             Ok(InstanceOutcome::Exception(text)) => {
                 return Err(Refusal::new(
@@ -176,6 +158,17 @@ impl BoxState {
             }
             Err(e) => return Err(Refusal::new(ErrorCode::Internal, e.to_string())),
         }
+        self.persist(filename, source, manifest, lifetime).await
+    }
+
+    /// Persist a checked function for `lifetime`.
+    pub(crate) async fn persist(
+        self: &Arc<Self>,
+        filename: String,
+        source: String,
+        manifest: String,
+        lifetime: Duration,
+    ) -> Result<Stored, Refusal> {
         let state = self.clone();
         let stored = tokio::task::spawn_blocking(move || {
             state.store.store(&filename, &source, &manifest, lifetime)
@@ -206,6 +199,39 @@ impl BoxState {
                 "the box could not store the function",
             )),
         }
+    }
+
+    /// The checks every upload passes, stored or run once: sizes, file
+    /// name, and the manifest against the policy.
+    pub(crate) fn check_upload(
+        &self,
+        filename: &str,
+        source: &str,
+        manifest: &str,
+    ) -> Result<(), Refusal> {
+        let max = self.config.max_source_bytes();
+        if source.len() > max {
+            return Err(Refusal::new(
+                ErrorCode::InvalidFunction,
+                format!(
+                    "the source is {} bytes; this box accepts at most {max}",
+                    source.len()
+                ),
+            ));
+        }
+        check_filename(filename)
+            .map_err(|reason| Refusal::new(ErrorCode::InvalidFunction, reason))?;
+        if manifest.len() > max {
+            return Err(Refusal::new(
+                ErrorCode::ManifestRejected,
+                format!(
+                    "the manifest is {} bytes; this box accepts at most {max}",
+                    manifest.len()
+                ),
+            ));
+        }
+        self.admit_manifest(manifest)?;
+        Ok(())
     }
 
     /// Give the function under `token` a new lifetime (seconds from now; 0
@@ -327,12 +353,14 @@ impl BoxState {
         );
         // The session releases its buffer reservation when it is dropped.
         buffer.keep();
+        let (source, filename, sealed) = crate::sealed_ops::start_parts(function);
         let request = StartRequest {
-            source: function.source.clone(),
-            filename: function.filename.clone(),
+            source,
+            filename,
             call,
             limits,
             grant: self.capability_grant(&grant, storage),
+            sealed,
         };
         let started = self
             .pool

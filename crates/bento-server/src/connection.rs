@@ -239,6 +239,32 @@ impl Conn {
                         .await;
                     self.send(&reply).await?;
                 }
+                Frame::SealedStore {
+                    manifest,
+                    lifetime_s,
+                    envelope,
+                } => {
+                    let reply = match self
+                        .state
+                        .store_sealed(manifest, lifetime_s, envelope)
+                        .await
+                    {
+                        Ok(stored) => Frame::Stored {
+                            function_id: stored.function_id,
+                            invoke_token: stored.invoke_token,
+                            lifetime_s: Some(stored.lifetime.as_secs()),
+                        },
+                        Err(e) => e.into_frame(),
+                    };
+                    self.send(&reply).await?;
+                }
+                Frame::SealedInvoke {
+                    invoke_token,
+                    envelope,
+                } => {
+                    let reply = self.state.invoke_sealed(&invoke_token, envelope).await;
+                    self.send(&reply).await?;
+                }
                 Frame::Kill { session_token } => {
                     let reply = match self.state.sessions.get(&session_token) {
                         Some(session) => {
@@ -257,13 +283,39 @@ impl Conn {
                 }
                 Frame::Attest { nonce } => {
                     let onion = self.state.tor.as_ref().map(|t| t.onion_address.as_str());
-                    let reply = self.state.attestation.answer(nonce, onion).await;
+                    let channel_key = self.state.pool.channel_key();
+                    let reply = self
+                        .state
+                        .attestation
+                        .answer(nonce, onion, channel_key)
+                        .await;
                     self.send(&reply).await?;
                 }
                 Frame::Attach {
                     session_token,
                     resume_from,
                 } => return self.attach(session_token, resume_from).await,
+                Frame::Run {
+                    filename,
+                    source,
+                    manifest,
+                    entry,
+                    args_json,
+                } => {
+                    let reply = self
+                        .run_once(filename, source, manifest, entry, args_json)
+                        .await;
+                    let session_token = match &reply {
+                        Frame::Invoked { session_token, .. } => Some(session_token.clone()),
+                        _ => None,
+                    };
+                    self.send(&reply).await?;
+                    // Refused: the connection serves further requests, as
+                    // after a refused Invoke.
+                    if let Some(token) = session_token {
+                        return self.attach(token, None).await;
+                    }
+                }
                 Frame::Connect { service_token } => {
                     return self.connect_service(service_token).await;
                 }
@@ -334,27 +386,44 @@ impl Conn {
                 crate::function_store::StoreError::UnknownToken.to_string(),
             );
         };
-        if !is_identifier(&entry) {
-            return Frame::error(
-                ErrorCode::InvalidArguments,
-                format!("entry {entry:?} is not a Python identifier"),
-            );
+        if let Some(refusal) = crate::sealed_ops::refuse_plain_invoke(&function) {
+            return refusal;
         }
-        match serde_json::from_str::<serde_json::Value>(&args_json) {
-            Ok(serde_json::Value::Array(_)) => {}
-            Ok(_) => {
-                return Frame::error(
-                    ErrorCode::InvalidArguments,
-                    "arguments must be a JSON array",
-                );
-            }
-            Err(e) => {
-                return Frame::error(
-                    ErrorCode::InvalidArguments,
-                    format!("arguments are not JSON: {e}"),
-                );
-            }
+        if let Err(refusal) = check_call(&entry, &args_json) {
+            return refusal;
         }
+        self.start(&function, entry, args_json, defense).await
+    }
+
+    /// `Run`: the checks of a store and of an invoke, then a session of
+    /// content that is never written anywhere.
+    async fn run_once(
+        &mut self,
+        filename: String,
+        source: String,
+        manifest: String,
+        entry: String,
+        args_json: String,
+    ) -> Frame {
+        if let Err(refusal) = check_call(&entry, &args_json) {
+            return refusal;
+        }
+        if let Err(refusal) = self.state.check_upload(&filename, &source, &manifest) {
+            return refusal.into_frame();
+        }
+        let function = crate::function_store::StoredFunction::unstored(filename, source, manifest);
+        self.start(&function, entry, args_json, None).await
+    }
+
+    /// A fresh session of `function`, shaped by `defense` if given:
+    /// `Invoked`, or the refusal.
+    async fn start(
+        &mut self,
+        function: &crate::function_store::StoredFunction,
+        entry: String,
+        args_json: String,
+        defense: Option<bento_policy::Defense>,
+    ) -> Frame {
         let session_token = match SessionToken::generate() {
             Ok(token) => token,
             Err(_) => return Frame::error(ErrorCode::Internal, "cannot generate a token"),
@@ -362,7 +431,7 @@ impl Conn {
         let call = StartCall::Entry { entry, args_json };
         match self
             .state
-            .start_session(&function, call, session_token.clone(), false)
+            .start_session(function, call, session_token.clone(), false)
             .await
         {
             Ok((session, service_token)) => {
@@ -800,6 +869,28 @@ impl Drop for ChannelGuard {
 }
 
 /// Sleep until `deadline` (forever without one; callers guard the branch).
+/// An entry point and arguments a session can start with, or the error
+/// frame saying why not.
+fn check_call(entry: &str, args_json: &str) -> Result<(), Frame> {
+    if !is_identifier(entry) {
+        return Err(Frame::error(
+            ErrorCode::InvalidArguments,
+            format!("entry {entry:?} is not a Python identifier"),
+        ));
+    }
+    match serde_json::from_str::<serde_json::Value>(args_json) {
+        Ok(serde_json::Value::Array(_)) => Ok(()),
+        Ok(_) => Err(Frame::error(
+            ErrorCode::InvalidArguments,
+            "arguments must be a JSON array",
+        )),
+        Err(e) => Err(Frame::error(
+            ErrorCode::InvalidArguments,
+            format!("arguments are not JSON: {e}"),
+        )),
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline.into()).await,

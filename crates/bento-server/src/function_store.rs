@@ -113,6 +113,19 @@ pub struct StoredFunction {
     pub manifest: String,
 }
 
+impl StoredFunction {
+    /// Content that is run once and never written anywhere (`Run`).
+    pub fn unstored(filename: String, source: String, manifest: String) -> Self {
+        Self {
+            version: FILE_VERSION,
+            function_id: function_id(&filename, &source, &manifest).to_hex(),
+            filename,
+            source,
+            manifest,
+        }
+    }
+}
+
 /// One `Store`: which content, until when.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RecordFile {

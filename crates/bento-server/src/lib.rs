@@ -25,6 +25,7 @@ mod legacy;
 pub mod metrics;
 mod onion;
 mod own_addresses;
+mod sealed_ops;
 pub mod session;
 mod shaping;
 
@@ -127,6 +128,16 @@ pub struct ServerConfig {
 pub fn instance_storage_root(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join(INSTANCE_STORAGE_DIR)
 }
+
+/// Where the workers keep the sealed channel's secret key inside a data
+/// directory (`bento serve` passes it to every worker; the server process
+/// never reads it). Under a TEE it must be a file only the TEE can read.
+pub fn channel_key_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join(CHANNEL_KEY_FILE)
+}
+
+/// File name of [`channel_key_path`].
+const CHANNEL_KEY_FILE: &str = "sealed-channel.key";
 
 impl ServerConfig {
     /// Defaults for a data directory and a worker pool.

@@ -9,7 +9,9 @@
 //! notes in `shared/TOR-TESTNET.md` (20 s voting interval, Guard flag only on
 //! the authorities, exits that accept `*:*` but bind outgoing sockets to
 //! 127.0.0.1, empty GeoIP files). Optional relays also host a Bento box
-//! (ControlPort + SocksPort).
+//! (ControlPort + SocksPort). Relays can announce boxes in their
+//! ContactInfo ([`NodeState::set_contact_info`]); clients fetch full server
+//! descriptors (`FetchUselessDescriptors 1`) so that they see it.
 //!
 //! Every tor gets `--defaults-torrc <empty file>` (nothing from `/etc/tor`
 //! is read), its own `-f` torrc and DataDirectory, ports on 127.0.0.1 only,
@@ -202,6 +204,27 @@ impl NodeState {
     pub fn notice_log(&self) -> PathBuf {
         self.data_dir.join("notice.log")
     }
+
+    /// Replaces the relay's ContactInfo (through its ControlPort, for the
+    /// running tor only). tor then publishes a new descriptor; clients see
+    /// it after the next consensus lists it (a voting interval or two).
+    /// This is how the test network's relays announce Bento boxes
+    /// (`bento:ONION.onion:PORT`, see `bento_tor::discovery`).
+    pub async fn set_contact_info(&self, contact: &str) -> Result<(), TorError> {
+        if !self.role.is_relay() {
+            return Err(TorError::Invalid {
+                what: "ContactInfo".into(),
+                detail: format!("{} is a client, not a relay", self.nickname),
+            });
+        }
+        let mut control = TorControl::connect(&self.control_addr().to_string()).await?;
+        control.setconf("ContactInfo", contact).await
+    }
+}
+
+/// The ContactInfo every relay of the network starts with.
+pub fn default_contact_info(nickname: &str) -> String {
+    format!("{nickname}@test.invalid")
 }
 
 /// A Bento box process recorded by the caller (see [`TestnetState::save`]).
@@ -1168,11 +1191,11 @@ fn write_configs(
         ));
         if p.role.is_relay() {
             t.push_str(&format!(
-                "Address 127.0.0.1\nORPort 127.0.0.1:{}\nContactInfo {}@test.invalid\n\
+                "Address 127.0.0.1\nORPort 127.0.0.1:{}\nContactInfo {}\n\
                  AssumeReachable 1\nServerDNSResolvConfFile /dev/null\n\
                  ServerDNSDetectHijacking 0\nServerDNSTestAddresses\n",
                 p.or_port.unwrap_or(0),
-                p.nickname
+                default_contact_info(&p.nickname)
             ));
             match p.socks_port {
                 Some(s) => t.push_str(&format!("SocksPort 127.0.0.1:{s}\n")),
@@ -1209,8 +1232,11 @@ fn write_configs(
                  ExitPolicy accept 127.0.0.0/8:*\nExitPolicy accept *:*\nExitPolicy reject *:*\n\
                  OutboundBindAddressExit 127.0.0.1\nRefuseUnknownExits 0\n",
             ),
+            // Full server descriptors besides microdescriptors: they carry
+            // the relays' ContactInfo, where boxes are announced
+            // (`bento boxes` reads them through the ControlPort).
             NodeRole::Client => t.push_str(&format!(
-                "SocksPort 127.0.0.1:{}\n",
+                "SocksPort 127.0.0.1:{}\nFetchUselessDescriptors 1\n",
                 p.socks_port.unwrap_or(0)
             )),
         }

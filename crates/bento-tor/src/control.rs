@@ -326,6 +326,34 @@ impl TorControl {
         })
     }
 
+    /// `GETCONF key`: the option's current value, `None` when it is unset
+    /// (tor answers `250 key` without `=`). Quoted values are unescaped.
+    pub async fn getconf(&mut self, key: &str) -> Result<Option<String>, TorError> {
+        check_token("GETCONF key", key)?;
+        let reply = self.command(&format!("GETCONF {key}")).await?;
+        getconf_value(&reply, key).map_err(|detail| TorError::Protocol {
+            addr: self.addr.clone(),
+            step: format!("GETCONF {key}"),
+            detail,
+        })
+    }
+
+    /// `SETCONF key="value"`: changes an option of the running tor (not
+    /// its torrc). The value is quoted, so it may hold spaces; line breaks
+    /// are refused.
+    pub async fn setconf(&mut self, key: &str, value: &str) -> Result<(), TorError> {
+        check_token("SETCONF key", key)?;
+        if value.chars().any(char::is_control) {
+            return Err(TorError::Invalid {
+                what: format!("SETCONF {key} value"),
+                detail: "contains control characters".into(),
+            });
+        }
+        let quoted = value.replace('\\', "\\\\").replace('"', "\\\"");
+        self.command(&format!("SETCONF {key}=\"{quoted}\"")).await?;
+        Ok(())
+    }
+
     /// `ADD_ONION`: `ports` maps virtual ports to local targets; `flags`
     /// e.g. `["DiscardPK"]`, `["Detach"]`. Returns the service id and the
     /// private key if tor returned one.
@@ -707,6 +735,27 @@ pub(crate) fn parse_quoted(s: &str) -> Result<(String, &str), String> {
     Err(format!("unterminated quoted string {s:?}"))
 }
 
+/// The value in a `GETCONF key` reply: `key=value`, `key="quoted"` or a
+/// bare `key` (unset).
+pub(crate) fn getconf_value(reply: &Reply, key: &str) -> Result<Option<String>, String> {
+    for line in &reply.lines {
+        if line.text.eq_ignore_ascii_case(key) {
+            return Ok(None);
+        }
+        let Some((name, value)) = line.text.split_once('=') else {
+            continue;
+        };
+        if !name.eq_ignore_ascii_case(key) {
+            continue;
+        }
+        if value.starts_with('"') {
+            return parse_quoted(value).map(|(v, _)| Some(v));
+        }
+        return Ok(Some(value.to_string()));
+    }
+    Err(format!("no {key} in reply {:?}", reply.lines))
+}
+
 pub(crate) fn getinfo_value(reply: &Reply, key: &str) -> Option<String> {
     let prefix = format!("{key}=");
     reply.lines.iter().find_map(|l| {
@@ -795,6 +844,26 @@ mod tests {
             .iter()
             .filter_map(|l| p.feed(l).unwrap())
             .collect::<Vec<_>>()
+    }
+
+    #[test]
+    fn getconf_values_are_read_plain_quoted_or_unset() {
+        let r = parse_all(&["250 UseMicrodescriptors=auto"]);
+        assert_eq!(
+            getconf_value(&r[0], "UseMicrodescriptors")
+                .unwrap()
+                .as_deref(),
+            Some("auto")
+        );
+        let r = parse_all(&["250 ContactInfo=\"a b \\\"c\\\"\""]);
+        assert_eq!(
+            getconf_value(&r[0], "ContactInfo").unwrap().as_deref(),
+            Some("a b \"c\"")
+        );
+        let r = parse_all(&["250 ContactInfo"]);
+        assert_eq!(getconf_value(&r[0], "ContactInfo").unwrap(), None);
+        let r = parse_all(&["250 Nickname=x"]);
+        assert!(getconf_value(&r[0], "ContactInfo").is_err());
     }
 
     #[test]

@@ -79,6 +79,17 @@ pub enum TorError {
         /// Why.
         detail: String,
     },
+    /// This tor keeps no relay server descriptors (a client's default is
+    /// microdescriptors only), so relays' ContactInfo is unknown to it.
+    #[error(
+        "tor control {addr}: this tor fetches only microdescriptors, which carry no ContactInfo: \
+         add `FetchUselessDescriptors 1` to its torrc, reload tor, and wait a few minutes for it \
+         to fetch the relays' descriptors"
+    )]
+    NoServerDescriptors {
+        /// ControlPort address.
+        addr: String,
+    },
     /// A test-network node did not become ready; includes its log tail.
     #[error("testnet: {node} not ready: {detail}\n--- last lines of {log} ---\n{log_tail}")]
     NodeNotReady {

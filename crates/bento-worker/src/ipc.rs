@@ -29,6 +29,19 @@ pub struct StartRequest {
     /// Capabilities beyond the session channel.
     #[serde(default)]
     pub grant: CapabilityGrant,
+    /// A sealed function: `source` and `filename` are empty and the worker
+    /// opens them from here (docs/attestation.md, "The sealed channel").
+    #[serde(default)]
+    pub sealed: Option<SealedFunctionRef>,
+}
+
+/// A sealed function as the server stores and relays it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedFunctionRef {
+    /// Hex of the `SealedStore` envelope.
+    pub envelope: String,
+    /// The manifest the envelope is bound to.
+    pub manifest: String,
 }
 
 /// What an instance does with its source.
@@ -45,6 +58,12 @@ pub enum StartCall {
     },
     /// Evaluate a call expression (the research prototype's protocol).
     Expression(String),
+    /// Open a `SealedInvoke` envelope (hex) and call what it names; the
+    /// session's input and output are sealed.
+    SealedEntry {
+        /// Hex of the envelope.
+        envelope: String,
+    },
 }
 
 /// How an instance ended, as reported by its worker.
@@ -67,6 +86,9 @@ pub enum InstanceOutcome {
     Trap(String),
     /// The worker process died (synthesised by the server side).
     WorkerCrashed,
+    /// Sealed data did not open (tampered, replayed, reordered, another
+    /// session's or key's), or this worker holds no channel key.
+    SealRejected(String),
 }
 
 impl From<Result<(), bento_sandbox::Failure>> for InstanceOutcome {
@@ -113,8 +135,12 @@ pub enum ToWorker {
 /// Worker → server messages.
 #[derive(Debug, Clone)]
 pub enum FromWorker {
-    /// The worker loaded the runtime and is ready (id is 0).
-    Ready,
+    /// The worker loaded the runtime and is ready (id is 0), holding this
+    /// sealed-channel public key (`None`: no sealed channel).
+    Ready {
+        /// The X25519 public key of the worker's channel secret.
+        channel_key: Option<[u8; 32]>,
+    },
     /// Output from an instance.
     Output(InstanceId, Bytes),
     /// The instance consumed this many input bytes.
@@ -243,7 +269,11 @@ impl FromWorker {
     /// large output is written without copying.
     pub fn encode_parts(&self) -> ([u8; IPC_HEADER_LEN], Bytes) {
         let (kind, id, payload): (u8, InstanceId, Bytes) = match self {
-            FromWorker::Ready => (T_READY, 0, Bytes::new()),
+            FromWorker::Ready { channel_key } => (
+                T_READY,
+                0,
+                channel_key.map_or_else(Bytes::new, |k| Bytes::copy_from_slice(&k)),
+            ),
             FromWorker::Output(id, data) => (T_OUTPUT, *id, data.clone()),
             FromWorker::InputConsumed(id, n) => {
                 (T_CONSUMED, *id, Bytes::copy_from_slice(&n.to_be_bytes()))
@@ -348,7 +378,16 @@ impl FromWorker {
             return Ok(None);
         };
         Ok(Some(match kind {
-            T_READY => FromWorker::Ready,
+            T_READY => FromWorker::Ready {
+                channel_key: match payload.len() {
+                    0 => None,
+                    _ => Some(
+                        payload[..]
+                            .try_into()
+                            .map_err(|_| IpcError("channel key of wrong size".into()))?,
+                    ),
+                },
+            },
             T_OUTPUT => FromWorker::Output(id, payload),
             T_CONSUMED => FromWorker::InputConsumed(id, u64_payload(&payload)?),
             T_FINISHED => FromWorker::Finished(id, from_json(&payload)?),

@@ -17,12 +17,15 @@ mod jail;
 mod pipe_size;
 mod pool;
 mod prewarm;
+mod sealed;
 mod worker_process;
 
 pub use bento_sandbox::{
     CHANNEL_CREDIT, CapabilityGrant, INPUT_WINDOW, MAX_MESSAGE_LEN, MESSAGE_CREDIT, StorageGrant,
 };
-pub use ipc::{InstanceId, InstanceOutcome, OnionRequest, StartCall, StartRequest};
+pub use ipc::{
+    InstanceId, InstanceOutcome, OnionRequest, SealedFunctionRef, StartCall, StartRequest,
+};
 pub use jail::{
     JailConfig, JailError, JailReport, LandlockLevel, WORKER_MAX_OPEN_FILES, jail_support,
     jail_worker,

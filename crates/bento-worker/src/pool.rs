@@ -203,6 +203,29 @@ struct PoolInner {
     slots: Vec<Mutex<Option<LiveWorker>>>,
     next_id: AtomicU64,
     restarts: AtomicU64,
+    channel_key: Mutex<ChannelKeys>,
+}
+
+/// What the workers said about their sealed-channel key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChannelKeys {
+    /// No worker has been ready yet.
+    Unknown,
+    /// Every worker so far holds this key.
+    Agreed([u8; 32]),
+    /// A worker holds none, or two hold different ones: no sealed channel
+    /// (a client could not know which worker would open its upload).
+    Unusable,
+}
+
+impl ChannelKeys {
+    fn merge(self, key: Option<[u8; 32]>) -> Self {
+        match (self, key) {
+            (ChannelKeys::Unknown, Some(key)) => ChannelKeys::Agreed(key),
+            (ChannelKeys::Agreed(ours), Some(key)) if ours == key => self,
+            _ => ChannelKeys::Unusable,
+        }
+    }
 }
 
 /// A pool of sandbox worker processes.
@@ -322,6 +345,7 @@ impl WorkerPool {
             config,
             next_id: AtomicU64::new(1),
             restarts: AtomicU64::new(0),
+            channel_key: Mutex::new(ChannelKeys::Unknown),
         });
         for slot in 0..count {
             let live = spawn_worker(&inner, slot).await?;
@@ -395,6 +419,26 @@ impl WorkerPool {
         source: String,
         filename: String,
     ) -> Result<InstanceOutcome, PoolError> {
+        self.check_request(source, filename, None).await
+    }
+
+    /// Open a sealed function in a worker and compile it there (the
+    /// store-time check of a `SealedStore`); the server never sees the
+    /// source.
+    pub async fn check_sealed(
+        &self,
+        sealed: crate::ipc::SealedFunctionRef,
+    ) -> Result<InstanceOutcome, PoolError> {
+        self.check_request(String::new(), String::new(), Some(sealed))
+            .await
+    }
+
+    async fn check_request(
+        &self,
+        source: String,
+        filename: String,
+        sealed: Option<crate::ipc::SealedFunctionRef>,
+    ) -> Result<InstanceOutcome, PoolError> {
         struct Once(Mutex<Option<oneshot::Sender<InstanceOutcome>>>);
         impl InstanceEvents for Once {
             fn output(&self, _data: Bytes) {}
@@ -411,6 +455,7 @@ impl WorkerPool {
             call: crate::ipc::StartCall::Check,
             limits: bento_policy::InstanceLimits::default(),
             grant: bento_sandbox::CapabilityGrant::default(),
+            sealed,
         };
         // A check has no effects, so unlike an invocation it can simply be
         // retried when its worker dies under it (e.g. a worker that had just
@@ -429,6 +474,21 @@ impl WorkerPool {
             if outcome != InstanceOutcome::WorkerCrashed || attempts >= CHECK_ATTEMPTS {
                 return Ok(outcome);
             }
+        }
+    }
+
+    /// The sealed-channel public key every worker holds, if they all hold
+    /// the same one (`bento serve` gives them one key file); `None`: the
+    /// box offers no sealed channel.
+    pub fn channel_key(&self) -> Option<[u8; 32]> {
+        match *self
+            .inner
+            .channel_key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            ChannelKeys::Agreed(key) => Some(key),
+            ChannelKeys::Unknown | ChannelKeys::Unusable => None,
         }
     }
 
@@ -486,7 +546,7 @@ async fn spawn_worker(inner: &Arc<PoolInner>, slot: usize) -> Result<LiveWorker,
         loop {
             if let Some(message) = FromWorker::decode(&mut buf).map_err(|e| e.to_string())? {
                 return match message {
-                    FromWorker::Ready => Ok(()),
+                    FromWorker::Ready { channel_key } => Ok(channel_key),
                     other => Err(format!("unexpected first message {other:?}")),
                 };
             }
@@ -497,7 +557,16 @@ async fn spawn_worker(inner: &Arc<PoolInner>, slot: usize) -> Result<LiveWorker,
     })
     .await;
     match ready {
-        Ok(Ok(())) => {}
+        Ok(Ok(channel_key)) => {
+            let mut keys = inner.channel_key.lock().unwrap_or_else(|e| e.into_inner());
+            let merged = keys.merge(channel_key);
+            if merged == ChannelKeys::Unusable && *keys != ChannelKeys::Unusable {
+                tracing::warn!(
+                    "sandbox workers do not share one sealed-channel key: the box offers no sealed channel"
+                );
+            }
+            *keys = merged;
+        }
         Ok(Err(reason)) => return Err(spawn_error(reason)),
         Err(_) => {
             return Err(spawn_error(format!(
@@ -630,7 +699,7 @@ fn dispatch(message: FromWorker, instances: &EventMap) -> Result<(), WorkerViola
     // The lock is released before calling into the instance's events.
     let find = |id| lock_map(instances).get(&id).cloned();
     match message {
-        FromWorker::Ready => {}
+        FromWorker::Ready { .. } => {}
         FromWorker::Output(id, data) => {
             if let Some(tracked) = find(id) {
                 let len = data.len() as u64;
@@ -753,7 +822,7 @@ mod tests {
     fn fake_worker(messages: &[FromWorker]) -> (WorkerPoolConfig, PathBuf) {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let mut bytes = Vec::new();
-        for message in std::iter::once(&FromWorker::Ready).chain(messages) {
+        for message in std::iter::once(&FromWorker::Ready { channel_key: None }).chain(messages) {
             let (header, payload) = message.encode_parts();
             bytes.extend_from_slice(&header);
             bytes.extend_from_slice(&payload);
@@ -798,6 +867,7 @@ mod tests {
                 ..Default::default()
             },
             grant: bento_sandbox::CapabilityGrant::default(),
+            sealed: None,
         };
         pool.start_instance(request, recorder.clone()).unwrap();
         let outcome = tokio::time::timeout(Duration::from_secs(30), rx)
@@ -807,6 +877,23 @@ mod tests {
         let output = *recorder.output.lock().unwrap();
         let _ = std::fs::remove_file(file);
         (outcome, output)
+    }
+
+    #[test]
+    fn the_box_offers_a_sealed_channel_only_when_every_worker_holds_the_same_key() {
+        let agreed = ChannelKeys::Unknown
+            .merge(Some([1; 32]))
+            .merge(Some([1; 32]));
+        assert_eq!(agreed, ChannelKeys::Agreed([1; 32]));
+        assert_eq!(agreed.merge(Some([2; 32])), ChannelKeys::Unusable);
+        assert_eq!(agreed.merge(None), ChannelKeys::Unusable);
+        assert_eq!(ChannelKeys::Unknown.merge(None), ChannelKeys::Unusable);
+        // Once unusable, a respawned worker with the first key does not
+        // bring it back: the others may still hold another.
+        assert_eq!(
+            ChannelKeys::Unusable.merge(Some([1; 32])),
+            ChannelKeys::Unusable
+        );
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::ipc::{FromWorker, InstanceId, InstanceOutcome, StartCall, StartRequest, ToWorker};
 use crate::prewarm::Prewarmed;
+use crate::sealed::SealedInstance;
 
 /// Native stack of an instance thread. Wasm may use 1 MiB of it; the rest
 /// is for host calls. Untouched pages cost no memory.
@@ -66,10 +67,16 @@ fn write_all_vectored(writer: &mut impl Write, head: &[u8], payload: &[u8]) -> s
 struct InstanceHost<W: Write + Send + 'static> {
     id: InstanceId,
     outbox: Arc<Outbox<W>>,
+    /// A sealed instance's output is sealed here, before it leaves.
+    sealed: Option<Arc<SealedInstance>>,
 }
 
 impl<W: Write + Send + 'static> SessionHost for InstanceHost<W> {
     fn deliver_output(&self, data: Bytes) {
+        let data = match &self.sealed {
+            Some(sealed) => sealed.seal_output(&data),
+            None => data,
+        };
         self.outbox.send(&FromWorker::Output(self.id, data));
     }
 
@@ -129,13 +136,22 @@ impl BoxBandwidth {
     }
 }
 
-type Instances = Arc<Mutex<HashMap<InstanceId, Arc<SessionIo>>>>;
+/// A running instance: its I/O and, when sealed, its record layer.
+#[derive(Clone)]
+struct Running {
+    io: Arc<SessionIo>,
+    sealed: Option<Arc<SealedInstance>>,
+}
+
+type Instances = Arc<Mutex<HashMap<InstanceId, Running>>>;
 
 /// Run the worker loop over `input`/`output` until `input` closes, keeping
-/// `prewarm` fresh instances ready ahead of demand (0: none).
+/// `prewarm` fresh instances ready ahead of demand (0: none). `channel` is
+/// the sealed-channel secret (`None`: sealed requests are refused).
 pub fn run_worker<R: Read, W: Write + Send + 'static>(
     runtime: PythonRuntime,
     prewarm: usize,
+    channel: Option<bento_attest::ChannelSecret>,
     mut input: R,
     output: W,
 ) -> Result<(), WorkerError> {
@@ -144,7 +160,12 @@ pub fn run_worker<R: Read, W: Write + Send + 'static>(
     let outbox = Arc::new(Outbox {
         writer: Mutex::new(output),
     });
-    outbox.send(&FromWorker::Ready);
+    outbox.send(&FromWorker::Ready {
+        channel_key: channel
+            .as_ref()
+            .map(bento_attest::ChannelSecret::public_key),
+    });
+    let channel = channel.map(Arc::new);
     let instances: Instances = Arc::default();
     let bandwidth = BoxBandwidth::default();
     let mut buf = BytesMut::with_capacity(256 * 1024);
@@ -154,7 +175,7 @@ pub fn run_worker<R: Read, W: Write + Send + 'static>(
             ToWorker::decode(&mut buf).map_err(|e| WorkerError::Pipe(e.to_string()))?
         {
             handle(
-                message, &runtime, &prewarmed, &outbox, &instances, &bandwidth,
+                message, &runtime, &prewarmed, &outbox, &instances, &bandwidth, &channel,
             );
         }
         let n = input
@@ -162,8 +183,8 @@ pub fn run_worker<R: Read, W: Write + Send + 'static>(
             .map_err(|e| WorkerError::Pipe(e.to_string()))?;
         if n == 0 {
             // The server closed our stdin: stop everything.
-            for io in lock(&instances).values() {
-                io.stop(StopReason::Killed);
+            for running in lock(&instances).values() {
+                running.io.stop(StopReason::Killed);
             }
             return Ok(());
         }
@@ -171,7 +192,7 @@ pub fn run_worker<R: Read, W: Write + Send + 'static>(
     }
 }
 
-fn lock(instances: &Instances) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Arc<SessionIo>>> {
+fn lock(instances: &Instances) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Running>> {
     instances.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -182,17 +203,45 @@ fn handle<W: Write + Send + 'static>(
     outbox: &Arc<Outbox<W>>,
     instances: &Instances,
     bandwidth: &BoxBandwidth,
+    channel: &Option<Arc<bento_attest::ChannelSecret>>,
 ) {
-    let find = |id| lock(instances).get(&id).cloned();
+    let find = |id| lock(instances).get(&id).map(|r: &Running| r.io.clone());
     match message {
-        ToWorker::Start(id, request) => {
+        ToWorker::Start(id, mut request) => {
+            let sealed = match crate::sealed::open_request(channel.as_deref(), &mut request) {
+                Ok(sealed) => sealed.map(Arc::new),
+                Err(reason) => {
+                    outbox.send(&FromWorker::Finished(
+                        id,
+                        InstanceOutcome::SealRejected(reason),
+                    ));
+                    return;
+                }
+            };
             start(
-                id, *request, runtime, prewarmed, outbox, instances, bandwidth,
+                id, *request, sealed, runtime, prewarmed, outbox, instances, bandwidth,
             );
         }
         ToWorker::Input(id, data) => {
-            if let Some(io) = find(id) {
-                io.push_input(data);
+            let Some(running) = lock(instances).get(&id).cloned() else {
+                return;
+            };
+            match &running.sealed {
+                None => running.io.push_input(data),
+                Some(sealed) => match sealed.open_input(&data) {
+                    // The record's overhead is consumed here, its plaintext
+                    // when the function reads it: the server's input window
+                    // counts the ciphertext it forwarded.
+                    Ok(plaintext) => {
+                        let overhead = data.len().saturating_sub(plaintext.len()) as u64;
+                        running.io.push_input(plaintext);
+                        outbox.send(&FromWorker::InputConsumed(id, overhead));
+                    }
+                    Err(_) => {
+                        outbox.send(&FromWorker::InputConsumed(id, data.len() as u64));
+                        running.io.stop(StopReason::Killed);
+                    }
+                },
             }
         }
         ToWorker::InputEnd(id) => {
@@ -237,9 +286,11 @@ fn handle<W: Write + Send + 'static>(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn start<W: Write + Send + 'static>(
     id: InstanceId,
     request: StartRequest,
+    sealed: Option<Arc<SealedInstance>>,
     runtime: &Arc<PythonRuntime>,
     prewarmed: &Prewarmed,
     outbox: &Arc<Outbox<W>>,
@@ -249,6 +300,7 @@ fn start<W: Write + Send + 'static>(
     let host = Arc::new(InstanceHost {
         id,
         outbox: outbox.clone(),
+        sealed: sealed.clone(),
     });
     let grant = &request.grant;
     // Store-time checks move no traffic; everything else is charged to the
@@ -269,7 +321,16 @@ fn start<W: Write + Send + 'static>(
         grant.channels,
         request.limits.memory_bytes,
     );
-    lock(instances).insert(id, io.clone());
+    if sealed.is_some() {
+        io.set_chunk_overhead(bento_attest::OUTPUT_RECORD_OVERHEAD as u64);
+    }
+    lock(instances).insert(
+        id,
+        Running {
+            io: io.clone(),
+            sealed: sealed.clone(),
+        },
+    );
     // Store-time checks make their own instance; invocations take a ready
     // one when there is one.
     let prepared = match request.call {
@@ -284,13 +345,19 @@ fn start<W: Write + Send + 'static>(
         .stack_size(INSTANCE_THREAD_STACK)
         .spawn(move || {
             let call = match request.call {
-                StartCall::Check => None,
-                StartCall::Entry { entry, args_json } => Some(Call::Entry { entry, args_json }),
-                StartCall::Expression(call) => Some(Call::Expression(call)),
+                StartCall::Check => Ok(None),
+                StartCall::Entry { entry, args_json } => Ok(Some(Call::Entry { entry, args_json })),
+                StartCall::Expression(call) => Ok(Some(Call::Expression(call))),
+                // `sealed::open_request` turned it into an entry already.
+                StartCall::SealedEntry { .. } => Err(()),
             };
             let (outcome, spent) = match call {
-                None => (runtime.check(&request.source, &request.filename), None),
-                Some(call) => {
+                Err(()) => (
+                    Err(Failure::Trap("a sealed call that was not opened".into())),
+                    None,
+                ),
+                Ok(None) => (runtime.check(&request.source, &request.filename), None),
+                Ok(Some(call)) => {
                     let job = Job {
                         source: request.source,
                         filename: request.filename,
@@ -308,7 +375,12 @@ fn start<W: Write + Send + 'static>(
                 }
             };
             lock(&instances_for_thread).remove(&id);
-            outbox_for_thread.send(&FromWorker::Finished(id, outcome.into()));
+            let outcome: InstanceOutcome = outcome.into();
+            let outcome = match &sealed {
+                Some(sealed) => sealed.seal_outcome(outcome),
+                None => outcome,
+            };
+            outbox_for_thread.send(&FromWorker::Finished(id, outcome));
             // Unmapping the instance's memory is the slow part of its end:
             // after the outcome is on its way, not before.
             drop(spent);

@@ -1,0 +1,156 @@
+//! `SealedStore` and `SealedInvoke`: the server's side of the sealed
+//! channel. The server checks what it can see (lifetime, sizes, the
+//! manifest against its policy) and relays the envelopes to a worker, which
+//! alone holds the key to open them (docs/attestation.md, "The sealed
+//! channel"). Nothing here ever holds a function's source, arguments,
+//! input or output in the clear.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bento_protocol::{ErrorCode, Frame, InvokeToken, MAX_NAME_LEN, SessionToken};
+use bento_worker::{InstanceOutcome, SealedFunctionRef, StartCall};
+use bytes::Bytes;
+
+use crate::BoxState;
+use crate::box_ops::{Refusal, Stored, outcome_refusal};
+use crate::function_store::{StoreError, StoredFunction};
+
+/// The file name a sealed function is stored under: one a `Store` can never
+/// use (it starts with a dot), so a stored function is sealed exactly when
+/// it has this name. Its `source` is then the envelope in hex.
+const SEALED_FILENAME: &str = ".sealed";
+
+/// Whether `function` was stored sealed.
+fn is_sealed(function: &StoredFunction) -> bool {
+    function.filename == SEALED_FILENAME
+}
+
+/// What a `StartRequest` carries for `function`: source, file name and,
+/// for a sealed function, the envelope (source and file name then empty:
+/// the worker opens them).
+pub(crate) fn start_parts(
+    function: &StoredFunction,
+) -> (String, String, Option<SealedFunctionRef>) {
+    if is_sealed(function) {
+        (
+            String::new(),
+            String::new(),
+            Some(SealedFunctionRef {
+                envelope: function.source.clone(),
+                manifest: function.manifest.clone(),
+            }),
+        )
+    } else {
+        (function.source.clone(), function.filename.clone(), None)
+    }
+}
+
+/// The refusal of a plain `Invoke` of a sealed function.
+pub(crate) fn refuse_plain_invoke(function: &StoredFunction) -> Option<Frame> {
+    is_sealed(function).then(|| {
+        Frame::error(
+            ErrorCode::InvalidArguments,
+            "this function is sealed: invoke it with SealedInvoke",
+        )
+    })
+}
+
+impl BoxState {
+    /// Check and persist a sealed function. The worker opens the envelope
+    /// and compiles the source; a syntax error comes back sealed to the
+    /// client.
+    pub(crate) async fn store_sealed(
+        self: &Arc<Self>,
+        manifest: String,
+        lifetime_s: u64,
+        envelope: Bytes,
+    ) -> Result<Stored, Refusal> {
+        let lifetime = self.resolve_lifetime(Some(lifetime_s))?;
+        let max = self.config.max_source_bytes();
+        // The envelope holds the source, the file name (two `str`s) and the
+        // envelope's own overhead: the same source limit as `Store`.
+        let max_envelope = max + MAX_NAME_LEN + 8 + bento_attest::ENVELOPE_OVERHEAD;
+        if envelope.len() > max_envelope {
+            return Err(Refusal::new(
+                ErrorCode::InvalidFunction,
+                format!(
+                    "the sealed function is {} bytes; this box accepts at most {max_envelope}",
+                    envelope.len()
+                ),
+            ));
+        }
+        if manifest.len() > max {
+            return Err(Refusal::new(
+                ErrorCode::ManifestRejected,
+                format!(
+                    "the manifest is {} bytes; this box accepts at most {max}",
+                    manifest.len()
+                ),
+            ));
+        }
+        self.admit_manifest(&manifest)?;
+        let sealed = SealedFunctionRef {
+            envelope: hex::encode(&envelope),
+            manifest,
+        };
+        match self.pool.check_sealed(sealed.clone()).await {
+            // The text is sealed: only the client can read the error.
+            Ok(InstanceOutcome::Exception(text)) => {
+                return Err(Refusal::new(ErrorCode::InvalidFunction, text));
+            }
+            Ok(other) => {
+                if let Some(refusal) = outcome_refusal(&other) {
+                    return Err(refusal);
+                }
+            }
+            Err(e) => return Err(Refusal::new(ErrorCode::Internal, e.to_string())),
+        }
+        let stored = self
+            .persist(
+                SEALED_FILENAME.to_owned(),
+                sealed.envelope,
+                sealed.manifest,
+                lifetime,
+            )
+            .await;
+        if stored.is_ok() {
+            self.metrics.stores.fetch_add(1, Ordering::Relaxed);
+        }
+        stored
+    }
+
+    /// Start a session of the sealed function under `token` with a sealed
+    /// call: the `Invoked` reply or an error frame.
+    pub(crate) async fn invoke_sealed(&self, token: &InvokeToken, envelope: Bytes) -> Frame {
+        let Some(function) = self.store.lookup(token) else {
+            return Frame::error(
+                ErrorCode::UnknownInvokeToken,
+                StoreError::UnknownToken.to_string(),
+            );
+        };
+        if !is_sealed(&function) {
+            return Frame::error(
+                ErrorCode::InvalidArguments,
+                "this function is not sealed: invoke it with Invoke",
+            );
+        }
+        let session_token = match SessionToken::generate() {
+            Ok(token) => token,
+            Err(_) => return Frame::error(ErrorCode::Internal, "cannot generate a token"),
+        };
+        let call = StartCall::SealedEntry {
+            envelope: hex::encode(&envelope),
+        };
+        match self
+            .start_session(&function, call, session_token.clone(), false)
+            .await
+        {
+            Ok((_, service_token)) => Frame::Invoked {
+                session_token,
+                service_token,
+            },
+            Err(e) => e.into_frame(),
+        }
+    }
+}
