@@ -324,7 +324,8 @@ def visit(a, args, name, site, v, server, onion, socks, client_pid, skip, relay_
                 r = _bento(a.bento, "--server", onion, "--socks", f"{socks[0]}:{socks[1]}", "browse",
                            server.url(site), "--out", f"{out}/page", "--destination", f"accept 127.0.0.1:{server.port}",
                            *BROWSE_LIMITS, *args, timeout=VISIT_TIMEOUT_S)
-                ok, err = r.returncode == 0, r.stderr.strip().splitlines()[-1:] and r.stderr.strip().splitlines()[-1] or ""
+                # bento's last line of stderr says why it failed.
+                ok, err = r.returncode == 0, (r.stderr.strip().splitlines() or [""])[-1]
     except (OSError, subprocess.TimeoutExpired) as e:
         ok, err = False, str(e)
     rec["duration"] = time.monotonic() - start

@@ -80,3 +80,11 @@ def test_the_server_serves_each_page_and_everything_it_references_and_survives_b
         assert _get(server.url(sites[0])).startswith(b"<!doctype html>")
     finally:
         server.close()
+
+
+def test_no_site_exceeds_the_resource_and_byte_caps_however_far_the_tails_reach():
+    sites = corpus.corpus(3, 2000)
+    assert max(len(s.resources) for s in sites) <= corpus.MAX_RESOURCES
+    # Resources have a 200-byte floor, so the cap holds up to that slack.
+    assert max(s.total_bytes - s.html_size for s in sites) <= corpus.MAX_PAGE_BYTES + 200 * corpus.MAX_RESOURCES
+    assert min(len(s.resources) for s in sites) >= 1
