@@ -54,6 +54,7 @@ class Result:
     mean_seconds: float
     bandwidth_overhead: float | None = None
     latency_overhead: float | None = None
+    failed: int = 0  # visits logged as failed (not in the accuracy)
 
     @property
     def chance(self) -> float:
@@ -142,7 +143,7 @@ def _pct(x: float | None) -> str:
 
 def table(results: list[Result], baseline: str | None) -> str:
     head = (
-        "| condition | sites × visits | k-FP accuracy | DF accuracy | chance | MB per visit | s per visit | "
+        "| condition | sites × visits (failed) | k-FP accuracy | DF accuracy | chance | MB per visit | s per visit | "
         f"bandwidth overhead{f' vs {baseline}' if baseline else ''} | latency overhead |\n"
         "|---|---|---|---|---|---|---|---|---|\n"
     )
@@ -150,7 +151,7 @@ def table(results: list[Result], baseline: str | None) -> str:
     for r in results:
         folds = "" if r.folds == 10 else f" ({r.folds}-fold)"
         rows.append(
-            f"| {r.condition} | {r.sites} × {r.visits / r.sites:.1f}{folds} | "
+            f"| {r.condition} | {r.sites} × {r.visits / r.sites:.1f}{folds} ({r.failed}) | "
             f"{r.kfp_mean * 100:.1f} ± {r.kfp_std * 100:.1f}% | {r.df_mean * 100:.1f} ± {r.df_std * 100:.1f}% | "
             f"{r.chance * 100:.1f}% | {r.mean_bytes / 1e6:.2f} | {r.mean_seconds:.1f} | "
             f"{_pct(r.bandwidth_overhead)} | {_pct(r.latency_overhead)} |"
@@ -218,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     except (traces.TraceError, EvalError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for r in results:
+        r.failed = traces.failures(a.dir / r.condition)
     md = table(results, a.baseline if a.baseline in conditions else None)
     (a.dir / "results.md").write_text(md)
     (a.dir / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=1))

@@ -62,6 +62,14 @@ def load(path: Path) -> np.ndarray:
     return t
 
 
+def failures(directory: Path) -> int:
+    """How many visits directory/visits.jsonl logs as failed."""
+    log = directory / "visits.jsonl"
+    if not log.exists():
+        return 0
+    return sum(1 for line in log.read_text().splitlines() if line.strip() and not json.loads(line).get("ok"))
+
+
 def load_condition(directory: Path) -> list[Visit]:
     """Every successful visit logged in directory/visits.jsonl."""
     log = directory / "visits.jsonl"

@@ -87,7 +87,7 @@ def test_the_command_writes_one_table_and_one_plot_with_accuracy_and_overheads_p
     assert evaluate.main(argv) == 0
     md = (tmp_path / "results.md").read_text()
     lines = md.strip().splitlines()
-    assert len(lines) == 4 and lines[2].startswith("| direct | 6 × 10.0 (5-fold)")
+    assert len(lines) == 4 and lines[2].startswith("| direct | 6 × 10.0 (5-fold) (1) |")
     assert lines[3].startswith("| padded |")
     results = {r["condition"]: r for r in json.loads((tmp_path / "results.json").read_text())}
     assert results["direct"]["bandwidth_overhead"] == pytest.approx(0)
