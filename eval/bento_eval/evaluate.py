@@ -2,7 +2,7 @@
 overheads, as one Markdown table and one plot (docs/anonymity.md).
 
     .cache/eval-venv/bin/python -m bento_eval.evaluate DIR \
-        [--baseline direct] [--folds 10] [--seed 1] [--df-epochs 30]
+        [--baseline direct] [--folds 10] [--seed 1] [--df-epochs 30] [--jobs 1]
 
 DIR is what bento_eval.collect wrote (DIR/CONDITION/visits.jsonl and the
 traces). Writes DIR/results.md, DIR/results.json and DIR/results.png.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -91,11 +92,24 @@ def cross_validate(
     return folds, kfp_acc, df_acc
 
 
+def _cross_validate_visits(visits: list[traces.Visit], cv: dict) -> tuple[int, list[float], list[float]]:
+    return cross_validate([v.trace for v in visits], np.array([v.site for v in visits]), **cv)
+
+
 def evaluate(
     conditions: dict[str, list[traces.Visit]],
     baseline: str | None = None,
+    jobs: int = 1,
     **cv,
 ) -> list[Result]:
+    """Accuracy and overheads per condition; `jobs` conditions at a time
+    (each in its own process, since training is single-threaded)."""
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            scores = dict(zip(conditions, pool.map(_cross_validate_visits, conditions.values(),
+                                                   [cv] * len(conditions))))
+    else:
+        scores = {name: _cross_validate_visits(visits, cv) for name, visits in conditions.items()}
     results = []
     base_bytes, base_time = {}, {}
     if baseline is not None:
@@ -105,8 +119,7 @@ def evaluate(
             base_bytes.setdefault(v.site, []).append(v.trace[:, 2].sum())
             base_time.setdefault(v.site, []).append(v.duration)
     for name, visits in conditions.items():
-        labels = np.array([v.site for v in visits])
-        folds, kfp, dfa = cross_validate([v.trace for v in visits], labels, **cv)
+        folds, kfp, dfa = scores[name]
         by_bytes, by_time = {}, {}
         for v in visits:
             by_bytes.setdefault(v.site, []).append(v.trace[:, 2].sum())
@@ -199,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--df-epochs", type=int, default=30)
     p.add_argument("--df-length", type=int, default=df.LENGTH)
+    p.add_argument("--jobs", type=int, default=1, help="conditions evaluated at once (processes)")
     a = p.parse_args(argv)
     try:
         meta = json.loads((a.dir / "meta.json").read_text())
@@ -215,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=a.seed,
             df_epochs=a.df_epochs,
             df_length=a.df_length,
+            jobs=max(1, a.jobs),
         )
     except (traces.TraceError, EvalError) as e:
         print(f"error: {e}", file=sys.stderr)

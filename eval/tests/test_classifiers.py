@@ -83,7 +83,7 @@ def test_the_command_writes_one_table_and_one_plot_with_accuracy_and_overheads_p
     _write_condition(tmp_path / "direct", trs, labels, 2.0)
     _write_condition(tmp_path / "padded", [sim.constant_rate(t, n) for t in trs], labels, 3.0)
     (tmp_path / "meta.json").write_text(json.dumps({"conditions": {"direct": None, "padded": ["--pad", "1"]}}))
-    argv = [str(tmp_path), "--folds", "5", "--df-epochs", "2", "--df-length", "300"]
+    argv = [str(tmp_path), "--folds", "5", "--df-epochs", "2", "--df-length", "300", "--jobs", "2"]
     assert evaluate.main(argv) == 0
     md = (tmp_path / "results.md").read_text()
     lines = md.strip().splitlines()
