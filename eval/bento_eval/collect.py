@@ -68,7 +68,7 @@ VISIT_TIMEOUT_S = 180
 FAILURES_BEFORE_SKIP = 2
 # Failures that will repeat on every visit (a limit of the function or of
 # the flow, not the network): one is enough to stop trying.
-DETERMINISTIC = ("[limit.", "make the flow longer")
+DETERMINISTIC = ("[limit.cpu]", "[limit.memory]", "make the flow longer")
 # Parallel connections of the direct fetch (what browsers open per host).
 DIRECT_CONNECTIONS = 6
 

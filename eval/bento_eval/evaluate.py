@@ -92,6 +92,20 @@ def cross_validate(
     return folds, kfp_acc, df_acc
 
 
+def usable(visits: list[traces.Visit], folds: int) -> tuple[list[traces.Visit], int]:
+    """The visits to cross-validate and the folds to use: `folds`, or the
+    median visits per site if fewer; a site with fewer visits than that
+    (most of its visits failed) is left out rather than cutting every
+    site's folds down to its count."""
+    counts: dict[int, int] = {}
+    for v in visits:
+        counts[v.site] = counts.get(v.site, 0) + 1
+    if not counts:
+        return [], folds
+    folds = min(folds, int(np.median(list(counts.values()))))
+    return [v for v in visits if counts[v.site] >= folds], folds
+
+
 def _cross_validate_visits(visits: list[traces.Visit], cv: dict) -> tuple[int, list[float], list[float]]:
     return cross_validate([v.trace for v in visits], np.array([v.site for v in visits]), **cv)
 
@@ -104,6 +118,9 @@ def evaluate(
 ) -> list[Result]:
     """Accuracy and overheads per condition; `jobs` conditions at a time
     (each in its own process, since training is single-threaded)."""
+    conditions = dict(conditions)
+    for name, visits in conditions.items():
+        conditions[name], _ = usable(visits, cv.get("folds", 10))
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
             scores = dict(zip(conditions, pool.map(_cross_validate_visits, conditions.values(),

@@ -102,3 +102,15 @@ def test_the_command_reports_unreadable_input_and_exits_2(tmp_path):
     assert evaluate.main([str(tmp_path)]) == 2
     (tmp_path / "meta.json").write_text(json.dumps({"conditions": {"direct": None}}))
     assert evaluate.main([str(tmp_path)]) == 2  # no visit log
+
+
+def test_a_site_with_too_few_successful_visits_is_left_out_instead_of_cutting_every_sites_folds():
+    def v(site, i):
+        return traces.Visit(site, i, np.zeros((1, 3)), 1.0)
+
+    visits = [v(s, i) for s in range(4) for i in range(7)] + [v(4, i) for i in range(3)]
+    kept, folds = evaluate.usable(visits, 10)
+    assert folds == 7
+    assert {x.site for x in kept} == {0, 1, 2, 3}
+    kept, folds = evaluate.usable(visits, 5)
+    assert folds == 5 and len(kept) == 28

@@ -27,14 +27,16 @@ def test_a_resumed_run_skips_logged_visits_and_sites_that_fail_for_good(tmp_path
         {"site": 0, "visit": 0, "ok": True},
         {"site": 1, "visit": 0, "ok": False, "error": "error [limit.cpu]: CPU time limit exceeded"},
         {"site": 2, "visit": 0, "ok": False, "error": "connection reset"},
+        {"site": 3, "visit": 0, "ok": False, "error": "error [limit.wall_time]: wall-clock time limit exceeded"},
     ]
     (d / "visits.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     done, failed = collect._previous(tmp_path, ["browser-pad1", "direct"])
-    assert done == {("browser-pad1", s, 0) for s in (0, 1, 2)}
-    # A limit of the function repeats on every visit: no more tries. A
-    # network error may not: one more.
+    assert done == {("browser-pad1", s, 0) for s in (0, 1, 2, 3)}
+    # The function's CPU limit is hit on every visit: no more tries. A
+    # network error, or a wall-clock limit (a slow network), may not: one more.
     assert failed[("browser-pad1", 1)] >= collect.FAILURES_BEFORE_SKIP
     assert failed[("browser-pad1", 2)] < collect.FAILURES_BEFORE_SKIP
+    assert failed[("browser-pad1", 3)] < collect.FAILURES_BEFORE_SKIP
 
 
 def test_the_box_policy_opens_only_the_corpus_server():
