@@ -35,6 +35,9 @@ from . import df, features, traces
 # k-FP's forest; the paper uses 1000 trees, which changes little over 250
 # in closed world and costs four times the CPU here.
 TREES = 250
+# A site with fewer successful visits than this fraction of the median
+# site's is left out of its condition (see usable()).
+KEEP_FRACTION = 2 / 3
 
 
 class EvalError(Exception):
@@ -93,17 +96,20 @@ def cross_validate(
 
 
 def usable(visits: list[traces.Visit], folds: int) -> tuple[list[traces.Visit], int]:
-    """The visits to cross-validate and the folds to use: `folds`, or the
-    median visits per site if fewer; a site with fewer visits than that
-    (most of its visits failed) is left out rather than cutting every
-    site's folds down to its count."""
+    """The visits to cross-validate and the folds to use. A site with
+    fewer than KEEP_FRACTION of the median site's visits (most of its visits
+    failed) is left out rather than cutting every site's folds down to its
+    count; the folds are `folds` or, if fewer, the fewest visits of a site
+    kept (a site with one failed visit costs one fold, not its place)."""
     counts: dict[int, int] = {}
     for v in visits:
         counts[v.site] = counts.get(v.site, 0) + 1
     if not counts:
         return [], folds
-    folds = min(folds, int(np.median(list(counts.values()))))
-    return [v for v in visits if counts[v.site] >= folds], folds
+    floor = KEEP_FRACTION * float(np.median(list(counts.values())))
+    kept = {site for site, n in counts.items() if n >= floor}
+    folds = min(folds, min(counts[site] for site in kept))
+    return [v for v in visits if v.site in kept], folds
 
 
 def _cross_validate_visits(visits: list[traces.Visit], cv: dict) -> tuple[int, list[float], list[float]]:

@@ -114,3 +114,6 @@ def test_a_site_with_too_few_successful_visits_is_left_out_instead_of_cutting_ev
     assert {x.site for x in kept} == {0, 1, 2, 3}
     kept, folds = evaluate.usable(visits, 5)
     assert folds == 5 and len(kept) == 28
+    # One failed visit costs a fold, not the site.
+    kept, folds = evaluate.usable(visits[:-4], 10)
+    assert folds == 6 and {x.site for x in kept} == {0, 1, 2, 3}
