@@ -69,6 +69,8 @@ FAILURES_BEFORE_SKIP = 2
 # Failures that will repeat on every visit (a limit of the function or of
 # the flow, not the network): one is enough to stop trying.
 DETERMINISTIC = ("[limit.cpu]", "[limit.memory]", "make the flow longer")
+# Longest wait for tcpdump to catch up at the end of a visit.
+CAPTURE_SETTLE_S = 15
 # Parallel connections of the direct fetch (what browsers open per host).
 DIRECT_CONNECTIONS = 6
 
@@ -175,7 +177,8 @@ class Capture:
     def __init__(self, path: Path):
         self.path = path
         self.proc = subprocess.Popen(
-            ["tcpdump", "-i", "lo", "-n", "-s", "96", "-U", "-w", str(path), "tcp"],
+            # A large kernel buffer (-B, KiB): loopback bursts are fast.
+            ["tcpdump", "-i", "lo", "-n", "-s", "96", "-B", "16384", "-U", "-w", str(path), "tcp"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -187,13 +190,30 @@ class Capture:
             self.proc.kill()
             raise RuntimeError(f"tcpdump did not start: {line.strip()}")
 
-    def stop(self) -> None:
+    def stop(self) -> int | None:
+        """Stop the capture once tcpdump has written what it received;
+        returns the packets it received but did not write (kernel drops
+        and its unread buffer, as it reports them), None if it did not say."""
+        # tcpdump lags behind the interface on a loaded machine, and on
+        # SIGINT it drops what it has not read yet: wait until the file
+        # stops growing (at most CAPTURE_SETTLE_S).
+        last, deadline = -1, time.monotonic() + CAPTURE_SETTLE_S
+        while time.monotonic() < deadline:
+            size = self.path.stat().st_size if self.path.exists() else 0
+            if size == last:
+                break
+            last = size
+            time.sleep(0.5)
         self.proc.send_signal(signal.SIGINT)
         try:
-            self.proc.wait(timeout=10)
+            _, err = self.proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.wait()
+            _, err = self.proc.communicate()
+        counts = {k: int(n) for n, k in re.findall(r"(\d+) packets? (captured|received by filter|dropped by kernel)", err or "")}
+        if "received by filter" not in counts or "captured" not in counts:
+            return None
+        return max(0, counts["received by filter"] - counts["captured"]) + counts.get("dropped by kernel", 0)
 
 
 def _bento(bento: Path, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
@@ -329,8 +349,8 @@ def visit(a, args, name, site, v, server, onion, socks, client_pid, skip, relay_
     except (OSError, subprocess.TimeoutExpired) as e:
         ok, err = False, str(e)
     rec["duration"] = time.monotonic() - start
-    time.sleep(0.3)  # the last packets reach the capture
-    cap.stop()
+    # Packets the capture missed make a trace short: logged, so they count.
+    rec["missed_packets"] = cap.stop()
     ports |= client_ports(client_pid, skip)
     try:
         trace = traces.trace_from_pcap(pcap, ports, relay_ports)
