@@ -8,7 +8,7 @@ imported later.
 """
 
 # Standard-library modules functions may import (see docs/python-api.md).
-# Keep this list and the docs in step; tests/all/sandbox.rs imports each one.
+# Keep this list and the docs in step; tests/all/sessions.rs imports each one.
 import abc  # noqa: F401
 import array  # noqa: F401
 import base64  # noqa: F401

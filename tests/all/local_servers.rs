@@ -2,19 +2,45 @@
 //! Each counts the connections it accepted, so a test can prove that a
 //! refused destination was never contacted.
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// A listening server and how many connections it has accepted.
 pub struct LocalServer {
     pub port: u16,
     accepted: Arc<AtomicUsize>,
+    /// Client ports of the barrier connections `accepted()` opens, and how
+    /// many of them the accept loop has taken.
+    probes: Arc<(Mutex<HashSet<u16>>, Condvar)>,
 }
 
 impl LocalServer {
+    /// Connections accepted so far, every one a client finished opening
+    /// before this call included. The kernel completes a connection (the
+    /// client's `connect` returns) before the accept loop takes it from the
+    /// backlog, so a bare counter can lag behind a function that already
+    /// ended; this opens one barrier connection and waits until the loop
+    /// has taken it: the backlog is first in, first out, so everything
+    /// before it has been counted.
     pub fn accepted(&self) -> usize {
+        let probe = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let probe_port = probe.local_addr().unwrap().port();
+        let (pending, taken) = &*self.probes;
+        let mut pending_now = pending.lock().unwrap();
+        pending_now.insert(probe_port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pending_now.contains(&probe_port) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "the accept loop never took the barrier connection"
+            );
+            pending_now = taken.wait_timeout(pending_now, left).unwrap().0;
+        }
         self.accepted.load(Ordering::SeqCst)
     }
 
@@ -22,17 +48,29 @@ impl LocalServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let accepted = Arc::new(AtomicUsize::new(0));
+        let probes = Arc::new((Mutex::new(HashSet::new()), Condvar::new()));
         let counter = accepted.clone();
+        let barrier = probes.clone();
         let handle = Arc::new(handle);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
+                let peer_port = stream.peer_addr().map(|a| a.port()).unwrap_or(0);
+                let (pending, taken) = &*barrier;
+                if pending.lock().unwrap().remove(&peer_port) {
+                    taken.notify_all();
+                    continue;
+                }
                 counter.fetch_add(1, Ordering::SeqCst);
                 let handle = handle.clone();
                 std::thread::spawn(move || handle(stream));
             }
         });
-        Self { port, accepted }
+        Self {
+            port,
+            accepted,
+            probes,
+        }
     }
 
     /// Echoes every byte back until the client closes.
