@@ -27,10 +27,12 @@ impl LocalServer {
     /// has taken it: the backlog is first in, first out, so everything
     /// before it has been counted.
     pub fn accepted(&self) -> usize {
+        let (pending, taken) = &*self.probes;
+        // Locked before connecting: the accept loop may take the probe at
+        // once, and must not judge it before its port is registered.
+        let mut pending_now = pending.lock().unwrap();
         let probe = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         let probe_port = probe.local_addr().unwrap().port();
-        let (pending, taken) = &*self.probes;
-        let mut pending_now = pending.lock().unwrap();
         pending_now.insert(probe_port);
         let deadline = Instant::now() + Duration::from_secs(30);
         while pending_now.contains(&probe_port) {
