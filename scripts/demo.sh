@@ -43,7 +43,7 @@ echo "$INVOKED"
 SESSION=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["session_token"])' "$INVOKED")
 step "bento attach \$SESSION_TOKEN"
 "$BENTO" attach "$SESSION" </dev/null
-step "bento run functions/examples/hello.py -- world   # the same in one go"
+step "bento run functions/examples/hello.py -- world   # the same in one round trip, nothing stored"
 "$BENTO" run functions/examples/hello.py -- world </dev/null
 step "echo 'ping' | bento run functions/examples/echo.py"
 echo ping | "$BENTO" run functions/examples/echo.py

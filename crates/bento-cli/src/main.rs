@@ -170,7 +170,9 @@ enum Command {
         #[arg(long, value_name = "DEFENSE", value_parser = parse_defense)]
         pad: Option<bento_client::Defense>,
     },
-    /// Store, invoke and attach in one go.
+    /// Run a function once and stream its output: one `Run` round trip
+    /// (nothing is stored; a syntax error is the session's error). Sealed
+    /// (--sealed) or shaped (--defense) runs store, invoke and attach.
     Run {
         /// The function's source file.
         file: PathBuf,
