@@ -38,6 +38,22 @@ impl Refusal {
     }
 }
 
+/// The refusal a store's trial compile ends in, if any: an exception is
+/// `invalid_function` with `exception(text)` as its message, any other
+/// unusual end as [`outcome_refusal`] says.
+pub(crate) fn trial_refusal<E: std::fmt::Display>(
+    outcome: Result<InstanceOutcome, E>,
+    exception: impl FnOnce(String) -> String,
+) -> Result<(), Refusal> {
+    match outcome {
+        Ok(InstanceOutcome::Exception(text)) => {
+            Err(Refusal::new(ErrorCode::InvalidFunction, exception(text)))
+        }
+        Ok(other) => outcome_refusal(&other).map_or(Ok(()), Err),
+        Err(e) => Err(Refusal::new(ErrorCode::Internal, e.to_string())),
+    }
+}
+
 /// How an instance that did not return normally is reported; `None` when
 /// it returned.
 pub(crate) fn outcome_refusal(outcome: &InstanceOutcome) -> Option<Refusal> {
@@ -144,20 +160,10 @@ impl BoxState {
     ) -> Result<Stored, Refusal> {
         let lifetime = self.resolve_lifetime(lifetime_s)?;
         self.check_upload(&filename, &source, &manifest)?;
-        match self.pool.check(source.clone(), filename.clone()).await {
-            Ok(InstanceOutcome::Exception(text)) => {
-                return Err(Refusal::new(
-                    ErrorCode::InvalidFunction,
-                    format!("the source does not compile:\n{text}"),
-                ));
-            }
-            Ok(other) => {
-                if let Some(refusal) = outcome_refusal(&other) {
-                    return Err(refusal);
-                }
-            }
-            Err(e) => return Err(Refusal::new(ErrorCode::Internal, e.to_string())),
-        }
+        trial_refusal(
+            self.pool.check(source.clone(), filename.clone()).await,
+            |text| format!("the source does not compile:\n{text}"),
+        )?;
         self.persist(filename, source, manifest, lifetime).await
     }
 
@@ -221,6 +227,13 @@ impl BoxState {
         }
         check_filename(filename)
             .map_err(|reason| Refusal::new(ErrorCode::InvalidFunction, reason))?;
+        self.check_manifest(manifest)
+    }
+
+    /// The manifest of an upload, plain or sealed: its size, then what it
+    /// asks for against the policy.
+    pub(crate) fn check_manifest(&self, manifest: &str) -> Result<(), Refusal> {
+        let max = self.config.max_source_bytes();
         if manifest.len() > max {
             return Err(Refusal::new(
                 ErrorCode::ManifestRejected,
@@ -265,6 +278,35 @@ impl BoxState {
         self.metrics.deletions.fetch_add(1, Ordering::Relaxed);
         tracing::debug!("deleted a stored function");
         Ok(())
+    }
+
+    /// A fresh session of `function` under a new token, its output shaped
+    /// by `defense` if given: the `Invoked` reply, or the refusal as an
+    /// error frame. What `Invoke`, `Run` and `SealedInvoke` answer.
+    pub(crate) async fn start_invoked(
+        &self,
+        function: &StoredFunction,
+        call: StartCall,
+        defense: Option<bento_policy::Defense>,
+    ) -> Frame {
+        let Ok(session_token) = SessionToken::generate() else {
+            return Frame::error(ErrorCode::Internal, "cannot generate a token");
+        };
+        match self
+            .start_session(function, call, session_token.clone(), false)
+            .await
+        {
+            Ok((session, service_token)) => {
+                if let Some(defense) = defense {
+                    session.set_defense(defense);
+                }
+                Frame::Invoked {
+                    session_token,
+                    service_token,
+                }
+            }
+            Err(e) => e.into_frame(),
+        }
     }
 
     /// Start a fresh instance of `function` as a new session under `token`,

@@ -424,27 +424,8 @@ impl Conn {
         args_json: String,
         defense: Option<bento_policy::Defense>,
     ) -> Frame {
-        let session_token = match SessionToken::generate() {
-            Ok(token) => token,
-            Err(_) => return Frame::error(ErrorCode::Internal, "cannot generate a token"),
-        };
         let call = StartCall::Entry { entry, args_json };
-        match self
-            .state
-            .start_session(function, call, session_token.clone(), false)
-            .await
-        {
-            Ok((session, service_token)) => {
-                if let Some(defense) = defense {
-                    session.set_defense(defense);
-                }
-                Frame::Invoked {
-                    session_token,
-                    service_token,
-                }
-            }
-            Err(e) => e.into_frame(),
-        }
+        self.state.start_invoked(function, call, defense).await
     }
 
     /// Serve one channel to a running instance's service until the function

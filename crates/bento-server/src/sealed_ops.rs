@@ -8,12 +8,12 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bento_protocol::{ErrorCode, Frame, InvokeToken, MAX_NAME_LEN, SessionToken};
-use bento_worker::{InstanceOutcome, SealedFunctionRef, StartCall};
+use bento_protocol::{ErrorCode, Frame, InvokeToken, MAX_NAME_LEN};
+use bento_worker::{SealedFunctionRef, StartCall};
 use bytes::Bytes;
 
 use crate::BoxState;
-use crate::box_ops::{Refusal, Stored, outcome_refusal};
+use crate::box_ops::{Refusal, Stored, trial_refusal};
 use crate::function_store::{StoreError, StoredFunction};
 
 /// The file name a sealed function is stored under: one a `Store` can never
@@ -80,32 +80,13 @@ impl BoxState {
                 ),
             ));
         }
-        if manifest.len() > max {
-            return Err(Refusal::new(
-                ErrorCode::ManifestRejected,
-                format!(
-                    "the manifest is {} bytes; this box accepts at most {max}",
-                    manifest.len()
-                ),
-            ));
-        }
-        self.admit_manifest(&manifest)?;
+        self.check_manifest(&manifest)?;
         let sealed = SealedFunctionRef {
             envelope: hex::encode(&envelope),
             manifest,
         };
-        match self.pool.check_sealed(sealed.clone()).await {
-            // The text is sealed: only the client can read the error.
-            Ok(InstanceOutcome::Exception(text)) => {
-                return Err(Refusal::new(ErrorCode::InvalidFunction, text));
-            }
-            Ok(other) => {
-                if let Some(refusal) = outcome_refusal(&other) {
-                    return Err(refusal);
-                }
-            }
-            Err(e) => return Err(Refusal::new(ErrorCode::Internal, e.to_string())),
-        }
+        // The exception's text is sealed: only the client can read it.
+        trial_refusal(self.pool.check_sealed(sealed.clone()).await, |text| text)?;
         let stored = self
             .persist(
                 SEALED_FILENAME.to_owned(),
@@ -135,22 +116,9 @@ impl BoxState {
                 "this function is not sealed: invoke it with Invoke",
             );
         }
-        let session_token = match SessionToken::generate() {
-            Ok(token) => token,
-            Err(_) => return Frame::error(ErrorCode::Internal, "cannot generate a token"),
-        };
         let call = StartCall::SealedEntry {
             envelope: hex::encode(&envelope),
         };
-        match self
-            .start_session(&function, call, session_token.clone(), false)
-            .await
-        {
-            Ok((_, service_token)) => Frame::Invoked {
-                session_token,
-                service_token,
-            },
-            Err(e) => e.into_frame(),
-        }
+        self.start_invoked(&function, call, None).await
     }
 }
