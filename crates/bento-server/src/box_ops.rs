@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use bento_policy::{Capability, Grant, Limit, Manifest, admit};
 use bento_protocol::{ErrorCode, Frame, FunctionId, InvokeToken, ServiceToken, SessionToken};
-use bento_worker::{CapabilityGrant, InstanceOutcome, StartCall, StartRequest, StorageGrant};
+use bento_worker::{
+    CapabilityGrant, InstanceOutcome, SealedFunctionRef, StartCall, StartRequest, StorageGrant,
+};
 
-use crate::BoxState;
-use crate::connection::check_filename;
-use crate::function_store::{StoreError, StoredFunction};
-use crate::session::{Service, Session, SessionExtras};
+use crate::box_state::BoxState;
+use crate::function_store::{StoreError, StoredFunction, check_filename};
+use crate::session::{OnionPublisher, Service, Session, SessionExtras};
 
 /// Largest HTTP response body a function may receive (and never more than
 /// half its memory, which has to hold it).
@@ -338,7 +339,8 @@ impl BoxState {
         let tor = self
             .tor
             .clone()
-            .filter(|_| grant.capabilities.contains(&Capability::OnionService));
+            .filter(|_| grant.capabilities.contains(&Capability::OnionService))
+            .map(|tor| tor as Arc<dyn OnionPublisher>);
         let storage = self.storage_for(&grant)?;
         // Each reservation is undone when its guard drops, unless kept:
         // a refusal or a failed start leaves the counters as they were.
@@ -395,7 +397,7 @@ impl BoxState {
         );
         // The session releases its buffer reservation when it is dropped.
         buffer.keep();
-        let (source, filename, sealed) = crate::sealed_ops::start_parts(function);
+        let (source, filename, sealed) = start_parts(function);
         let request = StartRequest {
             source,
             filename,
@@ -478,6 +480,24 @@ impl BoxState {
             tor_socks: self.tor.as_ref().and_then(|t| t.socks),
             onion_services: grant.resources.onion_services,
         }
+    }
+}
+
+/// What a `StartRequest` carries for `function`: source, file name and,
+/// for a sealed function, the envelope (source and file name then empty:
+/// the worker opens them).
+fn start_parts(function: &StoredFunction) -> (String, String, Option<SealedFunctionRef>) {
+    if function.is_sealed() {
+        (
+            String::new(),
+            String::new(),
+            Some(SealedFunctionRef {
+                envelope: function.source.clone(),
+                manifest: function.manifest.clone(),
+            }),
+        )
+    } else {
+        (function.source.clone(), function.filename.clone(), None)
     }
 }
 

@@ -15,8 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::BoxState;
 use crate::box_ops::{Refusal, outcome_refusal};
+use crate::box_state::BoxState;
 use crate::session::{INPUT_WINDOW, Session};
 use crate::shaping::OutputShaper;
 
@@ -101,8 +101,11 @@ impl Conn {
         }
         let mut out = BytesMut::new();
         frame.encode(&mut out);
-        let deadline =
-            crate::frame_deadline(Instant::now(), self.state.config.read_timeout, out.len());
+        let deadline = crate::config::frame_deadline(
+            Instant::now(),
+            self.state.config.read_timeout,
+            out.len(),
+        );
         let writer = &mut self.writer;
         let write = async {
             writer.write_all(&out).await?;
@@ -117,7 +120,7 @@ impl Conn {
 
     /// Read the next frame; `None` on a clean close between frames. Times
     /// out when the peer idles between requests for `timeout`, or does not
-    /// complete a frame by its deadline (see [`crate::frame_deadline`]):
+    /// complete a frame by its deadline (see [`crate::config::frame_deadline`]):
     /// one deadline per phase and per frame, not per read, so trickling
     /// bytes does not keep a connection.
     async fn read_frame(&mut self, timeout: Duration) -> Result<Option<Frame>, Close> {
@@ -131,7 +134,7 @@ impl Conn {
                 frame_started = Some(Instant::now());
             }
             let deadline = match frame_started {
-                Some(started) => crate::frame_deadline(started, timeout, self.buf.len()),
+                Some(started) => crate::config::frame_deadline(started, timeout, self.buf.len()),
                 None => idle_until,
             };
             bento_protocol::reserve_for_read(&mut self.buf);
@@ -144,7 +147,7 @@ impl Conn {
                         format!(
                             "the frame was not complete by its deadline ({} s, plus 1 s per {} KiB received)",
                             timeout.as_secs(),
-                            crate::MIN_CLIENT_RATE / 1024
+                            crate::config::MIN_CLIENT_RATE / 1024
                         ),
                     ));
                 }
@@ -442,15 +445,13 @@ impl Conn {
             unknown()
         })?;
         let handle = session.handle().cloned().ok_or_else(unknown)?;
-        let (channel, mut events) = session.open_channel().ok_or_else(|| {
+        // However this ends, the guard tells the instance that the client
+        // is gone.
+        let (guard, mut events) = session.open_channel().ok_or_else(|| {
             tracing::debug!("connect: the service could not open a channel");
             unknown()
         })?;
-        // However this ends, the instance learns that the client is gone.
-        let _guard = ChannelGuard {
-            session: session.clone(),
-            channel,
-        };
+        let channel = guard.id();
         match events.recv().await {
             Some(ChannelEvent::Opened(true)) => {}
             Some(ChannelEvent::Opened(false)) => {
@@ -595,7 +596,8 @@ impl Conn {
                 }
             }
             if let Some(due) = shaped {
-                let deadline = crate::frame_deadline(Instant::now(), timeout, due.wire.len());
+                let deadline =
+                    crate::config::frame_deadline(Instant::now(), timeout, due.wire.len());
                 let writer = &mut self.writer;
                 let write = async {
                     writer.write_all(&due.wire).await?;
@@ -640,7 +642,7 @@ impl Conn {
                 // (and its reserved output) forever: writing has a deadline
                 // like reading.
                 let bytes: usize = chunks.iter().map(bytes::Bytes::len).sum();
-                let deadline = crate::frame_deadline(Instant::now(), timeout, bytes);
+                let deadline = crate::config::frame_deadline(Instant::now(), timeout, bytes);
                 let writer = &mut self.writer;
                 let write = async {
                     for chunk in &chunks {
@@ -707,7 +709,7 @@ impl Conn {
             }
             let frame_deadline = self
                 .partial_since
-                .map(|started| crate::frame_deadline(started, timeout, self.buf.len()));
+                .map(|started| crate::config::frame_deadline(started, timeout, self.buf.len()));
             let shaper_wakeup = shaper.as_ref().and_then(OutputShaper::next_wakeup);
             bento_protocol::reserve_for_read(&mut self.buf);
             tokio::select! {
@@ -831,25 +833,6 @@ fn service_ended(outcome: Option<&bento_worker::InstanceOutcome>) -> Frame {
     }
 }
 
-/// Tells the instance a channel's client is gone when its connection ends.
-pub(crate) struct ChannelGuard {
-    session: Arc<Session>,
-    channel: u32,
-}
-
-impl ChannelGuard {
-    pub(crate) fn new(session: Arc<Session>, channel: u32) -> Self {
-        Self { session, channel }
-    }
-}
-
-impl Drop for ChannelGuard {
-    fn drop(&mut self) {
-        self.session.close_channel(self.channel);
-    }
-}
-
-/// Sleep until `deadline` (forever without one; callers guard the branch).
 /// An entry point and arguments a session can start with, or the error
 /// frame saying why not.
 fn check_call(entry: &str, args_json: &str) -> Result<(), Frame> {
@@ -872,6 +855,7 @@ fn check_call(entry: &str, args_json: &str) -> Result<(), Frame> {
     }
 }
 
+/// Sleep until `deadline` (forever without one; callers guard the branch).
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
@@ -893,22 +877,6 @@ pub(crate) fn unknown_session() -> Frame {
         ErrorCode::UnknownSession,
         "no session has this token (it never existed, has ended and been read, or expired)",
     )
-}
-
-pub(crate) fn check_filename(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "file name {name:?} must be 1-255 characters of letters, digits, '_', '-' or '.', not starting with '.'"
-        ))
-    }
 }
 
 fn is_identifier(name: &str) -> bool {

@@ -99,6 +99,31 @@ pub enum StoreError {
     Random(String),
 }
 
+/// Whether `name` may be a stored function's file name (shown in its
+/// tracebacks): short, plain characters, and never hidden, so no upload can
+/// take the name sealed functions are stored under.
+pub fn check_filename(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "file name {name:?} must be 1-255 characters of letters, digits, '_', '-' or '.', not starting with '.'"
+        ))
+    }
+}
+
+/// The file name a sealed function is stored under: one a `Store` can never
+/// use ([`check_filename`] refuses names starting with a dot), so a stored
+/// function is sealed exactly when it has this name. Its `source` is then
+/// the envelope in hex.
+pub const SEALED_FILENAME: &str = ".sealed";
+
 /// A stored function's content.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredFunction {
@@ -114,6 +139,11 @@ pub struct StoredFunction {
 }
 
 impl StoredFunction {
+    /// Whether it was stored sealed (only the worker can open its source).
+    pub fn is_sealed(&self) -> bool {
+        self.filename == SEALED_FILENAME
+    }
+
     /// Content that is run once and never written anywhere (`Run`).
     pub fn unstored(filename: String, source: String, manifest: String) -> Self {
         Self {

@@ -29,8 +29,8 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 use tokio::task::JoinHandle;
 
-use crate::BoxState;
 use crate::box_ops::outcome_refusal;
+use crate::box_state::BoxState;
 use crate::session::Session;
 
 const T_STORE: u8 = 0x0;
@@ -276,7 +276,7 @@ impl LegacyConn {
             // `frame_deadline`): trickling bytes does not extend it.
             let started = std::time::Instant::now();
             let mut len = [0u8; 4];
-            let header_deadline = crate::frame_deadline(started, timeout, 1);
+            let header_deadline = crate::config::frame_deadline(started, timeout, 1);
             match tokio::time::timeout_at(header_deadline.into(), reader.read_exact(&mut len)).await
             {
                 Ok(result) => result?,
@@ -298,7 +298,7 @@ impl LegacyConn {
             let mut body = Vec::new();
             let mut limited = (&mut *reader).take(u64::from(len));
             loop {
-                let deadline = crate::frame_deadline(started, timeout, 5 + body.len());
+                let deadline = crate::config::frame_deadline(started, timeout, 5 + body.len());
                 if body.capacity() - body.len() < 64 * 1024 {
                     body.reserve(64 * 1024);
                 }
@@ -571,9 +571,13 @@ async fn stream_instance(
             Step::Wait => None,
             Step::Body(chunks) | Step::Unframed(chunks) | Step::Short { chunks, .. } => {
                 let bytes: usize = chunks.iter().map(Bytes::len).sum();
-                Some(crate::frame_deadline(Instant::now(), timeout, bytes))
+                Some(crate::config::frame_deadline(
+                    Instant::now(),
+                    timeout,
+                    bytes,
+                ))
             }
-            _ => Some(crate::frame_deadline(Instant::now(), timeout, 0)),
+            _ => Some(crate::config::frame_deadline(Instant::now(), timeout, 0)),
         };
         let work = async {
             match step {

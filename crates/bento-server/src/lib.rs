@@ -19,6 +19,8 @@
 
 mod attest;
 mod box_ops;
+mod box_state;
+mod config;
 mod connection;
 pub mod function_store;
 mod legacy;
@@ -29,6 +31,7 @@ mod sealed_ops;
 pub mod session;
 mod shaping;
 
+pub use config::{MIN_CLIENT_RATE, ServerConfig, channel_key_path, instance_storage_root};
 pub use legacy::{
     ExecuteRequest, LegacyDecodeError, LegacyRequest, StoreRequest, decode_legacy_request,
 };
@@ -39,173 +42,21 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bento_policy::{BoxPolicy, MIB};
-use bento_worker::{WorkerPool, WorkerPoolConfig};
+use bento_worker::WorkerPool;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::box_state::BoxState;
+use crate::config::INSTANCE_STORAGE_DIR;
 use crate::function_store::{FunctionStore, StoreError};
 use crate::metrics::{Metrics, NotLoopback};
-use crate::session::{GlobalCounters, ServiceTable, SessionTable};
+use crate::session::{ServiceTable, SessionTable};
 
 /// How often finished sessions are expired and overdue ones checked.
 const JANITOR_PERIOD: Duration = Duration::from_secs(1);
 /// How long past its wall-clock limit a running session may stay before the
 /// box concludes its worker is not enforcing limits.
 const WALL_LIMIT_GRACE: Duration = Duration::from_secs(5);
-
-/// The slowest a client may send a frame, bytes per second, on top of the
-/// read timeout: a frame must be complete by `read_timeout` after its first
-/// byte plus one second per this many bytes received. Legitimate clients
-/// over Tor are far faster; a client trickling bytes holds its connection
-/// for at most about the read timeout.
-pub const MIN_CLIENT_RATE: u64 = 16 * 1024;
-
-/// The deadline of a frame that began at `started` and of which
-/// `received` bytes have arrived (see [`MIN_CLIENT_RATE`]).
-pub(crate) fn frame_deadline(
-    started: std::time::Instant,
-    timeout: Duration,
-    received: usize,
-) -> std::time::Instant {
-    let allowance = Duration::from_millis(
-        u64::try_from(received)
-            .unwrap_or(u64::MAX)
-            .saturating_mul(1000)
-            / MIN_CLIENT_RATE,
-    );
-    started + timeout.saturating_add(allowance)
-}
-
-/// Server configuration; [`ServerConfig::new`] gives the documented defaults.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Data directory (stored functions, instance storage).
-    pub data_dir: PathBuf,
-    /// The operator's policy: per-instance ceilings, box-wide caps,
-    /// grantable capabilities, destination rules.
-    pub policy: BoxPolicy,
-    /// The manifest (TOML) functions stored through the research
-    /// prototype's protocol run under, since that protocol cannot carry
-    /// one; empty for the minimum.
-    pub legacy_manifest: String,
-    /// Extra PEM trust anchors for functions' HTTPS requests.
-    pub http_extra_roots_pem: Option<String>,
-    /// How long a finished session stays attachable (default 10 min).
-    pub session_retention: Duration,
-    /// How long a client may idle between requests, and how long a frame
-    /// may take from its first byte (plus 1 s per [`MIN_CLIENT_RATE`] bytes
-    /// received) (default 30 s).
-    pub read_timeout: Duration,
-    /// Most client connections at once, over all listeners (default 4096;
-    /// `bento serve` takes it from the policy's `box.max_connections` or
-    /// `--max-connections`); beyond it a new connection gets
-    /// `too_many_connections` and is closed.
-    pub max_connections: usize,
-    /// Worker processes.
-    pub workers: WorkerPoolConfig,
-    /// Where to serve the research prototype's protocol too, if anywhere.
-    pub legacy_listen: Option<SocketAddr>,
-    /// The local tor's ControlPort: publish the box as an onion service
-    /// and serve functions' Tor capabilities.
-    pub tor_control: Option<String>,
-    /// tor's SocksPort for functions' `tor_connect` (default: asked from
-    /// tor).
-    pub tor_socks: Option<SocketAddr>,
-    /// The box's onion service port (default 7878).
-    pub onion_port: u16,
-    /// Where to serve the operator's metrics (Prometheus text format), if
-    /// anywhere; must be a loopback address.
-    pub metrics_listen: Option<SocketAddr>,
-    /// The worker binary and precompiled runtime whose measurement
-    /// (`bento attest measure`) the box states in its attestation evidence;
-    /// `None` states none.
-    pub measured_files: Option<(PathBuf, PathBuf)>,
-}
-
-/// Where instances' encrypted storage lives inside a data directory: the
-/// one place a (jailed) worker may write.
-pub fn instance_storage_root(data_dir: &std::path::Path) -> PathBuf {
-    data_dir.join(INSTANCE_STORAGE_DIR)
-}
-
-/// Where the workers keep the sealed channel's secret key inside a data
-/// directory (`bento serve` passes it to every worker; the server process
-/// never reads it). Under a TEE it must be a file only the TEE can read.
-pub fn channel_key_path(data_dir: &std::path::Path) -> PathBuf {
-    data_dir.join(CHANNEL_KEY_FILE)
-}
-
-/// File name of [`channel_key_path`].
-const CHANNEL_KEY_FILE: &str = "sealed-channel.key";
-
-impl ServerConfig {
-    /// Defaults for a data directory and a worker pool.
-    pub fn new(data_dir: PathBuf, workers: WorkerPoolConfig) -> Self {
-        Self {
-            data_dir,
-            policy: BoxPolicy::default(),
-            legacy_manifest: String::new(),
-            http_extra_roots_pem: None,
-            session_retention: Duration::from_secs(600),
-            read_timeout: Duration::from_secs(30),
-            max_connections: 4096,
-            workers,
-            legacy_listen: None,
-            tor_control: None,
-            tor_socks: None,
-            onion_port: 7878,
-            metrics_listen: None,
-            measured_files: None,
-        }
-    }
-
-    /// Longest lifetime a stored function may be given.
-    pub fn max_function_lifetime(&self) -> Duration {
-        Duration::from_secs(
-            self.policy
-                .caps
-                .max_function_lifetime_h
-                .saturating_mul(3600),
-        )
-    }
-
-    /// Lifetime of a stored function whose client chose none.
-    pub fn default_function_lifetime(&self) -> Duration {
-        Duration::from_secs(
-            self.policy
-                .caps
-                .default_function_lifetime_h
-                .saturating_mul(3600),
-        )
-        .min(self.max_function_lifetime())
-    }
-
-    /// Most instances running at once.
-    pub fn max_instances(&self) -> u64 {
-        self.policy.caps.max_instances
-    }
-
-    /// Most output-buffer bytes all live sessions together may reserve.
-    pub fn max_buffered_bytes(&self) -> u64 {
-        self.policy.caps.max_buffered_mib.saturating_mul(MIB)
-    }
-
-    /// Largest function source accepted, bytes.
-    pub fn max_source_bytes(&self) -> usize {
-        usize::try_from(self.policy.caps.max_upload_kib.saturating_mul(1024)).unwrap_or(usize::MAX)
-    }
-
-    /// Most bytes of stored functions.
-    pub fn max_stored_bytes(&self) -> u64 {
-        self.policy.caps.max_stored_mib.saturating_mul(MIB)
-    }
-
-    /// Most instance-storage bytes all instances together may reserve.
-    pub fn max_storage_bytes(&self) -> u64 {
-        self.policy.caps.max_storage_mib.saturating_mul(MIB)
-    }
-}
 
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -234,111 +85,6 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
-}
-
-/// Everything connections share.
-pub(crate) struct BoxState {
-    pub(crate) config: ServerConfig,
-    pub(crate) store: FunctionStore,
-    pub(crate) sessions: SessionTable,
-    pub(crate) pool: WorkerPool,
-    pub(crate) counters: Arc<GlobalCounters>,
-    /// Client connections open at once, over all listeners.
-    pub(crate) connection_permits: Arc<Semaphore>,
-    /// Running instances that offer a service, by service token.
-    pub(crate) services: ServiceTable,
-    /// The box's own addresses, never reachable through a wildcard rule.
-    pub(crate) own_addresses: Vec<std::net::IpAddr>,
-    /// Where instances' encrypted storage directories are created.
-    pub(crate) storage_root: PathBuf,
-    /// The box's tor, when it has one.
-    pub(crate) tor: Option<Arc<onion::TorBox>>,
-    /// Counters for the operator's metrics endpoint.
-    pub(crate) metrics: Metrics,
-    /// Answers `Attest` (kind `none`: this box runs no TEE).
-    pub(crate) attestation: attest::BoxAttestation,
-}
-
-/// How busy the box is, as clients see it: coarse, so that one user's
-/// sessions cannot be told apart from the noise of everyone else's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Load {
-    /// Every box-wide reservation is under half used.
-    Low,
-    /// Some box-wide reservation is at least half used.
-    High,
-    /// An invocation with the minimum limits would be refused now
-    /// (instance cap reached, or not even a minimum output buffer left).
-    Full,
-}
-
-impl Load {
-    fn name(self) -> &'static str {
-        match self {
-            Load::Low => "low",
-            Load::High => "high",
-            Load::Full => "full",
-        }
-    }
-}
-
-impl BoxState {
-    /// The load bucket clients see.
-    fn load(&self) -> Load {
-        let running = self.counters.running_instances.load(Ordering::Relaxed);
-        let buffered = self.counters.reserved_buffer_bytes.load(Ordering::Relaxed);
-        let storage = self.counters.reserved_storage_bytes.load(Ordering::Relaxed);
-        let max_instances = self.config.max_instances();
-        let max_buffered = self.config.max_buffered_bytes();
-        let min_buffer = bento_policy::Resources::minimum()
-            .output_buffer_kib
-            .saturating_mul(1024);
-        if running >= max_instances || max_buffered.saturating_sub(buffered) < min_buffer {
-            return Load::Full;
-        }
-        let at_least_half = |used: u64, max: u64| used.saturating_mul(2) >= max && used > 0;
-        if at_least_half(running, max_instances)
-            || at_least_half(buffered, max_buffered)
-            || at_least_half(storage, self.config.max_storage_bytes())
-        {
-            Load::High
-        } else {
-            Load::Low
-        }
-    }
-
-    /// What a client needs and no more: the box's limits and coarse
-    /// buckets, never exact counts of sessions, instances or stores (those
-    /// would let anyone watch another user's activity; the operator has
-    /// them on the metrics endpoint).
-    pub(crate) fn status_json(&self) -> String {
-        let pool = self.pool.stats();
-        let largest_upload = self.config.max_source_bytes() as u64;
-        serde_json::json!({
-            "software": format!("bento {}", env!("CARGO_PKG_VERSION")),
-            "protocol_version": bento_protocol::PROTOCOL_VERSION,
-            "workers": { "configured": pool.workers },
-            "load": self.load().name(),
-            "instances": { "max": self.config.max_instances() },
-            "onion": self.tor.as_ref().map(|t| t.onion_address.clone()),
-            "output_buffer_bytes": { "max": self.config.max_buffered_bytes() },
-            "instance_storage_bytes": { "max": self.config.max_storage_bytes() },
-            "stored_functions": {
-                "max_bytes": self.config.max_stored_bytes(),
-                // One bit, not the free space: see function_store.
-                "fits_largest_upload": self.store.fits(largest_upload),
-                "default_lifetime_s": self.config.default_function_lifetime().as_secs(),
-                "max_lifetime_s": self.config.max_function_lifetime().as_secs(),
-            },
-            // What function authors may ask for (the policy is public).
-            "policy": {
-                "capabilities": self.config.policy.capabilities.iter().map(|c| c.name()).collect::<Vec<_>>(),
-                "instance": self.config.policy.instance,
-                "destinations": self.config.policy.destinations.rules().iter().map(ToString::to_string).collect::<Vec<_>>(),
-            },
-        })
-        .to_string()
-    }
 }
 
 /// A started box: workers up, data directory open, listener bound.
@@ -488,7 +234,9 @@ impl Server {
             ));
         }
         if let Some(listener) = self.metrics_listener {
-            tokio::spawn(metrics::serve(listener, state.clone()));
+            let box_state = state.clone();
+            let render: metrics::Render = Arc::new(move || box_state.metrics_text());
+            tokio::spawn(metrics::serve(listener, render));
         }
         let janitor_state = state.clone();
         tokio::spawn(async move {
@@ -590,8 +338,6 @@ const DATA_DIR_ENTRIES: [&str; 3] = [
     INSTANCE_STORAGE_DIR,
     onion::KEY_FILE,
 ];
-/// Instances' encrypted storage, in the data directory.
-const INSTANCE_STORAGE_DIR: &str = "instance-storage";
 
 /// Make the data directory and what the box keeps in it owner-only
 /// (directories 0700, files 0600), creating it if missing. Files and
@@ -666,5 +412,81 @@ async fn accept_loop<F, Fut>(
             connection.await;
             drop(permit);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// Each module of this crate and the sibling modules it names
+    /// (`crate::NAME`), read from the sources.
+    fn module_imports() -> BTreeMap<String, BTreeSet<String>> {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut modules = BTreeMap::new();
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+                modules.insert(name, std::fs::read_to_string(&path).unwrap());
+            }
+        }
+        let mut imports = BTreeMap::new();
+        for (name, text) in &modules {
+            let mut named = BTreeSet::new();
+            for (i, _) in text.match_indices("crate::") {
+                let rest = &text[i + "crate::".len()..];
+                let word: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let target = if modules.contains_key(&word) {
+                    word
+                } else {
+                    // An item of the crate root itself.
+                    "lib".to_owned()
+                };
+                if target != *name {
+                    named.insert(target);
+                }
+            }
+            imports.insert(name.clone(), named);
+        }
+        imports
+    }
+
+    #[test]
+    fn the_servers_modules_import_each_other_one_way() {
+        let imports = module_imports();
+        assert!(imports.len() > 10, "the sources were not found");
+        assert!(
+            imports["connection"].contains("box_ops"),
+            "the reader sees imports"
+        );
+        // Depth-first search for a path back to where it started.
+        fn cycle_from(
+            at: &str,
+            imports: &BTreeMap<String, BTreeSet<String>>,
+            path: &mut Vec<String>,
+        ) -> Option<Vec<String>> {
+            if let Some(start) = path.iter().position(|m| m == at) {
+                let mut cycle = path[start..].to_vec();
+                cycle.push(at.to_owned());
+                return Some(cycle);
+            }
+            path.push(at.to_owned());
+            for next in imports.get(at).into_iter().flatten() {
+                if let Some(cycle) = cycle_from(next, imports, path) {
+                    return Some(cycle);
+                }
+            }
+            path.pop();
+            None
+        }
+        for module in imports.keys() {
+            if let Some(cycle) = cycle_from(module, &imports, &mut Vec::new()) {
+                panic!("an import circle: {}", cycle.join(" → "));
+            }
+        }
     }
 }

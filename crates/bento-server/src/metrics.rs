@@ -1,7 +1,7 @@
 //! Exact figures for the operator: counters and gauges in the Prometheus
 //! text format, served over plain HTTP on a loopback address only.
 //!
-//! Clients get coarse buckets in `Status` (see [`crate::BoxState::status_json`]);
+//! Clients get coarse buckets in `Status` (`BoxState::status_json`);
 //! exact counts of sessions, instances and stores would let anyone watch
 //! another user's activity, so they are here, where only the operator can
 //! read them. Nothing here is per user: every figure is a box-wide total.
@@ -16,7 +16,9 @@ use bento_protocol::ErrorCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::BoxState;
+/// What the endpoint serves: every figure, rendered when scraped
+/// (`BoxState::metrics_text`).
+pub(crate) type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Longest request head the endpoint reads; a scraper's is a few hundred
 /// bytes.
@@ -86,147 +88,38 @@ impl Metrics {
     }
 }
 
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+impl Metrics {
+    /// Write the error counters, one sample per error code name.
+    pub(crate) fn write_error_counts(&self, out: &mut String) {
+        let name = "bento_errors_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Error frames sent to clients, by error code name."
+        );
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let names = ErrorCode::ALL
+            .iter()
+            .map(|c| c.name())
+            .chain(std::iter::once("unknown"));
+        for (code, counter) in names.zip(&self.errors) {
+            let _ = writeln!(
+                out,
+                "{name}{{code=\"{code}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+/// Write one sample with its help and type lines.
+pub(crate) fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
     let _ = writeln!(out, "{name} {value}");
 }
 
-/// Every figure, in the Prometheus text exposition format (0.0.4).
-pub(crate) fn render(state: &BoxState) -> String {
-    let mut out = String::new();
-    let m = &state.metrics;
-    let c = &state.counters;
-    let pool = state.pool.stats();
-    let store = state.store.usage();
-    let gauges: [(&str, &str, u64); 13] = [
-        (
-            "bento_sessions",
-            "Sessions the box holds (running or finished and unread).",
-            state.sessions.len() as u64,
-        ),
-        (
-            "bento_instances_running",
-            "Function instances running.",
-            c.running_instances.load(Ordering::Relaxed),
-        ),
-        (
-            "bento_instances_max",
-            "Most instances running at once (box.max_instances).",
-            state.config.max_instances(),
-        ),
-        (
-            "bento_output_buffer_reserved_bytes",
-            "Output-buffer bytes reserved by sessions.",
-            c.reserved_buffer_bytes.load(Ordering::Relaxed),
-        ),
-        (
-            "bento_output_buffer_max_bytes",
-            "Most output-buffer bytes all sessions may reserve (box.max_buffered_mib).",
-            state.config.max_buffered_bytes(),
-        ),
-        (
-            "bento_instance_storage_reserved_bytes",
-            "Instance-storage bytes reserved by running instances.",
-            c.reserved_storage_bytes.load(Ordering::Relaxed),
-        ),
-        (
-            "bento_instance_storage_max_bytes",
-            "Most instance-storage bytes (box.max_storage_mib).",
-            state.config.max_storage_bytes(),
-        ),
-        (
-            "bento_stored_functions",
-            "Stored function records (one per Store not deleted or expired).",
-            store.records,
-        ),
-        (
-            "bento_stored_function_contents",
-            "Distinct stored function contents (records share identical content).",
-            store.blobs,
-        ),
-        (
-            "bento_stored_bytes",
-            "Bytes of stored functions counted against box.max_stored_mib.",
-            store.bytes,
-        ),
-        (
-            "bento_stored_max_bytes",
-            "Most bytes of stored functions (box.max_stored_mib).",
-            state.config.max_stored_bytes(),
-        ),
-        (
-            "bento_workers_live",
-            "Sandbox worker processes alive.",
-            pool.live_workers as u64,
-        ),
-        (
-            "bento_connections_open",
-            "Client connections open, over all listeners.",
-            (state.config.max_connections as u64)
-                .saturating_sub(state.connection_permits.available_permits() as u64),
-        ),
-    ];
-    for (name, help, value) in gauges {
-        metric(&mut out, name, "gauge", help, value);
-    }
-    let counters: [(&str, &str, u64); 6] = [
-        (
-            "bento_stores_total",
-            "Functions stored.",
-            m.stores.load(Ordering::Relaxed),
-        ),
-        (
-            "bento_invocations_total",
-            "Sessions started.",
-            m.invocations.load(Ordering::Relaxed),
-        ),
-        (
-            "bento_renewals_total",
-            "Stored functions renewed.",
-            m.renewals.load(Ordering::Relaxed),
-        ),
-        (
-            "bento_deletions_total",
-            "Stored functions deleted by their holders.",
-            m.deletions.load(Ordering::Relaxed),
-        ),
-        (
-            "bento_expirations_total",
-            "Stored functions removed when their lifetime ended.",
-            m.expirations.load(Ordering::Relaxed),
-        ),
-        (
-            "bento_worker_restarts_total",
-            "Sandbox workers replaced after dying.",
-            pool.restarts,
-        ),
-    ];
-    for (name, help, value) in counters {
-        metric(&mut out, name, "counter", help, value);
-    }
-    let name = "bento_errors_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Error frames sent to clients, by error code name."
-    );
-    let _ = writeln!(out, "# TYPE {name} counter");
-    let names = ErrorCode::ALL
-        .iter()
-        .map(|c| c.name())
-        .chain(std::iter::once("unknown"));
-    for (code, counter) in names.zip(&m.errors) {
-        let _ = writeln!(
-            out,
-            "{name}{{code=\"{code}\"}} {}",
-            counter.load(Ordering::Relaxed)
-        );
-    }
-    out
-}
-
 /// Serve `GET /metrics` on `listener` until the task is dropped.
-pub(crate) async fn serve(listener: TcpListener, state: Arc<BoxState>) {
+pub(crate) async fn serve(listener: TcpListener, render: Render) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -240,16 +133,19 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<BoxState>) {
                 continue;
             }
         };
-        let state = state.clone();
+        let render = render.clone();
         tokio::spawn(async move {
-            let _ = answer(stream, &state).await;
+            let _ = answer(stream, &*render).await;
             drop(permit);
         });
     }
 }
 
 /// Read one request head (bounded in size and time) and answer it.
-async fn answer(mut stream: TcpStream, state: &BoxState) -> std::io::Result<()> {
+async fn answer(
+    mut stream: TcpStream,
+    render: &(dyn Fn() -> String + Send + Sync),
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
         let mut chunk = [0u8; 1024];
@@ -270,7 +166,7 @@ async fn answer(mut stream: TcpStream, state: &BoxState) -> std::io::Result<()> 
     let mut parts = request_line.split(|&b| b == b' ');
     let (method, path) = (parts.next(), parts.next());
     let (status, body) = match (method, path) {
-        (Some(b"GET"), Some(b"/metrics")) => ("200 OK", render(state)),
+        (Some(b"GET"), Some(b"/metrics")) => ("200 OK", render()),
         (Some(b"GET"), _) => ("404 Not Found", "only /metrics is served here\n".to_owned()),
         _ => (
             "405 Method Not Allowed",

@@ -19,7 +19,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::session::{INPUT_WINDOW, Session};
+use crate::session::{INPUT_WINDOW, OnionPublisher, Session};
 
 /// The box's onion-service key, in its data directory.
 pub(crate) const KEY_FILE: &str = "onion-service.key";
@@ -179,7 +179,7 @@ impl TorBox {
 
     /// Publish a function's onion service; its streams become channels of
     /// `session`. Answers the instance either way.
-    pub(crate) async fn serve_function(
+    async fn serve_function_now(
         self: Arc<Self>,
         session: Arc<Session>,
         request_id: u32,
@@ -243,6 +243,12 @@ impl TorBox {
             ));
         }
         Ok(service.onion_address())
+    }
+}
+
+impl OnionPublisher for TorBox {
+    fn serve_function(self: Arc<Self>, session: Arc<Session>, request: u32, details: OnionRequest) {
+        tokio::spawn(self.serve_function_now(session, request, details));
     }
 }
 
@@ -384,10 +390,10 @@ async fn bridge(stream: TcpStream, session: Arc<Session>) {
     let Some(handle) = session.handle().cloned() else {
         return;
     };
-    let Some((channel, mut events)) = session.open_channel() else {
+    let Some((guard, mut events)) = session.open_channel() else {
         return;
     };
-    let _guard = crate::connection::ChannelGuard::new(session.clone(), channel);
+    let channel = guard.id();
     match events.recv().await {
         Some(ChannelEvent::Opened(true)) => {}
         // At the channel limit the stream is simply closed.

@@ -12,43 +12,13 @@ use bento_protocol::{ErrorCode, Frame, InvokeToken, MAX_NAME_LEN};
 use bento_worker::{SealedFunctionRef, StartCall};
 use bytes::Bytes;
 
-use crate::BoxState;
 use crate::box_ops::{Refusal, Stored, trial_refusal};
-use crate::function_store::{StoreError, StoredFunction};
-
-/// The file name a sealed function is stored under: one a `Store` can never
-/// use (it starts with a dot), so a stored function is sealed exactly when
-/// it has this name. Its `source` is then the envelope in hex.
-const SEALED_FILENAME: &str = ".sealed";
-
-/// Whether `function` was stored sealed.
-fn is_sealed(function: &StoredFunction) -> bool {
-    function.filename == SEALED_FILENAME
-}
-
-/// What a `StartRequest` carries for `function`: source, file name and,
-/// for a sealed function, the envelope (source and file name then empty:
-/// the worker opens them).
-pub(crate) fn start_parts(
-    function: &StoredFunction,
-) -> (String, String, Option<SealedFunctionRef>) {
-    if is_sealed(function) {
-        (
-            String::new(),
-            String::new(),
-            Some(SealedFunctionRef {
-                envelope: function.source.clone(),
-                manifest: function.manifest.clone(),
-            }),
-        )
-    } else {
-        (function.source.clone(), function.filename.clone(), None)
-    }
-}
+use crate::box_state::BoxState;
+use crate::function_store::{SEALED_FILENAME, StoreError, StoredFunction};
 
 /// The refusal of a plain `Invoke` of a sealed function.
 pub(crate) fn refuse_plain_invoke(function: &StoredFunction) -> Option<Frame> {
-    is_sealed(function).then(|| {
+    function.is_sealed().then(|| {
         Frame::error(
             ErrorCode::InvalidArguments,
             "this function is sealed: invoke it with SealedInvoke",
@@ -110,7 +80,7 @@ impl BoxState {
                 StoreError::UnknownToken.to_string(),
             );
         };
-        if !is_sealed(&function) {
+        if !function.is_sealed() {
             return Frame::error(
                 ErrorCode::InvalidArguments,
                 "this function is not sealed: invoke it with Invoke",

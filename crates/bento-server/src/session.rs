@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Instant;
 
 use bento_protocol::{ServiceToken, SessionToken};
-use bento_worker::{ChannelEvent, InstanceEvents, InstanceHandle, InstanceOutcome};
+use bento_worker::{ChannelEvent, InstanceEvents, InstanceHandle, InstanceOutcome, OnionRequest};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
@@ -86,7 +86,7 @@ pub struct Session {
     /// The instance's storage directory and the bytes reserved for it.
     storage: Option<(PathBuf, u64)>,
     /// The box's tor, if the instance may create onion services.
-    tor: Option<Arc<crate::onion::TorBox>>,
+    tor: Option<Arc<dyn OnionPublisher>>,
     /// What removes each onion service the instance created.
     onion_cleanups: OnionCleanups,
     /// This session, for tasks it starts on its own behalf.
@@ -104,7 +104,16 @@ pub(crate) struct SessionExtras {
     /// Storage directory and reserved bytes.
     pub(crate) storage: Option<(PathBuf, u64)>,
     /// The box's tor, for `onion_service`.
-    pub(crate) tor: Option<Arc<crate::onion::TorBox>>,
+    pub(crate) tor: Option<Arc<dyn OnionPublisher>>,
+}
+
+/// What publishes onion services for a session's function: the box's tor
+/// (`onion::TorBox`). A trait, so that sessions know nothing of tor and the
+/// onion module depends on sessions, not the other way round.
+pub(crate) trait OnionPublisher: Send + Sync + std::fmt::Debug + 'static {
+    /// Publish the service `details` asks for, on its own task, and answer
+    /// request `request` through the session's instance handle.
+    fn serve_function(self: Arc<Self>, session: Arc<Session>, request: u32, details: OnionRequest);
 }
 
 /// Removes one of an instance's onion services.
@@ -117,6 +126,27 @@ struct OnionCleanups(Mutex<Vec<OnionCleanup>>);
 impl std::fmt::Debug for OnionCleanups {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OnionCleanups").finish_non_exhaustive()
+    }
+}
+
+/// An open channel of a session's service. Dropping it (however the
+/// client's connection ends) tells the instance that the client is gone.
+#[derive(Debug)]
+pub(crate) struct ChannelGuard {
+    session: Arc<Session>,
+    channel: u32,
+}
+
+impl ChannelGuard {
+    /// The channel's number, as the instance knows it.
+    pub(crate) fn id(&self) -> u32 {
+        self.channel
+    }
+}
+
+impl Drop for ChannelGuard {
+    fn drop(&mut self) {
+        self.session.close_channel(self.channel);
     }
 }
 
@@ -234,7 +264,9 @@ impl Session {
     /// Open a channel to the instance's service: its id and the events
     /// the connection will receive. `None` if the session offers no service
     /// or has ended.
-    pub(crate) fn open_channel(&self) -> Option<(u32, mpsc::UnboundedReceiver<ChannelEvent>)> {
+    pub(crate) fn open_channel(
+        self: &Arc<Self>,
+    ) -> Option<(ChannelGuard, mpsc::UnboundedReceiver<ChannelEvent>)> {
         let service = self.service.as_ref()?;
         let handle = self.handle()?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -250,11 +282,15 @@ impl Session {
             channel
         };
         handle.channel_open(channel);
-        Some((channel, rx))
+        let guard = ChannelGuard {
+            session: self.clone(),
+            channel,
+        };
+        Some((guard, rx))
     }
 
     /// The client of `channel` left: forget it and tell the instance.
-    pub(crate) fn close_channel(&self, channel: u32) {
+    fn close_channel(&self, channel: u32) {
         if let Some(service) = &self.service {
             let removed = service.channels().remove(&channel).is_some();
             if let (true, Some(handle)) = (removed, self.handle()) {
@@ -451,14 +487,14 @@ impl InstanceEvents for Session {
         self.changed.notify_waiters();
     }
 
-    fn onion_request(&self, request: u32, details: bento_worker::OnionRequest) {
+    fn onion_request(&self, request: u32, details: OnionRequest) {
         let (Some(tor), Some(me)) = (self.tor.clone(), self.me.upgrade()) else {
             if let Some(handle) = self.handle() {
                 handle.onion_reply(request, Err("io: this box has no Tor connection".into()));
             }
             return;
         };
-        tokio::spawn(tor.serve_function(me, request, details));
+        tor.serve_function(me, request, details);
     }
 
     fn channel(&self, channel: u32, event: ChannelEvent) {
