@@ -507,7 +507,7 @@ impl Conn {
                     }
                     Some(ChannelEvent::Opened(_)) => {}
                     None => {
-                        let outcome = session.lock().outcome.clone();
+                        let outcome = session.lock().outcome().cloned();
                         return Err(Close(Some(service_ended(outcome.as_ref()))));
                     }
                 },
@@ -539,23 +539,15 @@ impl Conn {
                 ),
             ));
         }
-        let (generation, mut sent) = {
-            let mut state = session.lock();
-            let start = resume_from.unwrap_or(state.acked);
-            if start < state.acked || start > state.produced {
-                return Err(Close::with(
-                    ErrorCode::UnexpectedFrame,
-                    format!(
-                        "cannot resume at offset {start}: the box holds output {}..{}",
-                        state.acked, state.produced
-                    ),
-                ));
-            }
-            state.attach_generation += 1;
-            (state.attach_generation, start)
-        };
-        // Wake a previous attachment so it sees it was taken over.
-        session.changed.notify_waiters();
+        let (generation, mut sent) = session.attach(resume_from).map_err(|refused| {
+            Close::with(
+                ErrorCode::UnexpectedFrame,
+                format!(
+                    "cannot resume at offset {}: the box holds output {}..{}",
+                    refused.start, refused.acked, refused.produced
+                ),
+            )
+        })?;
         self.send(&Frame::Attached { offset: sent }).await?;
         let timeout = self.state.config.read_timeout;
         let mut shaper = match session.defense() {
@@ -617,10 +609,10 @@ impl Conn {
                     } else {
                         Session::output_from(&state, sent, OUTPUT_BATCH)
                     },
-                    state.outcome.clone(),
+                    state.outcome().cloned(),
                     state.input_blocked(),
-                    state.attach_generation != generation,
-                    state.expired,
+                    state.taken_over(generation),
+                    state.expired(),
                 )
             };
             if expired {
@@ -636,7 +628,7 @@ impl Conn {
                 ));
             }
             // Held output is not all sent: End waits for it.
-            let all_sent = sent >= session.lock().produced;
+            let all_sent = sent >= session.lock().produced();
             if !chunks.is_empty() {
                 // A client that stops reading must not hold the session
                 // (and its reserved output) forever: writing has a deadline
@@ -666,7 +658,7 @@ impl Conn {
                 let frame = outcome_refusal(outcome).map_or(Frame::End, Refusal::into_frame);
                 self.send(&frame).await?;
                 end_sent = true;
-                session.lock().end_delivered = true;
+                session.end_delivered();
                 // Nothing follows the last frame: a client that lingers
                 // without acknowledging gets no more padding.
                 shaper = None;
@@ -683,7 +675,7 @@ impl Conn {
             }
             let more_output = !hold && {
                 let state = session.lock();
-                sent < state.produced || (state.outcome.is_some() && !end_sent)
+                sent < state.produced() || (state.outcome().is_some() && !end_sent)
             };
             if more_output {
                 // Keep streaming, but still take any frame the client has
@@ -777,11 +769,7 @@ impl Conn {
                             format!("acknowledged offset {offset} was never sent"),
                         ));
                     }
-                    let done = {
-                        let state = session.lock();
-                        state.end_delivered && state.acked == state.produced
-                    };
-                    if done {
+                    if session.lock().fully_delivered() {
                         // The client has every byte and the end: forget it.
                         self.state.sessions.remove(token);
                         return Ok(false);
@@ -793,7 +781,7 @@ impl Conn {
                 Frame::Detach => {
                     // Everything the client acknowledged before detaching
                     // is recorded; say so, so that it can re-attach at once.
-                    let offset = session.lock().acked;
+                    let offset = session.lock().acked();
                     self.send(&Frame::Detached { offset }).await?;
                     return Ok(false);
                 }

@@ -476,14 +476,11 @@ async fn stream_instance(
     writer: Writer,
     mut stop: watch::Receiver<bool>,
 ) {
-    let generation = {
-        let mut s = session.lock();
-        s.attach_generation += 1;
-        s.attach_generation
+    // From the first unacknowledged byte, which the box always holds.
+    let Ok((generation, mut sent)) = session.attach(None) else {
+        return;
     };
-    session.changed.notify_waiters();
     let timeout = state.config.read_timeout;
-    let mut sent = session.lock().acked;
     // An Output frame header promises its length, so it is written only
     // once the whole message is here, or enough of it that the function is
     // clearly sending it (half its output buffer, which it can always
@@ -507,31 +504,31 @@ async fn stream_instance(
         let step = {
             let s = session.lock();
             // Expired: the box forgot the finished session; let go of it.
-            if s.attach_generation != generation || s.expired {
+            if s.taken_over(generation) || s.expired() {
                 Step::TakenOver
-            } else if in_message > 0 && sent < s.produced {
+            } else if in_message > 0 && sent < s.produced() {
                 let max = usize::try_from(in_message)
                     .unwrap_or(usize::MAX)
                     .min(OUTPUT_BATCH);
                 Step::Body(Session::output_from(&s, sent, max))
             } else if in_message > 0 {
-                if s.outcome.is_some() {
+                if s.outcome().is_some() {
                     Step::Truncated
                 } else {
                     Step::Wait
                 }
             } else {
-                match s.messages.front().copied() {
+                match s.next_message() {
                     // The next message starts here (or, after a takeover,
                     // started before and its rest is still to be sent).
                     Some((start, len))
                         if start <= sent && (start == sent || sent - start < len) =>
                     {
                         let remaining = len - (sent - start);
-                        let available = s.produced - sent;
+                        let available = s.produced() - sent;
                         if available >= remaining.min(commit_at) {
                             Step::StartMessage(remaining)
-                        } else if let Some(outcome) = &s.outcome {
+                        } else if let Some(outcome) = s.outcome() {
                             let max = usize::try_from(available).unwrap_or(usize::MAX);
                             Step::Short {
                                 chunks: Session::output_from(&s, sent, max),
@@ -544,13 +541,13 @@ async fn stream_instance(
                         }
                     }
                     next => {
-                        let until = next.map_or(s.produced, |(start, _)| start.min(s.produced));
+                        let until = next.map_or(s.produced(), |(start, _)| start.min(s.produced()));
                         if until > sent {
                             let max = usize::try_from(until - sent)
                                 .unwrap_or(usize::MAX)
                                 .min(OUTPUT_BATCH);
                             Step::Unframed(Session::output_from(&s, sent, max))
-                        } else if let Some(outcome) = &s.outcome {
+                        } else if let Some(outcome) = s.outcome() {
                             Step::Finished(outcome.clone())
                         } else {
                             Step::Wait

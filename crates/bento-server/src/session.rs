@@ -33,31 +33,85 @@ pub use bento_worker::INPUT_WINDOW;
 pub(crate) struct SessionState {
     /// Unacknowledged output, starting at offset `acked`.
     buffer: VecDeque<Bytes>,
-    pub(crate) acked: u64,
-    pub(crate) produced: u64,
-    pub(crate) outcome: Option<InstanceOutcome>,
-    pub(crate) finished_at: Option<Instant>,
+    acked: u64,
+    produced: u64,
+    outcome: Option<InstanceOutcome>,
+    finished_at: Option<Instant>,
     /// The final End/Error frame reached a client.
-    pub(crate) end_delivered: bool,
-    pub(crate) input_in_flight: u64,
+    end_delivered: bool,
+    input_in_flight: u64,
     /// Output messages (one per `api.send`) as (start offset, length),
     /// from the first not yet acknowledged; the research prototype's
     /// protocol frames output by them.
-    pub(crate) messages: VecDeque<(u64, u64)>,
+    messages: VecDeque<(u64, u64)>,
     /// Incremented by each attach; an attachment whose generation is stale
     /// has been taken over by a newer one.
-    pub(crate) attach_generation: u64,
+    attach_generation: u64,
     /// The retention time after the end passed and the box forgot the
     /// session: an attachment still holding it must let go.
-    pub(crate) expired: bool,
+    expired: bool,
 }
 
+/// What a session's state may be read as outside this module (under
+/// [`Session::lock`]); it changes only through [`Session`]'s methods, which
+/// keep its rules (offsets only move forward, one attachment at a time).
 impl SessionState {
     /// The function has a full input window it has not consumed (and is
     /// still running: after the end, input is discarded and never blocks).
     pub(crate) fn input_blocked(&self) -> bool {
         self.input_in_flight >= INPUT_WINDOW && self.outcome.is_none()
     }
+
+    /// Output offset up to which the client acknowledged (all earlier
+    /// output is gone).
+    pub(crate) fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// Output offset the function has produced up to.
+    pub(crate) fn produced(&self) -> u64 {
+        self.produced
+    }
+
+    /// How the instance ended, once it has.
+    pub(crate) fn outcome(&self) -> Option<&InstanceOutcome> {
+        self.outcome.as_ref()
+    }
+
+    /// The box forgot the finished session: an attachment must let go.
+    pub(crate) fn expired(&self) -> bool {
+        self.expired
+    }
+
+    /// Whether the attachment that attached as `generation` was taken over
+    /// by a newer one.
+    pub(crate) fn taken_over(&self, generation: u64) -> bool {
+        self.attach_generation != generation
+    }
+
+    /// The first output message not yet acknowledged, as (start offset,
+    /// length).
+    pub(crate) fn next_message(&self) -> Option<(u64, u64)> {
+        self.messages.front().copied()
+    }
+
+    /// The client has the final End/Error frame and acknowledged every
+    /// byte: the session can be forgotten.
+    pub(crate) fn fully_delivered(&self) -> bool {
+        self.end_delivered && self.acked == self.produced
+    }
+}
+
+/// A client's attach was refused: it asked to resume outside the output
+/// the box still holds.
+#[derive(Debug)]
+pub(crate) struct ResumeOutOfRange {
+    /// The offset asked for.
+    pub(crate) start: u64,
+    /// The oldest offset the box holds.
+    pub(crate) acked: u64,
+    /// The newest.
+    pub(crate) produced: u64,
 }
 
 /// One session.
@@ -393,6 +447,35 @@ impl Session {
 
     /// Forward one client message to the function (dropped if it has
     /// ended). Returns whether the input window is now full.
+    /// Attach a client, taking the session over from any earlier
+    /// attachment (which learns it when it next looks: its generation is
+    /// stale). Output is sent from `resume_from`, or from the first
+    /// unacknowledged byte. Returns the attachment's generation and the
+    /// offset it starts at.
+    pub(crate) fn attach(&self, resume_from: Option<u64>) -> Result<(u64, u64), ResumeOutOfRange> {
+        let attached = {
+            let mut state = self.lock();
+            let start = resume_from.unwrap_or(state.acked);
+            if start < state.acked || start > state.produced {
+                return Err(ResumeOutOfRange {
+                    start,
+                    acked: state.acked,
+                    produced: state.produced,
+                });
+            }
+            state.attach_generation += 1;
+            (state.attach_generation, start)
+        };
+        // Wake a previous attachment so it sees it was taken over.
+        self.changed.notify_waiters();
+        Ok(attached)
+    }
+
+    /// The final End/Error frame reached the client.
+    pub(crate) fn end_delivered(&self) {
+        self.lock().end_delivered = true;
+    }
+
     pub(crate) fn push_input(&self, data: Bytes) -> bool {
         let mut state = self.lock();
         if state.outcome.is_some() {
@@ -656,6 +739,39 @@ mod tests {
         assert_eq!(all, b"hello world");
         let tail: Vec<u8> = Session::output_from(&state, 4, 5).concat();
         assert_eq!(tail, b"o wor");
+    }
+
+    #[test]
+    fn an_attach_takes_the_session_over_from_the_previous_one() {
+        let s = session();
+        s.output(Bytes::from_static(b"hello"));
+        let (first, from) = s.attach(None).unwrap();
+        assert_eq!(from, 0, "a new attachment starts at the first unread byte");
+        let (second, from) = s.attach(Some(3)).unwrap();
+        assert_eq!(from, 3);
+        let state = s.lock();
+        assert!(state.taken_over(first));
+        assert!(!state.taken_over(second));
+    }
+
+    #[test]
+    fn an_attach_outside_the_held_output_is_refused_and_changes_nothing() {
+        let s = session();
+        s.output(Bytes::from_static(b"hello "));
+        s.output(Bytes::from_static(b"world"));
+        let (current, _) = s.attach(None).unwrap();
+        assert!(s.acknowledge(6));
+        for outside in [5, 12] {
+            let refused = s.attach(Some(outside)).unwrap_err();
+            assert_eq!(
+                (refused.start, refused.acked, refused.produced),
+                (outside, 6, 11)
+            );
+        }
+        assert!(
+            !s.lock().taken_over(current),
+            "a refused attach leaves the current attachment in place"
+        );
     }
 
     #[test]

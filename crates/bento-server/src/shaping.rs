@@ -64,7 +64,7 @@ impl OutputShaper {
     /// The cells due by `now`, carrying output from offset `sent` of
     /// `state` where the defense lets real data take a padding slot.
     pub(crate) fn due(&mut self, now: Instant, state: &SessionState, sent: u64) -> DueCells {
-        let waiting = state.produced.saturating_sub(sent);
+        let waiting = state.produced().saturating_sub(sent);
         let emits = self.shaper.poll(now, waiting.div_ceil(CELL_LEN as u64));
         let mut wire = BytesMut::new();
         let data_cells = emits.iter().filter(|e| **e == Emit::Data).count();
