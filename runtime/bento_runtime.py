@@ -70,8 +70,11 @@ import requests.exceptions  # noqa: F401
 sys.modules["socket"] = bento_socket
 
 import wit_world
+from bento import errors
+from bento.errors import BentoError, StreamClosed
 from componentize_py_types import Err
 from wit_world.imports import capabilities, session
+from wit_world.imports.types import FunctionError
 
 _STDIN = 0
 _STDOUT = 1
@@ -99,50 +102,7 @@ time.process_time_ns = time.thread_time_ns = _cpu_time_ns
 _SEND_CHUNK = 1024 * 1024
 
 
-class BentoError(Exception):
-    """Base class of errors from Bento capabilities."""
-
-
-class DestinationRefused(BentoError, PermissionError):
-    """The box's rules do not let this function reach that destination."""
-
-
-class QuotaExceeded(BentoError, OSError):
-    """The instance's storage quota would be exceeded."""
-
-
-class ChannelLimit(BentoError):
-    """The instance already has as many channels and connections as granted."""
-
-
-class StreamClosed(BentoError, ConnectionError):
-    """The stream or channel is closed."""
-
-
-class BoxIOError(BentoError, OSError):
-    """A capability failed for a reason outside the function (network, TLS, disk)."""
-
-
-_ERRORS = {
-    "refused": DestinationRefused,
-    "quota": QuotaExceeded,
-    "channels": ChannelLimit,
-    "closed": StreamClosed,
-    "timeout": TimeoutError,
-    "invalid": ValueError,
-    "not-granted": PermissionError,
-    "io": BoxIOError,
-}
-
-
-def _host(call, *args):
-    """Call a capability import, turning its error text into an exception."""
-    try:
-        return call(*args)
-    except Err as err:
-        text = str(err.value)
-        kind, _, message = text.partition(": ")
-        raise _ERRORS.get(kind, BentoError)(message or text) from None
+_host = errors.call
 
 
 def _write_all(data):
@@ -802,12 +762,6 @@ class Api:
 
     __slots__ = ("_granted",)
 
-    BentoError = BentoError
-    DestinationRefused = DestinationRefused
-    QuotaExceeded = QuotaExceeded
-    ChannelLimit = ChannelLimit
-    StreamClosed = StreamClosed
-    BoxIOError = BoxIOError
     RemoteError = RemoteError
     NEW_CHANNEL = NEW_CHANNEL
 
@@ -868,7 +822,15 @@ class Api:
         return f"<bento api: {', '.join(self.__dir__())}>"
 
 
+# The exception classes (bento/errors.py), e.g. api.DestinationRefused.
+for _cls in errors.PUBLIC:
+    setattr(Api, _cls.__name__, _cls)
+
 api = Api()
+
+
+# The runtime's own files, whose frames a function's traceback leaves out.
+_RUNTIME_FILES = (__file__, os.path.dirname(errors.__file__) + os.sep)
 
 
 def _format_failure(exc):
@@ -876,7 +838,8 @@ def _format_failure(exc):
     (neither the call into the function nor the api's internals below it)."""
     if isinstance(exc, SyntaxError):
         return "".join(traceback.format_exception_only(exc))
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != __file__]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if f.filename != _RUNTIME_FILES[0] and not f.filename.startswith(_RUNTIME_FILES[1])]
     lines = ["Traceback (most recent call last):\n"] if frames else []
     lines += traceback.format_list(frames)
     lines += traceback.format_exception_only(type(exc), exc)
@@ -899,17 +862,30 @@ def _load(source, filename):
     return namespace
 
 
+class _RunnerError(Exception):
+    """A call the runner cannot make (no such entry, bad arguments): its
+    message is the whole failure, without a traceback."""
+
+
 def _guarded(action):
-    """Run `action`, turning any failure into `Err(traceback)`."""
+    """Run `action`, turning any failure into `Err(FunctionError)`: the
+    traceback and, when a capability error ended the function, its kind."""
     try:
         action()
-    except Err:
-        raise
+    except _RunnerError as exc:
+        raise Err(FunctionError(None, str(exc)))
     except BaseException as exc:  # noqa: BLE001 - report everything, incl. SystemExit
         if isinstance(exc, SystemExit) and exc.code in (None, 0):
             return
+        if isinstance(exc, Err):
+            # A function calling the raw bindings (wit_world.imports) can
+            # let a host error escape unconverted: it is reported as the
+            # exception it stands for.
+            raw = exc
+            exc = errors.from_host(raw.value) if hasattr(raw.value, "kind") else BentoError(str(raw.value))
+            exc = exc.with_traceback(raw.__traceback__)
         _FAILING[0] = True
-        raise Err(_format_failure(exc))
+        raise Err(FunctionError(errors.host_error_kind(exc), _format_failure(exc)))
     finally:
         try:
             sys.stdout.flush()
@@ -924,13 +900,13 @@ class WitWorld(wit_world.WitWorld):
         def action():
             args = json.loads(args_json)
             if not isinstance(args, list):
-                raise Err("arguments must be a JSON array")
+                raise _RunnerError("arguments must be a JSON array")
             namespace = _load(source, filename)
             function = namespace.get(entry)
             if function is None:
-                raise Err(f"{filename} defines no function named {entry!r}")
+                raise _RunnerError(f"{filename} defines no function named {entry!r}")
             if not callable(function):
-                raise Err(f"{entry!r} in {filename} is not callable")
+                raise _RunnerError(f"{entry!r} in {filename} is not callable")
             function(*args)
 
         _guarded(action)

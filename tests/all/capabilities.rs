@@ -755,3 +755,116 @@ async fn waiting_on_quiet_streams_uses_no_cpu_time() {
     assert_eq!(text(&output), "waited");
     bx.assert_serves_hello().await;
 }
+
+/// Each way a function can leave a refusal by the box's rules uncaught:
+/// through `api`, through the `requests` shim (which re-raises it as
+/// `requests.ConnectionError`), and through the raw bindings, past the
+/// runtime's own classes.
+const UNCAUGHT_REFUSALS: &[(&str, &str)] = &[
+    (
+        "api.connect",
+        "def main(port):\n    api.connect('127.0.0.1', port)\n",
+    ),
+    (
+        "requests",
+        "import requests\ndef main(port):\n    requests.get('http://127.0.0.1:%d/' % port, timeout=5)\n",
+    ),
+    (
+        "the raw binding",
+        "from wit_world.imports import capabilities\ndef main(port):\n    capabilities.connect('127.0.0.1', port)\n",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncaught_policy_refusal_ends_the_session_with_the_policy_refused_code() {
+    let allowed = LocalServer::echo();
+    let forbidden = LocalServer::echo();
+    let rule = format!("accept 127.0.0.1:{}", allowed.port);
+    let bx = TestBox::with_policy(&policy(std::slice::from_ref(&rule)), &[]);
+    let grant = manifest(&["connect", "http"], std::slice::from_ref(&rule), "");
+    let args = format!("[{}]", forbidden.port);
+    for (how, source) in UNCAUGHT_REFUSALS {
+        let (output, result) = bx.run_with_manifest(source, &grant, &args).await;
+        assert!(output.is_empty(), "{how}: {output:?}");
+        assert_eq!(code(&result), ErrorCode::PolicyRefused, "{how}: {result:?}");
+        assert!(
+            message(&result).starts_with("Traceback"),
+            "{how}: the traceback is still the message: {result:?}"
+        );
+    }
+
+    // A capability the function was never granted, asked for through the
+    // raw binding (`api` has no such attribute): refused by the host too.
+    let (_, result) = bx
+        .run_with_manifest(UNCAUGHT_REFUSALS[2].1, &manifest(&[], &[], ""), &args)
+        .await;
+    assert_eq!(code(&result), ErrorCode::PolicyRefused, "{result:?}");
+
+    // A refusal the function handled, then failing for its own reasons,
+    // is an ordinary exception.
+    let handled = "def main(port):\n    try:\n        api.connect('127.0.0.1', port)\n    except api.PolicyRefused:\n        raise ValueError('no way through')\n";
+    let (_, result) = bx.run_with_manifest(handled, &grant, &args).await;
+    assert_eq!(code(&result), ErrorCode::FunctionException, "{result:?}");
+
+    assert_eq!(
+        forbidden.accepted(),
+        0,
+        "a refused destination is never contacted"
+    );
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_host_error_kind_raises_its_own_exception_class_through_api_and_the_raw_bindings() {
+    let allowed = LocalServer::echo();
+    let forbidden = LocalServer::echo();
+    let rule = format!("accept 127.0.0.1:{}", allowed.port);
+    let bx = TestBox::with_policy(&policy(std::slice::from_ref(&rule)), &[]);
+    // One call per kind a function can provoke on its own; each line is the
+    // class the runtime raised and whether it is the builtin code written
+    // for ordinary Python catches.
+    let source = r#"
+from wit_world.imports import capabilities
+from componentize_py_types import Err
+def report(what, call, builtin):
+    try:
+        call()
+        api.send("%s: no error\n" % what)
+    except api.BentoError as e:
+        api.send("%s: %s %s %s\n" % (what, type(e).__name__, e.kind, isinstance(e, builtin)))
+def main(allowed, forbidden):
+    report("refused", lambda: api.connect("127.0.0.1", forbidden), PermissionError)
+    report("invalid", lambda: api.sleep(-1), ValueError)
+    stream = api.connect("127.0.0.1", allowed)
+    report("timeout", lambda: stream.recv(10, timeout=0), TimeoutError)
+    stream.close()
+    report("closed", lambda: stream.send(b"x"), ConnectionError)
+    report("quota", lambda: api.storage.put("k", b"x" * 4096), OSError)
+    kept = []
+    report("channels", lambda: [kept.append(api.connect("127.0.0.1", allowed)) for _ in range(64)], OSError)
+    # The raw binding: a record with a typed kind, no text to parse.
+    try:
+        capabilities.sleep(float("nan"))
+    except Err as e:
+        api.send("raw: %s\n" % e.value.kind.name)
+"#;
+    let grant = manifest(
+        &["connect", "time", "storage"],
+        std::slice::from_ref(&rule),
+        "storage_kib = 2",
+    );
+    let args = format!("[{}, {}]", allowed.port, forbidden.port);
+    let (output, result) = bx.run_with_manifest(source, &grant, &args).await;
+    result.unwrap();
+    assert_eq!(
+        text(&output),
+        "refused: DestinationRefused refused True\n\
+         invalid: InvalidArgument invalid-argument True\n\
+         timeout: Timeout timeout True\n\
+         closed: StreamClosed closed True\n\
+         quota: QuotaExceeded quota-exceeded True\n\
+         channels: ChannelLimit channel-limit True\n\
+         raw: INVALID_ARGUMENT\n"
+    );
+    bx.assert_serves_hello().await;
+}
