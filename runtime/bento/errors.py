@@ -91,8 +91,8 @@ class Stopped(BentoError):
     kind = "stopped"
 
 
-# One class per host error kind: tests/all/capabilities.rs checks every
-# kind of the WIT enum has one.
+# One class per host error kind (tests/all/capabilities.rs checks that every
+# kind of the WIT enum has its own).
 CLASSES = {
     ErrorKind.NOT_GRANTED: NotGranted,
     ErrorKind.REFUSED: DestinationRefused,

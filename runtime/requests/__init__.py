@@ -247,10 +247,10 @@ def _timeout_seconds(timeout):
 
 
 def _http_request():
-    import bento_runtime  # the runner: loaded first, so this never cycles
+    from bento.api import api  # loaded by the runtime first, so this never cycles
 
     try:
-        return bento_runtime.api.http_request
+        return api.http_request
     except AttributeError:
         raise PermissionError(
             "requests needs the `http` capability: declare it in the function's manifest "

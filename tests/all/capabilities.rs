@@ -847,6 +847,11 @@ def main(allowed, forbidden):
         capabilities.sleep(float("nan"))
     except Err as e:
         api.send("raw: %s\n" % e.value.kind.name)
+    # Every kind the WIT world defines has its own class.
+    from bento import errors
+    from wit_world.imports.types import ErrorKind
+    unmapped = [k.name for k in ErrorKind if errors.CLASSES.get(k, errors.BentoError) is errors.BentoError]
+    api.send("unmapped: %s\n" % unmapped)
 "#;
     let grant = manifest(
         &["connect", "time", "storage"],
@@ -864,7 +869,8 @@ def main(allowed, forbidden):
          closed: StreamClosed closed True\n\
          quota: QuotaExceeded quota-exceeded True\n\
          channels: ChannelLimit channel-limit True\n\
-         raw: INVALID_ARGUMENT\n"
+         raw: INVALID_ARGUMENT\n\
+         unmapped: []\n"
     );
     bx.assert_serves_hello().await;
 }
