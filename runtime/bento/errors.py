@@ -10,7 +10,7 @@ so `except TimeoutError` (`socket.timeout`) or `except OSError` keep working.
 """
 
 from componentize_py_types import Err
-from wit_world.imports.types import ErrorKind
+from wit_world.imports.types import ErrorKind, HostError
 
 
 class BentoError(Exception):
@@ -137,11 +137,14 @@ def host_error_kind(exc):
     """The host error kind (WIT enum) behind an exception that ends a
     function: its own, or that of the exception it was raised from
     (`raise … from error`, as the requests shim does for a refusal), so a
-    shim's own class still reports a refusal as one. None for any other."""
+    shim's own class still reports a refusal as one; the raw bindings' `Err`
+    counts as the class it stands for. None for any other."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, BentoError) and exc.kind in _KINDS:
             return _KINDS[exc.kind]
+        if isinstance(exc, Err) and isinstance(exc.value, HostError):
+            return exc.value.kind  # from the raw bindings, unconverted
         exc = exc.__cause__
     return None

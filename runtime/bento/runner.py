@@ -11,7 +11,7 @@ import traceback
 import wit_world
 from componentize_py_types import Err
 from wit_world.imports import capabilities
-from wit_world.imports.types import FunctionError
+from wit_world.imports.types import FunctionError, HostError
 
 from bento import errors, streams
 from bento.api import api
@@ -71,7 +71,7 @@ def _guarded(action):
             # let a host error escape unconverted: it is reported as the
             # exception it stands for.
             raw = exc
-            exc = errors.from_host(raw.value) if hasattr(raw.value, "kind") else BentoError(str(raw.value))
+            exc = errors.from_host(raw.value) if isinstance(raw.value, HostError) else BentoError(str(raw.value))
             exc = exc.with_traceback(raw.__traceback__)
         streams.FAILING[0] = True
         raise Err(FunctionError(errors.host_error_kind(exc), _format_failure(exc)))

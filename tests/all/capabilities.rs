@@ -650,6 +650,40 @@ def main():
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_client_learns_of_a_policy_refusal_by_its_code_but_never_sees_the_traceback() {
+    let bx = TestBox::start(&[]);
+    // `connect` is not granted: the raw binding is refused by the host
+    // (its `Err`, unconverted), and the function's own exception raised
+    // from that refusal ends it.
+    let source = r#"
+from componentize_py_types import Err
+from wit_world.imports import capabilities
+def main():
+    channel = api.accept()
+    try:
+        capabilities.connect("127.0.0.1", 9)
+    except Err as e:
+        raise RuntimeError("the invoker's secret") from e
+"#;
+    let (session, mut channel) = start_service_and_connect(&bx, source).await;
+    let err = channel.next().await.unwrap_err();
+    match &err {
+        bento_client::ClientError::Remote { code, message } => {
+            assert_eq!(*code, ErrorCode::PolicyRefused);
+            assert!(!message.contains("secret"), "{message}");
+        }
+        other => panic!("expected the service's refusal, got {other:?}"),
+    }
+    let (_, result) = bx.read_all(&session).await;
+    assert_eq!(code(&result), ErrorCode::PolicyRefused, "{result:?}");
+    assert!(
+        message(&result).contains("the invoker's secret"),
+        "the invoker gets the traceback: {result:?}"
+    );
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exception_inside_a_with_block_reaches_the_channel_client_as_a_failure() {
     let bx = TestBox::start(&[]);
     let source = "def main():\n    with api.accept() as channel:\n        channel.send(b'partial')\n        raise RuntimeError('boom')\n";
