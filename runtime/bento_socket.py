@@ -93,10 +93,10 @@ def _check_timeout(value):
 
 
 def _api_connect():
-    import bento_runtime  # the runner: loaded first, so this never cycles
+    from bento.api import api  # loaded by the runtime first, so this never cycles
 
     try:
-        return bento_runtime.api.connect
+        return api.connect
     except AttributeError:
         raise PermissionError(
             "socket connections need the `connect` capability: declare it in the function's "

@@ -27,6 +27,8 @@ import urllib.parse
 from collections.abc import Mapping, MutableMapping
 from http import HTTPStatus
 
+from bento import errors as bento_errors
+
 from . import exceptions
 from .exceptions import (
     ConnectionError,  # noqa: A004 - the name `requests` uses
@@ -245,10 +247,10 @@ def _timeout_seconds(timeout):
 
 
 def _http_request():
-    import bento_runtime  # the runner: loaded first, so this never cycles
+    from bento.api import api  # loaded by the runtime first, so this never cycles
 
     try:
-        return bento_runtime.api.http_request
+        return api.http_request
     except AttributeError:
         raise PermissionError(
             "requests needs the `http` capability: declare it in the function's manifest "
@@ -294,14 +296,18 @@ def request(method, url, params=None, data=None, headers=None, cookies=None, fil
         if "URL" in message or "url" in message:
             raise InvalidURL(f"requests: {message}") from None
         raise exceptions.InvalidHeader(f"requests: {message}") from None
+    except bento_errors.LimitReached as e:
+        # The only limit a request reaches: the box's redirect count.
+        raise TooManyRedirects(f"requests: {e}") from None
+    except bento_errors.PolicyRefused as e:
+        # To a `requests` user a refused destination is a connection error;
+        # raised from the refusal so that, left uncaught, the session still
+        # ends with the `policy_refused` code.
+        raise ConnectionError(f"requests: {e}") from e
     except OSError as e:
         if type(e) is PermissionError:
             raise  # a capability not granted: a configuration error, not the network
-        if "too many redirects" in str(e):
-            raise TooManyRedirects(f"requests: {e}") from None
-        # The policy refusing a destination (DestinationRefused), or the
-        # network failing: to a `requests` user both are connection errors;
-        # the message says which.
+        # The network failing (BoxIOError): a connection error.
         raise ConnectionError(f"requests: {e}") from None
     elapsed = datetime.timedelta(seconds=time.monotonic() - started)
     response = Response(answer.status, answer.header_list, answer.body, answer.url, elapsed)

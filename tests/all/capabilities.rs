@@ -650,6 +650,40 @@ def main():
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_client_learns_of_a_policy_refusal_by_its_code_but_never_sees_the_traceback() {
+    let bx = TestBox::start(&[]);
+    // `connect` is not granted: the raw binding is refused by the host
+    // (its `Err`, unconverted), and the function's own exception raised
+    // from that refusal ends it.
+    let source = r#"
+from componentize_py_types import Err
+from wit_world.imports import capabilities
+def main():
+    channel = api.accept()
+    try:
+        capabilities.connect("127.0.0.1", 9)
+    except Err as e:
+        raise RuntimeError("the invoker's secret") from e
+"#;
+    let (session, mut channel) = start_service_and_connect(&bx, source).await;
+    let err = channel.next().await.unwrap_err();
+    match &err {
+        bento_client::ClientError::Remote { code, message } => {
+            assert_eq!(*code, ErrorCode::PolicyRefused);
+            assert!(!message.contains("secret"), "{message}");
+        }
+        other => panic!("expected the service's refusal, got {other:?}"),
+    }
+    let (_, result) = bx.read_all(&session).await;
+    assert_eq!(code(&result), ErrorCode::PolicyRefused, "{result:?}");
+    assert!(
+        message(&result).contains("the invoker's secret"),
+        "the invoker gets the traceback: {result:?}"
+    );
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exception_inside_a_with_block_reaches_the_channel_client_as_a_failure() {
     let bx = TestBox::start(&[]);
     let source = "def main():\n    with api.accept() as channel:\n        channel.send(b'partial')\n        raise RuntimeError('boom')\n";
@@ -753,5 +787,124 @@ async fn waiting_on_quiet_streams_uses_no_cpu_time() {
         .await;
     result.unwrap();
     assert_eq!(text(&output), "waited");
+    bx.assert_serves_hello().await;
+}
+
+/// Each way a function can leave a refusal by the box's rules uncaught:
+/// through `api`, through the `requests` shim (which re-raises it as
+/// `requests.ConnectionError`), and through the raw bindings, past the
+/// runtime's own classes.
+const UNCAUGHT_REFUSALS: &[(&str, &str)] = &[
+    (
+        "api.connect",
+        "def main(port):\n    api.connect('127.0.0.1', port)\n",
+    ),
+    (
+        "requests",
+        "import requests\ndef main(port):\n    requests.get('http://127.0.0.1:%d/' % port, timeout=5)\n",
+    ),
+    (
+        "the raw binding",
+        "from wit_world.imports import capabilities\ndef main(port):\n    capabilities.connect('127.0.0.1', port)\n",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncaught_policy_refusal_ends_the_session_with_the_policy_refused_code() {
+    let allowed = LocalServer::echo();
+    let forbidden = LocalServer::echo();
+    let rule = format!("accept 127.0.0.1:{}", allowed.port);
+    let bx = TestBox::with_policy(&policy(std::slice::from_ref(&rule)), &[]);
+    let grant = manifest(&["connect", "http"], std::slice::from_ref(&rule), "");
+    let args = format!("[{}]", forbidden.port);
+    for (how, source) in UNCAUGHT_REFUSALS {
+        let (output, result) = bx.run_with_manifest(source, &grant, &args).await;
+        assert!(output.is_empty(), "{how}: {output:?}");
+        assert_eq!(code(&result), ErrorCode::PolicyRefused, "{how}: {result:?}");
+        assert!(
+            message(&result).starts_with("Traceback"),
+            "{how}: the traceback is still the message: {result:?}"
+        );
+    }
+
+    // A capability the function was never granted, asked for through the
+    // raw binding (`api` has no such attribute): refused by the host too.
+    let (_, result) = bx
+        .run_with_manifest(UNCAUGHT_REFUSALS[2].1, &manifest(&[], &[], ""), &args)
+        .await;
+    assert_eq!(code(&result), ErrorCode::PolicyRefused, "{result:?}");
+
+    // A refusal the function handled, then failing for its own reasons,
+    // is an ordinary exception.
+    let handled = "def main(port):\n    try:\n        api.connect('127.0.0.1', port)\n    except api.PolicyRefused:\n        raise ValueError('no way through')\n";
+    let (_, result) = bx.run_with_manifest(handled, &grant, &args).await;
+    assert_eq!(code(&result), ErrorCode::FunctionException, "{result:?}");
+
+    assert_eq!(
+        forbidden.accepted(),
+        0,
+        "a refused destination is never contacted"
+    );
+    bx.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_host_error_kind_raises_its_own_exception_class_through_api_and_the_raw_bindings() {
+    let allowed = LocalServer::echo();
+    let forbidden = LocalServer::echo();
+    let rule = format!("accept 127.0.0.1:{}", allowed.port);
+    let bx = TestBox::with_policy(&policy(std::slice::from_ref(&rule)), &[]);
+    // One call per kind a function can provoke on its own; each line is the
+    // class the runtime raised and whether it is the builtin code written
+    // for ordinary Python catches.
+    let source = r#"
+from wit_world.imports import capabilities
+from componentize_py_types import Err
+def report(what, call, builtin):
+    try:
+        call()
+        api.send("%s: no error\n" % what)
+    except api.BentoError as e:
+        api.send("%s: %s %s %s\n" % (what, type(e).__name__, e.kind, isinstance(e, builtin)))
+def main(allowed, forbidden):
+    report("refused", lambda: api.connect("127.0.0.1", forbidden), PermissionError)
+    report("invalid", lambda: api.sleep(-1), ValueError)
+    stream = api.connect("127.0.0.1", allowed)
+    report("timeout", lambda: stream.recv(10, timeout=0), TimeoutError)
+    stream.close()
+    report("closed", lambda: stream.send(b"x"), ConnectionError)
+    report("quota", lambda: api.storage.put("k", b"x" * 4096), OSError)
+    kept = []
+    report("channels", lambda: [kept.append(api.connect("127.0.0.1", allowed)) for _ in range(64)], OSError)
+    # The raw binding: a record with a typed kind, no text to parse.
+    try:
+        capabilities.sleep(float("nan"))
+    except Err as e:
+        api.send("raw: %s\n" % e.value.kind.name)
+    # Every kind the WIT world defines has its own class.
+    from bento import errors
+    from wit_world.imports.types import ErrorKind
+    unmapped = [k.name for k in ErrorKind if errors.CLASSES.get(k, errors.BentoError) is errors.BentoError]
+    api.send("unmapped: %s\n" % unmapped)
+"#;
+    let grant = manifest(
+        &["connect", "time", "storage"],
+        std::slice::from_ref(&rule),
+        "storage_kib = 2",
+    );
+    let args = format!("[{}, {}]", allowed.port, forbidden.port);
+    let (output, result) = bx.run_with_manifest(source, &grant, &args).await;
+    result.unwrap();
+    assert_eq!(
+        text(&output),
+        "refused: DestinationRefused refused True\n\
+         invalid: InvalidArgument invalid-argument True\n\
+         timeout: Timeout timeout True\n\
+         closed: StreamClosed closed True\n\
+         quota: QuotaExceeded quota-exceeded True\n\
+         channels: ChannelLimit channel-limit True\n\
+         raw: INVALID_ARGUMENT\n\
+         unmapped: []\n"
+    );
     bx.assert_serves_hello().await;
 }

@@ -16,8 +16,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bento_client::{ClientError, Target};
-use bento_protocol::ErrorCode;
+use bento_client::Target;
 use flate2::{Decompress, FlushDecompress, Status};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -290,13 +289,10 @@ fn rewrite(body: &[u8], refs: &[(usize, usize, usize)], from: &str, names: &[Str
 /// client's error.
 fn failure(error: Error) -> Error {
     match error {
-        Error::Client(ClientError::Remote {
-            code: ErrorCode::FunctionException,
-            message,
-        }) => Error::Function(format!(
-            "the box could not browse: {}",
-            crate::function_error(&message)
-        )),
+        Error::Client(error) => match crate::raised_by_function(&error) {
+            Some(message) => Error::Function(format!("the box could not browse: {message}")),
+            None => Error::Client(error),
+        },
         other => other,
     }
 }

@@ -473,11 +473,10 @@ pub(crate) async fn run_flow(
 /// The Cover's own error (`CoverError: …`) or the box's, as the client's
 /// error: a refused manifest means the box cannot carry this flow.
 pub(crate) fn failure(error: ClientError) -> Error {
+    if let Some(message) = crate::raised_by_function(&error) {
+        return Error::Function(message.to_owned());
+    }
     match error {
-        ClientError::Remote {
-            code: ErrorCode::FunctionException,
-            message,
-        } => Error::Function(crate::function_error(&message).to_owned()),
         ClientError::Remote {
             code: ErrorCode::ManifestRejected,
             message,

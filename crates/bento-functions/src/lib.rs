@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bento_client::ClientError;
-use bento_protocol::ErrorKind;
+use bento_protocol::{ErrorCode, ErrorKind};
 
 /// Whose fault a failure was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +126,22 @@ pub fn function_error(traceback: &str) -> &str {
         .iter()
         .find_map(|p| last.split_once(p).map(|(_, message)| message))
         .unwrap_or(last)
+}
+
+/// The message of a failure the function raised itself, as
+/// [`function_error`] reads it from the traceback: an uncaught exception
+/// (`function_exception`) or a refusal by the box's rules it left uncaught
+/// (`policy_refused`). `None` for any other error, which stays the box's.
+/// The one place the client halves tell the function's failures from the
+/// box's.
+pub fn raised_by_function(error: &ClientError) -> Option<&str> {
+    match error {
+        ClientError::Remote {
+            code: ErrorCode::FunctionException | ErrorCode::PolicyRefused,
+            message,
+        } => Some(function_error(message)),
+        _ => None,
+    }
 }
 
 /// Where a client half tells its user what it is doing while it works:
@@ -241,5 +257,24 @@ mod tests {
         );
         assert_eq!(Error::from(ClientError::Closed).fault(), Fault::Box);
         assert_eq!(Error::Request("x".into()).fault(), Fault::Request);
+    }
+
+    #[test]
+    fn a_policy_refusal_the_function_left_uncaught_is_the_functions_failure_by_its_code() {
+        let remote = |code| ClientError::Remote {
+            code,
+            message: "Traceback …\napi.DestinationRefused: connection to a:1 refused\n".into(),
+        };
+        for code in [ErrorCode::PolicyRefused, ErrorCode::FunctionException] {
+            assert_eq!(
+                raised_by_function(&remote(code)),
+                Some("api.DestinationRefused: connection to a:1 refused"),
+                "{code}"
+            );
+            assert_eq!(Error::from(remote(code)).fault(), Fault::Function);
+        }
+        // The same text under a box's code is the box's error.
+        assert_eq!(raised_by_function(&remote(ErrorCode::Internal)), None);
+        assert_eq!(raised_by_function(&ClientError::Closed), None);
     }
 }

@@ -124,6 +124,10 @@ error_codes! {
     WorkerCrashed = 50, Internal, "worker_crashed";
     /// The instance trapped for a reason other than a limit.
     FunctionTrapped = 51, FunctionFailed, "function_trapped";
+    /// The function left a capability error uncaught that the box's rules
+    /// caused (a destination its manifest or the box's policy refuses, a
+    /// capability it was not granted); the message is the traceback.
+    PolicyRefused = 52, FunctionFailed, "policy_refused";
     /// The box runs as many instances as it allows.
     TooManyInstances = 64, Busy, "too_many_instances";
     /// The box buffers as much session output as it allows.

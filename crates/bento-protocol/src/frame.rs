@@ -62,6 +62,9 @@ macro_rules! frame_types {
             pub fn name(self) -> &'static str {
                 match self { $( FrameType::$name => stringify!($name), )* }
             }
+
+            /// Every frame type, for documentation and tests.
+            pub const ALL: &'static [FrameType] = &[ $( FrameType::$name, )* ];
         }
     };
 }

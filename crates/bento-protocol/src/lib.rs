@@ -18,6 +18,8 @@
 
 mod error_code;
 mod frame;
+#[cfg(test)]
+mod python_constants;
 mod token;
 
 pub use error_code::{ErrorCode, ErrorKind};

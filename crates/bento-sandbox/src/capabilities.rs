@@ -2,9 +2,8 @@
 //! beyond its session channel, each call checked against the instance's
 //! [`CapabilityGrant`].
 //!
-//! Errors reach Python as `"kind: message"` strings; the runtime turns the
-//! kind into an exception class (`refused` → `DestinationRefused`, …).
-//! Messages never contain anything the function did not already know.
+//! Errors reach Python as a typed [`HostError`], whose kind the runtime
+//! turns into an exception class (`refused` → `DestinationRefused`, …).
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -17,6 +16,7 @@ use bento_storage::InstanceStorage;
 use bytes::Bytes;
 
 use crate::grant::CapabilityGrant;
+use crate::host_error::{ErrorKind as HostErrorKind, HostError};
 use crate::session_io::{SessionIo, WaitError};
 
 /// How often blocked socket calls look for a kill or the deadline.
@@ -41,7 +41,7 @@ pub(crate) struct Capabilities {
     destinations: Option<DestinationCheck>,
     tls: Option<TlsSettings>,
     storage: Option<InstanceStorage>,
-    storage_error: Option<String>,
+    storage_error: Option<HostError>,
     streams: HashMap<u32, Stream>,
     next_stream: u32,
     /// SOCKS credentials that give this instance its own Tor circuits
@@ -80,7 +80,9 @@ impl Capabilities {
                     tracing::warn!(error = %e, "cannot create instance storage");
                     (
                         None,
-                        Some(format!("io: the box could not create storage: {e}")),
+                        Some(HostError::io(format!(
+                            "the box could not create storage: {e}"
+                        ))),
                     )
                 }
             },
@@ -111,13 +113,16 @@ impl Capabilities {
             .collect()
     }
 
-    fn require(&self, capability: Capability) -> Result<(), String> {
+    fn require(&self, capability: Capability) -> Result<(), HostError> {
         if self.grant.has(capability) {
             Ok(())
         } else {
-            Err(format!(
-                "not-granted: this function was not granted the `{}` capability",
-                capability.name()
+            Err(HostError::new(
+                HostErrorKind::NotGranted,
+                format!(
+                    "this function was not granted the `{}` capability",
+                    capability.name()
+                ),
             ))
         }
     }
@@ -129,10 +134,12 @@ impl Capabilities {
         id
     }
 
-    pub(crate) fn sleep(&self, io: &SessionIo, seconds: f64) -> Result<(), String> {
+    pub(crate) fn sleep(&self, io: &SessionIo, seconds: f64) -> Result<(), HostError> {
         self.require(Capability::Time)?;
         if !seconds.is_finite() || seconds < 0.0 {
-            return Err("invalid: sleep() needs a finite, non-negative number of seconds".into());
+            return Err(HostError::invalid(
+                "sleep() needs a finite, non-negative number of seconds",
+            ));
         }
         let duration = Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX);
         io.sleep(duration).map_err(stopped)
@@ -147,7 +154,12 @@ impl Capabilities {
             .map_or(0.0, |d| d.as_secs_f64())
     }
 
-    pub(crate) fn connect(&mut self, io: &SessionIo, host: &str, port: u16) -> Result<u32, String> {
+    pub(crate) fn connect(
+        &mut self,
+        io: &SessionIo,
+        host: &str,
+        port: u16,
+    ) -> Result<u32, HostError> {
         self.require(Capability::Connect)?;
         let check = self.destinations.as_ref().ok_or_else(no_rules)?;
         if !io.try_open_channel() {
@@ -157,7 +169,7 @@ impl Capabilities {
             Ok(stream) => Ok(self.add_stream(Stream::Tcp(stream))),
             Err(e) => {
                 io.channel_released();
-                Err(egress_error(&e))
+                Err(HostError::from(&e))
             }
         }
     }
@@ -168,13 +180,13 @@ impl Capabilities {
         host: &str,
         port: u16,
         timeout: Option<f64>,
-    ) -> Result<u32, String> {
+    ) -> Result<u32, HostError> {
         self.require(Capability::TorConnect)?;
         let until = until(timeout)?;
         let socks = self
             .grant
             .tor_socks
-            .ok_or_else(|| "io: this box has no Tor SocksPort configured".to_owned())?;
+            .ok_or_else(|| HostError::io("this box has no Tor SocksPort configured"))?;
         if !io.try_open_channel() {
             return Err(channel_limit(io));
         }
@@ -194,15 +206,18 @@ impl Capabilities {
         io: &SessionIo,
         port: u16,
         key: Option<String>,
-    ) -> Result<String, String> {
+    ) -> Result<String, HostError> {
         self.require(Capability::OnionService)?;
         if port == 0 {
-            return Err("invalid: the virtual port must be 1-65535".into());
+            return Err(HostError::invalid("the virtual port must be 1-65535"));
         }
         if self.onion_services_created >= self.grant.onion_services {
-            return Err(format!(
-                "channels: this function may create at most {} onion services",
-                self.grant.onion_services
+            return Err(HostError::new(
+                HostErrorKind::ChannelLimit,
+                format!(
+                    "this function may create at most {} onion services",
+                    self.grant.onion_services
+                ),
             ));
         }
         let address = io.onion_request(port, key)?;
@@ -214,7 +229,7 @@ impl Capabilities {
         &mut self,
         io: &SessionIo,
         timeout: Option<f64>,
-    ) -> Result<Option<u32>, String> {
+    ) -> Result<Option<u32>, HostError> {
         // Onion-service streams arrive as channels too.
         if !self.grant.has(Capability::OnionService) {
             self.require(Capability::Service)?;
@@ -226,7 +241,7 @@ impl Capabilities {
         }
     }
 
-    pub(crate) fn stream_send(&mut self, io: &SessionIo, id: u32) -> Result<(), String> {
+    pub(crate) fn stream_send(&mut self, io: &SessionIo, id: u32) -> Result<(), HostError> {
         let staged = io.take_staged()?;
         let data = &staged.data;
         match self.streams.get_mut(&id).ok_or_else(unknown_stream)? {
@@ -244,16 +259,16 @@ impl Capabilities {
         id: u32,
         max: u32,
         timeout: Option<f64>,
-    ) -> Result<Option<u32>, String> {
+    ) -> Result<Option<u32>, HostError> {
         let max = usize::try_from(max.clamp(1, 1 << 20)).unwrap_or(1 << 20);
         let until = until(timeout)?;
         let data = match self.streams.get_mut(&id).ok_or_else(unknown_stream)? {
             Stream::Service(channel) => match io.channel_recv(*channel, max, until) {
                 Ok(data) => data,
                 Err(WaitError::TimedOut) => {
-                    return Err("timeout: no data within the timeout".into());
+                    return Err(no_data());
                 }
-                Err(WaitError::Stopped(reason)) => return Err(stopped(reason)),
+                Err(WaitError::Stopped(reason)) => return Err(reason.into()),
             },
             Stream::Tcp(tcp) => {
                 let data = read_socket(io, tcp, max, until)?;
@@ -281,10 +296,10 @@ impl Capabilities {
         io: &SessionIo,
         timeout: Option<f64>,
         accept: bool,
-    ) -> Result<(u32, bool), String> {
+    ) -> Result<(u32, bool), HostError> {
         let staged = io.take_staged()?.data;
         if staged.len() % 4 != 0 {
-            return Err("invalid: wait() takes a list of stream ids".into());
+            return Err(HostError::invalid("wait() takes a list of stream ids"));
         }
         let until = until(timeout)?;
         let mut tcp = Vec::new();
@@ -369,13 +384,13 @@ impl Capabilities {
         url: String,
         headers_json: &str,
         timeout_ms: Option<u64>,
-    ) -> Result<String, String> {
+    ) -> Result<String, HostError> {
         self.require(Capability::Http)?;
         let staged = io.take_staged()?;
         let body = staged.data;
         let check = self.destinations.as_ref().ok_or_else(no_rules)?;
         let headers: Vec<(String, String)> = serde_json::from_str(headers_json)
-            .map_err(|e| format!("invalid: headers must be name/value pairs: {e}"))?;
+            .map_err(|e| HostError::invalid(format!("headers must be name/value pairs: {e}")))?;
         let tls = self.tls.clone().unwrap_or_default();
         io.throttle(body.len() as u64).map_err(stopped)?;
         let request = HttpRequest {
@@ -403,7 +418,7 @@ impl Capabilities {
             io.throttle(bytes as u64).map_err(|_| EgressError::Stopped)
         };
         let response = bento_egress::http_request(check, &tls, &request, &limits, &mut throttle)
-            .map_err(|e| egress_error(&e))?;
+            .map_err(|e| HostError::from(&e))?;
         // Redirects may have counted bodies that are gone; what stays is
         // counted again as the pending result.
         drop(body_charge);
@@ -418,22 +433,28 @@ impl Capabilities {
         Ok(meta.to_string())
     }
 
-    fn storage(&mut self) -> Result<&mut InstanceStorage, String> {
+    fn storage(&mut self) -> Result<&mut InstanceStorage, HostError> {
         self.require(Capability::Storage)?;
         match (&mut self.storage, &self.storage_error) {
             (Some(storage), _) => Ok(storage),
             (None, Some(error)) => Err(error.clone()),
-            (None, None) => Err("io: this instance has no storage".into()),
+            (None, None) => Err(HostError::io("this instance has no storage")),
         }
     }
 
-    pub(crate) fn storage_put(&mut self, io: &SessionIo, key: &str) -> Result<(), String> {
+    pub(crate) fn storage_put(&mut self, io: &SessionIo, key: &str) -> Result<(), HostError> {
         let value = io.take_staged()?;
-        self.storage()?.put(key, &value.data).map_err(storage_error)
+        self.storage()?
+            .put(key, &value.data)
+            .map_err(HostError::from)
     }
 
-    pub(crate) fn storage_get(&mut self, io: &SessionIo, key: &str) -> Result<Option<u32>, String> {
-        let value = self.storage()?.get(key).map_err(storage_error)?;
+    pub(crate) fn storage_get(
+        &mut self,
+        io: &SessionIo,
+        key: &str,
+    ) -> Result<Option<u32>, HostError> {
+        let value = self.storage()?.get(key).map_err(HostError::from)?;
         match value {
             Some(value) => {
                 let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
@@ -444,84 +465,71 @@ impl Capabilities {
         }
     }
 
-    pub(crate) fn storage_delete(&mut self, key: &str) -> Result<bool, String> {
-        self.storage()?.delete(key).map_err(storage_error)
+    pub(crate) fn storage_delete(&mut self, key: &str) -> Result<bool, HostError> {
+        self.storage()?.delete(key).map_err(HostError::from)
     }
 
-    pub(crate) fn storage_keys(&mut self) -> Result<Vec<String>, String> {
+    pub(crate) fn storage_keys(&mut self) -> Result<Vec<String>, HostError> {
         Ok(self.storage()?.keys())
     }
 
-    pub(crate) fn storage_usage(&mut self) -> Result<(u64, u64), String> {
+    pub(crate) fn storage_usage(&mut self) -> Result<(u64, u64), HostError> {
         let storage = self.storage()?;
         Ok((storage.used(), storage.quota()))
     }
 }
 
-fn stopped(reason: crate::StopReason) -> String {
-    crate::session_io::stopped_text(reason)
+fn stopped(reason: crate::StopReason) -> HostError {
+    HostError::stopped(reason)
 }
 
-fn no_rules() -> String {
-    "refused: the box could not read this function's destination rules".into()
+fn no_rules() -> HostError {
+    HostError::refused("the box could not read this function's destination rules")
 }
 
-fn unknown_stream() -> String {
-    "closed: no such stream (it was closed)".into()
+fn unknown_stream() -> HostError {
+    HostError::closed("no such stream (it was closed)")
 }
 
-fn channel_limit(io: &SessionIo) -> String {
-    format!(
-        "channels: this function may have at most {} channels and connections open at once",
-        io.channel_limit()
+fn no_data() -> HostError {
+    HostError::timeout("no data within the timeout")
+}
+
+fn channel_limit(io: &SessionIo) -> HostError {
+    HostError::new(
+        HostErrorKind::ChannelLimit,
+        format!(
+            "this function may have at most {} channels and connections open at once",
+            io.channel_limit()
+        ),
     )
 }
 
-fn until(timeout: Option<f64>) -> Result<Option<Instant>, String> {
+fn until(timeout: Option<f64>) -> Result<Option<Instant>, HostError> {
     match timeout {
         None => Ok(None),
         Some(t) if t.is_finite() && t >= 0.0 => {
             Ok(Instant::now().checked_add(Duration::try_from_secs_f64(t).unwrap_or(Duration::MAX)))
         }
-        Some(_) => {
-            Err("invalid: a timeout must be a finite, non-negative number of seconds".into())
-        }
+        Some(_) => Err(HostError::invalid(
+            "a timeout must be a finite, non-negative number of seconds",
+        )),
     }
 }
 
 /// The deadline of one HTTP request: the function's `timeout_ms` (any
 /// value the guest likes, so checked here), never past the instance's own.
-fn request_deadline(instance: Instant, timeout_ms: Option<u64>) -> Result<Instant, String> {
+fn request_deadline(instance: Instant, timeout_ms: Option<u64>) -> Result<Instant, HostError> {
     match timeout_ms {
         None => Ok(instance),
-        Some(0) => Err("invalid: the timeout must be more than 0 ms".into()),
+        Some(0) => Err(HostError::invalid("the timeout must be more than 0 ms")),
         Some(ms) => Ok(Instant::now()
             .checked_add(Duration::from_millis(ms))
             .map_or(instance, |deadline| deadline.min(instance))),
     }
 }
 
-fn egress_error(error: &EgressError) -> String {
-    let kind = match error {
-        EgressError::Refused { .. } => "refused",
-        EgressError::Timeout => "timeout",
-        EgressError::InvalidUrl { .. } | EgressError::InvalidRequest(_) => "invalid",
-        EgressError::Stopped => "stopped",
-        _ => "io",
-    };
-    format!("{kind}: {error}")
-}
-
-fn storage_error(error: bento_storage::StorageError) -> String {
-    let kind = match error {
-        bento_storage::StorageError::QuotaExceeded { .. } => "quota",
-        bento_storage::StorageError::InvalidKey(_) => "invalid",
-        _ => "io",
-    };
-    format!("{kind}: {error}")
-}
-
-fn check_stop(io: &SessionIo) -> Result<(), String> {
+fn check_stop(io: &SessionIo) -> Result<(), HostError> {
     if let Some(reason) = io.stop_reason() {
         return Err(stopped(reason));
     }
@@ -533,20 +541,20 @@ fn check_stop(io: &SessionIo) -> Result<(), String> {
 }
 
 /// Write all of `data`, giving up when the instance is stopped.
-fn write_socket(io: &SessionIo, tcp: &mut TcpStream, data: &[u8]) -> Result<(), String> {
+fn write_socket(io: &SessionIo, tcp: &mut TcpStream, data: &[u8]) -> Result<(), HostError> {
     let _ = tcp.set_write_timeout(Some(SOCKET_POLL));
     let mut rest = data;
     while !rest.is_empty() {
         check_stop(io)?;
         match tcp.write(rest) {
-            Ok(0) => return Err("closed: the connection was closed".into()),
+            Ok(0) => return Err(HostError::closed("the connection was closed")),
             Ok(n) => rest = &rest[n..],
             Err(e)
                 if matches!(
                     e.kind(),
                     ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
                 ) => {}
-            Err(e) => return Err(format!("closed: the connection failed: {e}")),
+            Err(e) => return Err(HostError::closed(format!("the connection failed: {e}"))),
         }
     }
     Ok(())
@@ -560,7 +568,7 @@ fn read_socket(
     tcp: &mut TcpStream,
     max: usize,
     until: Option<Instant>,
-) -> Result<Option<Bytes>, String> {
+) -> Result<Option<Bytes>, HostError> {
     // The read buffer is the instance's memory until it becomes the
     // pending result (counted again there).
     let _charge = io.reserve(max as u64).map_err(stopped)?;
@@ -592,10 +600,10 @@ fn read_socket(
                 ) =>
             {
                 if slice.is_zero() {
-                    return Err("timeout: no data within the timeout".into());
+                    return Err(no_data());
                 }
             }
-            Err(e) => return Err(format!("closed: the connection failed: {e}")),
+            Err(e) => return Err(HostError::closed(format!("the connection failed: {e}"))),
         }
     }
 }
@@ -615,22 +623,29 @@ fn socket_readable(tcp: &TcpStream) -> bool {
 #[cfg(test)]
 mod tests {
     use super::request_deadline;
+    use crate::host_error::ErrorKind as HostErrorKind;
     use std::time::{Duration, Instant};
 
     #[test]
     fn a_request_timeout_shortens_the_deadline_but_never_extends_it() {
         let instance = Instant::now() + Duration::from_secs(60);
-        assert_eq!(request_deadline(instance, None), Ok(instance));
+        assert_eq!(request_deadline(instance, None).ok(), Some(instance));
         let short = request_deadline(instance, Some(1000)).unwrap_or(instance);
         assert!(short < instance);
-        assert_eq!(request_deadline(instance, Some(3_600_000)), Ok(instance));
+        assert_eq!(
+            request_deadline(instance, Some(3_600_000)).ok(),
+            Some(instance)
+        );
         // A guest may pass any u64: the largest must not overflow the clock.
-        assert_eq!(request_deadline(instance, Some(u64::MAX)), Ok(instance));
+        assert_eq!(
+            request_deadline(instance, Some(u64::MAX)).ok(),
+            Some(instance)
+        );
     }
 
     #[test]
     fn a_zero_request_timeout_is_refused_as_invalid() {
         let refused = request_deadline(Instant::now(), Some(0));
-        assert!(refused.is_err_and(|e| e.starts_with("invalid: ")));
+        assert!(refused.is_err_and(|e| e.kind == HostErrorKind::InvalidArgument));
     }
 }

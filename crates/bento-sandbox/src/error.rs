@@ -39,6 +39,10 @@ pub enum Failure {
     /// The function raised an uncaught exception, or its source did not
     /// compile; carries the Python traceback.
     Exception(String),
+    /// The function left a capability error uncaught whose cause is the
+    /// box's rules (a destination refused, a capability not granted);
+    /// carries the Python traceback.
+    PolicyRefused(String),
     /// The instance was killed on request.
     Killed,
     /// The instance trapped for a reason that is not a limit (a bug in the
@@ -50,7 +54,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::LimitExceeded { limit, detail } => write!(f, "{limit} exceeded: {detail}"),
-            Failure::Exception(tb) => f.write_str(tb.trim_end()),
+            Failure::Exception(tb) | Failure::PolicyRefused(tb) => f.write_str(tb.trim_end()),
             Failure::Killed => f.write_str("killed"),
             Failure::Trap(msg) => write!(f, "the function's instance trapped: {msg}"),
         }

@@ -12,6 +12,7 @@ use crate::capabilities::Capabilities;
 use crate::engine::PythonRuntime;
 use crate::error::{Failure, SandboxError};
 use crate::grant::CapabilityGrant;
+use crate::host_error::HostError;
 use crate::memory::InstanceMemory;
 use crate::session_io::{DiscardedSession, SessionIo, SessionStdin, SessionStdout, StopReason};
 use crate::wasi_sleep::{InstanceClock, shadow_clock_subscriptions};
@@ -100,12 +101,15 @@ impl bento::runtime::session::Host for InstanceState {
     }
 }
 
+/// The shared types (`host-error`, `function-error`) have no functions.
+impl bento::runtime::types::Host for InstanceState {}
+
 impl bento::runtime::capabilities::Host for InstanceState {
     fn granted(&mut self) -> wasmtime::Result<Vec<String>> {
         Ok(self.capabilities.granted())
     }
 
-    fn stage(&mut self, length: u64) -> wasmtime::Result<Result<(), String>> {
+    fn stage(&mut self, length: u64) -> wasmtime::Result<Result<(), HostError>> {
         let result = self.io.stage(length);
         self.stop_check(result)
     }
@@ -120,21 +124,21 @@ impl bento::runtime::capabilities::Host for InstanceState {
             .as_secs_f64())
     }
 
-    fn sleep(&mut self, seconds: f64) -> wasmtime::Result<Result<(), String>> {
+    fn sleep(&mut self, seconds: f64) -> wasmtime::Result<Result<(), HostError>> {
         self.stop_check(self.capabilities.sleep(&self.io, seconds))
     }
 
-    fn connect(&mut self, host: String, port: u16) -> wasmtime::Result<Result<u32, String>> {
+    fn connect(&mut self, host: String, port: u16) -> wasmtime::Result<Result<u32, HostError>> {
         let result = self.capabilities.connect(&self.io, &host, port);
         self.stop_check(result)
     }
 
-    fn accept(&mut self, timeout: Option<f64>) -> wasmtime::Result<Result<Option<u32>, String>> {
+    fn accept(&mut self, timeout: Option<f64>) -> wasmtime::Result<Result<Option<u32>, HostError>> {
         let result = self.capabilities.accept(&self.io, timeout);
         self.stop_check(result)
     }
 
-    fn conn_send(&mut self, stream: u32) -> wasmtime::Result<Result<(), String>> {
+    fn conn_send(&mut self, stream: u32) -> wasmtime::Result<Result<(), HostError>> {
         let result = self.capabilities.stream_send(&self.io, stream);
         self.stop_check(result)
     }
@@ -144,7 +148,7 @@ impl bento::runtime::capabilities::Host for InstanceState {
         stream: u32,
         max: u32,
         timeout: Option<f64>,
-    ) -> wasmtime::Result<Result<Option<u32>, String>> {
+    ) -> wasmtime::Result<Result<Option<u32>, HostError>> {
         let result = self
             .capabilities
             .stream_recv(&self.io, stream, max, timeout);
@@ -155,7 +159,7 @@ impl bento::runtime::capabilities::Host for InstanceState {
         &mut self,
         timeout: Option<f64>,
         accept: bool,
-    ) -> wasmtime::Result<Result<(u32, bool), String>> {
+    ) -> wasmtime::Result<Result<(u32, bool), HostError>> {
         let result = self.capabilities.wait(&self.io, timeout, accept);
         self.stop_check(result)
     }
@@ -170,7 +174,7 @@ impl bento::runtime::capabilities::Host for InstanceState {
         host: String,
         port: u16,
         timeout: Option<f64>,
-    ) -> wasmtime::Result<Result<u32, String>> {
+    ) -> wasmtime::Result<Result<u32, HostError>> {
         let result = self
             .capabilities
             .tor_connect(&self.io, &host, port, timeout);
@@ -181,7 +185,7 @@ impl bento::runtime::capabilities::Host for InstanceState {
         &mut self,
         port: u16,
         key: Option<String>,
-    ) -> wasmtime::Result<Result<String, String>> {
+    ) -> wasmtime::Result<Result<String, HostError>> {
         let result = self.capabilities.onion_service(&self.io, port, key);
         self.stop_check(result)
     }
@@ -192,31 +196,31 @@ impl bento::runtime::capabilities::Host for InstanceState {
         url: String,
         headers_json: String,
         timeout_ms: Option<u64>,
-    ) -> wasmtime::Result<Result<String, String>> {
+    ) -> wasmtime::Result<Result<String, HostError>> {
         let result =
             self.capabilities
                 .http_request(&self.io, method, url, &headers_json, timeout_ms);
         self.stop_check(result)
     }
 
-    fn storage_put(&mut self, key: String) -> wasmtime::Result<Result<(), String>> {
+    fn storage_put(&mut self, key: String) -> wasmtime::Result<Result<(), HostError>> {
         Ok(self.capabilities.storage_put(&self.io, &key))
     }
 
-    fn storage_get(&mut self, key: String) -> wasmtime::Result<Result<Option<u32>, String>> {
+    fn storage_get(&mut self, key: String) -> wasmtime::Result<Result<Option<u32>, HostError>> {
         let result = self.capabilities.storage_get(&self.io, &key);
         self.stop_check(result)
     }
 
-    fn storage_delete(&mut self, key: String) -> wasmtime::Result<Result<bool, String>> {
+    fn storage_delete(&mut self, key: String) -> wasmtime::Result<Result<bool, HostError>> {
         Ok(self.capabilities.storage_delete(&key))
     }
 
-    fn storage_keys(&mut self) -> wasmtime::Result<Result<Vec<String>, String>> {
+    fn storage_keys(&mut self) -> wasmtime::Result<Result<Vec<String>, HostError>> {
         Ok(self.capabilities.storage_keys())
     }
 
-    fn storage_usage(&mut self) -> wasmtime::Result<Result<(u64, u64), String>> {
+    fn storage_usage(&mut self) -> wasmtime::Result<Result<(u64, u64), HostError>> {
         Ok(self.capabilities.storage_usage())
     }
 }
@@ -225,7 +229,10 @@ impl InstanceState {
     /// A capability call that ended because the instance is being stopped
     /// traps (so the stop reason, not a Python exception, ends the
     /// instance); any other result goes back to the function.
-    fn stop_check<T>(&self, result: Result<T, String>) -> wasmtime::Result<Result<T, String>> {
+    fn stop_check<T>(
+        &self,
+        result: Result<T, HostError>,
+    ) -> wasmtime::Result<Result<T, HostError>> {
         match self.io.stop_reason() {
             Some(reason) if result.is_err() => Err(stopped(reason)),
             _ => Ok(result),
@@ -530,7 +537,7 @@ impl PythonRuntime {
         state.capabilities = Capabilities::new(CapabilityGrant::default());
         let outcome = match result {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(traceback)) => Err(Failure::Exception(traceback)),
+            Ok(Err(error)) => Err(function_failure(error)),
             Err(error) => Err(classify(&error, &io, &job.limits)),
         };
         (outcome, SpentInstance(store))
@@ -572,6 +579,17 @@ impl PythonRuntime {
             Ok(Err(message)) => Err(Failure::Exception(message)),
             Err(error) => Err(classify(&error, &io, &limits)),
         }
+    }
+}
+
+/// How a function that raised is reported: a capability refusal by the
+/// box's rules it left uncaught has its own failure (and error code), any
+/// other exception is an exception; both carry the traceback.
+fn function_failure(error: bento::runtime::types::FunctionError) -> Failure {
+    use crate::host_error::ErrorKind;
+    match error.host_error {
+        Some(ErrorKind::NotGranted | ErrorKind::Refused) => Failure::PolicyRefused(error.traceback),
+        _ => Failure::Exception(error.traceback),
     }
 }
 

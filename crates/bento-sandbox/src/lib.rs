@@ -29,6 +29,7 @@ mod capabilities;
 mod engine;
 mod error;
 mod grant;
+mod host_error;
 mod instance;
 mod memory;
 mod session_io;

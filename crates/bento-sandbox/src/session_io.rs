@@ -19,6 +19,7 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdinStream, StdoutStream};
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
 
+use crate::host_error::HostError;
 use crate::memory::{HostBytes, INPUT_WINDOW, InstanceMemory};
 use crate::throttle::Throttle;
 
@@ -563,15 +564,15 @@ impl SessionIo {
     // ---- capability plumbing ------------------------------------------
 
     /// Route the next `length` stdout bytes into the staging buffer.
-    pub(crate) fn stage(&self, length: u64) -> Result<(), String> {
+    pub(crate) fn stage(&self, length: u64) -> Result<(), HostError> {
         if length > MAX_STAGED {
-            return Err(format!(
-                "invalid: {length} bytes is more than the {MAX_STAGED} bytes one call can take"
-            ));
+            return Err(HostError::invalid(format!(
+                "{length} bytes is more than the {MAX_STAGED} bytes one call can take"
+            )));
         }
         // A previous body staged but never used is given back first.
         self.lock().staged_charge = None;
-        let charge = self.reserve(length).map_err(stopped_text)?;
+        let charge = self.reserve(length).map_err(HostError::stopped)?;
         let mut state = self.lock();
         state.route_remaining = length;
         state.staged = Vec::with_capacity(usize::try_from(length.min(1 << 20)).unwrap_or(0));
@@ -580,13 +581,15 @@ impl SessionIo {
     }
 
     /// The staged body, once completely written.
-    pub(crate) fn take_staged(&self) -> Result<Staged, String> {
+    pub(crate) fn take_staged(&self) -> Result<Staged, HostError> {
         let mut state = self.lock();
         if state.route_remaining > 0 {
             state.route_remaining = 0;
             state.staged = Vec::new();
             state.staged_charge = None;
-            return Err("invalid: the staged body was not completely written".into());
+            return Err(HostError::invalid(
+                "the staged body was not completely written",
+            ));
         }
         Ok(Staged {
             data: std::mem::take(&mut state.staged),
@@ -767,7 +770,7 @@ impl SessionIo {
     }
 
     /// Send on a service channel, waiting for channel credit.
-    pub(crate) fn channel_send(&self, channel: u32, data: &[u8]) -> Result<(), String> {
+    pub(crate) fn channel_send(&self, channel: u32, data: &[u8]) -> Result<(), HostError> {
         let mut rest = data;
         while !rest.is_empty() {
             let state = self.lock();
@@ -782,22 +785,23 @@ impl SessionIo {
             );
             let mut state = match state {
                 Ok(state) => state,
-                Err(WaitError::Stopped(reason)) => return Err(format!("stopped: {reason:?}")),
-                Err(WaitError::TimedOut) => return Err("timeout: the channel is stalled".into()),
+                Err(WaitError::Stopped(reason)) => return Err(HostError::stopped(reason)),
+                Err(WaitError::TimedOut) => {
+                    return Err(HostError::timeout("the channel is stalled"));
+                }
             };
             let Some(ch) = state.channels.get_mut(&channel) else {
-                return Err("closed: the channel is closed".into());
+                return Err(HostError::closed("the channel is closed"));
             };
             if ch.gone {
-                return Err("closed: the channel's client went away".into());
+                return Err(HostError::closed("the channel's client went away"));
             }
             let take = usize::try_from(ch.credit)
                 .unwrap_or(usize::MAX)
                 .min(rest.len());
             ch.credit -= take as u64;
             drop(state);
-            self.throttle(take as u64)
-                .map_err(|reason| format!("stopped: {reason:?}"))?;
+            self.throttle(take as u64).map_err(HostError::stopped)?;
             self.host
                 .channel_output(channel, Bytes::copy_from_slice(&rest[..take]));
             rest = &rest[take..];
@@ -806,7 +810,11 @@ impl SessionIo {
     }
 
     /// Ask the box for an onion service and wait for its address.
-    pub(crate) fn onion_request(&self, port: u16, key: Option<String>) -> Result<String, String> {
+    pub(crate) fn onion_request(
+        &self,
+        port: u16,
+        key: Option<String>,
+    ) -> Result<String, HostError> {
         let request = {
             let mut state = self.lock();
             state.next_onion_request += 1;
@@ -819,13 +827,14 @@ impl SessionIo {
         let mut state = self
             .wait_until_or(state, |s| s.onion_replies.contains_key(&request), None)
             .map_err(|e| match e {
-                WaitError::Stopped(reason) => format!("stopped: {reason:?}"),
-                WaitError::TimedOut => "timeout: no answer from the box".to_owned(),
+                WaitError::Stopped(reason) => HostError::stopped(reason),
+                WaitError::TimedOut => HostError::timeout("no answer from the box"),
             })?;
-        state
-            .onion_replies
-            .remove(&request)
-            .unwrap_or_else(|| Err("io: no answer from the box".into()))
+        match state.onion_replies.remove(&request) {
+            Some(Ok(address)) => Ok(address),
+            Some(Err(text)) => Err(HostError::from_box_reply(&text)),
+            None => Err(HostError::io("no answer from the box")),
+        }
     }
 
     /// The box's answer to onion-service request `request`.
@@ -850,12 +859,6 @@ impl SessionIo {
             self.host.channel_closed(channel);
         }
     }
-}
-
-/// How a capability call that ended because the instance is being stopped
-/// reports it to the guest (the stop reason then ends the instance).
-pub(crate) fn stopped_text(reason: StopReason) -> String {
-    format!("stopped: the instance is being stopped ({reason:?})")
 }
 
 /// The guest's stdin: the client's messages, concatenated.
@@ -1218,7 +1221,10 @@ mod tests {
         );
         assert_eq!(io.stop_reason(), Some(StopReason::Memory));
         let io = limited(INPUT_WINDOW + 100, 0);
-        assert!(io.stage(101).is_err_and(|e| e.starts_with("stopped: ")));
+        assert!(
+            io.stage(101)
+                .is_err_and(|e| e.kind == crate::host_error::ErrorKind::Stopped)
+        );
         assert_eq!(io.stop_reason(), Some(StopReason::Memory));
     }
 

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use bento_policy::is_private_or_local;
 use bento_tor::socks::wire;
 
+use crate::host_error::HostError;
+
 /// Longest a SOCKS handshake with the local tor may take (circuit building
 /// and, for onion services, descriptor lookup happen inside it) unless the
 /// function asks for less.
@@ -19,8 +21,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A stream to `host:port` through tor's SocksPort `socks`, opened by
 /// `until` (the function's own timeout, if it gave one) and by `deadline`
-/// (its instance's wall-clock limit); on failure, why, as
-/// `"kind: message"` for Python.
+/// (its instance's wall-clock limit); on failure, why, for Python.
 pub(crate) fn tor_connect(
     socks: SocketAddr,
     isolation: &str,
@@ -28,23 +29,25 @@ pub(crate) fn tor_connect(
     port: u16,
     until: Option<Instant>,
     deadline: Instant,
-) -> Result<TcpStream, String> {
+) -> Result<TcpStream, HostError> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || host.len() > 255 {
-        return Err("invalid: the host name must be 1-255 bytes".into());
+        return Err(HostError::invalid("the host name must be 1-255 bytes"));
     }
     // Tor exits refuse private addresses by default; refusing them here
     // too keeps a box whose own relay is an exit from being reached
     // through itself.
     let literal = host.parse::<IpAddr>().ok();
     if literal.is_some_and(is_private_or_local) || host.eq_ignore_ascii_case("localhost") {
-        return Err(format!(
-            "refused: {host} is a private or local address; Tor streams go only to public addresses and onion services"
-        ));
+        return Err(HostError::refused(format!(
+            "{host} is a private or local address; Tor streams go only to public addresses and onion services"
+        )));
     }
     let remaining = deadline.saturating_duration_since(Instant::now());
     if remaining.is_zero() {
-        return Err("timeout: the instance's wall-clock limit has passed".into());
+        return Err(HostError::timeout(
+            "the instance's wall-clock limit has passed",
+        ));
     }
     // A function that cannot afford to block long (one loop serving many
     // streams) bounds the wait itself; an elapsed timeout of its own is
@@ -54,9 +57,9 @@ pub(crate) fn tor_connect(
     });
     let timeout = remaining.min(HANDSHAKE_TIMEOUT).min(asked);
     if timeout.is_zero() {
-        return Err(format!(
-            "timeout: Tor did not connect to {host}:{port} in time"
-        ));
+        return Err(HostError::timeout(format!(
+            "Tor did not connect to {host}:{port} in time"
+        )));
     }
     // The timeouts set below bound every step, so a tor that goes quiet
     // at any point is reported as slow, not as broken.
@@ -65,13 +68,13 @@ pub(crate) fn tor_connect(
             e.kind(),
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
         ) {
-            format!("timeout: Tor did not connect to {host}:{port} in time")
+            HostError::timeout(format!("Tor did not connect to {host}:{port} in time"))
         } else {
-            format!("io: the box's tor SocksPort failed: {e}")
+            HostError::io(format!("the box's tor SocksPort failed: {e}"))
         }
     };
     let mut stream = TcpStream::connect_timeout(&socks, timeout.min(Duration::from_secs(5)))
-        .map_err(|e| format!("io: cannot reach the box's tor SocksPort: {e}"))?;
+        .map_err(|e| HostError::io(format!("cannot reach the box's tor SocksPort: {e}")))?;
     stream.set_nodelay(true).map_err(io)?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
@@ -82,16 +85,19 @@ pub(crate) fn tor_connect(
     let mut reply = [0u8; 2];
     stream.read_exact(&mut reply).map_err(io)?;
     if wire::check_method_choice(reply, true).is_err() {
-        return Err("io: the box's tor does not accept SOCKS5 username authentication".into());
+        return Err(HostError::io(
+            "the box's tor does not accept SOCKS5 username authentication",
+        ));
     }
     let auth = wire::credentials(isolation, "x")
-        .map_err(|e| format!("io: bad isolation credentials: {e}"))?;
+        .map_err(|e| HostError::io(format!("bad isolation credentials: {e}")))?;
     stream.write_all(&auth).map_err(io)?;
     stream.read_exact(&mut reply).map_err(io)?;
     if wire::check_auth_status(reply).is_err() {
-        return Err("io: the box's tor refused the SOCKS credentials".into());
+        return Err(HostError::io("the box's tor refused the SOCKS credentials"));
     }
-    let request = wire::connect_request(host, port).map_err(|e| format!("invalid: {e}"))?;
+    let request =
+        wire::connect_request(host, port).map_err(|e| HostError::invalid(e.to_string()))?;
     stream.write_all(&request).map_err(io)?;
     let mut head = [0u8; 4];
     stream.read_exact(&mut head).map_err(io)?;
@@ -103,12 +109,12 @@ pub(crate) fn tor_connect(
             wire::name_bytes(len[0])
         }
         Err(wire::ReplyError::Refused { code }) => {
-            return Err(format!(
-                "io: Tor could not connect to {host}:{port}: {}",
+            return Err(HostError::io(format!(
+                "Tor could not connect to {host}:{port}: {}",
                 wire::reply_meaning(code)
-            ));
+            )));
         }
-        Err(e) => return Err(format!("io: {e}")),
+        Err(e) => return Err(HostError::io(e.to_string())),
     };
     let mut bound = vec![0u8; skip];
     stream.read_exact(&mut bound).map_err(io)?;

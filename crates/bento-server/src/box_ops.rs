@@ -72,6 +72,9 @@ pub(crate) fn outcome_refusal(outcome: &InstanceOutcome) -> Option<Refusal> {
         InstanceOutcome::Exception(traceback) => {
             Refusal::new(ErrorCode::FunctionException, traceback.clone())
         }
+        InstanceOutcome::PolicyRefused(traceback) => {
+            Refusal::new(ErrorCode::PolicyRefused, traceback.clone())
+        }
         InstanceOutcome::Killed => Refusal::new(ErrorCode::Killed, "the session was killed"),
         InstanceOutcome::Trap(message) => Refusal::new(ErrorCode::FunctionTrapped, message.clone()),
         InstanceOutcome::WorkerCrashed => Refusal::new(

@@ -810,6 +810,10 @@ fn service_ended(outcome: Option<&bento_worker::InstanceOutcome>) -> Frame {
             ErrorCode::FunctionException,
             "the service's instance failed with an exception (its invoker has the traceback)",
         ),
+        Some(InstanceOutcome::PolicyRefused(_)) => Frame::error(
+            ErrorCode::PolicyRefused,
+            "the service's instance was refused something by the box's rules (its invoker has the traceback)",
+        ),
         Some(other) => match outcome_refusal(other) {
             Some(refusal) => Frame::error(
                 refusal.code,

@@ -80,6 +80,8 @@ pub enum InstanceOutcome {
     },
     /// Uncaught exception or syntax error; the traceback.
     Exception(String),
+    /// An uncaught capability refusal by the box's rules; the traceback.
+    PolicyRefused(String),
     /// Killed on request.
     Killed,
     /// Trapped for another reason.
@@ -100,6 +102,7 @@ impl From<Result<(), bento_sandbox::Failure>> for InstanceOutcome {
                 InstanceOutcome::LimitExceeded { limit, detail }
             }
             Err(Failure::Exception(tb)) => InstanceOutcome::Exception(tb),
+            Err(Failure::PolicyRefused(tb)) => InstanceOutcome::PolicyRefused(tb),
             Err(Failure::Killed) => InstanceOutcome::Killed,
             Err(Failure::Trap(msg)) => InstanceOutcome::Trap(msg),
             Err(other) => InstanceOutcome::Trap(other.to_string()),

@@ -128,6 +128,7 @@ impl SealedInstance {
         };
         match outcome {
             InstanceOutcome::Exception(text) => InstanceOutcome::Exception(seal(&text)),
+            InstanceOutcome::PolicyRefused(text) => InstanceOutcome::PolicyRefused(seal(&text)),
             InstanceOutcome::Trap(text) => InstanceOutcome::Trap(seal(&text)),
             other => other,
         }
