@@ -69,6 +69,11 @@ pub struct VerifyOptions {
     pub dialed_identity: Option<[u8; ONION_IDENTITY_BYTES]>,
     /// Intel TCB statuses accepted (default [`ACCEPTED_TCB_STATUSES`]).
     pub accepted_tcb: Vec<String>,
+    /// The root CA (DER) SGX/TDX chains must end in; `None` (the default)
+    /// is Intel's SGX root CA built into dcap-qvl. Another root serves
+    /// tests that need a CA whose key they hold (a revoked PCK
+    /// certificate cannot be made under Intel's).
+    pub dcap_root_ca: Option<Vec<u8>>,
     /// AMD root certificates (ARK, DER) an SEV-SNP chain may end in
     /// (default [`amd_root_keys`]: Milan, Genoa, Turin).
     pub snp_trusted_arks: Vec<Vec<u8>>,
@@ -84,6 +89,7 @@ impl VerifyOptions {
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
+            dcap_root_ca: None,
             snp_trusted_arks: amd_root_keys(),
         }
     }
@@ -233,7 +239,11 @@ pub fn verify_quote(
         AttestError::Malformed(format!("collateral is not QuoteCollateralV3 JSON: {e}"))
     })?;
     let rejected = |reason: String| AttestError::QuoteRejected { kind, reason };
-    let report = QuoteVerifier::new_prod()
+    let verifier = match &options.dcap_root_ca {
+        Some(root) => QuoteVerifier::new(root.clone()),
+        None => QuoteVerifier::new_prod(),
+    };
+    let report = verifier
         .verify(quote, &collateral, options.now_unix)
         .map_err(|e| rejected(format!("{e:#}")))?;
     let (report_data, measurement, signer) = match (kind, &report.report) {
