@@ -14,7 +14,8 @@
 //!   [`ConfigfsTsm`] on TEE hardware.
 //! - [`verify`] checks evidence against what the client expects
 //!   ([`Requirement`]) at a given time, with collateral supplied offline
-//!   (SGX and TDX quotes are verified by `dcap-qvl` against Intel's root).
+//!   (SGX and TDX quotes are verified by `dcap-qvl` against Intel's root,
+//!   SEV-SNP reports by `sev` against AMD's roots).
 //! - [`seal`](ChannelSecret) is the sealed channel: the worker's key pair,
 //!   envelopes for a function and a call, and the session's record layer.
 //! - [`measure`] computes the software measurement of the worker binary
@@ -28,6 +29,7 @@ mod evidence;
 mod kind;
 mod measure;
 mod seal;
+mod snp;
 mod source;
 mod verify;
 
@@ -43,6 +45,7 @@ pub use seal::{
     SEALED_MESSAGE_PREFIX, SESSION_SECRET_BYTES, SealError, SealedCall, SealedFunction,
     SessionKeys, seal_call, seal_function,
 };
+pub use snp::{SNP_REPORT_LEN, SnpFacts, SnpTcb, amd_root_keys, verify_snp_report};
 pub use source::{ConfigfsTsm, EvidenceSource, GramineSgx, NoTee};
 pub use verify::{
     ACCEPTED_TCB_STATUSES, QuoteFacts, Requirement, TeeRequirement, Verified, VerifyOptions,
@@ -104,11 +107,7 @@ pub enum AttestError {
         /// Hex of the proven one, or `nothing` for kind `none`.
         proven: String,
     },
-    /// This build cannot verify this kind's signatures, so it refuses it
-    /// rather than trusting unverifiable evidence.
-    #[error("{0} evidence cannot be verified by this build (see docs/attestation.md)")]
-    Unverifiable(TeeKind),
-    /// SGX/TDX evidence without the collateral to verify it.
+    /// SGX/TDX/SEV-SNP evidence without the collateral to verify it.
     #[error("{0} evidence carries no collateral; verification needs it")]
     MissingCollateral(TeeKind),
     /// Producing evidence failed (TEE device or file).

@@ -5,6 +5,7 @@ use dcap_qvl::quote::Report;
 use dcap_qvl::verify::QuoteVerifier;
 
 use crate::binding::{NONCE_BYTES, ONION_IDENTITY_BYTES};
+use crate::snp::{SnpFacts, amd_root_keys, verify_snp_report};
 use crate::{AttestError, Binding, Evidence, TeeKind};
 
 /// Intel TCB statuses accepted by default: the platform is patched, or
@@ -52,7 +53,8 @@ impl TeeRequirement {
 pub struct Requirement {
     /// The TEE kind required.
     pub tee: TeeRequirement,
-    /// The TEE measurement required (MRENCLAVE for SGX, MRTD for TDX).
+    /// The TEE measurement required (MRENCLAVE for SGX, MRTD for TDX,
+    /// MEASUREMENT for SEV-SNP).
     pub measurement: Option<Vec<u8>>,
 }
 
@@ -67,6 +69,14 @@ pub struct VerifyOptions {
     pub dialed_identity: Option<[u8; ONION_IDENTITY_BYTES]>,
     /// Intel TCB statuses accepted (default [`ACCEPTED_TCB_STATUSES`]).
     pub accepted_tcb: Vec<String>,
+    /// The root CA (DER) SGX/TDX chains must end in; `None` (the default)
+    /// is Intel's SGX root CA built into dcap-qvl. Another root serves
+    /// tests that need a CA whose key they hold (a revoked PCK
+    /// certificate cannot be made under Intel's).
+    pub dcap_root_ca: Option<Vec<u8>>,
+    /// AMD root certificates (ARK, DER) an SEV-SNP chain may end in
+    /// (default [`amd_root_keys`]: Milan, Genoa, Turin).
+    pub snp_trusted_arks: Vec<Vec<u8>>,
 }
 
 impl VerifyOptions {
@@ -79,6 +89,8 @@ impl VerifyOptions {
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
+            dcap_root_ca: None,
+            snp_trusted_arks: amd_root_keys(),
         }
     }
 }
@@ -88,7 +100,8 @@ impl VerifyOptions {
 pub struct Verified {
     /// The evidence kind.
     pub kind: TeeKind,
-    /// The TEE measurement (MRENCLAVE/MRTD); `None` for kind `none`.
+    /// The TEE measurement (MRENCLAVE/MRTD/SNP MEASUREMENT); `None` for
+    /// kind `none`.
     pub tee_measurement: Option<Vec<u8>>,
     /// SGX MRSIGNER (who signed the enclave); `None` otherwise.
     pub signer: Option<Vec<u8>>,
@@ -96,6 +109,8 @@ pub struct Verified {
     pub tcb_status: Option<String>,
     /// Intel security advisories applying to the platform.
     pub advisory_ids: Vec<String>,
+    /// What an SEV-SNP report proves about the platform; `None` otherwise.
+    pub snp: Option<SnpFacts>,
     /// The sealed channel key the evidence binds.
     pub channel_key: [u8; 32],
     /// The onion identity the evidence binds.
@@ -145,6 +160,16 @@ impl Verified {
                         format!(" (advisories: {})", self.advisory_ids.join(", "))
                     };
                     lines.push(format!("platform TCB status {status}{advisories}"));
+                }
+                if let Some(snp) = &self.snp {
+                    lines.push(format!(
+                        "AMD {} processor; firmware patch levels {} (certified by AMD in the VCEK; compare with AMD's security bulletins)",
+                        snp.product, snp.tcb
+                    ));
+                    lines.push(format!(
+                        "report requested at VMPL {}; guest policy {:#x} forbids debugging",
+                        snp.vmpl, snp.policy
+                    ));
                 }
                 lines.push(
                     "the operator still sees timing, sizes and can deny service (docs/attestation.md)"
@@ -214,7 +239,11 @@ pub fn verify_quote(
         AttestError::Malformed(format!("collateral is not QuoteCollateralV3 JSON: {e}"))
     })?;
     let rejected = |reason: String| AttestError::QuoteRejected { kind, reason };
-    let report = QuoteVerifier::new_prod()
+    let verifier = match &options.dcap_root_ca {
+        Some(root) => QuoteVerifier::new(root.clone()),
+        None => QuoteVerifier::new_prod(),
+    };
+    let report = verifier
         .verify(quote, &collateral, options.now_unix)
         .map_err(|e| rejected(format!("{e:#}")))?;
     let (report_data, measurement, signer) = match (kind, &report.report) {
@@ -284,7 +313,7 @@ pub fn verify(
     }
     .report_data();
 
-    let (report_data, facts) = match evidence.kind {
+    let (report_data, facts, snp) = match evidence.kind {
         TeeKind::None => {
             let report_data: [u8; 64] = evidence.quote.as_slice().try_into().map_err(|_| {
                 AttestError::Malformed(format!(
@@ -292,17 +321,29 @@ pub fn verify(
                     evidence.quote.len()
                 ))
             })?;
-            (report_data, None)
+            (report_data, None, None)
         }
         kind @ (TeeKind::Sgx | TeeKind::Tdx) => {
             let facts = verify_quote(kind, &evidence.quote, &evidence.collateral, options)?;
-            (facts.report_data, Some(facts))
+            (facts.report_data, Some(facts), None)
         }
-        TeeKind::SevSnp => return Err(AttestError::Unverifiable(TeeKind::SevSnp)),
+        TeeKind::SevSnp => {
+            let snp = verify_snp_report(
+                &evidence.quote,
+                &evidence.collateral,
+                &options.snp_trusted_arks,
+                options.now_unix,
+            )?;
+            (snp.report_data, None, Some(snp))
+        }
     };
+    let measurement = facts
+        .as_ref()
+        .map(|f| &f.measurement)
+        .or(snp.as_ref().map(|s| &s.measurement));
 
     if let Some(expected_measurement) = &requirement.measurement {
-        let proven = facts.as_ref().map(|f| &f.measurement);
+        let proven = measurement;
         if proven != Some(expected_measurement) {
             return Err(AttestError::MeasurementMismatch {
                 expected: hex::encode(expected_measurement),
@@ -315,10 +356,11 @@ pub fn verify(
     }
     Ok(Verified {
         kind: evidence.kind,
-        tee_measurement: facts.as_ref().map(|f| f.measurement.clone()),
+        tee_measurement: measurement.cloned(),
         signer: facts.as_ref().and_then(|f| f.signer.clone()),
         tcb_status: facts.as_ref().map(|f| f.tcb_status.clone()),
         advisory_ids: facts.map(|f| f.advisory_ids).unwrap_or_default(),
+        snp,
         channel_key: evidence.channel_key,
         onion_identity: evidence.onion_identity,
         identity_checked: options.dialed_identity.is_some(),

@@ -271,7 +271,7 @@ fn real_quotes_are_refused_for_a_wrong_nonce_or_another_boxs_key() {
 }
 
 #[test]
-fn sev_snp_evidence_is_refused_as_unverifiable_rather_than_trusted() {
+fn sev_snp_evidence_without_its_vcek_chain_is_refused() {
     let evidence = evidence(TeeKind::SevSnp, &[0; 1184], b"");
     let err = verify(
         &evidence,
@@ -281,7 +281,7 @@ fn sev_snp_evidence_is_refused_as_unverifiable_rather_than_trusted() {
     )
     .unwrap_err();
     assert!(
-        matches!(err, AttestError::Unverifiable(TeeKind::SevSnp)),
+        matches!(err, AttestError::MissingCollateral(TeeKind::SevSnp)),
         "{err}"
     );
 }

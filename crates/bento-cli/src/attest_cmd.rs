@@ -27,8 +27,9 @@ pub struct AttestFlags {
         env = "BENTO_REQUIRE_TEE"
     )]
     pub require_tee: Option<String>,
-    /// Refuse a box whose TEE measurement (SGX MRENCLAVE, TDX MRTD; hex) is
-    /// not HEX. A box without a TEE proves no measurement, so it is refused.
+    /// Refuse a box whose TEE measurement (SGX MRENCLAVE, TDX MRTD, SEV-SNP
+    /// MEASUREMENT; hex) is not HEX. A box without a TEE proves no
+    /// measurement, so it is refused.
     #[arg(
         long,
         global = true,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use bento_client::{ClientError, Connection, Requirement, Target};
+use bento_client::{ClientError, Connection, Requirement, Target, TeeKind};
 use bento_policy::Capability;
 use bento_tor::{AnnouncingRelay, TorControl};
 use clap::Args;
@@ -223,6 +223,10 @@ pub async fn run(args: BoxesArgs, target: &TargetArgs) -> anyhow::Result<ExitCod
                     && args.capabilities.iter().all(|c| l.offers(*c)))
         })
         .collect();
+    let unattested_boxes = shown
+        .iter()
+        .filter(|l| l.verdict == Verdict::Box && l.attestation == Some(TeeKind::None.name()))
+        .count();
 
     if args.json {
         let out: Vec<Value> = shown.iter().map(Listed::to_json).collect();
@@ -242,7 +246,33 @@ pub async fn run(args: BoxesArgs, target: &TargetArgs) -> anyhow::Result<ExitCod
             }
         );
     }
+    if let Some(warning) = unattested_warning(
+        unattested_boxes,
+        &requirement,
+        target.attest.allow_unattested,
+    ) {
+        eprintln!("{warning}");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The one-line warning every client command prints about an unattested
+/// box, here for the boxes listed that prove no TEE: `None` when there are
+/// none, when the user stated a requirement (such boxes are then listed as
+/// `attestation_failed`), or with `--allow-unattested`.
+fn unattested_warning(
+    unattested: usize,
+    requirement: &Requirement,
+    allow_unattested: bool,
+) -> Option<String> {
+    if unattested == 0 || allow_unattested || *requirement != Requirement::default() {
+        return None;
+    }
+    Some(format!(
+        "warning: {unattested} box(es) answering prove no TEE (attestation none): their operators \
+         can read your functions, arguments, input and output (--require-tee to refuse them, \
+         --allow-unattested to silence)"
+    ))
 }
 
 /// Dial one announced onion and find out what it is.
@@ -406,6 +436,21 @@ mod tests {
         let refused = socks_proxy(FarEnd::Refused).await;
         let listed = probe(announced(), &refused, &Requirement::default(), timeout).await;
         assert_eq!(listed.verdict, Verdict::Unreachable, "{listed:?}");
+    }
+
+    #[test]
+    fn unattested_boxes_are_warned_about_unless_allowed_or_a_tee_is_required() {
+        let none = Requirement::default();
+        let warning = unattested_warning(2, &none, false).unwrap();
+        assert!(warning.starts_with("warning: 2 box(es)"), "{warning}");
+        assert!(warning.contains("--allow-unattested"), "{warning}");
+        assert_eq!(unattested_warning(2, &none, true), None);
+        assert_eq!(unattested_warning(0, &none, false), None);
+        let tee = Requirement {
+            tee: bento_client::TeeRequirement::AnyTee,
+            measurement: None,
+        };
+        assert_eq!(unattested_warning(2, &tee, false), None);
     }
 
     #[test]
