@@ -7,8 +7,9 @@
 #
 # TARGET: frame, legacy, ipc, policy, manifest (default: all, one after the
 # other). --runs N stops each target after N executions (default 10000000),
-# --time S after S seconds (with both, whichever comes first). --light builds without the crates that link
-# wasmtime, so only frame, policy and manifest (the CI smoke run). --seed
+# --time S after S seconds (with both, whichever comes first). --light
+# builds without the box crates (server, worker contract and their tokio
+# stack), so only frame, policy and manifest (the CI smoke run). --seed
 # rewrites the seed corpus from the real encoders and exits. The build
 # instruments only Bento's crates (fuzz/rustc-sancov); no cargo-fuzz and no
 # nightly compiler needed. Crashes are written to fuzz/artifacts/TARGET/;

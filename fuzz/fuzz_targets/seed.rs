@@ -162,8 +162,8 @@ mod box_seeds {
     use std::net::{IpAddr, Ipv4Addr};
 
     use bento_policy::{Capability, InstanceLimits, Limit};
-    use bento_worker::ipc::{FromWorker, ToWorker};
-    use bento_worker::{
+    use bento_worker_contract::ipc::{FromWorker, ToWorker};
+    use bento_worker_contract::{
         CapabilityGrant, InstanceOutcome, OnionRequest, StartCall, StartRequest, StorageGrant,
     };
     use bytes::Bytes;

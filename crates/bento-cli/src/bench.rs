@@ -168,7 +168,8 @@ fn sandbox_alone(
     args_json: &str,
     n: usize,
 ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
-    use bento_sandbox::{Call, CapabilityGrant, DiscardedSession, Job, PythonRuntime, SessionIo};
+    use bento_sandbox::{Call, DiscardedSession, Job, PythonRuntime, SessionIo};
+    use bento_worker_contract::CapabilityGrant;
     let runtime = PythonRuntime::load_precompiled(runtime)?;
     let job = Job {
         source: source.to_owned(),

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bento_egress::{DestinationCheck, EgressError, HttpLimits, HttpRequest, TlsSettings};
 use bento_policy::{Capability, ExitPolicy};
 use bento_storage::InstanceStorage;
+use bento_worker_contract::CapabilityGrant;
 use bytes::Bytes;
 
-use crate::grant::CapabilityGrant;
 use crate::session_io::{SessionIo, WaitError};
 
 /// How often blocked socket calls look for a kill or the deadline.

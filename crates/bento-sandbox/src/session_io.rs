@@ -19,20 +19,10 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdinStream, StdoutStream};
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
 
-use crate::memory::{HostBytes, INPUT_WINDOW, InstanceMemory};
+use bento_worker_contract::{CHANNEL_CREDIT, INPUT_WINDOW, MAX_MESSAGE_LEN, MESSAGE_CREDIT};
+
+use crate::memory::{HostBytes, InstanceMemory};
 use crate::throttle::Throttle;
-
-/// Output credit one message boundary costs, so that a function sending
-/// many tiny (or empty) messages cannot make the box keep unbounded
-/// boundary records; the owner returns it when the record is freed.
-pub const MESSAGE_CREDIT: u64 = 32;
-
-/// Longest message (one `api.send`) a function may announce. A wasm32
-/// instance cannot hold a 4 GiB value, so a longer announcement is a lie;
-/// the bound also leaves room for any protocol to frame a message under a
-/// `u32` length with its header (the research prototype's frame counts a
-/// 36-byte instance id in its length).
-pub const MAX_MESSAGE_LEN: u64 = u32::MAX as u64 - 1024;
 
 /// Why a function's `begin-message` was refused; the instance traps with
 /// this text (the call has no way to return an error to Python, and only a
@@ -70,10 +60,6 @@ pub(crate) const MAX_OUTPUT_CHUNK: usize = 1024 * 1024;
 /// Largest body a function may stage for one capability call; stream
 /// sends are split into pieces of at most 1 MiB by the runtime.
 pub const MAX_STAGED: u64 = 16 * 1024 * 1024;
-
-/// Output a service channel may have in flight before the box has passed
-/// it on to the channel's client.
-pub const CHANNEL_CREDIT: u64 = 256 * 1024;
 
 /// A session nobody is attached to and nobody will read: output is
 /// dropped. For compiling a function without running it, and for timing

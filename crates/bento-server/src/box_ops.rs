@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use bento_policy::{Capability, Grant, Limit, Manifest, admit};
 use bento_protocol::{ErrorCode, Frame, FunctionId, InvokeToken, ServiceToken, SessionToken};
-use bento_worker::{CapabilityGrant, InstanceOutcome, StartCall, StartRequest, StorageGrant};
+use bento_worker_contract::{
+    CapabilityGrant, InstanceOutcome, StartCall, StartRequest, StorageGrant,
+};
 
 use crate::BoxState;
 use crate::connection::check_filename;
@@ -406,7 +408,7 @@ impl BoxState {
         };
         let started = self
             .pool
-            .start_instance_patiently(request, session.clone(), bento_worker::RESPAWN_PATIENCE)
+            .start_instance_patiently(request, session.clone(), bento_pool::RESPAWN_PATIENCE)
             .await;
         match started {
             Ok(handle) => session.set_handle(handle),

@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Instant;
 
+use bento_pool::{ChannelEvent, InstanceEvents, InstanceHandle};
 use bento_protocol::{ServiceToken, SessionToken};
-use bento_worker::{ChannelEvent, InstanceEvents, InstanceHandle, InstanceOutcome};
+use bento_worker_contract::{InstanceOutcome, MESSAGE_CREDIT};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
@@ -27,7 +28,7 @@ use tokio::sync::mpsc;
 /// Input bytes the box forwards to a worker before the function consumed
 /// them; beyond this the box stops reading the client (backpressure). The
 /// sandbox counts each open window in the instance's memory.
-pub use bento_worker::INPUT_WINDOW;
+pub use bento_worker_contract::INPUT_WINDOW;
 
 #[derive(Debug)]
 pub(crate) struct SessionState {
@@ -312,7 +313,7 @@ impl Session {
                 break;
             }
             state.messages.pop_front();
-            granted += bento_worker::MESSAGE_CREDIT;
+            granted += MESSAGE_CREDIT;
         }
         while freed > 0 {
             let Some(front) = state.buffer.front_mut() else {
@@ -404,7 +405,7 @@ impl InstanceEvents for Session {
     fn message_start(&self, length: u64) {
         if !self.frames_messages {
             if let Some(handle) = self.handle() {
-                handle.grant_credit(bento_worker::MESSAGE_CREDIT);
+                handle.grant_credit(MESSAGE_CREDIT);
             }
             return;
         }
@@ -451,7 +452,7 @@ impl InstanceEvents for Session {
         self.changed.notify_waiters();
     }
 
-    fn onion_request(&self, request: u32, details: bento_worker::OnionRequest) {
+    fn onion_request(&self, request: u32, details: bento_worker_contract::OnionRequest) {
         let (Some(tor), Some(me)) = (self.tor.clone(), self.me.upgrade()) else {
             if let Some(handle) = self.handle() {
                 handle.onion_reply(request, Err("io: this box has no Tor connection".into()));

@@ -14,9 +14,10 @@ use bento_sandbox::{
 };
 use bytes::{Bytes, BytesMut};
 
-use crate::ipc::{FromWorker, InstanceId, InstanceOutcome, StartCall, StartRequest, ToWorker};
 use crate::prewarm::Prewarmed;
 use crate::sealed::SealedInstance;
+use bento_worker_contract::ipc::{FromWorker, ToWorker};
+use bento_worker_contract::{InstanceId, InstanceOutcome, OnionRequest, StartCall, StartRequest};
 
 /// Native stack of an instance thread. Wasm may use 1 MiB of it; the rest
 /// is for host calls. Untouched pages cost no memory.
@@ -112,7 +113,7 @@ impl<W: Write + Send + 'static> SessionHost for InstanceHost<W> {
         self.outbox.send(&FromWorker::OnionRequest(
             self.id,
             request,
-            crate::ipc::OnionRequest { port, key },
+            OnionRequest { port, key },
         ));
     }
 }
@@ -375,7 +376,8 @@ fn start<W: Write + Send + 'static>(
                 }
             };
             lock(&instances_for_thread).remove(&id);
-            let outcome: InstanceOutcome = outcome.into();
+            let outcome =
+                outcome.map_or_else(InstanceOutcome::from, |()| InstanceOutcome::Returned);
             let outcome = match &sealed {
                 Some(sealed) => sealed.seal_outcome(outcome),
                 None => outcome,

@@ -12,7 +12,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::ipc::{FromWorker, InstanceId, InstanceOutcome, StartRequest, ToWorker};
+use bento_worker_contract::ipc::{FromWorker, ToWorker};
+use bento_worker_contract::{
+    CHANNEL_CREDIT, CapabilityGrant, InstanceId, InstanceOutcome, MAX_MESSAGE_LEN, MESSAGE_CREDIT,
+    OnionRequest, SealedFunctionRef, StartCall, StartRequest,
+};
 
 /// How long a new worker may take to load the runtime and say it is ready.
 const WORKER_READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -69,7 +73,7 @@ pub trait InstanceEvents: Send + Sync + 'static {
     fn channel(&self, _channel: u32, _event: ChannelEvent) {}
     /// The function asks for an onion service; answer with
     /// [`InstanceHandle::onion_reply`].
-    fn onion_request(&self, _request: u32, _details: crate::ipc::OnionRequest) {}
+    fn onion_request(&self, _request: u32, _details: OnionRequest) {}
 }
 
 /// What happened on a service channel, as reported by the worker.
@@ -427,7 +431,7 @@ impl WorkerPool {
     /// source.
     pub async fn check_sealed(
         &self,
-        sealed: crate::ipc::SealedFunctionRef,
+        sealed: SealedFunctionRef,
     ) -> Result<InstanceOutcome, PoolError> {
         self.check_request(String::new(), String::new(), Some(sealed))
             .await
@@ -437,7 +441,7 @@ impl WorkerPool {
         &self,
         source: String,
         filename: String,
-        sealed: Option<crate::ipc::SealedFunctionRef>,
+        sealed: Option<SealedFunctionRef>,
     ) -> Result<InstanceOutcome, PoolError> {
         struct Once(Mutex<Option<oneshot::Sender<InstanceOutcome>>>);
         impl InstanceEvents for Once {
@@ -452,9 +456,9 @@ impl WorkerPool {
         let request = StartRequest {
             source,
             filename,
-            call: crate::ipc::StartCall::Check,
+            call: StartCall::Check,
             limits: bento_policy::InstanceLimits::default(),
-            grant: bento_sandbox::CapabilityGrant::default(),
+            grant: CapabilityGrant::default(),
             sealed,
         };
         // A check has no effects, so unlike an invocation it can simply be
@@ -726,12 +730,10 @@ fn dispatch(message: FromWorker, instances: &EventMap) -> Result<(), WorkerViola
         FromWorker::MessageStart(id, n) => {
             if let Some(tracked) = find(id) {
                 let allowance = &tracked.allowance;
-                if n > crate::MAX_MESSAGE_LEN
-                    || allowance.message_remaining.load(Ordering::Relaxed) > 0
-                {
+                if n > MAX_MESSAGE_LEN || allowance.message_remaining.load(Ordering::Relaxed) > 0 {
                     return Err(WorkerViolation::Message(id));
                 }
-                if !allowance.charge(crate::MESSAGE_CREDIT) {
+                if !allowance.charge(MESSAGE_CREDIT) {
                     return Err(WorkerViolation::OutputCredit(id));
                 }
                 allowance.message_remaining.store(n, Ordering::Relaxed);
@@ -752,7 +754,7 @@ fn dispatch(message: FromWorker, instances: &EventMap) -> Result<(), WorkerViola
                         .channels()
                         .entry(channel)
                         .or_insert(ChannelWindow {
-                            credit: crate::CHANNEL_CREDIT,
+                            credit: CHANNEL_CREDIT,
                             input_outstanding: 0,
                         });
                 }
@@ -827,7 +829,7 @@ mod tests {
             bytes.extend_from_slice(&header);
             bytes.extend_from_slice(&payload);
         }
-        let (ready, rest) = bytes.split_at(crate::ipc::IPC_HEADER_LEN);
+        let (ready, rest) = bytes.split_at(bento_worker_contract::ipc::IPC_HEADER_LEN);
         let file = std::env::temp_dir().join(format!(
             "bento-fake-worker-{}-{}",
             std::process::id(),
@@ -861,12 +863,12 @@ mod tests {
         let request = StartRequest {
             source: String::new(),
             filename: "f.py".into(),
-            call: crate::ipc::StartCall::Check,
+            call: StartCall::Check,
             limits: bento_policy::InstanceLimits {
                 output_buffer_bytes: credit,
                 ..Default::default()
             },
-            grant: bento_sandbox::CapabilityGrant::default(),
+            grant: CapabilityGrant::default(),
             sealed: None,
         };
         pool.start_instance(request, recorder.clone()).unwrap();
@@ -951,7 +953,7 @@ mod tests {
                     FromWorker::ChannelOutput(
                         1,
                         7,
-                        Bytes::from(vec![b'x'; crate::CHANNEL_CREDIT as usize + 1]),
+                        Bytes::from(vec![b'x'; CHANNEL_CREDIT as usize + 1]),
                     ),
                 ],
             ),

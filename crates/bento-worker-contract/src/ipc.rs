@@ -5,9 +5,10 @@
 //! Server → worker on the worker's stdin, worker → server on its stdout.
 
 use bento_policy::{InstanceLimits, Limit};
-use bento_sandbox::CapabilityGrant;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
+
+use crate::grant::CapabilityGrant;
 
 /// Largest IPC frame; bounds what a confused peer can make the other buffer.
 pub const MAX_IPC_FRAME: usize = 64 * 1024 * 1024;
@@ -89,22 +90,6 @@ pub enum InstanceOutcome {
     /// Sealed data did not open (tampered, replayed, reordered, another
     /// session's or key's), or this worker holds no channel key.
     SealRejected(String),
-}
-
-impl From<Result<(), bento_sandbox::Failure>> for InstanceOutcome {
-    fn from(outcome: Result<(), bento_sandbox::Failure>) -> Self {
-        use bento_sandbox::Failure;
-        match outcome {
-            Ok(()) => InstanceOutcome::Returned,
-            Err(Failure::LimitExceeded { limit, detail }) => {
-                InstanceOutcome::LimitExceeded { limit, detail }
-            }
-            Err(Failure::Exception(tb)) => InstanceOutcome::Exception(tb),
-            Err(Failure::Killed) => InstanceOutcome::Killed,
-            Err(Failure::Trap(msg)) => InstanceOutcome::Trap(msg),
-            Err(other) => InstanceOutcome::Trap(other.to_string()),
-        }
-    }
 }
 
 /// Server → worker messages.
