@@ -164,7 +164,8 @@ mod box_seeds {
     use bento_policy::{Capability, InstanceLimits, Limit};
     use bento_worker_contract::ipc::{FromWorker, ToWorker};
     use bento_worker_contract::{
-        CapabilityGrant, InstanceOutcome, OnionRequest, StartCall, StartRequest, StorageGrant,
+        CapabilityGrant, ChannelEvent, InstanceEvent, InstanceOutcome, OnionRequest, SessionEvent,
+        StartCall, StartRequest, StorageGrant,
     };
     use bytes::Bytes;
 
@@ -223,21 +224,36 @@ mod box_seeds {
                 })),
             ),
             ToWorker::Start(3, Box::new(start(StartCall::Expression("main(1)".into())))),
-            ToWorker::Input(2, Bytes::from_static(b"ping")),
-            ToWorker::InputEnd(2),
-            ToWorker::Credit(2, 65536),
-            ToWorker::Kill(2),
-            ToWorker::ChannelOpen(2, 7),
-            ToWorker::ChannelInput(2, 7, Bytes::from_static(b"GET / HTTP/1.0\r\n\r\n")),
-            ToWorker::ChannelEnd(2, 7, true),
-            ToWorker::ChannelCredit(2, 7, 4096),
-            ToWorker::OnionReply(
-                2,
+            session(SessionEvent::Input(Bytes::from_static(b"ping"))),
+            session(SessionEvent::InputEnd),
+            session(SessionEvent::Credit(65536)),
+            session(SessionEvent::Kill),
+            session(SessionEvent::ChannelOpen(7)),
+            session(SessionEvent::ChannelInput(
+                7,
+                Bytes::from_static(b"GET / HTTP/1.0\r\n\r\n"),
+            )),
+            session(SessionEvent::ChannelEnd(7, true)),
+            session(SessionEvent::ChannelCredit(7, 4096)),
+            session(SessionEvent::OnionReply(
                 1,
                 Ok("abcdefghijklmnopqrstuvwxyz234567abcdefghijklmnopqrstuvwx".into()),
-            ),
-            ToWorker::OnionReply(2, 2, Err("onion services are not allowed".into())),
+            )),
+            session(SessionEvent::OnionReply(
+                2,
+                Err("onion services are not allowed".into()),
+            )),
         ]
+    }
+
+    /// A message to instance 2, the seeds' running instance.
+    fn session(event: SessionEvent) -> ToWorker {
+        ToWorker::Session(2, event)
+    }
+
+    /// A message from instance 2.
+    fn instance(event: InstanceEvent) -> FromWorker {
+        FromWorker::Instance(2, event)
     }
 
     fn from_worker() -> Vec<FromWorker> {
@@ -246,35 +262,35 @@ mod box_seeds {
             FromWorker::Ready {
                 channel_key: Some([9; 32]),
             },
-            FromWorker::Output(2, Bytes::from_static(b"hello")),
-            FromWorker::InputConsumed(2, 4),
-            FromWorker::MessageStart(2, 5),
-            FromWorker::Finished(2, InstanceOutcome::Returned),
-            FromWorker::Finished(
-                2,
-                InstanceOutcome::LimitExceeded {
-                    limit: Limit::Cpu,
-                    detail: "10000 ms".into(),
-                },
-            ),
-            FromWorker::Finished(
-                2,
-                InstanceOutcome::Exception("Traceback …\nValueError: x".into()),
-            ),
-            FromWorker::Finished(2, InstanceOutcome::Killed),
-            FromWorker::Finished(2, InstanceOutcome::Trap("unreachable".into())),
-            FromWorker::ChannelOpened(2, 7, true),
-            FromWorker::ChannelOutput(2, 7, Bytes::from_static(b"HTTP/1.0 200 OK\r\n\r\n")),
-            FromWorker::ChannelConsumed(2, 7, 18),
-            FromWorker::ChannelClosed(2, 7),
-            FromWorker::OnionRequest(
-                2,
+            instance(InstanceEvent::Output(Bytes::from_static(b"hello"))),
+            instance(InstanceEvent::InputConsumed(4)),
+            instance(InstanceEvent::MessageStart(5)),
+            instance(InstanceEvent::Finished(InstanceOutcome::Returned)),
+            instance(InstanceEvent::Finished(InstanceOutcome::LimitExceeded {
+                limit: Limit::Cpu,
+                detail: "10000 ms".into(),
+            })),
+            instance(InstanceEvent::Finished(InstanceOutcome::Exception(
+                "Traceback …\nValueError: x".into(),
+            ))),
+            instance(InstanceEvent::Finished(InstanceOutcome::Killed)),
+            instance(InstanceEvent::Finished(InstanceOutcome::Trap(
+                "unreachable".into(),
+            ))),
+            instance(InstanceEvent::Channel(7, ChannelEvent::Opened(true))),
+            instance(InstanceEvent::Channel(
+                7,
+                ChannelEvent::Output(Bytes::from_static(b"HTTP/1.0 200 OK\r\n\r\n")),
+            )),
+            instance(InstanceEvent::Channel(7, ChannelEvent::Consumed(18))),
+            instance(InstanceEvent::Channel(7, ChannelEvent::Closed)),
+            instance(InstanceEvent::OnionRequest(
                 1,
                 OnionRequest {
                     port: 80,
                     key: None,
                 },
-            ),
+            )),
         ]
     }
 

@@ -22,6 +22,6 @@ mod pipe_size;
 mod pool;
 
 pub use pool::{
-    ChannelEvent, InstanceEvents, InstanceHandle, PoolError, PoolStats, RESPAWN_PATIENCE,
-    WorkerPool, WorkerPoolConfig, WorkerViolation,
+    InstanceHandle, PoolError, PoolStats, RESPAWN_PATIENCE, WorkerPool, WorkerPoolConfig,
+    WorkerViolation,
 };

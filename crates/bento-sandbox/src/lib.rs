@@ -39,7 +39,5 @@ pub use engine::{PythonRuntime, precompile_runtime};
 pub use error::{Failure, SandboxError};
 pub use instance::{Call, Job, Outcome, PreparedInstance, SpentInstance};
 pub use memory::{HostBytes, InstanceMemory, MemoryExceeded};
-pub use session_io::{
-    DiscardedSession, MAX_STAGED, MessageError, SessionHost, SessionIo, StopReason,
-};
+pub use session_io::{DiscardedSession, MAX_STAGED, MessageError, SessionIo, StopReason};
 pub use throttle::{Throttle, TokenBucket};

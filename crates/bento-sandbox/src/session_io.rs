@@ -19,7 +19,10 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdinStream, StdoutStream};
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
 
-use bento_worker_contract::{CHANNEL_CREDIT, INPUT_WINDOW, MAX_MESSAGE_LEN, MESSAGE_CREDIT};
+use bento_worker_contract::{
+    CHANNEL_CREDIT, ChannelEvent, INPUT_WINDOW, InstanceEvent, InstanceEvents, MAX_MESSAGE_LEN,
+    MESSAGE_CREDIT, OnionRequest, SessionEvent,
+};
 
 use crate::memory::{HostBytes, InstanceMemory};
 use crate::throttle::Throttle;
@@ -54,7 +57,7 @@ impl From<StopReason> for MessageError {
     }
 }
 
-/// Largest chunk handed to [`SessionHost::deliver_output`] in one call.
+/// Largest chunk in one [`InstanceEvent::Output`].
 pub(crate) const MAX_OUTPUT_CHUNK: usize = 1024 * 1024;
 
 /// Largest body a function may stage for one capability call; stream
@@ -67,34 +70,8 @@ pub const MAX_STAGED: u64 = 16 * 1024 * 1024;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DiscardedSession;
 
-impl SessionHost for DiscardedSession {
-    fn deliver_output(&self, _data: Bytes) {}
-    fn input_consumed(&self, _bytes: u64) {}
-    fn message_start(&self, _length: u64) {}
-}
-
-/// Where a running instance's output and input acknowledgements go.
-pub trait SessionHost: Send + Sync + 'static {
-    /// Output bytes the function wrote; always within granted credit.
-    fn deliver_output(&self, data: Bytes);
-    /// The function consumed `bytes` of client input (so more may be sent).
-    fn input_consumed(&self, bytes: u64);
-    /// The next `length` output bytes are one message (one `api.send`).
-    fn message_start(&self, length: u64);
-    /// Whether the service channel `channel` was accepted (the instance
-    /// had room for it) or refused.
-    fn channel_opened(&self, _channel: u32, _accepted: bool) {}
-    /// Bytes the function sent on service channel `channel`.
-    fn channel_output(&self, _channel: u32, _data: Bytes) {}
-    /// The function consumed `bytes` of the channel's input.
-    fn channel_consumed(&self, _channel: u32, _bytes: u64) {}
-    /// The function closed service channel `channel`.
-    fn channel_closed(&self, _channel: u32) {}
-    /// The function asks for an onion service on virtual `port` (request
-    /// `request`); the answer comes back through [`SessionIo::onion_reply`].
-    fn onion_request(&self, request: u32, _port: u16, _key: Option<String>) {
-        let _ = request;
-    }
+impl InstanceEvents for DiscardedSession {
+    fn on_event(&self, _event: InstanceEvent) {}
 }
 
 /// Why a blocking capability call returned without its result.
@@ -184,7 +161,7 @@ struct IoState {
 pub struct SessionIo {
     state: Mutex<IoState>,
     changed: Condvar,
-    host: Arc<dyn SessionHost>,
+    host: Arc<dyn InstanceEvents>,
     deadline: Instant,
     throttle: Throttle,
     channel_limit: u64,
@@ -210,7 +187,7 @@ impl SessionIo {
     /// A session channel whose waits end at `deadline` (the wall-clock
     /// limit), starting with `initial_credit` bytes of output credit.
     /// Its memory is not limited.
-    pub fn new(host: Arc<dyn SessionHost>, deadline: Instant, initial_credit: u64) -> Arc<Self> {
+    pub fn new(host: Arc<dyn InstanceEvents>, deadline: Instant, initial_credit: u64) -> Arc<Self> {
         Self::with_limits(
             host,
             deadline,
@@ -226,7 +203,7 @@ impl SessionIo {
     /// and counting the instance's linear memory and host buffers against
     /// `memory_bytes` (see [`InstanceMemory`]).
     pub fn with_limits(
-        host: Arc<dyn SessionHost>,
+        host: Arc<dyn InstanceEvents>,
         deadline: Instant,
         initial_credit: u64,
         throttle: Throttle,
@@ -269,6 +246,21 @@ impl SessionIo {
         // A panic while holding this lock cannot leave the state torn (every
         // update is a single field write), so poisoning is safe to ignore.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Apply what the session told the instance.
+    pub fn apply(&self, event: SessionEvent) {
+        match event {
+            SessionEvent::Input(message) => self.push_input(message),
+            SessionEvent::InputEnd => self.close_input(),
+            SessionEvent::Credit(bytes) => self.grant_credit(bytes),
+            SessionEvent::Kill => self.stop(StopReason::Killed),
+            SessionEvent::ChannelOpen(channel) => self.open_channel(channel),
+            SessionEvent::ChannelInput(channel, data) => self.channel_input(channel, data),
+            SessionEvent::ChannelEnd(channel, gone) => self.channel_end(channel, gone),
+            SessionEvent::ChannelCredit(channel, bytes) => self.channel_credit(channel, bytes),
+            SessionEvent::OnionReply(request, result) => self.onion_reply(request, result),
+        }
     }
 
     /// Queue one client message for `api.recv()`.
@@ -415,7 +407,7 @@ impl SessionIo {
                 state.current = message;
                 drop(state);
                 if skipped > 0 {
-                    self.host.input_consumed(skipped);
+                    self.host.on_event(InstanceEvent::InputConsumed(skipped));
                 }
                 Ok(Some(u32::try_from(len).unwrap_or(u32::MAX)))
             }
@@ -440,7 +432,7 @@ impl SessionIo {
         state.output_credit -= MESSAGE_CREDIT;
         state.message_remaining = length;
         drop(state);
-        self.host.message_start(length);
+        self.host.on_event(InstanceEvent::MessageStart(length));
         Ok(())
     }
 
@@ -478,7 +470,8 @@ impl SessionIo {
         if self.throttle(chunk.len() as u64).is_err() {
             return Err(StreamError::Closed);
         }
-        self.host.input_consumed(chunk.len() as u64);
+        self.host
+            .on_event(InstanceEvent::InputConsumed(chunk.len() as u64));
         Ok(chunk)
     }
 
@@ -534,7 +527,7 @@ impl SessionIo {
         if let Err(reason) = self.throttle(len) {
             return Err(StreamError::trap(&format!("session stopped: {reason:?}")));
         }
-        self.host.deliver_output(data);
+        self.host.on_event(InstanceEvent::Output(data));
         Ok(())
     }
 
@@ -646,7 +639,10 @@ impl SessionIo {
         // The box hears that the channel is open before the function can
         // accept it (and send on it): the other order would let output
         // overtake the acceptance.
-        self.host.channel_opened(channel, accepted);
+        self.host.on_event(InstanceEvent::Channel(
+            channel,
+            ChannelEvent::Opened(accepted),
+        ));
         if accepted {
             self.lock().incoming.push_back(channel);
             self.changed.notify_all();
@@ -748,7 +744,10 @@ impl SessionIo {
         };
         drop(state);
         self.throttle(chunk.len() as u64)?;
-        self.host.channel_consumed(channel, chunk.len() as u64);
+        self.host.on_event(InstanceEvent::Channel(
+            channel,
+            ChannelEvent::Consumed(chunk.len() as u64),
+        ));
         Ok(Some(chunk))
     }
 
@@ -784,8 +783,10 @@ impl SessionIo {
             drop(state);
             self.throttle(take as u64)
                 .map_err(|reason| format!("stopped: {reason:?}"))?;
-            self.host
-                .channel_output(channel, Bytes::copy_from_slice(&rest[..take]));
+            self.host.on_event(InstanceEvent::Channel(
+                channel,
+                ChannelEvent::Output(Bytes::copy_from_slice(&rest[..take])),
+            ));
             rest = &rest[take..];
         }
         Ok(())
@@ -798,7 +799,10 @@ impl SessionIo {
             state.next_onion_request += 1;
             state.next_onion_request
         };
-        self.host.onion_request(request, port, key);
+        self.host.on_event(InstanceEvent::OnionRequest(
+            request,
+            OnionRequest { port, key },
+        ));
         // Publishing takes a few seconds on a healthy tor; the box answers
         // with an error after its own timeout, so wait up to the deadline.
         let state = self.lock();
@@ -833,7 +837,8 @@ impl SessionIo {
         let existed = self.lock().channels.remove(&channel).is_some();
         if existed {
             self.channel_released();
-            self.host.channel_closed(channel);
+            self.host
+                .on_event(InstanceEvent::Channel(channel, ChannelEvent::Closed));
         }
     }
 }
@@ -970,14 +975,16 @@ mod tests {
         consumed: Mutex<u64>,
     }
 
-    impl SessionHost for Recorder {
-        fn deliver_output(&self, data: Bytes) {
-            self.output.lock().unwrap().extend_from_slice(&data);
+    impl InstanceEvents for Recorder {
+        fn on_event(&self, event: InstanceEvent) {
+            match event {
+                InstanceEvent::Output(data) => {
+                    self.output.lock().unwrap().extend_from_slice(&data);
+                }
+                InstanceEvent::InputConsumed(bytes) => *self.consumed.lock().unwrap() += bytes,
+                _ => {}
+            }
         }
-        fn input_consumed(&self, bytes: u64) {
-            *self.consumed.lock().unwrap() += bytes;
-        }
-        fn message_start(&self, _length: u64) {}
     }
 
     fn io(credit: u64, wall: Duration) -> (Arc<Recorder>, Arc<SessionIo>) {
@@ -1115,12 +1122,11 @@ mod tests {
     #[derive(Default)]
     struct Opened(Mutex<Vec<(u32, bool)>>);
 
-    impl SessionHost for Opened {
-        fn deliver_output(&self, _data: Bytes) {}
-        fn input_consumed(&self, _bytes: u64) {}
-        fn message_start(&self, _length: u64) {}
-        fn channel_opened(&self, channel: u32, accepted: bool) {
-            self.0.lock().unwrap().push((channel, accepted));
+    impl InstanceEvents for Opened {
+        fn on_event(&self, event: InstanceEvent) {
+            if let InstanceEvent::Channel(channel, ChannelEvent::Opened(accepted)) = event {
+                self.0.lock().unwrap().push((channel, accepted));
+            }
         }
     }
 

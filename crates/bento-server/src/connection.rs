@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bento_pool::ChannelEvent;
 use bento_protocol::{
     ErrorCode, Frame, FrameDecoder, FrameType, MAX_DATA_LEN, MIN_PROTOCOL_VERSION, PADDING_VERSION,
     PROTOCOL_VERSION, ProtocolError, ServiceToken, SessionToken, encode_data_header,
 };
+use bento_worker_contract::ChannelEvent;
 use bento_worker_contract::StartCall;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};

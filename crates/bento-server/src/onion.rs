@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bento_pool::ChannelEvent;
 use bento_tor::{OnionKey, TorControl};
+use bento_worker_contract::ChannelEvent;
 use bento_worker_contract::OnionRequest;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

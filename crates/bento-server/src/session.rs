@@ -17,9 +17,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Instant;
 
-use bento_pool::{ChannelEvent, InstanceEvents, InstanceHandle};
+use bento_pool::InstanceHandle;
 use bento_protocol::{ServiceToken, SessionToken};
-use bento_worker_contract::{InstanceOutcome, MESSAGE_CREDIT};
+use bento_worker_contract::{
+    ChannelEvent, InstanceEvent, InstanceEvents, InstanceOutcome, MESSAGE_CREDIT, OnionRequest,
+};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
@@ -387,6 +389,21 @@ impl Session {
 }
 
 impl InstanceEvents for Session {
+    fn on_event(&self, event: InstanceEvent) {
+        match event {
+            InstanceEvent::Output(data) => self.output(data),
+            InstanceEvent::InputConsumed(bytes) => self.input_consumed(bytes),
+            InstanceEvent::MessageStart(length) => self.message_start(length),
+            InstanceEvent::Channel(channel, event) => self.channel(channel, event),
+            InstanceEvent::OnionRequest(request, details) => self.onion_request(request, details),
+            InstanceEvent::Finished(outcome) => self.finished(outcome),
+        }
+    }
+}
+
+/// The instance's events, as [`InstanceEvents::on_event`] applies them;
+/// called on the pool's reader task, so none blocks.
+impl Session {
     fn output(&self, data: Bytes) {
         let mut state = self.lock();
         state.produced += data.len() as u64;
@@ -452,7 +469,7 @@ impl InstanceEvents for Session {
         self.changed.notify_waiters();
     }
 
-    fn onion_request(&self, request: u32, details: bento_worker_contract::OnionRequest) {
+    fn onion_request(&self, request: u32, details: OnionRequest) {
         let (Some(tor), Some(me)) = (self.tor.clone(), self.me.upgrade()) else {
             if let Some(handle) = self.handle() {
                 handle.onion_reply(request, Err("io: this box has no Tor connection".into()));

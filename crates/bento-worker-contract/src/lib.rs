@@ -8,15 +8,21 @@
 //! - [`ipc`]: the messages on the pipe and their framing (`ToWorker`,
 //!   `FromWorker`), with the decoder the server runs on whatever a
 //!   (possibly compromised) worker writes;
+//! - [`events`]: one event enum per direction across the boundary,
+//!   [`InstanceEvent`] (instance → session) and [`SessionEvent`] (session →
+//!   instance), produced by the sandbox or session and carried as-is in the
+//!   pipe messages;
 //! - [`grant`]: what an instance may do beyond its session channel;
 //! - the flow-control constants below, which the sandbox enforces and the
 //!   server checks again against every worker message.
 //!
 //! [`bento-pool`]: ../bento_pool/index.html
 
+pub mod events;
 pub mod grant;
 pub mod ipc;
 
+pub use events::{ChannelEvent, InstanceEvent, InstanceEvents, SessionEvent};
 pub use grant::{CapabilityGrant, StorageGrant};
 pub use ipc::{
     InstanceId, InstanceOutcome, OnionRequest, SealedFunctionRef, StartCall, StartRequest,
