@@ -161,11 +161,13 @@ fn frames() -> Vec<Vec<Frame>> {
 mod box_seeds {
     use std::net::{IpAddr, Ipv4Addr};
 
-    use bento_policy::{Capability, InstanceLimits, Limit};
+    use bento_policy::{
+        Capability, ExitPolicy, Grant, InstanceLimits, Limit, Resources, StorageGrant,
+    };
     use bento_worker_contract::ipc::{FromWorker, ToWorker};
     use bento_worker_contract::{
-        CapabilityGrant, ChannelEvent, InstanceEvent, InstanceOutcome, OnionRequest, SessionEvent,
-        StartCall, StartRequest, StorageGrant,
+        ChannelEvent, InstanceEvent, InstanceOutcome, OnionRequest, SessionEvent, StartCall,
+        StartRequest,
     };
     use bytes::Bytes;
 
@@ -173,8 +175,14 @@ mod box_seeds {
 
     const ID: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
 
-    fn grant() -> CapabilityGrant {
-        CapabilityGrant {
+    fn grant() -> Grant {
+        let rules = |rules: &[&str]| ExitPolicy::parse(rules).unwrap_or_else(|_| unreachable!());
+        Grant {
+            resources: Resources {
+                bandwidth_kib_per_s: 1024,
+                channels: 16,
+                ..Resources::default()
+            },
             capabilities: [
                 Capability::Storage,
                 Capability::Time,
@@ -182,20 +190,16 @@ mod box_seeds {
             ]
             .into_iter()
             .collect(),
-            grant_destinations: vec!["accept 192.0.2.0/24:443".into()],
-            policy_destinations: vec!["reject *:25".into(), "accept *:*".into()],
+            destinations: rules(&["accept 192.0.2.0/24:443"]),
+            policy_destinations: rules(&["reject *:25", "accept *:*"]),
             own_addresses: vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))],
             storage: Some(StorageGrant {
                 dir: "/var/lib/bento/storage/x".into(),
                 quota_bytes: 1 << 20,
             }),
-            bandwidth_bytes_per_s: 1 << 20,
             box_bandwidth_bytes_per_s: 10 << 20,
-            channels: 16,
-            http_max_response_bytes: 1 << 20,
             http_extra_roots_pem: None,
             tor_socks: Some("127.0.0.1:9050".parse().unwrap_or_else(|_| unreachable!())),
-            onion_services: 2,
         }
     }
 

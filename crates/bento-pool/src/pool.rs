@@ -12,11 +12,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use bento_policy::Grant;
 use bento_worker_contract::ipc::{FromWorker, ToWorker};
 use bento_worker_contract::{
-    CHANNEL_CREDIT, CapabilityGrant, ChannelEvent, InstanceEvent, InstanceEvents, InstanceId,
-    InstanceOutcome, MAX_MESSAGE_LEN, MESSAGE_CREDIT, SealedFunctionRef, SessionEvent, StartCall,
-    StartRequest,
+    CHANNEL_CREDIT, ChannelEvent, InstanceEvent, InstanceEvents, InstanceId, InstanceOutcome,
+    MAX_MESSAGE_LEN, MESSAGE_CREDIT, SealedFunctionRef, SessionEvent, StartCall, StartRequest,
 };
 
 /// How long a new worker may take to load the runtime and say it is ready.
@@ -452,7 +452,7 @@ impl WorkerPool {
             filename,
             call: StartCall::Check,
             limits: bento_policy::InstanceLimits::default(),
-            grant: CapabilityGrant::default(),
+            grant: Grant::default(),
             sealed,
         };
         // A check has no effects, so unlike an invocation it can simply be
@@ -867,7 +867,7 @@ mod tests {
                 output_buffer_bytes: credit,
                 ..Default::default()
             },
-            grant: CapabilityGrant::default(),
+            grant: Grant::default(),
             sealed: None,
         };
         pool.start_instance(request, recorder.clone()).unwrap();

@@ -17,7 +17,7 @@
 //!
 //! Capabilities beyond the session channel (outbound connections, HTTP,
 //! encrypted storage, time, service channels) are host functions that check
-//! the instance's [`CapabilityGrant`](bento_worker_contract::CapabilityGrant); all traffic is charged to its
+//! the instance's [`Grant`](bento_policy::Grant); all traffic is charged to its
 //! bandwidth [`Throttle`].
 //!
 //! Nothing is ambient: no filesystem, no environment, no sockets, no name

@@ -4,12 +4,11 @@
 //! `u32` length (of what follows), `u8` type, `u64` instance id, payload.
 //! Server → worker on the worker's stdin, worker → server on its stdout.
 
-use bento_policy::{InstanceLimits, Limit};
+use bento_policy::{Grant, InstanceLimits, Limit};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::events::{ChannelEvent, InstanceEvent, SessionEvent};
-use crate::grant::CapabilityGrant;
 
 /// Largest IPC frame; bounds what a confused peer can make the other buffer.
 pub const MAX_IPC_FRAME: usize = 64 * 1024 * 1024;
@@ -30,7 +29,7 @@ pub struct StartRequest {
     pub limits: InstanceLimits,
     /// Capabilities beyond the session channel.
     #[serde(default)]
-    pub grant: CapabilityGrant,
+    pub grant: Grant,
     /// A sealed function: `source` and `filename` are empty and the worker
     /// opens them from here (docs/attestation.md, "The sealed channel").
     #[serde(default)]

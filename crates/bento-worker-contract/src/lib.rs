@@ -12,18 +12,18 @@
 //!   [`InstanceEvent`] (instance → session) and [`SessionEvent`] (session →
 //!   instance), produced by the sandbox or session and carried as-is in the
 //!   pipe messages;
-//! - [`grant`]: what an instance may do beyond its session channel;
+//! - the grant: what an instance may do, is `bento_policy::Grant`, the one
+//!   type admission makes and the sandbox enforces, carried as-is in
+//!   [`StartRequest`];
 //! - the flow-control constants below, which the sandbox enforces and the
 //!   server checks again against every worker message.
 //!
 //! [`bento-pool`]: ../bento_pool/index.html
 
 pub mod events;
-pub mod grant;
 pub mod ipc;
 
 pub use events::{ChannelEvent, InstanceEvent, InstanceEvents, SessionEvent};
-pub use grant::{CapabilityGrant, StorageGrant};
 pub use ipc::{
     InstanceId, InstanceOutcome, OnionRequest, SealedFunctionRef, StartCall, StartRequest,
 };

@@ -256,7 +256,7 @@ fn start<W: Write + Send + 'static>(
         Throttle::unlimited()
     } else {
         Throttle::new(vec![
-            TokenBucket::new(grant.bandwidth_bytes_per_s),
+            TokenBucket::new(grant.bandwidth_bytes_per_s()),
             bandwidth.bucket(grant.box_bandwidth_bytes_per_s),
         ])
     };
@@ -265,7 +265,7 @@ fn start<W: Write + Send + 'static>(
         Instant::now() + request.limits.wall(),
         request.limits.output_buffer_bytes,
         throttle,
-        grant.channels,
+        grant.resources.channels,
         request.limits.memory_bytes,
     );
     if sealed.is_some() {
