@@ -248,7 +248,9 @@ impl SessionIo {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Apply what the session told the instance.
+    /// Apply what the session told the instance: the one way session
+    /// events reach it (the worker calls this for each `SessionEvent` it
+    /// decodes from the pipe, after opening a sealed instance's input).
     pub fn apply(&self, event: SessionEvent) {
         match event {
             SessionEvent::Input(message) => self.push_input(message),
@@ -264,7 +266,7 @@ impl SessionIo {
     }
 
     /// Queue one client message for `api.recv()`.
-    pub fn push_input(&self, message: Bytes) {
+    pub(crate) fn push_input(&self, message: Bytes) {
         let mut state = self.lock();
         state.messages.push_back(message);
         self.changed.notify_all();
@@ -272,7 +274,7 @@ impl SessionIo {
 
     /// The client closed its input: `api.recv()` returns `b""` once the
     /// queued messages are read.
-    pub fn close_input(&self) {
+    pub(crate) fn close_input(&self) {
         self.lock().input_closed = true;
         self.changed.notify_all();
     }
@@ -286,7 +288,7 @@ impl SessionIo {
     }
 
     /// Allow `bytes` more output.
-    pub fn grant_credit(&self, bytes: u64) {
+    pub(crate) fn grant_credit(&self, bytes: u64) {
         let mut state = self.lock();
         state.output_credit = state.output_credit.saturating_add(bytes);
         self.changed.notify_all();
@@ -612,7 +614,7 @@ impl SessionIo {
 
     /// A client connected to the instance's service: queue the channel for
     /// `accept`, or refuse it when the instance is at its channel limit.
-    pub fn open_channel(&self, channel: u32) {
+    pub(crate) fn open_channel(&self, channel: u32) {
         let accepted = {
             let mut state = self.lock();
             // A channel's input window is memory of the instance: no room
@@ -650,7 +652,7 @@ impl SessionIo {
     }
 
     /// Bytes from a service channel's client.
-    pub fn channel_input(&self, channel: u32, data: Bytes) {
+    pub(crate) fn channel_input(&self, channel: u32, data: Bytes) {
         if let Some(ch) = self.lock().channels.get_mut(&channel) {
             ch.inbound.push_back(data);
         }
@@ -659,7 +661,7 @@ impl SessionIo {
 
     /// The channel's client ended its input (`gone`: and went away, so
     /// sending fails too).
-    pub fn channel_end(&self, channel: u32, gone: bool) {
+    pub(crate) fn channel_end(&self, channel: u32, gone: bool) {
         if let Some(ch) = self.lock().channels.get_mut(&channel) {
             ch.input_ended = true;
             ch.gone |= gone;
@@ -668,7 +670,7 @@ impl SessionIo {
     }
 
     /// The box passed `bytes` of the channel's output on.
-    pub fn channel_credit(&self, channel: u32, bytes: u64) {
+    pub(crate) fn channel_credit(&self, channel: u32, bytes: u64) {
         if let Some(ch) = self.lock().channels.get_mut(&channel) {
             ch.credit = ch.credit.saturating_add(bytes);
         }
@@ -819,7 +821,7 @@ impl SessionIo {
     }
 
     /// The box's answer to onion-service request `request`.
-    pub fn onion_reply(&self, request: u32, result: Result<String, String>) {
+    pub(crate) fn onion_reply(&self, request: u32, result: Result<String, String>) {
         self.lock().onion_replies.insert(request, result);
         self.changed.notify_all();
     }

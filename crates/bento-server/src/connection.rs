@@ -9,8 +9,7 @@ use bento_protocol::{
     ErrorCode, Frame, FrameDecoder, FrameType, MAX_DATA_LEN, MIN_PROTOCOL_VERSION, PADDING_VERSION,
     PROTOCOL_VERSION, ProtocolError, ServiceToken, SessionToken, encode_data_header,
 };
-use bento_worker_contract::ChannelEvent;
-use bento_worker_contract::StartCall;
+use bento_worker_contract::{ChannelEvent, StartCall};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;

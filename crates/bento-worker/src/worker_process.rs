@@ -197,14 +197,14 @@ fn handle<W: Write + Send + 'static>(
                 return;
             };
             match &running.sealed {
-                None => running.io.push_input(data),
+                None => running.io.apply(SessionEvent::Input(data)),
                 Some(sealed) => match sealed.open_input(&data) {
                     // The record's overhead is consumed here, its plaintext
                     // when the function reads it: the server's input window
                     // counts the ciphertext it forwarded.
                     Ok(plaintext) => {
                         let overhead = data.len().saturating_sub(plaintext.len()) as u64;
-                        running.io.push_input(plaintext);
+                        running.io.apply(SessionEvent::Input(plaintext));
                         outbox.send(&FromWorker::Instance(
                             id,
                             InstanceEvent::InputConsumed(overhead),
