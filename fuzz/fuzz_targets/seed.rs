@@ -156,9 +156,9 @@ fn frames() -> Vec<Vec<Frame>> {
     ]
 }
 
-/// The IPC and prototype seeds need the crates behind the `box` feature.
-#[cfg(feature = "box")]
-mod box_seeds {
+/// The worker-pipe and prototype seeds (plain bytes and the worker
+/// contract's encoders: the light build makes them too).
+mod ipc_and_legacy {
     use std::net::{IpAddr, Ipv4Addr};
 
     use bento_policy::{
@@ -365,8 +365,7 @@ fn seed() {
             &[&[7][..], &frame_bytes(list)].concat(),
         );
     }
-    #[cfg(feature = "box")]
-    box_seeds::seed();
+    ipc_and_legacy::seed();
     write("policy", "default", DEFAULT_POLICY_TOML.as_bytes());
     let open = DEFAULT_POLICY_TOML
         .replace(r#"destinations = ["reject *:*"]"#, r#"destinations = ["reject 10.0.0.0/8:*", "accept [2001:db8::]/32:80-443", "accept *:443"]"#)
