@@ -7,8 +7,9 @@
 #
 # TARGET: frame, legacy, ipc, policy, manifest (default: all, one after the
 # other). --runs N stops each target after N executions (default 10000000),
-# --time S after S seconds (with both, whichever comes first). --light builds without the crates that link
-# wasmtime, so only frame, policy and manifest (the CI smoke run). --seed
+# --time S after S seconds (with both, whichever comes first). --light
+# builds without the server and its tokio stack, so only frame, ipc, policy
+# and manifest (the CI smoke run). --seed
 # rewrites the seed corpus from the real encoders and exits. The build
 # instruments only Bento's crates (fuzz/rustc-sancov); no cargo-fuzz and no
 # nightly compiler needed. Crashes are written to fuzz/artifacts/TARGET/;
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 
 all=(frame legacy ipc policy manifest)
-light_targets=(frame policy manifest)
+light_targets=(frame ipc policy manifest)
 targets=()
 runs=10000000
 time=

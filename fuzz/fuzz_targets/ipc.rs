@@ -1,4 +1,4 @@
-//! The server⇄worker pipe decoders (`bento_worker::ipc`). Workers run
+//! The server⇄worker pipe decoders (`bento_worker_contract::ipc`). Workers run
 //! hostile code, so the server must survive anything a worker writes; the
 //! first input byte picks the direction (even: worker → server).
 //!
@@ -6,7 +6,7 @@
 //! that decodes to a message with the same encoding.
 #![no_main]
 
-use bento_worker::ipc::{FromWorker, ToWorker};
+use bento_worker_contract::ipc::{FromWorker, ToWorker};
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 

@@ -156,15 +156,18 @@ fn frames() -> Vec<Vec<Frame>> {
     ]
 }
 
-/// The IPC and prototype seeds need the crates behind the `box` feature.
-#[cfg(feature = "box")]
-mod box_seeds {
+/// The worker-pipe and prototype seeds (plain bytes and the worker
+/// contract's encoders: the light build makes them too).
+mod ipc_and_legacy {
     use std::net::{IpAddr, Ipv4Addr};
 
-    use bento_policy::{Capability, InstanceLimits, Limit};
-    use bento_worker::ipc::{FromWorker, ToWorker};
-    use bento_worker::{
-        CapabilityGrant, InstanceOutcome, OnionRequest, StartCall, StartRequest, StorageGrant,
+    use bento_policy::{
+        Capability, ExitPolicy, Grant, InstanceLimits, Limit, Resources, StorageGrant,
+    };
+    use bento_worker_contract::ipc::{FromWorker, ToWorker};
+    use bento_worker_contract::{
+        ChannelEvent, InstanceEvent, InstanceOutcome, OnionRequest, SessionEvent, StartCall,
+        StartRequest,
     };
     use bytes::Bytes;
 
@@ -172,8 +175,14 @@ mod box_seeds {
 
     const ID: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
 
-    fn grant() -> CapabilityGrant {
-        CapabilityGrant {
+    fn grant() -> Grant {
+        let rules = |rules: &[&str]| ExitPolicy::parse(rules).unwrap_or_else(|_| unreachable!());
+        Grant {
+            resources: Resources {
+                bandwidth_kib_per_s: 1024,
+                channels: 16,
+                ..Resources::default()
+            },
             capabilities: [
                 Capability::Storage,
                 Capability::Time,
@@ -181,20 +190,16 @@ mod box_seeds {
             ]
             .into_iter()
             .collect(),
-            grant_destinations: vec!["accept 192.0.2.0/24:443".into()],
-            policy_destinations: vec!["reject *:25".into(), "accept *:*".into()],
+            destinations: rules(&["accept 192.0.2.0/24:443"]),
+            policy_destinations: rules(&["reject *:25", "accept *:*"]),
             own_addresses: vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))],
             storage: Some(StorageGrant {
                 dir: "/var/lib/bento/storage/x".into(),
                 quota_bytes: 1 << 20,
             }),
-            bandwidth_bytes_per_s: 1 << 20,
             box_bandwidth_bytes_per_s: 10 << 20,
-            channels: 16,
-            http_max_response_bytes: 1 << 20,
             http_extra_roots_pem: None,
             tor_socks: Some("127.0.0.1:9050".parse().unwrap_or_else(|_| unreachable!())),
-            onion_services: 2,
         }
     }
 
@@ -223,21 +228,36 @@ mod box_seeds {
                 })),
             ),
             ToWorker::Start(3, Box::new(start(StartCall::Expression("main(1)".into())))),
-            ToWorker::Input(2, Bytes::from_static(b"ping")),
-            ToWorker::InputEnd(2),
-            ToWorker::Credit(2, 65536),
-            ToWorker::Kill(2),
-            ToWorker::ChannelOpen(2, 7),
-            ToWorker::ChannelInput(2, 7, Bytes::from_static(b"GET / HTTP/1.0\r\n\r\n")),
-            ToWorker::ChannelEnd(2, 7, true),
-            ToWorker::ChannelCredit(2, 7, 4096),
-            ToWorker::OnionReply(
-                2,
+            session(SessionEvent::Input(Bytes::from_static(b"ping"))),
+            session(SessionEvent::InputEnd),
+            session(SessionEvent::Credit(65536)),
+            session(SessionEvent::Kill),
+            session(SessionEvent::ChannelOpen(7)),
+            session(SessionEvent::ChannelInput(
+                7,
+                Bytes::from_static(b"GET / HTTP/1.0\r\n\r\n"),
+            )),
+            session(SessionEvent::ChannelEnd(7, true)),
+            session(SessionEvent::ChannelCredit(7, 4096)),
+            session(SessionEvent::OnionReply(
                 1,
                 Ok("abcdefghijklmnopqrstuvwxyz234567abcdefghijklmnopqrstuvwx".into()),
-            ),
-            ToWorker::OnionReply(2, 2, Err("onion services are not allowed".into())),
+            )),
+            session(SessionEvent::OnionReply(
+                2,
+                Err("onion services are not allowed".into()),
+            )),
         ]
+    }
+
+    /// A message to instance 2, the seeds' running instance.
+    fn session(event: SessionEvent) -> ToWorker {
+        ToWorker::Session(2, event)
+    }
+
+    /// A message from instance 2.
+    fn instance(event: InstanceEvent) -> FromWorker {
+        FromWorker::Instance(2, event)
     }
 
     fn from_worker() -> Vec<FromWorker> {
@@ -246,35 +266,35 @@ mod box_seeds {
             FromWorker::Ready {
                 channel_key: Some([9; 32]),
             },
-            FromWorker::Output(2, Bytes::from_static(b"hello")),
-            FromWorker::InputConsumed(2, 4),
-            FromWorker::MessageStart(2, 5),
-            FromWorker::Finished(2, InstanceOutcome::Returned),
-            FromWorker::Finished(
-                2,
-                InstanceOutcome::LimitExceeded {
-                    limit: Limit::Cpu,
-                    detail: "10000 ms".into(),
-                },
-            ),
-            FromWorker::Finished(
-                2,
-                InstanceOutcome::Exception("Traceback …\nValueError: x".into()),
-            ),
-            FromWorker::Finished(2, InstanceOutcome::Killed),
-            FromWorker::Finished(2, InstanceOutcome::Trap("unreachable".into())),
-            FromWorker::ChannelOpened(2, 7, true),
-            FromWorker::ChannelOutput(2, 7, Bytes::from_static(b"HTTP/1.0 200 OK\r\n\r\n")),
-            FromWorker::ChannelConsumed(2, 7, 18),
-            FromWorker::ChannelClosed(2, 7),
-            FromWorker::OnionRequest(
-                2,
+            instance(InstanceEvent::Output(Bytes::from_static(b"hello"))),
+            instance(InstanceEvent::InputConsumed(4)),
+            instance(InstanceEvent::MessageStart(5)),
+            instance(InstanceEvent::Finished(InstanceOutcome::Returned)),
+            instance(InstanceEvent::Finished(InstanceOutcome::LimitExceeded {
+                limit: Limit::Cpu,
+                detail: "10000 ms".into(),
+            })),
+            instance(InstanceEvent::Finished(InstanceOutcome::Exception(
+                "Traceback …\nValueError: x".into(),
+            ))),
+            instance(InstanceEvent::Finished(InstanceOutcome::Killed)),
+            instance(InstanceEvent::Finished(InstanceOutcome::Trap(
+                "unreachable".into(),
+            ))),
+            instance(InstanceEvent::Channel(7, ChannelEvent::Opened(true))),
+            instance(InstanceEvent::Channel(
+                7,
+                ChannelEvent::Output(Bytes::from_static(b"HTTP/1.0 200 OK\r\n\r\n")),
+            )),
+            instance(InstanceEvent::Channel(7, ChannelEvent::Consumed(18))),
+            instance(InstanceEvent::Channel(7, ChannelEvent::Closed)),
+            instance(InstanceEvent::OnionRequest(
                 1,
                 OnionRequest {
                     port: 80,
                     key: None,
                 },
-            ),
+            )),
         ]
     }
 
@@ -345,8 +365,7 @@ fn seed() {
             &[&[7][..], &frame_bytes(list)].concat(),
         );
     }
-    #[cfg(feature = "box")]
-    box_seeds::seed();
+    ipc_and_legacy::seed();
     write("policy", "default", DEFAULT_POLICY_TOML.as_bytes());
     let open = DEFAULT_POLICY_TOML
         .replace(r#"destinations = ["reject *:*"]"#, r#"destinations = ["reject 10.0.0.0/8:*", "accept [2001:db8::]/32:80-443", "accept *:443"]"#)

@@ -168,7 +168,7 @@ fn sandbox_alone(
     args_json: &str,
     n: usize,
 ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
-    use bento_sandbox::{Call, CapabilityGrant, DiscardedSession, Job, PythonRuntime, SessionIo};
+    use bento_sandbox::{Call, DiscardedSession, Job, PythonRuntime, SessionIo};
     let runtime = PythonRuntime::load_precompiled(runtime)?;
     let job = Job {
         source: source.to_owned(),
@@ -178,7 +178,7 @@ fn sandbox_alone(
             args_json: args_json.to_owned(),
         },
         limits: bento_policy::InstanceLimits::default(),
-        grant: CapabilityGrant::default(),
+        grant: bento_policy::Grant::default(),
     };
     let failed = |failure| anyhow::anyhow!("the sandbox run failed: {failure:?}");
     let (mut fresh, mut prepared) = (Vec::with_capacity(n), Vec::with_capacity(n));

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bento_policy::BoxPolicy;
+use bento_pool::WorkerPoolConfig;
 use bento_server::{Server, ServerConfig};
-use bento_worker::WorkerPoolConfig;
 use clap::Args;
 
 use crate::exit::read_text;

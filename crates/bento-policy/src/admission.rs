@@ -2,7 +2,10 @@
 //! store time by the box and offline by `bento policy check`.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
 
 use crate::box_policy::{BoxPolicy, Capability, Manifest, Resources};
 use crate::exit_policy::{Action, AddrPattern, ExitPolicy};
@@ -25,19 +28,102 @@ impl std::fmt::Display for Violation {
     }
 }
 
-/// What an admitted function gets: exactly what its manifest declared.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Largest HTTP response body a function may receive (and never more than
+/// half its memory, which has to hold it).
+pub const HTTP_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// What an admitted function gets: exactly what its manifest declared, and
+/// what the box adds to enforce it. The one grant type: [`admit`] makes it,
+/// the server completes it when it starts an instance (storage, the
+/// worker's bandwidth share, trust anchors, the SocksPort), the worker pipe
+/// carries it, and the sandbox enforces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Grant {
     /// Resources granted (the manifest's requests).
     pub resources: Resources,
     /// Capabilities granted (the manifest's).
     pub capabilities: BTreeSet<Capability>,
     /// The manifest's destinations; at run time a destination must pass
-    /// these *and* the box policy's rules.
+    /// these *and* [`Grant::policy_destinations`].
     pub destinations: ExitPolicy,
+    /// The box policy's destination rules; empty unless the function
+    /// reaches out (`connect` or `http`).
+    pub policy_destinations: ExitPolicy,
+    /// The box's own addresses, never reachable through a wildcard; empty
+    /// unless the function reaches out.
+    pub own_addresses: Vec<IpAddr>,
+    /// Encrypted storage: the directory to create and the quota (set by
+    /// the box for an instance granted `storage`).
+    pub storage: Option<StorageGrant>,
+    /// This worker's share of the box-wide bandwidth, bytes per second
+    /// (set by the box).
+    pub box_bandwidth_bytes_per_s: u64,
+    /// Extra PEM trust anchors for HTTPS (the operator's choice).
+    pub http_extra_roots_pem: Option<String>,
+    /// The box's tor SocksPort, for `tor_connect`.
+    pub tor_socks: Option<SocketAddr>,
+}
+
+/// Where an instance's encrypted storage lives and how big it may get.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageGrant {
+    /// Directory to create for this instance (removed when it ends).
+    pub dir: PathBuf,
+    /// Quota in bytes (keys + values).
+    pub quota_bytes: u64,
+}
+
+/// A grant of nothing: no capability, no resource (store-time checks and
+/// instances not yet bound to an invocation).
+impl Default for Grant {
+    fn default() -> Self {
+        Self {
+            resources: Resources {
+                memory_mib: 0,
+                cpu_ms: 0,
+                wall_ms: 0,
+                output_buffer_kib: 0,
+                storage_kib: 0,
+                bandwidth_kib_per_s: 0,
+                channels: 0,
+                onion_services: 0,
+            },
+            capabilities: BTreeSet::new(),
+            destinations: ExitPolicy::default(),
+            policy_destinations: ExitPolicy::default(),
+            own_addresses: Vec::new(),
+            storage: None,
+            box_bandwidth_bytes_per_s: 0,
+            http_extra_roots_pem: None,
+            tor_socks: None,
+        }
+    }
 }
 
 impl Grant {
+    /// Whether `capability` was granted.
+    pub fn has(&self, capability: Capability) -> bool {
+        self.capabilities.contains(&capability)
+    }
+
+    /// Whether the function may reach destinations (`connect` or `http`).
+    pub fn reaches_out(&self) -> bool {
+        self.capabilities.iter().any(|c| c.uses_destinations())
+    }
+
+    /// All of the instance's traffic, bytes per second.
+    pub fn bandwidth_bytes_per_s(&self) -> u64 {
+        self.resources.bandwidth_kib_per_s.saturating_mul(1024)
+    }
+
+    /// Largest HTTP response body: [`HTTP_MAX_RESPONSE_BYTES`], and never
+    /// more than half the instance's memory.
+    pub fn http_max_response_bytes(&self) -> u64 {
+        HTTP_MAX_RESPONSE_BYTES.min(self.resources.memory_mib.saturating_mul(MIB) / 2)
+    }
+
     /// The limits the sandbox enforces for this grant.
     pub fn instance_limits(&self) -> InstanceLimits {
         InstanceLimits {
@@ -161,10 +247,23 @@ pub fn admit(
             // Likewise storage: the minimum quota is 0.
             resources.storage_kib = DEFAULT_STORAGE_KIB.min(policy.instance.storage_kib);
         }
+        // Rules and own addresses matter only to a function that reaches
+        // out; every other instance is spared carrying them.
         Ok(Grant {
             resources,
             capabilities: manifest.capabilities.clone(),
             destinations: manifest.destinations.clone(),
+            policy_destinations: if reaches_out {
+                policy.destinations.clone()
+            } else {
+                ExitPolicy::default()
+            },
+            own_addresses: if reaches_out {
+                own.to_vec()
+            } else {
+                Vec::new()
+            },
+            ..Grant::default()
         })
     } else {
         Err(violations)
@@ -200,6 +299,51 @@ mod tests {
         let limits = grant.instance_limits();
         assert_eq!(limits.memory_bytes, u64::MAX);
         assert_eq!(limits.output_buffer_bytes, u64::MAX);
+    }
+
+    #[test]
+    fn a_grant_crosses_the_worker_pipe_unchanged() {
+        let policy = policy_with(
+            "capabilities = [\"connect\", \"storage\"]\ndestinations = [\"reject *:25\", \"accept *:*\"]",
+        );
+        let manifest = Manifest::from_toml(
+            "version = 1\ncapabilities = [\"connect\", \"storage\"]\ndestinations = [\"accept 192.0.2.0/24:443\", \"accept [2001:db8::1]:80-81\"]\n",
+        )
+        .unwrap();
+        let own: Vec<IpAddr> = vec!["192.0.2.7".parse().unwrap()];
+        let mut grant = admit(&manifest, &policy, &own).unwrap();
+        assert_eq!(grant.policy_destinations, policy.destinations);
+        assert_eq!(grant.own_addresses, own);
+        grant.storage = Some(StorageGrant {
+            dir: "/var/lib/bento/storage/x".into(),
+            quota_bytes: 1 << 20,
+        });
+        grant.tor_socks = Some("127.0.0.1:9050".parse().unwrap());
+        let json = serde_json::to_string(&grant).unwrap();
+        assert_eq!(serde_json::from_str::<Grant>(&json).unwrap(), grant);
+        let bad = json.replace("accept 192.0.2.0/24:443", "accept nowhere");
+        assert!(
+            serde_json::from_str::<Grant>(&bad).is_err(),
+            "a rule that does not parse is refused, not dropped"
+        );
+    }
+
+    #[test]
+    fn a_function_that_does_not_reach_out_carries_no_rules_or_addresses() {
+        let own: Vec<IpAddr> = vec!["192.0.2.7".parse().unwrap()];
+        let grant = admit(&Manifest::minimum(), &BoxPolicy::default(), &own).unwrap();
+        assert!(!grant.reaches_out());
+        assert!(grant.policy_destinations.rules().is_empty());
+        assert!(grant.own_addresses.is_empty());
+    }
+
+    #[test]
+    fn an_http_response_never_gets_more_than_half_the_memory() {
+        let mut grant = Grant::default();
+        grant.resources.memory_mib = 8;
+        assert_eq!(grant.http_max_response_bytes(), 4 * MIB);
+        grant.resources.memory_mib = 1024;
+        assert_eq!(grant.http_max_response_bytes(), HTTP_MAX_RESPONSE_BYTES);
     }
 
     #[test]

@@ -248,6 +248,22 @@ pub struct ExitPolicy {
     rules: Vec<DestinationRule>,
 }
 
+/// Serialised as its rules in words, the syntax it is parsed from (the
+/// worker pipe carries grants as JSON).
+impl serde::Serialize for ExitPolicy {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.rules.iter().map(ToString::to_string))
+    }
+}
+
+/// A rule that does not parse is an error, never silently dropped.
+impl<'de> serde::Deserialize<'de> for ExitPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let rules = Vec::<String>::deserialize(deserializer)?;
+        ExitPolicy::parse(&rules).map_err(serde::de::Error::custom)
+    }
+}
+
 /// The outcome of checking a destination, with the reason in words.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {

@@ -7,7 +7,8 @@
 //!   manifest means the minimum (session I/O only, small limits).
 //! - [`admit`]: the one pure function that decides whether a manifest fits
 //!   a policy, listing every violation in words, or returns the [`Grant`]:
-//!   exactly what the manifest declared.
+//!   exactly what the manifest declared. The grant is the one type the
+//!   server completes, the worker pipe carries and the sandbox enforces.
 //! - [`InstanceLimits`]: what the sandbox enforces on one instance.
 
 mod admission;
@@ -15,7 +16,10 @@ mod box_policy;
 mod exit_policy;
 mod shaping;
 
-pub use admission::{DEFAULT_CHANNELS, DEFAULT_STORAGE_KIB, Grant, Violation, admit};
+pub use admission::{
+    DEFAULT_CHANNELS, DEFAULT_STORAGE_KIB, Grant, HTTP_MAX_RESPONSE_BYTES, StorageGrant, Violation,
+    admit,
+};
 pub use box_policy::{
     BoxCaps, BoxPolicy, Capability, DEFAULT_POLICY_TOML, MAX_PREWARM_PER_WORKER, Manifest,
     PolicyError, ResourceRequest, Resources, SCHEMA_VERSION,

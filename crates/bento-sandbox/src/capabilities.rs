@@ -1,6 +1,6 @@
 //! The host side of the `capabilities` interface: what a function can do
 //! beyond its session channel, each call checked against the instance's
-//! [`CapabilityGrant`].
+//! [`Grant`].
 //!
 //! Errors reach Python as a typed [`HostError`], whose kind the runtime
 //! turns into an exception class (`refused` → `DestinationRefused`, …).
@@ -11,11 +11,10 @@ use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bento_egress::{DestinationCheck, EgressError, HttpLimits, HttpRequest, TlsSettings};
-use bento_policy::{Capability, ExitPolicy};
+use bento_policy::{Capability, Grant};
 use bento_storage::InstanceStorage;
 use bytes::Bytes;
 
-use crate::grant::CapabilityGrant;
 use crate::host_error::{ErrorKind as HostErrorKind, HostError};
 use crate::session_io::{SessionIo, WaitError};
 
@@ -37,7 +36,7 @@ enum Stream {
 
 /// Everything an instance's capabilities need, owned by its store.
 pub(crate) struct Capabilities {
-    grant: CapabilityGrant,
+    grant: Grant,
     destinations: Option<DestinationCheck>,
     tls: Option<TlsSettings>,
     storage: Option<InstanceStorage>,
@@ -54,17 +53,12 @@ impl Capabilities {
     /// Set up what `grant` allows. Problems that only matter when a
     /// capability is used (a bad rule, storage that cannot be created) are
     /// reported by that use, never by failing the whole instance.
-    pub(crate) fn new(grant: CapabilityGrant) -> Self {
-        let reaches_out = grant.has(Capability::Connect) || grant.has(Capability::Http);
-        let destinations = reaches_out
-            .then(|| {
-                Some(DestinationCheck {
-                    grant: ExitPolicy::parse(&grant.grant_destinations).ok()?,
-                    policy: ExitPolicy::parse(&grant.policy_destinations).ok()?,
-                    own: grant.own_addresses.clone(),
-                })
-            })
-            .flatten();
+    pub(crate) fn new(grant: Grant) -> Self {
+        let destinations = grant.reaches_out().then(|| DestinationCheck {
+            grant: grant.destinations.clone(),
+            policy: grant.policy_destinations.clone(),
+            own: grant.own_addresses.clone(),
+        });
         let tls = grant.has(Capability::Http).then(|| {
             grant
                 .http_extra_roots_pem
@@ -211,12 +205,12 @@ impl Capabilities {
         if port == 0 {
             return Err(HostError::invalid("the virtual port must be 1-65535"));
         }
-        if self.onion_services_created >= self.grant.onion_services {
+        if self.onion_services_created >= self.grant.resources.onion_services {
             return Err(HostError::new(
                 HostErrorKind::ChannelLimit,
                 format!(
                     "this function may create at most {} onion services",
-                    self.grant.onion_services
+                    self.grant.resources.onion_services
                 ),
             ));
         }
@@ -401,7 +395,7 @@ impl Capabilities {
         };
         let limits = HttpLimits {
             max_redirects: MAX_REDIRECTS,
-            max_response_bytes: self.grant.http_max_response_bytes,
+            max_response_bytes: self.grant.http_max_response_bytes(),
             deadline: request_deadline(io.deadline(), timeout_ms)?,
         };
         // The response body grows in the worker's heap as it arrives:

@@ -60,3 +60,19 @@ impl std::fmt::Display for Failure {
         }
     }
 }
+
+/// How a failed instance is reported across the worker pipe.
+impl From<Failure> for bento_worker_contract::InstanceOutcome {
+    fn from(failure: Failure) -> Self {
+        use bento_worker_contract::InstanceOutcome;
+        match failure {
+            Failure::LimitExceeded { limit, detail } => {
+                InstanceOutcome::LimitExceeded { limit, detail }
+            }
+            Failure::Exception(traceback) => InstanceOutcome::Exception(traceback),
+            Failure::PolicyRefused(traceback) => InstanceOutcome::PolicyRefused(traceback),
+            Failure::Killed => InstanceOutcome::Killed,
+            Failure::Trap(message) => InstanceOutcome::Trap(message),
+        }
+    }
+}

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bento_policy::{InstanceLimits, Limit};
+use bento_policy::{Grant, InstanceLimits, Limit};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -11,7 +11,6 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use crate::capabilities::Capabilities;
 use crate::engine::PythonRuntime;
 use crate::error::{Failure, SandboxError};
-use crate::grant::CapabilityGrant;
 use crate::host_error::HostError;
 use crate::memory::InstanceMemory;
 use crate::session_io::{DiscardedSession, SessionIo, SessionStdin, SessionStdout, StopReason};
@@ -35,7 +34,7 @@ pub struct Job {
     /// Limits for this instance.
     pub limits: InstanceLimits,
     /// What the instance may do beyond its session channel.
-    pub grant: CapabilityGrant,
+    pub grant: Grant,
 }
 
 /// How to call into a function module.
@@ -429,7 +428,7 @@ impl PythonRuntime {
                 memory: io.memory().clone(),
                 io: io.clone(),
             },
-            capabilities: Capabilities::new(CapabilityGrant::default()),
+            capabilities: Capabilities::new(Grant::default()),
             cpu_start,
         };
         let mut store = Store::new(&self.engine, state);
@@ -453,7 +452,7 @@ impl PythonRuntime {
         store: &mut Store<InstanceState>,
         io: &Arc<SessionIo>,
         limits: &InstanceLimits,
-        grant: CapabilityGrant,
+        grant: Grant,
     ) -> Result<(), BindError> {
         let clock = InstanceClock::new();
         let cpu_start = thread_cpu_time();
@@ -534,7 +533,7 @@ impl PythonRuntime {
         let state = store.data_mut();
         let clean = matches!(result, Ok(Ok(())));
         state.capabilities.close_all(&state.io, clean);
-        state.capabilities = Capabilities::new(CapabilityGrant::default());
+        state.capabilities = Capabilities::new(Grant::default());
         let outcome = match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(function_failure(error)),
@@ -565,7 +564,7 @@ impl PythonRuntime {
             Ok(prepared) => prepared,
             Err(error) => return Err(Failure::Trap(error.to_string())),
         };
-        match Self::bind(&mut store, &io, &limits, CapabilityGrant::default()) {
+        match Self::bind(&mut store, &io, &limits, Grant::default()) {
             Ok(()) => {}
             Err(BindError::Memory) => {
                 return Err(classify(&wasmtime::Error::msg("memory"), &io, &limits));

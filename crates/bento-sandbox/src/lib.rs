@@ -17,7 +17,7 @@
 //!
 //! Capabilities beyond the session channel (outbound connections, HTTP,
 //! encrypted storage, time, service channels) are host functions that check
-//! the instance's [`CapabilityGrant`]; all traffic is charged to its
+//! the instance's [`Grant`](bento_policy::Grant); all traffic is charged to its
 //! bandwidth [`Throttle`].
 //!
 //! Nothing is ambient: no filesystem, no environment, no sockets, no name
@@ -28,7 +28,6 @@
 mod capabilities;
 mod engine;
 mod error;
-mod grant;
 mod host_error;
 mod instance;
 mod memory;
@@ -39,11 +38,7 @@ mod wasi_sleep;
 
 pub use engine::{PythonRuntime, precompile_runtime};
 pub use error::{Failure, SandboxError};
-pub use grant::{CapabilityGrant, StorageGrant};
 pub use instance::{Call, Job, Outcome, PreparedInstance, SpentInstance};
-pub use memory::{HostBytes, INPUT_WINDOW, InstanceMemory, MemoryExceeded};
-pub use session_io::{
-    CHANNEL_CREDIT, DiscardedSession, MAX_MESSAGE_LEN, MAX_STAGED, MESSAGE_CREDIT, MessageError,
-    SessionHost, SessionIo, StopReason,
-};
+pub use memory::{HostBytes, InstanceMemory, MemoryExceeded};
+pub use session_io::{DiscardedSession, MAX_STAGED, MessageError, SessionIo, StopReason};
 pub use throttle::{Throttle, TokenBucket};

@@ -10,12 +10,6 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Input bytes the box forwards to an instance (its session, or one of its
-/// service channels) before the function consumed them; beyond this the
-/// box stops reading the client. Each window is reserved in the instance's
-/// memory for as long as it is open.
-pub const INPUT_WINDOW: u64 = 1024 * 1024;
-
 /// A host buffer would take the instance beyond its memory limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{wanted} more bytes would take the instance beyond its {limit}-byte memory limit")]

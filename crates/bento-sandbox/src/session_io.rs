@@ -19,21 +19,14 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdinStream, StdoutStream};
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
 
+use bento_worker_contract::{
+    CHANNEL_CREDIT, ChannelEvent, INPUT_WINDOW, InstanceEvent, InstanceEvents, MAX_MESSAGE_LEN,
+    MESSAGE_CREDIT, OnionRequest, SessionEvent,
+};
+
 use crate::host_error::HostError;
-use crate::memory::{HostBytes, INPUT_WINDOW, InstanceMemory};
+use crate::memory::{HostBytes, InstanceMemory};
 use crate::throttle::Throttle;
-
-/// Output credit one message boundary costs, so that a function sending
-/// many tiny (or empty) messages cannot make the box keep unbounded
-/// boundary records; the owner returns it when the record is freed.
-pub const MESSAGE_CREDIT: u64 = 32;
-
-/// Longest message (one `api.send`) a function may announce. A wasm32
-/// instance cannot hold a 4 GiB value, so a longer announcement is a lie;
-/// the bound also leaves room for any protocol to frame a message under a
-/// `u32` length with its header (the research prototype's frame counts a
-/// 36-byte instance id in its length).
-pub const MAX_MESSAGE_LEN: u64 = u32::MAX as u64 - 1024;
 
 /// Why a function's `begin-message` was refused; the instance traps with
 /// this text (the call has no way to return an error to Python, and only a
@@ -65,16 +58,12 @@ impl From<StopReason> for MessageError {
     }
 }
 
-/// Largest chunk handed to [`SessionHost::deliver_output`] in one call.
+/// Largest chunk in one [`InstanceEvent::Output`].
 pub(crate) const MAX_OUTPUT_CHUNK: usize = 1024 * 1024;
 
 /// Largest body a function may stage for one capability call; stream
 /// sends are split into pieces of at most 1 MiB by the runtime.
 pub const MAX_STAGED: u64 = 16 * 1024 * 1024;
-
-/// Output a service channel may have in flight before the box has passed
-/// it on to the channel's client.
-pub const CHANNEL_CREDIT: u64 = 256 * 1024;
 
 /// A session nobody is attached to and nobody will read: output is
 /// dropped. For compiling a function without running it, and for timing
@@ -82,34 +71,8 @@ pub const CHANNEL_CREDIT: u64 = 256 * 1024;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DiscardedSession;
 
-impl SessionHost for DiscardedSession {
-    fn deliver_output(&self, _data: Bytes) {}
-    fn input_consumed(&self, _bytes: u64) {}
-    fn message_start(&self, _length: u64) {}
-}
-
-/// Where a running instance's output and input acknowledgements go.
-pub trait SessionHost: Send + Sync + 'static {
-    /// Output bytes the function wrote; always within granted credit.
-    fn deliver_output(&self, data: Bytes);
-    /// The function consumed `bytes` of client input (so more may be sent).
-    fn input_consumed(&self, bytes: u64);
-    /// The next `length` output bytes are one message (one `api.send`).
-    fn message_start(&self, length: u64);
-    /// Whether the service channel `channel` was accepted (the instance
-    /// had room for it) or refused.
-    fn channel_opened(&self, _channel: u32, _accepted: bool) {}
-    /// Bytes the function sent on service channel `channel`.
-    fn channel_output(&self, _channel: u32, _data: Bytes) {}
-    /// The function consumed `bytes` of the channel's input.
-    fn channel_consumed(&self, _channel: u32, _bytes: u64) {}
-    /// The function closed service channel `channel`.
-    fn channel_closed(&self, _channel: u32) {}
-    /// The function asks for an onion service on virtual `port` (request
-    /// `request`); the answer comes back through [`SessionIo::onion_reply`].
-    fn onion_request(&self, request: u32, _port: u16, _key: Option<String>) {
-        let _ = request;
-    }
+impl InstanceEvents for DiscardedSession {
+    fn on_event(&self, _event: InstanceEvent) {}
 }
 
 /// Why a blocking capability call returned without its result.
@@ -199,7 +162,7 @@ struct IoState {
 pub struct SessionIo {
     state: Mutex<IoState>,
     changed: Condvar,
-    host: Arc<dyn SessionHost>,
+    host: Arc<dyn InstanceEvents>,
     deadline: Instant,
     throttle: Throttle,
     channel_limit: u64,
@@ -225,7 +188,7 @@ impl SessionIo {
     /// A session channel whose waits end at `deadline` (the wall-clock
     /// limit), starting with `initial_credit` bytes of output credit.
     /// Its memory is not limited.
-    pub fn new(host: Arc<dyn SessionHost>, deadline: Instant, initial_credit: u64) -> Arc<Self> {
+    pub fn new(host: Arc<dyn InstanceEvents>, deadline: Instant, initial_credit: u64) -> Arc<Self> {
         Self::with_limits(
             host,
             deadline,
@@ -241,7 +204,7 @@ impl SessionIo {
     /// and counting the instance's linear memory and host buffers against
     /// `memory_bytes` (see [`InstanceMemory`]).
     pub fn with_limits(
-        host: Arc<dyn SessionHost>,
+        host: Arc<dyn InstanceEvents>,
         deadline: Instant,
         initial_credit: u64,
         throttle: Throttle,
@@ -286,8 +249,25 @@ impl SessionIo {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Apply what the session told the instance: the one way session
+    /// events reach it (the worker calls this for each `SessionEvent` it
+    /// decodes from the pipe, after opening a sealed instance's input).
+    pub fn apply(&self, event: SessionEvent) {
+        match event {
+            SessionEvent::Input(message) => self.push_input(message),
+            SessionEvent::InputEnd => self.close_input(),
+            SessionEvent::Credit(bytes) => self.grant_credit(bytes),
+            SessionEvent::Kill => self.stop(StopReason::Killed),
+            SessionEvent::ChannelOpen(channel) => self.open_channel(channel),
+            SessionEvent::ChannelInput(channel, data) => self.channel_input(channel, data),
+            SessionEvent::ChannelEnd(channel, gone) => self.channel_end(channel, gone),
+            SessionEvent::ChannelCredit(channel, bytes) => self.channel_credit(channel, bytes),
+            SessionEvent::OnionReply(request, result) => self.onion_reply(request, result),
+        }
+    }
+
     /// Queue one client message for `api.recv()`.
-    pub fn push_input(&self, message: Bytes) {
+    pub(crate) fn push_input(&self, message: Bytes) {
         let mut state = self.lock();
         state.messages.push_back(message);
         self.changed.notify_all();
@@ -295,7 +275,7 @@ impl SessionIo {
 
     /// The client closed its input: `api.recv()` returns `b""` once the
     /// queued messages are read.
-    pub fn close_input(&self) {
+    pub(crate) fn close_input(&self) {
         self.lock().input_closed = true;
         self.changed.notify_all();
     }
@@ -309,7 +289,7 @@ impl SessionIo {
     }
 
     /// Allow `bytes` more output.
-    pub fn grant_credit(&self, bytes: u64) {
+    pub(crate) fn grant_credit(&self, bytes: u64) {
         let mut state = self.lock();
         state.output_credit = state.output_credit.saturating_add(bytes);
         self.changed.notify_all();
@@ -430,7 +410,7 @@ impl SessionIo {
                 state.current = message;
                 drop(state);
                 if skipped > 0 {
-                    self.host.input_consumed(skipped);
+                    self.host.on_event(InstanceEvent::InputConsumed(skipped));
                 }
                 Ok(Some(u32::try_from(len).unwrap_or(u32::MAX)))
             }
@@ -455,7 +435,7 @@ impl SessionIo {
         state.output_credit -= MESSAGE_CREDIT;
         state.message_remaining = length;
         drop(state);
-        self.host.message_start(length);
+        self.host.on_event(InstanceEvent::MessageStart(length));
         Ok(())
     }
 
@@ -493,7 +473,8 @@ impl SessionIo {
         if self.throttle(chunk.len() as u64).is_err() {
             return Err(StreamError::Closed);
         }
-        self.host.input_consumed(chunk.len() as u64);
+        self.host
+            .on_event(InstanceEvent::InputConsumed(chunk.len() as u64));
         Ok(chunk)
     }
 
@@ -549,7 +530,7 @@ impl SessionIo {
         if let Err(reason) = self.throttle(len) {
             return Err(StreamError::trap(&format!("session stopped: {reason:?}")));
         }
-        self.host.deliver_output(data);
+        self.host.on_event(InstanceEvent::Output(data));
         Ok(())
     }
 
@@ -636,7 +617,7 @@ impl SessionIo {
 
     /// A client connected to the instance's service: queue the channel for
     /// `accept`, or refuse it when the instance is at its channel limit.
-    pub fn open_channel(&self, channel: u32) {
+    pub(crate) fn open_channel(&self, channel: u32) {
         let accepted = {
             let mut state = self.lock();
             // A channel's input window is memory of the instance: no room
@@ -663,7 +644,10 @@ impl SessionIo {
         // The box hears that the channel is open before the function can
         // accept it (and send on it): the other order would let output
         // overtake the acceptance.
-        self.host.channel_opened(channel, accepted);
+        self.host.on_event(InstanceEvent::Channel(
+            channel,
+            ChannelEvent::Opened(accepted),
+        ));
         if accepted {
             self.lock().incoming.push_back(channel);
             self.changed.notify_all();
@@ -671,7 +655,7 @@ impl SessionIo {
     }
 
     /// Bytes from a service channel's client.
-    pub fn channel_input(&self, channel: u32, data: Bytes) {
+    pub(crate) fn channel_input(&self, channel: u32, data: Bytes) {
         if let Some(ch) = self.lock().channels.get_mut(&channel) {
             ch.inbound.push_back(data);
         }
@@ -680,7 +664,7 @@ impl SessionIo {
 
     /// The channel's client ended its input (`gone`: and went away, so
     /// sending fails too).
-    pub fn channel_end(&self, channel: u32, gone: bool) {
+    pub(crate) fn channel_end(&self, channel: u32, gone: bool) {
         if let Some(ch) = self.lock().channels.get_mut(&channel) {
             ch.input_ended = true;
             ch.gone |= gone;
@@ -689,7 +673,7 @@ impl SessionIo {
     }
 
     /// The box passed `bytes` of the channel's output on.
-    pub fn channel_credit(&self, channel: u32, bytes: u64) {
+    pub(crate) fn channel_credit(&self, channel: u32, bytes: u64) {
         if let Some(ch) = self.lock().channels.get_mut(&channel) {
             ch.credit = ch.credit.saturating_add(bytes);
         }
@@ -765,7 +749,10 @@ impl SessionIo {
         };
         drop(state);
         self.throttle(chunk.len() as u64)?;
-        self.host.channel_consumed(channel, chunk.len() as u64);
+        self.host.on_event(InstanceEvent::Channel(
+            channel,
+            ChannelEvent::Consumed(chunk.len() as u64),
+        ));
         Ok(Some(chunk))
     }
 
@@ -802,8 +789,10 @@ impl SessionIo {
             ch.credit -= take as u64;
             drop(state);
             self.throttle(take as u64).map_err(HostError::stopped)?;
-            self.host
-                .channel_output(channel, Bytes::copy_from_slice(&rest[..take]));
+            self.host.on_event(InstanceEvent::Channel(
+                channel,
+                ChannelEvent::Output(Bytes::copy_from_slice(&rest[..take])),
+            ));
             rest = &rest[take..];
         }
         Ok(())
@@ -820,7 +809,10 @@ impl SessionIo {
             state.next_onion_request += 1;
             state.next_onion_request
         };
-        self.host.onion_request(request, port, key);
+        self.host.on_event(InstanceEvent::OnionRequest(
+            request,
+            OnionRequest { port, key },
+        ));
         // Publishing takes a few seconds on a healthy tor; the box answers
         // with an error after its own timeout, so wait up to the deadline.
         let state = self.lock();
@@ -838,7 +830,7 @@ impl SessionIo {
     }
 
     /// The box's answer to onion-service request `request`.
-    pub fn onion_reply(&self, request: u32, result: Result<String, String>) {
+    pub(crate) fn onion_reply(&self, request: u32, result: Result<String, String>) {
         self.lock().onion_replies.insert(request, result);
         self.changed.notify_all();
     }
@@ -856,7 +848,8 @@ impl SessionIo {
         let existed = self.lock().channels.remove(&channel).is_some();
         if existed {
             self.channel_released();
-            self.host.channel_closed(channel);
+            self.host
+                .on_event(InstanceEvent::Channel(channel, ChannelEvent::Closed));
         }
     }
 }
@@ -987,14 +980,16 @@ mod tests {
         consumed: Mutex<u64>,
     }
 
-    impl SessionHost for Recorder {
-        fn deliver_output(&self, data: Bytes) {
-            self.output.lock().unwrap().extend_from_slice(&data);
+    impl InstanceEvents for Recorder {
+        fn on_event(&self, event: InstanceEvent) {
+            match event {
+                InstanceEvent::Output(data) => {
+                    self.output.lock().unwrap().extend_from_slice(&data);
+                }
+                InstanceEvent::InputConsumed(bytes) => *self.consumed.lock().unwrap() += bytes,
+                _ => {}
+            }
         }
-        fn input_consumed(&self, bytes: u64) {
-            *self.consumed.lock().unwrap() += bytes;
-        }
-        fn message_start(&self, _length: u64) {}
     }
 
     fn io(credit: u64, wall: Duration) -> (Arc<Recorder>, Arc<SessionIo>) {
@@ -1132,12 +1127,11 @@ mod tests {
     #[derive(Default)]
     struct Opened(Mutex<Vec<(u32, bool)>>);
 
-    impl SessionHost for Opened {
-        fn deliver_output(&self, _data: Bytes) {}
-        fn input_consumed(&self, _bytes: u64) {}
-        fn message_start(&self, _length: u64) {}
-        fn channel_opened(&self, channel: u32, accepted: bool) {
-            self.0.lock().unwrap().push((channel, accepted));
+    impl InstanceEvents for Opened {
+        fn on_event(&self, event: InstanceEvent) {
+            if let InstanceEvent::Channel(channel, ChannelEvent::Opened(accepted)) = event {
+                self.0.lock().unwrap().push((channel, accepted));
+            }
         }
     }
 

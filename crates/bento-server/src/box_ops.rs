@@ -5,19 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bento_policy::{Capability, Grant, Limit, Manifest, admit};
+use bento_policy::{Capability, Grant, Limit, Manifest, StorageGrant, admit};
 use bento_protocol::{ErrorCode, Frame, FunctionId, InvokeToken, ServiceToken, SessionToken};
-use bento_worker::{
-    CapabilityGrant, InstanceOutcome, SealedFunctionRef, StartCall, StartRequest, StorageGrant,
-};
+use bento_worker_contract::{InstanceOutcome, SealedFunctionRef, StartCall, StartRequest};
 
 use crate::box_state::BoxState;
 use crate::function_store::{StoreError, StoredFunction, check_filename};
 use crate::session::{OnionPublisher, Service, Session, SessionExtras};
-
-/// Largest HTTP response body a function may receive (and never more than
-/// half its memory, which has to hold it).
-const HTTP_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// A refusal, as the protocol reports it.
 #[derive(Debug, Clone)]
@@ -330,8 +324,8 @@ impl BoxState {
         // Onion-service streams arrive as channels too, so an instance
         // with either capability has channels; only `service` hands out a
         // token for them.
-        let has_channels = grant.capabilities.contains(&Capability::Service)
-            || grant.capabilities.contains(&Capability::OnionService);
+        let offers_service = grant.capabilities.contains(&Capability::Service);
+        let has_channels = offers_service || grant.capabilities.contains(&Capability::OnionService);
         let service = if has_channels {
             let token = ServiceToken::generate()
                 .map_err(|_| Refusal::new(ErrorCode::Internal, "cannot generate a token"))?;
@@ -406,12 +400,12 @@ impl BoxState {
             filename,
             call,
             limits,
-            grant: self.capability_grant(&grant, storage),
+            grant: self.complete_grant(grant, storage),
             sealed,
         };
         let started = self
             .pool
-            .start_instance_patiently(request, session.clone(), bento_worker::RESPAWN_PATIENCE)
+            .start_instance_patiently(request, session.clone(), bento_pool::RESPAWN_PATIENCE)
             .await;
         match started {
             Ok(handle) => session.set_handle(handle),
@@ -424,7 +418,7 @@ impl BoxState {
         instance.keep();
         storage_reservation.keep();
         self.sessions.insert(session.clone());
-        let service = service.filter(|_| grant.capabilities.contains(&Capability::Service));
+        let service = service.filter(|_| offers_service);
         if service.is_some() {
             self.services.insert(&session);
         }
@@ -447,41 +441,21 @@ impl BoxState {
         }))
     }
 
-    /// Everything the worker needs to enforce `grant`.
-    fn capability_grant(&self, grant: &Grant, storage: Option<StorageGrant>) -> CapabilityGrant {
+    /// Complete an admitted `grant` with what the box adds to enforce it:
+    /// the instance's storage, this worker's bandwidth share, trust anchors
+    /// and the SocksPort.
+    fn complete_grant(&self, grant: Grant, storage: Option<StorageGrant>) -> Grant {
         let policy = &self.config.policy;
         let workers = u64::try_from(self.config.workers.workers.max(1)).unwrap_or(1);
-        let memory = grant.resources.memory_mib.saturating_mul(bento_policy::MIB);
-        // Rules and own addresses matter only to a function that reaches
-        // out; every other invocation is spared building and sending them.
-        let reaches_out = grant.capabilities.iter().any(|c| c.uses_destinations());
-        let rules = |list: &bento_policy::ExitPolicy| -> Vec<String> {
-            if reaches_out {
-                list.rules().iter().map(ToString::to_string).collect()
-            } else {
-                Vec::new()
-            }
-        };
-        CapabilityGrant {
-            capabilities: grant.capabilities.clone(),
-            grant_destinations: rules(&grant.destinations),
-            policy_destinations: rules(&policy.destinations),
-            own_addresses: if reaches_out {
-                self.own_addresses.clone()
-            } else {
-                Vec::new()
-            },
+        Grant {
             storage,
-            bandwidth_bytes_per_s: grant.resources.bandwidth_kib_per_s.saturating_mul(1024),
             // Each worker enforces an equal share, so all together never
             // exceed the box's limit.
             box_bandwidth_bytes_per_s: policy.caps.bandwidth_kib_per_s.saturating_mul(1024)
                 / workers,
-            channels: grant.resources.channels,
-            http_max_response_bytes: HTTP_MAX_RESPONSE_BYTES.min(memory / 2),
             http_extra_roots_pem: self.config.http_extra_roots_pem.clone(),
             tor_socks: self.tor.as_ref().and_then(|t| t.socks),
-            onion_services: grant.resources.onion_services,
+            ..grant
         }
     }
 }

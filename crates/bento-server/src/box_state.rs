@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bento_worker::WorkerPool;
+use bento_pool::WorkerPool;
 use tokio::sync::Semaphore;
 
 use crate::attest;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bento_policy::{BoxPolicy, MIB};
-use bento_worker::WorkerPoolConfig;
+use bento_pool::WorkerPoolConfig;
 
 /// Instances' encrypted storage, in the data directory.
 pub(crate) const INSTANCE_STORAGE_DIR: &str = "instance-storage";

@@ -9,7 +9,7 @@ use bento_protocol::{
     ErrorCode, Frame, FrameDecoder, FrameType, MAX_DATA_LEN, MIN_PROTOCOL_VERSION, PADDING_VERSION,
     PROTOCOL_VERSION, ProtocolError, ServiceToken, SessionToken, encode_data_header,
 };
-use bento_worker::{ChannelEvent, StartCall};
+use bento_worker_contract::{ChannelEvent, StartCall};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
@@ -803,8 +803,8 @@ impl Conn {
 /// The error a channel's client gets when the instance ends without
 /// closing the channel. A traceback stays with the invoker: it can show the
 /// function's source and data, and a channel client is someone else.
-fn service_ended(outcome: Option<&bento_worker::InstanceOutcome>) -> Frame {
-    use bento_worker::InstanceOutcome;
+fn service_ended(outcome: Option<&bento_worker_contract::InstanceOutcome>) -> Frame {
+    use bento_worker_contract::InstanceOutcome;
     match outcome {
         Some(InstanceOutcome::Exception(_)) => Frame::error(
             ErrorCode::FunctionException,

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bento_protocol::{InvokeToken, SessionToken};
-use bento_worker::{InstanceOutcome, StartCall};
+use bento_worker_contract::{InstanceOutcome, StartCall};
 use bytes::Bytes;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};

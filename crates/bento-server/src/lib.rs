@@ -3,7 +3,7 @@
 //! Accepts client connections speaking the wire protocol
 //! ([`bento_protocol`]), stores functions persistently in its data directory
 //! ([`function_store`]), runs each invocation as a fresh instance in a
-//! sandbox worker process ([`bento_worker::WorkerPool`]), and keeps sessions
+//! sandbox worker process ([`bento_pool::WorkerPool`]), and keeps sessions
 //! whose output survives detach and re-attach ([`session`]). It enforces the
 //! box-wide caps: concurrent instances, reserved output-buffer bytes, stored
 //! function bytes, upload size.
@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bento_worker::WorkerPool;
+use bento_pool::WorkerPool;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -67,7 +67,7 @@ pub enum ServerError {
     Store(#[from] StoreError),
     /// The workers could not be started.
     #[error(transparent)]
-    Pool(#[from] bento_worker::PoolError),
+    Pool(#[from] bento_pool::PoolError),
     /// The listener failed.
     #[error("listener: {0}")]
     Listen(#[from] std::io::Error),

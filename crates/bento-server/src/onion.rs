@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bento_tor::{OnionKey, TorControl};
-use bento_worker::{ChannelEvent, OnionRequest};
+use bento_worker_contract::{ChannelEvent, OnionRequest};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bento_protocol::{ErrorCode, Frame, InvokeToken, MAX_NAME_LEN};
-use bento_worker::{SealedFunctionRef, StartCall};
+use bento_worker_contract::{SealedFunctionRef, StartCall};
 use bytes::Bytes;
 
 use crate::box_ops::{Refusal, Stored, trial_refusal};

@@ -17,8 +17,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Instant;
 
+use bento_pool::InstanceHandle;
 use bento_protocol::{ServiceToken, SessionToken};
-use bento_worker::{ChannelEvent, InstanceEvents, InstanceHandle, InstanceOutcome, OnionRequest};
+use bento_worker_contract::{
+    ChannelEvent, InstanceEvent, InstanceEvents, InstanceOutcome, MESSAGE_CREDIT, OnionRequest,
+};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
@@ -27,7 +30,7 @@ use tokio::sync::mpsc;
 /// Input bytes the box forwards to a worker before the function consumed
 /// them; beyond this the box stops reading the client (backpressure). The
 /// sandbox counts each open window in the instance's memory.
-pub use bento_worker::INPUT_WINDOW;
+pub use bento_worker_contract::INPUT_WINDOW;
 
 #[derive(Debug)]
 pub(crate) struct SessionState {
@@ -402,7 +405,7 @@ impl Session {
                 break;
             }
             state.messages.pop_front();
-            granted += bento_worker::MESSAGE_CREDIT;
+            granted += MESSAGE_CREDIT;
         }
         while freed > 0 {
             let Some(front) = state.buffer.front_mut() else {
@@ -505,6 +508,21 @@ impl Session {
 }
 
 impl InstanceEvents for Session {
+    fn on_event(&self, event: InstanceEvent) {
+        match event {
+            InstanceEvent::Output(data) => self.output(data),
+            InstanceEvent::InputConsumed(bytes) => self.input_consumed(bytes),
+            InstanceEvent::MessageStart(length) => self.message_start(length),
+            InstanceEvent::Channel(channel, event) => self.channel(channel, event),
+            InstanceEvent::OnionRequest(request, details) => self.onion_request(request, details),
+            InstanceEvent::Finished(outcome) => self.finished(outcome),
+        }
+    }
+}
+
+/// The instance's events, as [`InstanceEvents::on_event`] applies them;
+/// called on the pool's reader task, so none blocks.
+impl Session {
     fn output(&self, data: Bytes) {
         let mut state = self.lock();
         state.produced += data.len() as u64;
@@ -523,7 +541,7 @@ impl InstanceEvents for Session {
     fn message_start(&self, length: u64) {
         if !self.frames_messages {
             if let Some(handle) = self.handle() {
-                handle.grant_credit(bento_worker::MESSAGE_CREDIT);
+                handle.grant_credit(MESSAGE_CREDIT);
             }
             return;
         }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use bento_attest::{ChannelSecret, ReplySealer, SessionKeys};
 use bytes::Bytes;
 
-use crate::ipc::{InstanceOutcome, StartCall, StartRequest};
+use bento_worker_contract::{InstanceOutcome, StartCall, StartRequest};
 
 /// One sealed instance's keys and record counters.
 pub(crate) struct SealedInstance {

@@ -10,13 +10,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bento_sandbox::{
-    Call, Failure, Job, PythonRuntime, SessionHost, SessionIo, StopReason, Throttle, TokenBucket,
+    Call, Failure, Job, PythonRuntime, SessionIo, StopReason, Throttle, TokenBucket,
 };
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
-use crate::ipc::{FromWorker, InstanceId, InstanceOutcome, StartCall, StartRequest, ToWorker};
 use crate::prewarm::Prewarmed;
 use crate::sealed::SealedInstance;
+use bento_worker_contract::ipc::{FromWorker, ToWorker};
+use bento_worker_contract::{
+    ChannelEvent, InstanceEvent, InstanceEvents, InstanceId, InstanceOutcome, SessionEvent,
+    StartCall, StartRequest,
+};
 
 /// Native stack of an instance thread. Wasm may use 1 MiB of it; the rest
 /// is for host calls. Untouched pages cost no memory.
@@ -71,49 +75,15 @@ struct InstanceHost<W: Write + Send + 'static> {
     sealed: Option<Arc<SealedInstance>>,
 }
 
-impl<W: Write + Send + 'static> SessionHost for InstanceHost<W> {
-    fn deliver_output(&self, data: Bytes) {
-        let data = match &self.sealed {
-            Some(sealed) => sealed.seal_output(&data),
-            None => data,
+impl<W: Write + Send + 'static> InstanceEvents for InstanceHost<W> {
+    fn on_event(&self, event: InstanceEvent) {
+        let event = match (event, &self.sealed) {
+            (InstanceEvent::Output(data), Some(sealed)) => {
+                InstanceEvent::Output(sealed.seal_output(&data))
+            }
+            (event, _) => event,
         };
-        self.outbox.send(&FromWorker::Output(self.id, data));
-    }
-
-    fn input_consumed(&self, bytes: u64) {
-        self.outbox.send(&FromWorker::InputConsumed(self.id, bytes));
-    }
-
-    fn message_start(&self, length: u64) {
-        self.outbox.send(&FromWorker::MessageStart(self.id, length));
-    }
-
-    fn channel_opened(&self, channel: u32, accepted: bool) {
-        self.outbox
-            .send(&FromWorker::ChannelOpened(self.id, channel, accepted));
-    }
-
-    fn channel_output(&self, channel: u32, data: Bytes) {
-        self.outbox
-            .send(&FromWorker::ChannelOutput(self.id, channel, data));
-    }
-
-    fn channel_consumed(&self, channel: u32, bytes: u64) {
-        self.outbox
-            .send(&FromWorker::ChannelConsumed(self.id, channel, bytes));
-    }
-
-    fn channel_closed(&self, channel: u32) {
-        self.outbox
-            .send(&FromWorker::ChannelClosed(self.id, channel));
-    }
-
-    fn onion_request(&self, request: u32, port: u16, key: Option<String>) {
-        self.outbox.send(&FromWorker::OnionRequest(
-            self.id,
-            request,
-            crate::ipc::OnionRequest { port, key },
-        ));
+        self.outbox.send(&FromWorker::Instance(self.id, event));
     }
 }
 
@@ -211,9 +181,9 @@ fn handle<W: Write + Send + 'static>(
             let sealed = match crate::sealed::open_request(channel.as_deref(), &mut request) {
                 Ok(sealed) => sealed.map(Arc::new),
                 Err(reason) => {
-                    outbox.send(&FromWorker::Finished(
+                    outbox.send(&FromWorker::Instance(
                         id,
-                        InstanceOutcome::SealRejected(reason),
+                        InstanceEvent::Finished(InstanceOutcome::SealRejected(reason)),
                     ));
                     return;
                 }
@@ -222,67 +192,44 @@ fn handle<W: Write + Send + 'static>(
                 id, *request, sealed, runtime, prewarmed, outbox, instances, bandwidth,
             );
         }
-        ToWorker::Input(id, data) => {
+        ToWorker::Session(id, SessionEvent::Input(data)) => {
             let Some(running) = lock(instances).get(&id).cloned() else {
                 return;
             };
             match &running.sealed {
-                None => running.io.push_input(data),
+                None => running.io.apply(SessionEvent::Input(data)),
                 Some(sealed) => match sealed.open_input(&data) {
                     // The record's overhead is consumed here, its plaintext
                     // when the function reads it: the server's input window
                     // counts the ciphertext it forwarded.
                     Ok(plaintext) => {
                         let overhead = data.len().saturating_sub(plaintext.len()) as u64;
-                        running.io.push_input(plaintext);
-                        outbox.send(&FromWorker::InputConsumed(id, overhead));
+                        running.io.apply(SessionEvent::Input(plaintext));
+                        outbox.send(&FromWorker::Instance(
+                            id,
+                            InstanceEvent::InputConsumed(overhead),
+                        ));
                     }
                     Err(_) => {
-                        outbox.send(&FromWorker::InputConsumed(id, data.len() as u64));
+                        outbox.send(&FromWorker::Instance(
+                            id,
+                            InstanceEvent::InputConsumed(data.len() as u64),
+                        ));
                         running.io.stop(StopReason::Killed);
                     }
                 },
             }
         }
-        ToWorker::InputEnd(id) => {
-            if let Some(io) = find(id) {
-                io.close_input();
-            }
-        }
-        ToWorker::Credit(id, n) => {
-            if let Some(io) = find(id) {
-                io.grant_credit(n);
-            }
-        }
-        ToWorker::Kill(id) => {
-            if let Some(io) = find(id) {
-                io.stop(StopReason::Killed);
-            }
-        }
-        ToWorker::ChannelOpen(id, channel) => match find(id) {
-            Some(io) => io.open_channel(channel),
-            None => outbox.send(&FromWorker::ChannelOpened(id, channel, false)),
+        ToWorker::Session(id, event) => match (find(id), event) {
+            (Some(io), event) => io.apply(event),
+            // The instance has ended (its Finished is on the way); only a
+            // channel open needs an answer, so that its client is refused.
+            (None, SessionEvent::ChannelOpen(channel)) => outbox.send(&FromWorker::Instance(
+                id,
+                InstanceEvent::Channel(channel, ChannelEvent::Opened(false)),
+            )),
+            (None, _) => {}
         },
-        ToWorker::ChannelInput(id, channel, data) => {
-            if let Some(io) = find(id) {
-                io.channel_input(channel, data);
-            }
-        }
-        ToWorker::ChannelEnd(id, channel, gone) => {
-            if let Some(io) = find(id) {
-                io.channel_end(channel, gone);
-            }
-        }
-        ToWorker::ChannelCredit(id, channel, n) => {
-            if let Some(io) = find(id) {
-                io.channel_credit(channel, n);
-            }
-        }
-        ToWorker::OnionReply(id, request, result) => {
-            if let Some(io) = find(id) {
-                io.onion_reply(request, result);
-            }
-        }
     }
 }
 
@@ -309,7 +256,7 @@ fn start<W: Write + Send + 'static>(
         Throttle::unlimited()
     } else {
         Throttle::new(vec![
-            TokenBucket::new(grant.bandwidth_bytes_per_s),
+            TokenBucket::new(grant.bandwidth_bytes_per_s()),
             bandwidth.bucket(grant.box_bandwidth_bytes_per_s),
         ])
     };
@@ -318,7 +265,7 @@ fn start<W: Write + Send + 'static>(
         Instant::now() + request.limits.wall(),
         request.limits.output_buffer_bytes,
         throttle,
-        grant.channels,
+        grant.resources.channels,
         request.limits.memory_bytes,
     );
     if sealed.is_some() {
@@ -375,21 +322,24 @@ fn start<W: Write + Send + 'static>(
                 }
             };
             lock(&instances_for_thread).remove(&id);
-            let outcome: InstanceOutcome = outcome.into();
+            let outcome =
+                outcome.map_or_else(InstanceOutcome::from, |()| InstanceOutcome::Returned);
             let outcome = match &sealed {
                 Some(sealed) => sealed.seal_outcome(outcome),
                 None => outcome,
             };
-            outbox_for_thread.send(&FromWorker::Finished(id, outcome));
+            outbox_for_thread.send(&FromWorker::Instance(id, InstanceEvent::Finished(outcome)));
             // Unmapping the instance's memory is the slow part of its end:
             // after the outcome is on its way, not before.
             drop(spent);
         });
     if let Err(e) = spawned {
         lock(instances).remove(&id);
-        outbox.send(&FromWorker::Finished(
+        outbox.send(&FromWorker::Instance(
             id,
-            InstanceOutcome::Trap(format!("the worker could not start a thread: {e}")),
+            InstanceEvent::Finished(InstanceOutcome::Trap(format!(
+                "the worker could not start a thread: {e}"
+            ))),
         ));
     }
 }

@@ -12,7 +12,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::ipc::{FromWorker, InstanceId, InstanceOutcome, StartRequest, ToWorker};
+use bento_policy::Grant;
+use bento_worker_contract::ipc::{FromWorker, ToWorker};
+use bento_worker_contract::{
+    CHANNEL_CREDIT, ChannelEvent, InstanceEvent, InstanceEvents, InstanceId, InstanceOutcome,
+    MAX_MESSAGE_LEN, MESSAGE_CREDIT, SealedFunctionRef, SessionEvent, StartCall, StartRequest,
+};
 
 /// How long a new worker may take to load the runtime and say it is ready.
 const WORKER_READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -52,37 +57,6 @@ pub enum PoolError {
     /// No worker is alive right now (all are being respawned).
     #[error("no sandbox worker is available (workers are restarting)")]
     NoWorker,
-}
-
-/// Receives an instance's events, on the pool's reader task: implementations
-/// must not block.
-pub trait InstanceEvents: Send + Sync + 'static {
-    /// Output bytes from the function.
-    fn output(&self, data: Bytes);
-    /// The function consumed this many input bytes.
-    fn input_consumed(&self, bytes: u64);
-    /// The next `length` output bytes are one message (one `api.send`).
-    fn message_start(&self, _length: u64) {}
-    /// The instance ended; called exactly once, last.
-    fn finished(&self, outcome: InstanceOutcome);
-    /// A channel event of the instance's service.
-    fn channel(&self, _channel: u32, _event: ChannelEvent) {}
-    /// The function asks for an onion service; answer with
-    /// [`InstanceHandle::onion_reply`].
-    fn onion_request(&self, _request: u32, _details: crate::ipc::OnionRequest) {}
-}
-
-/// What happened on a service channel, as reported by the worker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChannelEvent {
-    /// The instance accepted the channel (`true`) or was at its limit.
-    Opened(bool),
-    /// Bytes the function sent on the channel.
-    Output(Bytes),
-    /// The function consumed this many input bytes.
-    Consumed(u64),
-    /// The function closed the channel.
-    Closed,
 }
 
 /// What the server has allowed one instance to send. A worker is where
@@ -252,67 +226,87 @@ pub struct InstanceHandle {
 }
 
 impl InstanceHandle {
-    fn send(&self, message: ToWorker) {
-        // A closed channel means the worker died; the instance's `finished`
+    /// Tell the instance `event`. What the session allows the instance
+    /// (output credit, input it may report consumed) is counted here,
+    /// before the event is sent, so the worker can never have used an
+    /// allowance the server has not counted yet.
+    pub fn send(&self, event: SessionEvent) {
+        match &event {
+            SessionEvent::Input(data) => {
+                self.allowance
+                    .input_outstanding
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            SessionEvent::Credit(bytes) => {
+                self.allowance.granted.fetch_add(*bytes, Ordering::Relaxed);
+            }
+            SessionEvent::ChannelInput(channel, data) => {
+                if let Some(window) = self.allowance.channels().get_mut(channel) {
+                    window.input_outstanding =
+                        window.input_outstanding.saturating_add(data.len() as u64);
+                }
+            }
+            SessionEvent::ChannelCredit(channel, bytes) => {
+                if let Some(window) = self.allowance.channels().get_mut(channel) {
+                    window.credit = window.credit.saturating_add(*bytes);
+                }
+            }
+            SessionEvent::InputEnd
+            | SessionEvent::Kill
+            | SessionEvent::ChannelOpen(_)
+            | SessionEvent::ChannelEnd(..)
+            | SessionEvent::OnionReply(..) => {}
+        }
+        // A closed channel means the worker died; the instance's `Finished`
         // event reports that, so there is nothing to do here.
-        let _ = self.to_worker.send(message.encode());
+        let _ = self
+            .to_worker
+            .send(ToWorker::Session(self.id, event).encode());
     }
 
     /// Deliver one client message.
     pub fn input(&self, data: Bytes) {
-        self.allowance
-            .input_outstanding
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        self.send(ToWorker::Input(self.id, data));
+        self.send(SessionEvent::Input(data));
     }
 
     /// The client closed its input.
     pub fn end_input(&self) {
-        self.send(ToWorker::InputEnd(self.id));
+        self.send(SessionEvent::InputEnd);
     }
 
     /// Allow `bytes` more output.
     pub fn grant_credit(&self, bytes: u64) {
-        // Counted before it is sent, so the worker can never have used
-        // credit the server has not counted yet.
-        self.allowance.granted.fetch_add(bytes, Ordering::Relaxed);
-        self.send(ToWorker::Credit(self.id, bytes));
+        self.send(SessionEvent::Credit(bytes));
     }
 
     /// Stop the instance.
     pub fn kill(&self) {
-        self.send(ToWorker::Kill(self.id));
+        self.send(SessionEvent::Kill);
     }
 
     /// A client connected to the instance's service as `channel`.
     pub fn channel_open(&self, channel: u32) {
-        self.send(ToWorker::ChannelOpen(self.id, channel));
+        self.send(SessionEvent::ChannelOpen(channel));
     }
 
     /// Bytes from a channel's client.
     pub fn channel_input(&self, channel: u32, data: Bytes) {
-        if let Some(window) = self.allowance.channels().get_mut(&channel) {
-            window.input_outstanding = window.input_outstanding.saturating_add(data.len() as u64);
-        }
-        self.send(ToWorker::ChannelInput(self.id, channel, data));
+        self.send(SessionEvent::ChannelInput(channel, data));
     }
 
     /// The channel's client ended its input; `gone`: and disconnected.
     pub fn channel_end(&self, channel: u32, gone: bool) {
-        self.send(ToWorker::ChannelEnd(self.id, channel, gone));
+        self.send(SessionEvent::ChannelEnd(channel, gone));
     }
 
     /// Answer onion-service request `request`.
     pub fn onion_reply(&self, request: u32, result: Result<String, String>) {
-        self.send(ToWorker::OnionReply(self.id, request, result));
+        self.send(SessionEvent::OnionReply(request, result));
     }
 
     /// The box passed `bytes` of the channel's output on to its client.
     pub fn channel_credit(&self, channel: u32, bytes: u64) {
-        if let Some(window) = self.allowance.channels().get_mut(&channel) {
-            window.credit = window.credit.saturating_add(bytes);
-        }
-        self.send(ToWorker::ChannelCredit(self.id, channel, bytes));
+        self.send(SessionEvent::ChannelCredit(channel, bytes));
     }
 
     /// Kill the whole worker process running this instance (which fails
@@ -390,7 +384,11 @@ impl WorkerPool {
             worker_kill: live.kill.clone(),
             allowance,
         };
-        handle.send(ToWorker::Start(id, Box::new(request)));
+        // A closed channel means the worker just died: the instance ends
+        // with `WorkerCrashed` like the worker's others.
+        let _ = handle
+            .to_worker
+            .send(ToWorker::Start(id, Box::new(request)).encode());
         Ok(handle)
     }
 
@@ -427,7 +425,7 @@ impl WorkerPool {
     /// source.
     pub async fn check_sealed(
         &self,
-        sealed: crate::ipc::SealedFunctionRef,
+        sealed: SealedFunctionRef,
     ) -> Result<InstanceOutcome, PoolError> {
         self.check_request(String::new(), String::new(), Some(sealed))
             .await
@@ -437,14 +435,14 @@ impl WorkerPool {
         &self,
         source: String,
         filename: String,
-        sealed: Option<crate::ipc::SealedFunctionRef>,
+        sealed: Option<SealedFunctionRef>,
     ) -> Result<InstanceOutcome, PoolError> {
         struct Once(Mutex<Option<oneshot::Sender<InstanceOutcome>>>);
         impl InstanceEvents for Once {
-            fn output(&self, _data: Bytes) {}
-            fn input_consumed(&self, _bytes: u64) {}
-            fn finished(&self, outcome: InstanceOutcome) {
-                if let Some(tx) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            fn on_event(&self, event: InstanceEvent) {
+                if let InstanceEvent::Finished(outcome) = event
+                    && let Some(tx) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+                {
                     let _ = tx.send(outcome);
                 }
             }
@@ -452,9 +450,9 @@ impl WorkerPool {
         let request = StartRequest {
             source,
             filename,
-            call: crate::ipc::StartCall::Check,
+            call: StartCall::Check,
             limits: bento_policy::InstanceLimits::default(),
-            grant: bento_sandbox::CapabilityGrant::default(),
+            grant: Grant::default(),
             sealed,
         };
         // A check has no effects, so unlike an invocation it can simply be
@@ -650,7 +648,7 @@ async fn read_from_worker(
         .map(|(_, tracked)| tracked.events)
         .collect();
     for events in orphans {
-        events.finished(InstanceOutcome::WorkerCrashed);
+        events.on_event(InstanceEvent::Finished(InstanceOutcome::WorkerCrashed));
     }
     respawn(inner, slot);
 }
@@ -696,102 +694,97 @@ pub enum WorkerViolation {
 }
 
 fn dispatch(message: FromWorker, instances: &EventMap) -> Result<(), WorkerViolation> {
+    let FromWorker::Instance(id, event) = message else {
+        // A second Ready changes nothing.
+        return Ok(());
+    };
+    if let InstanceEvent::Finished(_) = event {
+        let tracked = lock_map(instances).remove(&id);
+        if let Some(tracked) = tracked {
+            tracked.events.on_event(event);
+        }
+        return Ok(());
+    }
     // The lock is released before calling into the instance's events.
-    let find = |id| lock_map(instances).get(&id).cloned();
-    match message {
-        FromWorker::Ready { .. } => {}
-        FromWorker::Output(id, data) => {
-            if let Some(tracked) = find(id) {
-                let len = data.len() as u64;
-                if !tracked.allowance.charge(len) {
-                    return Err(WorkerViolation::OutputCredit(id));
-                }
-                let remaining = &tracked.allowance.message_remaining;
-                let left = remaining.load(Ordering::Relaxed).saturating_sub(len);
-                remaining.store(left, Ordering::Relaxed);
-                // Empty output would only grow the session's buffer list.
-                if len > 0 {
-                    tracked.events.output(data);
-                }
-            }
-        }
-        FromWorker::InputConsumed(id, n) => {
-            if let (Some(tracked), true) = (find(id), n > 0) {
-                if !tracked.allowance.consume_input(n) {
-                    return Err(WorkerViolation::Input(id));
-                }
-                tracked.events.input_consumed(n);
-            }
-        }
-        FromWorker::MessageStart(id, n) => {
-            if let Some(tracked) = find(id) {
-                let allowance = &tracked.allowance;
-                if n > crate::MAX_MESSAGE_LEN
-                    || allowance.message_remaining.load(Ordering::Relaxed) > 0
-                {
-                    return Err(WorkerViolation::Message(id));
-                }
-                if !allowance.charge(crate::MESSAGE_CREDIT) {
-                    return Err(WorkerViolation::OutputCredit(id));
-                }
-                allowance.message_remaining.store(n, Ordering::Relaxed);
-                tracked.events.message_start(n);
-            }
-        }
-        FromWorker::Finished(id, outcome) => {
-            let tracked = lock_map(instances).remove(&id);
-            if let Some(tracked) = tracked {
-                tracked.events.finished(outcome);
-            }
-        }
-        FromWorker::ChannelOpened(id, channel, accepted) => {
-            if let Some(tracked) = find(id) {
-                if accepted {
-                    tracked
-                        .allowance
-                        .channels()
-                        .entry(channel)
-                        .or_insert(ChannelWindow {
-                            credit: crate::CHANNEL_CREDIT,
-                            input_outstanding: 0,
-                        });
-                }
-                tracked
-                    .events
-                    .channel(channel, ChannelEvent::Opened(accepted));
-            }
-        }
-        FromWorker::ChannelOutput(id, channel, data) => {
-            if let Some(tracked) = find(id) {
-                if !tracked.allowance.charge_channel(channel, data.len() as u64) {
-                    return Err(WorkerViolation::ChannelCredit(id));
-                }
-                if !data.is_empty() {
-                    tracked.events.channel(channel, ChannelEvent::Output(data));
-                }
-            }
-        }
-        FromWorker::ChannelConsumed(id, channel, n) => {
-            if let (Some(tracked), true) = (find(id), n > 0) {
-                if !tracked.allowance.consume_channel_input(channel, n) {
-                    return Err(WorkerViolation::Input(id));
-                }
-                tracked.events.channel(channel, ChannelEvent::Consumed(n));
-            }
-        }
-        FromWorker::ChannelClosed(id, channel) => {
-            if let Some(tracked) = find(id) {
-                tracked.allowance.channels().remove(&channel);
-                tracked.events.channel(channel, ChannelEvent::Closed);
-            }
-        }
-        FromWorker::OnionRequest(id, request, details) => {
-            if let Some(tracked) = find(id) {
-                tracked.events.onion_request(request, details);
-            }
-        }
+    let Some(tracked) = lock_map(instances).get(&id).cloned() else {
+        return Ok(());
+    };
+    if let Some(event) = check(id, event, &tracked.allowance)? {
+        tracked.events.on_event(event);
     }
     Ok(())
+}
+
+/// Check `event` against what the server allowed instance `id`, and count
+/// it: the event to pass on (`None`: nothing worth passing on), or the
+/// violation that condemns the worker.
+fn check(
+    id: InstanceId,
+    event: InstanceEvent,
+    allowance: &Allowance,
+) -> Result<Option<InstanceEvent>, WorkerViolation> {
+    Ok(match event {
+        InstanceEvent::Output(data) => {
+            let len = data.len() as u64;
+            if !allowance.charge(len) {
+                return Err(WorkerViolation::OutputCredit(id));
+            }
+            let remaining = &allowance.message_remaining;
+            let left = remaining.load(Ordering::Relaxed).saturating_sub(len);
+            remaining.store(left, Ordering::Relaxed);
+            // Empty output would only grow the session's buffer list.
+            (len > 0).then_some(InstanceEvent::Output(data))
+        }
+        InstanceEvent::InputConsumed(n) => {
+            if n > 0 && !allowance.consume_input(n) {
+                return Err(WorkerViolation::Input(id));
+            }
+            (n > 0).then_some(InstanceEvent::InputConsumed(n))
+        }
+        InstanceEvent::MessageStart(n) => {
+            if n > MAX_MESSAGE_LEN || allowance.message_remaining.load(Ordering::Relaxed) > 0 {
+                return Err(WorkerViolation::Message(id));
+            }
+            if !allowance.charge(MESSAGE_CREDIT) {
+                return Err(WorkerViolation::OutputCredit(id));
+            }
+            allowance.message_remaining.store(n, Ordering::Relaxed);
+            Some(InstanceEvent::MessageStart(n))
+        }
+        InstanceEvent::Channel(channel, ChannelEvent::Opened(accepted)) => {
+            if accepted {
+                allowance
+                    .channels()
+                    .entry(channel)
+                    .or_insert(ChannelWindow {
+                        credit: CHANNEL_CREDIT,
+                        input_outstanding: 0,
+                    });
+            }
+            Some(InstanceEvent::Channel(
+                channel,
+                ChannelEvent::Opened(accepted),
+            ))
+        }
+        InstanceEvent::Channel(channel, ChannelEvent::Output(data)) => {
+            if !allowance.charge_channel(channel, data.len() as u64) {
+                return Err(WorkerViolation::ChannelCredit(id));
+            }
+            (!data.is_empty())
+                .then_some(InstanceEvent::Channel(channel, ChannelEvent::Output(data)))
+        }
+        InstanceEvent::Channel(channel, ChannelEvent::Consumed(n)) => {
+            if n > 0 && !allowance.consume_channel_input(channel, n) {
+                return Err(WorkerViolation::Input(id));
+            }
+            (n > 0).then_some(InstanceEvent::Channel(channel, ChannelEvent::Consumed(n)))
+        }
+        InstanceEvent::Channel(channel, ChannelEvent::Closed) => {
+            allowance.channels().remove(&channel);
+            Some(InstanceEvent::Channel(channel, ChannelEvent::Closed))
+        }
+        event @ (InstanceEvent::OnionRequest(..) | InstanceEvent::Finished(_)) => Some(event),
+    })
 }
 
 #[cfg(test)]
@@ -805,15 +798,23 @@ mod tests {
     }
 
     impl InstanceEvents for Recorder {
-        fn output(&self, data: Bytes) {
-            *self.output.lock().unwrap() += data.len() as u64;
-        }
-        fn input_consumed(&self, _bytes: u64) {}
-        fn finished(&self, outcome: InstanceOutcome) {
-            if let Some(tx) = self.finished.lock().unwrap().take() {
-                let _ = tx.send(outcome);
+        fn on_event(&self, event: InstanceEvent) {
+            match event {
+                InstanceEvent::Output(data) => *self.output.lock().unwrap() += data.len() as u64,
+                InstanceEvent::Finished(outcome) => {
+                    if let Some(tx) = self.finished.lock().unwrap().take() {
+                        let _ = tx.send(outcome);
+                    }
+                }
+                _ => {}
             }
         }
+    }
+
+    /// An event of the fake worker's one instance (the pool numbers
+    /// instances from 1).
+    fn instance(event: InstanceEvent) -> FromWorker {
+        FromWorker::Instance(1, event)
     }
 
     /// A fake worker: a shell that says Ready, waits for the server's
@@ -827,7 +828,7 @@ mod tests {
             bytes.extend_from_slice(&header);
             bytes.extend_from_slice(&payload);
         }
-        let (ready, rest) = bytes.split_at(crate::ipc::IPC_HEADER_LEN);
+        let (ready, rest) = bytes.split_at(bento_worker_contract::ipc::IPC_HEADER_LEN);
         let file = std::env::temp_dir().join(format!(
             "bento-fake-worker-{}-{}",
             std::process::id(),
@@ -861,12 +862,12 @@ mod tests {
         let request = StartRequest {
             source: String::new(),
             filename: "f.py".into(),
-            call: crate::ipc::StartCall::Check,
+            call: StartCall::Check,
             limits: bento_policy::InstanceLimits {
                 output_buffer_bytes: credit,
                 ..Default::default()
             },
-            grant: bento_sandbox::CapabilityGrant::default(),
+            grant: Grant::default(),
             sealed: None,
         };
         pool.start_instance(request, recorder.clone()).unwrap();
@@ -900,9 +901,9 @@ mod tests {
     async fn output_within_the_granted_credit_is_passed_on() {
         let (outcome, output) = run_one(
             &[
-                FromWorker::MessageStart(1, 900),
-                FromWorker::Output(1, Bytes::from(vec![b'x'; 900])),
-                FromWorker::Finished(1, InstanceOutcome::Returned),
+                instance(InstanceEvent::MessageStart(900)),
+                instance(InstanceEvent::Output(Bytes::from(vec![b'x'; 900]))),
+                instance(InstanceEvent::Finished(InstanceOutcome::Returned)),
             ],
             1000,
         )
@@ -916,43 +917,48 @@ mod tests {
         for (what, messages) in [
             (
                 "output beyond credit",
-                vec![FromWorker::Output(1, Bytes::from(vec![b'x'; 1001]))],
+                vec![instance(InstanceEvent::Output(Bytes::from(vec![
+                    b'x';
+                    1001
+                ])))],
             ),
             (
                 "a message no function may announce",
-                vec![FromWorker::MessageStart(1, u64::MAX)],
+                vec![instance(InstanceEvent::MessageStart(u64::MAX))],
             ),
             (
                 "a message inside a message",
                 vec![
-                    FromWorker::MessageStart(1, 10),
-                    FromWorker::MessageStart(1, 10),
+                    instance(InstanceEvent::MessageStart(10)),
+                    instance(InstanceEvent::MessageStart(10)),
                 ],
             ),
             (
                 "input consumed that was never sent",
-                vec![FromWorker::InputConsumed(1, 1)],
+                vec![instance(InstanceEvent::InputConsumed(1))],
             ),
             (
                 "channel input consumed that was never sent",
                 vec![
-                    FromWorker::ChannelOpened(1, 7, true),
-                    FromWorker::ChannelConsumed(1, 7, 1),
+                    instance(InstanceEvent::Channel(7, ChannelEvent::Opened(true))),
+                    instance(InstanceEvent::Channel(7, ChannelEvent::Consumed(1))),
                 ],
             ),
             (
                 "output on a channel never opened",
-                vec![FromWorker::ChannelOutput(1, 7, Bytes::from_static(b"x"))],
+                vec![instance(InstanceEvent::Channel(
+                    7,
+                    ChannelEvent::Output(Bytes::from_static(b"x")),
+                ))],
             ),
             (
                 "channel output beyond the channel's credit",
                 vec![
-                    FromWorker::ChannelOpened(1, 7, true),
-                    FromWorker::ChannelOutput(
-                        1,
+                    instance(InstanceEvent::Channel(7, ChannelEvent::Opened(true))),
+                    instance(InstanceEvent::Channel(
                         7,
-                        Bytes::from(vec![b'x'; crate::CHANNEL_CREDIT as usize + 1]),
-                    ),
+                        ChannelEvent::Output(Bytes::from(vec![b'x'; CHANNEL_CREDIT as usize + 1])),
+                    )),
                 ],
             ),
         ] {

@@ -4,10 +4,11 @@
 //! `u32` length (of what follows), `u8` type, `u64` instance id, payload.
 //! Server → worker on the worker's stdin, worker → server on its stdout.
 
-use bento_policy::{InstanceLimits, Limit};
-use bento_sandbox::CapabilityGrant;
+use bento_policy::{Grant, InstanceLimits, Limit};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
+
+use crate::events::{ChannelEvent, InstanceEvent, SessionEvent};
 
 /// Largest IPC frame; bounds what a confused peer can make the other buffer.
 pub const MAX_IPC_FRAME: usize = 64 * 1024 * 1024;
@@ -28,7 +29,7 @@ pub struct StartRequest {
     pub limits: InstanceLimits,
     /// Capabilities beyond the session channel.
     #[serde(default)]
-    pub grant: CapabilityGrant,
+    pub grant: Grant,
     /// A sealed function: `source` and `filename` are empty and the worker
     /// opens them from here (docs/attestation.md, "The sealed channel").
     #[serde(default)]
@@ -93,46 +94,13 @@ pub enum InstanceOutcome {
     SealRejected(String),
 }
 
-impl From<Result<(), bento_sandbox::Failure>> for InstanceOutcome {
-    fn from(outcome: Result<(), bento_sandbox::Failure>) -> Self {
-        use bento_sandbox::Failure;
-        match outcome {
-            Ok(()) => InstanceOutcome::Returned,
-            Err(Failure::LimitExceeded { limit, detail }) => {
-                InstanceOutcome::LimitExceeded { limit, detail }
-            }
-            Err(Failure::Exception(tb)) => InstanceOutcome::Exception(tb),
-            Err(Failure::PolicyRefused(tb)) => InstanceOutcome::PolicyRefused(tb),
-            Err(Failure::Killed) => InstanceOutcome::Killed,
-            Err(Failure::Trap(msg)) => InstanceOutcome::Trap(msg),
-            Err(other) => InstanceOutcome::Trap(other.to_string()),
-        }
-    }
-}
-
 /// Server → worker messages.
 #[derive(Debug, Clone)]
 pub enum ToWorker {
     /// Start an instance.
     Start(InstanceId, Box<StartRequest>),
-    /// One client message.
-    Input(InstanceId, Bytes),
-    /// The client closed its input.
-    InputEnd(InstanceId),
-    /// Allow this many more output bytes.
-    Credit(InstanceId, u64),
-    /// Stop the instance.
-    Kill(InstanceId),
-    /// A client connected to the instance's service as channel `u32`.
-    ChannelOpen(InstanceId, u32),
-    /// Bytes from a channel's client.
-    ChannelInput(InstanceId, u32, Bytes),
-    /// The channel's client ended its input; `true`: and went away.
-    ChannelEnd(InstanceId, u32, bool),
-    /// The box passed this many of the channel's output bytes on.
-    ChannelCredit(InstanceId, u32, u64),
-    /// The answer to onion-service request `u32`: the address or why not.
-    OnionReply(InstanceId, u32, Result<String, String>),
+    /// Something the instance's session tells it.
+    Session(InstanceId, SessionEvent),
 }
 
 /// Worker → server messages.
@@ -144,24 +112,8 @@ pub enum FromWorker {
         /// The X25519 public key of the worker's channel secret.
         channel_key: Option<[u8; 32]>,
     },
-    /// Output from an instance.
-    Output(InstanceId, Bytes),
-    /// The instance consumed this many input bytes.
-    InputConsumed(InstanceId, u64),
-    /// The next this-many output bytes are one message.
-    MessageStart(InstanceId, u64),
-    /// The instance ended.
-    Finished(InstanceId, InstanceOutcome),
-    /// Channel `u32` was accepted (`true`) or refused at the channel limit.
-    ChannelOpened(InstanceId, u32, bool),
-    /// Bytes the function sent on a channel.
-    ChannelOutput(InstanceId, u32, Bytes),
-    /// The function consumed this many of the channel's input bytes.
-    ChannelConsumed(InstanceId, u32, u64),
-    /// The function closed the channel.
-    ChannelClosed(InstanceId, u32),
-    /// The function asks for an onion service (request number, details).
-    OnionRequest(InstanceId, u32, OnionRequest),
+    /// Something an instance tells its session.
+    Instance(InstanceId, InstanceEvent),
 }
 
 /// What `api.onion_service` asked for.
@@ -240,24 +192,27 @@ impl ToWorker {
     pub fn encode(&self) -> Bytes {
         let (kind, id, payload): (u8, InstanceId, Bytes) = match self {
             ToWorker::Start(id, req) => (T_START, *id, json(req).into()),
-            ToWorker::Input(id, data) => (T_INPUT, *id, data.clone()),
-            ToWorker::InputEnd(id) => (T_INPUT_END, *id, Bytes::new()),
-            ToWorker::Credit(id, n) => (T_CREDIT, *id, Bytes::copy_from_slice(&n.to_be_bytes())),
-            ToWorker::Kill(id) => (T_KILL, *id, Bytes::new()),
-            ToWorker::ChannelOpen(id, ch) => (T_CHANNEL_OPEN, *id, channel_payload(*ch, &[])),
-            ToWorker::ChannelInput(id, ch, data) => {
-                (T_CHANNEL_INPUT, *id, channel_payload(*ch, data))
-            }
-            ToWorker::ChannelEnd(id, ch, gone) => {
-                (T_CHANNEL_END, *id, channel_payload(*ch, &[u8::from(*gone)]))
-            }
-            ToWorker::ChannelCredit(id, ch, n) => (
-                T_CHANNEL_CREDIT,
-                *id,
-                channel_payload(*ch, &n.to_be_bytes()),
-            ),
-            ToWorker::OnionReply(id, request, result) => {
-                (T_ONION_REPLY, *id, channel_payload(*request, &json(result)))
+            ToWorker::Session(id, event) => {
+                let (kind, payload) = match event {
+                    SessionEvent::Input(data) => (T_INPUT, data.clone()),
+                    SessionEvent::InputEnd => (T_INPUT_END, Bytes::new()),
+                    SessionEvent::Credit(n) => (T_CREDIT, Bytes::copy_from_slice(&n.to_be_bytes())),
+                    SessionEvent::Kill => (T_KILL, Bytes::new()),
+                    SessionEvent::ChannelOpen(ch) => (T_CHANNEL_OPEN, channel_payload(*ch, &[])),
+                    SessionEvent::ChannelInput(ch, data) => {
+                        (T_CHANNEL_INPUT, channel_payload(*ch, data))
+                    }
+                    SessionEvent::ChannelEnd(ch, gone) => {
+                        (T_CHANNEL_END, channel_payload(*ch, &[u8::from(*gone)]))
+                    }
+                    SessionEvent::ChannelCredit(ch, n) => {
+                        (T_CHANNEL_CREDIT, channel_payload(*ch, &n.to_be_bytes()))
+                    }
+                    SessionEvent::OnionReply(request, result) => {
+                        (T_ONION_REPLY, channel_payload(*request, &json(result)))
+                    }
+                };
+                (kind, *id, payload)
             }
         };
         let mut out = BytesMut::with_capacity(IPC_HEADER_LEN + payload.len());
@@ -277,33 +232,35 @@ impl FromWorker {
                 0,
                 channel_key.map_or_else(Bytes::new, |k| Bytes::copy_from_slice(&k)),
             ),
-            FromWorker::Output(id, data) => (T_OUTPUT, *id, data.clone()),
-            FromWorker::InputConsumed(id, n) => {
-                (T_CONSUMED, *id, Bytes::copy_from_slice(&n.to_be_bytes()))
+            FromWorker::Instance(id, event) => {
+                let (kind, payload) = match event {
+                    InstanceEvent::Output(data) => (T_OUTPUT, data.clone()),
+                    InstanceEvent::InputConsumed(n) => {
+                        (T_CONSUMED, Bytes::copy_from_slice(&n.to_be_bytes()))
+                    }
+                    InstanceEvent::Finished(outcome) => (T_FINISHED, json(outcome).into()),
+                    InstanceEvent::MessageStart(n) => {
+                        (T_MESSAGE, Bytes::copy_from_slice(&n.to_be_bytes()))
+                    }
+                    InstanceEvent::Channel(ch, ChannelEvent::Opened(accepted)) => (
+                        T_CHANNEL_OPENED,
+                        channel_payload(*ch, &[u8::from(*accepted)]),
+                    ),
+                    InstanceEvent::Channel(ch, ChannelEvent::Output(data)) => {
+                        (T_CHANNEL_OUTPUT, channel_payload(*ch, data))
+                    }
+                    InstanceEvent::Channel(ch, ChannelEvent::Consumed(n)) => {
+                        (T_CHANNEL_CONSUMED, channel_payload(*ch, &n.to_be_bytes()))
+                    }
+                    InstanceEvent::Channel(ch, ChannelEvent::Closed) => {
+                        (T_CHANNEL_CLOSED, channel_payload(*ch, &[]))
+                    }
+                    InstanceEvent::OnionRequest(request, details) => {
+                        (T_ONION_REQUEST, channel_payload(*request, &json(details)))
+                    }
+                };
+                (kind, *id, payload)
             }
-            FromWorker::Finished(id, outcome) => (T_FINISHED, *id, json(outcome).into()),
-            FromWorker::MessageStart(id, n) => {
-                (T_MESSAGE, *id, Bytes::copy_from_slice(&n.to_be_bytes()))
-            }
-            FromWorker::ChannelOpened(id, ch, accepted) => (
-                T_CHANNEL_OPENED,
-                *id,
-                channel_payload(*ch, &[u8::from(*accepted)]),
-            ),
-            FromWorker::ChannelOutput(id, ch, data) => {
-                (T_CHANNEL_OUTPUT, *id, channel_payload(*ch, data))
-            }
-            FromWorker::ChannelConsumed(id, ch, n) => (
-                T_CHANNEL_CONSUMED,
-                *id,
-                channel_payload(*ch, &n.to_be_bytes()),
-            ),
-            FromWorker::ChannelClosed(id, ch) => (T_CHANNEL_CLOSED, *id, channel_payload(*ch, &[])),
-            FromWorker::OnionRequest(id, request, details) => (
-                T_ONION_REQUEST,
-                *id,
-                channel_payload(*request, &json(details)),
-            ),
         };
         (header(kind, id, payload.len()), payload)
     }
@@ -346,31 +303,34 @@ impl ToWorker {
         let Some((kind, id, payload)) = split_frame(buf)? else {
             return Ok(None);
         };
-        Ok(Some(match kind {
-            T_START => ToWorker::Start(id, Box::new(from_json(&payload)?)),
-            T_INPUT => ToWorker::Input(id, payload),
-            T_INPUT_END => ToWorker::InputEnd(id),
-            T_CREDIT => ToWorker::Credit(id, u64_payload(&payload)?),
-            T_KILL => ToWorker::Kill(id),
-            T_CHANNEL_OPEN => ToWorker::ChannelOpen(id, split_channel(payload)?.0),
+        if kind == T_START {
+            return Ok(Some(ToWorker::Start(id, Box::new(from_json(&payload)?))));
+        }
+        let event = match kind {
+            T_INPUT => SessionEvent::Input(payload),
+            T_INPUT_END => SessionEvent::InputEnd,
+            T_CREDIT => SessionEvent::Credit(u64_payload(&payload)?),
+            T_KILL => SessionEvent::Kill,
+            T_CHANNEL_OPEN => SessionEvent::ChannelOpen(split_channel(payload)?.0),
             T_CHANNEL_INPUT => {
                 let (ch, data) = split_channel(payload)?;
-                ToWorker::ChannelInput(id, ch, data)
+                SessionEvent::ChannelInput(ch, data)
             }
             T_CHANNEL_END => {
                 let (ch, flag) = split_channel(payload)?;
-                ToWorker::ChannelEnd(id, ch, flag.first() == Some(&1))
+                SessionEvent::ChannelEnd(ch, flag.first() == Some(&1))
             }
             T_CHANNEL_CREDIT => {
                 let (ch, n) = split_channel(payload)?;
-                ToWorker::ChannelCredit(id, ch, u64_payload(&n)?)
+                SessionEvent::ChannelCredit(ch, u64_payload(&n)?)
             }
             T_ONION_REPLY => {
                 let (request, result) = split_channel(payload)?;
-                ToWorker::OnionReply(id, request, from_json(&result)?)
+                SessionEvent::OnionReply(request, from_json(&result)?)
             }
             other => return Err(IpcError(format!("unknown server message type {other}"))),
-        }))
+        };
+        Ok(Some(ToWorker::Session(id, event)))
     }
 }
 
@@ -380,8 +340,8 @@ impl FromWorker {
         let Some((kind, id, payload)) = split_frame(buf)? else {
             return Ok(None);
         };
-        Ok(Some(match kind {
-            T_READY => FromWorker::Ready {
+        if kind == T_READY {
+            return Ok(Some(FromWorker::Ready {
                 channel_key: match payload.len() {
                     0 => None,
                     _ => Some(
@@ -390,30 +350,35 @@ impl FromWorker {
                             .map_err(|_| IpcError("channel key of wrong size".into()))?,
                     ),
                 },
-            },
-            T_OUTPUT => FromWorker::Output(id, payload),
-            T_CONSUMED => FromWorker::InputConsumed(id, u64_payload(&payload)?),
-            T_FINISHED => FromWorker::Finished(id, from_json(&payload)?),
-            T_MESSAGE => FromWorker::MessageStart(id, u64_payload(&payload)?),
+            }));
+        }
+        let event = match kind {
+            T_OUTPUT => InstanceEvent::Output(payload),
+            T_CONSUMED => InstanceEvent::InputConsumed(u64_payload(&payload)?),
+            T_FINISHED => InstanceEvent::Finished(from_json(&payload)?),
+            T_MESSAGE => InstanceEvent::MessageStart(u64_payload(&payload)?),
             T_CHANNEL_OPENED => {
                 let (ch, flag) = split_channel(payload)?;
-                FromWorker::ChannelOpened(id, ch, flag.first() == Some(&1))
+                InstanceEvent::Channel(ch, ChannelEvent::Opened(flag.first() == Some(&1)))
             }
             T_CHANNEL_OUTPUT => {
                 let (ch, data) = split_channel(payload)?;
-                FromWorker::ChannelOutput(id, ch, data)
+                InstanceEvent::Channel(ch, ChannelEvent::Output(data))
             }
             T_CHANNEL_CONSUMED => {
                 let (ch, n) = split_channel(payload)?;
-                FromWorker::ChannelConsumed(id, ch, u64_payload(&n)?)
+                InstanceEvent::Channel(ch, ChannelEvent::Consumed(u64_payload(&n)?))
             }
-            T_CHANNEL_CLOSED => FromWorker::ChannelClosed(id, split_channel(payload)?.0),
+            T_CHANNEL_CLOSED => {
+                InstanceEvent::Channel(split_channel(payload)?.0, ChannelEvent::Closed)
+            }
             T_ONION_REQUEST => {
                 let (request, details) = split_channel(payload)?;
-                FromWorker::OnionRequest(id, request, from_json(&details)?)
+                InstanceEvent::OnionRequest(request, from_json(&details)?)
             }
             other => return Err(IpcError(format!("unknown worker message type {other}"))),
-        }))
+        };
+        Ok(Some(FromWorker::Instance(id, event)))
     }
 }
 
@@ -424,48 +389,115 @@ mod tests {
     #[test]
     fn messages_in_both_directions_round_trip() {
         let mut buf = BytesMut::new();
-        buf.put_slice(&ToWorker::Credit(7, 1 << 40).encode());
-        buf.put_slice(&ToWorker::Input(7, Bytes::from_static(b"hi")).encode());
-        assert!(
-            matches!(ToWorker::decode(&mut buf).unwrap(), Some(ToWorker::Credit(7, n)) if n == 1 << 40)
+        buf.put_slice(&ToWorker::Session(7, SessionEvent::Credit(1 << 40)).encode());
+        buf.put_slice(
+            &ToWorker::Session(7, SessionEvent::Input(Bytes::from_static(b"hi"))).encode(),
         );
         assert!(
-            matches!(ToWorker::decode(&mut buf).unwrap(), Some(ToWorker::Input(7, d)) if d == "hi")
+            matches!(ToWorker::decode(&mut buf).unwrap(), Some(ToWorker::Session(7, SessionEvent::Credit(n))) if n == 1 << 40)
+        );
+        assert!(
+            matches!(ToWorker::decode(&mut buf).unwrap(), Some(ToWorker::Session(7, SessionEvent::Input(d))) if d == "hi")
         );
         assert!(ToWorker::decode(&mut buf).unwrap().is_none());
 
-        let (head, payload) =
-            FromWorker::Finished(3, InstanceOutcome::Exception("tb".into())).encode_parts();
+        let (head, payload) = FromWorker::Instance(
+            3,
+            InstanceEvent::Finished(InstanceOutcome::Exception("tb".into())),
+        )
+        .encode_parts();
         let mut buf = BytesMut::new();
         buf.put_slice(&head);
         buf.put_slice(&payload);
         let decoded = FromWorker::decode(&mut buf).unwrap();
         assert!(
-            matches!(decoded, Some(FromWorker::Finished(3, InstanceOutcome::Exception(ref t))) if t == "tb")
+            matches!(decoded, Some(FromWorker::Instance(3, InstanceEvent::Finished(InstanceOutcome::Exception(ref t)))) if t == "tb")
         );
     }
 
     #[test]
     fn channel_messages_carry_their_channel_id() {
         let mut buf = BytesMut::new();
-        buf.put_slice(&ToWorker::ChannelInput(4, 9, Bytes::from_static(b"x")).encode());
-        buf.put_slice(&ToWorker::ChannelEnd(4, 9, true).encode());
+        buf.put_slice(
+            &ToWorker::Session(4, SessionEvent::ChannelInput(9, Bytes::from_static(b"x"))).encode(),
+        );
+        buf.put_slice(&ToWorker::Session(4, SessionEvent::ChannelEnd(9, true)).encode());
         assert!(matches!(
             ToWorker::decode(&mut buf).unwrap(),
-            Some(ToWorker::ChannelInput(4, 9, ref d)) if d == "x"
+            Some(ToWorker::Session(4, SessionEvent::ChannelInput(9, ref d))) if d == "x"
         ));
         assert!(matches!(
             ToWorker::decode(&mut buf).unwrap(),
-            Some(ToWorker::ChannelEnd(4, 9, true))
+            Some(ToWorker::Session(4, SessionEvent::ChannelEnd(9, true)))
         ));
-        let (head, payload) = FromWorker::ChannelConsumed(2, 7, 1000).encode_parts();
+        let (head, payload) =
+            FromWorker::Instance(2, InstanceEvent::Channel(7, ChannelEvent::Consumed(1000)))
+                .encode_parts();
         let mut buf = BytesMut::new();
         buf.put_slice(&head);
         buf.put_slice(&payload);
         assert!(matches!(
             FromWorker::decode(&mut buf).unwrap(),
-            Some(FromWorker::ChannelConsumed(2, 7, 1000))
+            Some(FromWorker::Instance(
+                2,
+                InstanceEvent::Channel(7, ChannelEvent::Consumed(1000))
+            ))
         ));
+    }
+
+    #[test]
+    fn every_event_in_both_directions_crosses_the_pipe_unchanged() {
+        let session_events = [
+            SessionEvent::Input(Bytes::from_static(b"in")),
+            SessionEvent::InputEnd,
+            SessionEvent::Credit(u64::MAX),
+            SessionEvent::Kill,
+            SessionEvent::ChannelOpen(3),
+            SessionEvent::ChannelInput(3, Bytes::from_static(b"ch")),
+            SessionEvent::ChannelEnd(3, false),
+            SessionEvent::ChannelCredit(3, 4096),
+            SessionEvent::OnionReply(5, Ok("abc.onion".into())),
+            SessionEvent::OnionReply(6, Err("io: no tor".into())),
+        ];
+        for event in session_events {
+            let mut buf = BytesMut::from(&ToWorker::Session(9, event.clone()).encode()[..]);
+            match ToWorker::decode(&mut buf).unwrap() {
+                Some(ToWorker::Session(9, decoded)) => assert_eq!(decoded, event),
+                other => panic!("{event:?} came back as {other:?}"),
+            }
+            assert!(buf.is_empty());
+        }
+        let instance_events = [
+            InstanceEvent::Output(Bytes::from_static(b"out")),
+            InstanceEvent::InputConsumed(17),
+            InstanceEvent::MessageStart(MAX_IPC_FRAME as u64),
+            InstanceEvent::Channel(2, ChannelEvent::Opened(true)),
+            InstanceEvent::Channel(2, ChannelEvent::Opened(false)),
+            InstanceEvent::Channel(2, ChannelEvent::Output(Bytes::from_static(b"co"))),
+            InstanceEvent::Channel(2, ChannelEvent::Consumed(8)),
+            InstanceEvent::Channel(2, ChannelEvent::Closed),
+            InstanceEvent::OnionRequest(
+                1,
+                OnionRequest {
+                    port: 80,
+                    key: Some("ED25519-V3:k".into()),
+                },
+            ),
+            InstanceEvent::Finished(InstanceOutcome::LimitExceeded {
+                limit: Limit::Cpu,
+                detail: "10 s".into(),
+            }),
+        ];
+        for event in instance_events {
+            let (head, payload) = FromWorker::Instance(9, event.clone()).encode_parts();
+            let mut buf = BytesMut::from(&head[..]);
+            buf.put_slice(&payload);
+            match FromWorker::decode(&mut buf).unwrap() {
+                Some(FromWorker::Instance(9, decoded)) => assert_eq!(decoded, event),
+                other => panic!("{event:?} came back as {other:?}"),
+            }
+            assert!(buf.is_empty());
+        }
     }
 
     #[test]
