@@ -370,12 +370,22 @@ async fn the_wire_stays_constant_rate_while_the_function_stalls_two_seconds() {
     bx.assert_serves_hello().await;
 }
 
-/// Counts the client→box Padding frames passing through.
-async fn counting_proxy(upstream: String) -> (String, Arc<AtomicU64>) {
+/// Padding frames seen by a [`counting_proxy`], per direction.
+#[derive(Default)]
+struct PaddingCounts {
+    /// Client → box.
+    up: AtomicU64,
+    /// Box → client.
+    down: AtomicU64,
+}
+
+/// A proxy in front of `upstream` that counts the Padding frames passing
+/// through, each way.
+async fn counting_proxy(upstream: String) -> (String, Arc<PaddingCounts>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let padding = Arc::new(AtomicU64::new(0));
-    let counter = padding.clone();
+    let counts = Arc::new(PaddingCounts::default());
+    let counter = counts.clone();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             let Ok(server) = TcpStream::connect(&upstream).await else {
@@ -383,42 +393,59 @@ async fn counting_proxy(upstream: String) -> (String, Arc<AtomicU64>) {
             };
             let counter = counter.clone();
             tokio::spawn(async move {
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                let down_counter = counter.clone();
                 let down = tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                    forward_counting(sr, cw, |n| {
+                        down_counter.down.fetch_add(n, Ordering::Relaxed);
+                    })
+                    .await;
                 });
-                let mut buf = BytesMut::new();
-                let mut header = BytesMut::new();
-                // Frame-by-frame: count Padding by its type byte.
-                loop {
-                    match cr.read_buf(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                    header.extend_from_slice(&buf);
-                    while header.len() >= 5 {
-                        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]])
-                            as usize;
-                        if header.len() < 4 + len {
-                            break;
-                        }
-                        if header[4] == FrameType::Padding as u8 {
-                            counter.fetch_add(1, Ordering::Relaxed);
-                        }
-                        let _ = header.split_to(4 + len);
-                    }
-                    if sw.write_all(&buf).await.is_err() {
-                        break;
-                    }
-                    buf.clear();
-                }
-                let _ = sw.shutdown().await;
+                forward_counting(cr, sw, |n| {
+                    counter.up.fetch_add(n, Ordering::Relaxed);
+                })
+                .await;
                 let _ = down.await;
             });
         }
     });
-    (addr, padding)
+    (addr, counts)
+}
+
+/// Copy `from` to `to` frame by frame until either closes, calling `count`
+/// with the number of Padding frames (by their type byte) in each read.
+async fn forward_counting(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    count: impl Fn(u64),
+) {
+    let mut buf = BytesMut::new();
+    let mut header = BytesMut::new();
+    loop {
+        match from.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        header.extend_from_slice(&buf);
+        let mut padding = 0;
+        while header.len() >= 5 {
+            let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+            if header.len() < 4 + len {
+                break;
+            }
+            if header[4] == FrameType::Padding as u8 {
+                padding += 1;
+            }
+            let _ = header.split_to(4 + len);
+        }
+        count(padding);
+        if to.write_all(&buf).await.is_err() {
+            break;
+        }
+        buf.clear();
+    }
+    let _ = to.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,6 +458,7 @@ async fn a_client_pads_its_own_direction_and_the_box_discards_it() {
         .await
         .unwrap();
     let (proxy, padding) = counting_proxy(bx.addr.clone()).await;
+    let padding = &padding.up;
     let target = bento_client::Target {
         server: proxy,
         socks: None,
@@ -665,6 +693,7 @@ async fn a_regulator_client_pads_in_step_with_what_it_receives() {
         .await
         .unwrap();
     let (proxy, padding) = counting_proxy(bx.addr.clone()).await;
+    let padding = &padding.up;
     let target = bento_client::Target {
         server: proxy,
         socks: None,
@@ -689,5 +718,107 @@ async fn a_regulator_client_pads_in_step_with_what_it_receives() {
     let sent = padding.load(Ordering::Relaxed);
     assert!(sent >= 250, "the client sent {sent} padding frames");
     eprintln!("regulator client: {sent} padding cells for a {PAGE} B page");
+    bx.assert_serves_hello().await;
+}
+
+/// `bento browse` against `server`: (exit status, stdout, stderr).
+fn browse_at(server: &str, args: &[String]) -> (std::process::ExitStatus, String, String) {
+    let out = std::process::Command::new(crate::harness::BENTO)
+        .args(["--server", server, "browse"])
+        .args(args)
+        .env_remove("BENTO_SOCKS")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bento_browse_defense_shapes_both_directions_and_a_forbidden_one_exits_2_and_the_box_serves_the_next_user()
+ {
+    use crate::browser::{Site, noise, policy, saved_files};
+    let site = Site::start();
+    let image = noise(60_000, 9);
+    site.put(
+        "/",
+        "text/html",
+        "<html><body><img src=\"photo.bin\"></body></html>",
+    );
+    site.put("/photo.bin", "application/octet-stream", image.clone());
+    let rules = vec![site.rule()];
+    let bx = TestBox::with_policy(
+        &format!("{}[shaping]\ndefenses = [\"constant\"]\n", policy(&rules)),
+        &[],
+    );
+    let (proxy, counts) = counting_proxy(bx.addr.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = |out: &str, defense: Option<&str>| -> Vec<String> {
+        let mut args = vec![
+            site.url("/"),
+            "--pad".into(),
+            "1".into(),
+            "--destination".into(),
+            site.rule(),
+            "--out".into(),
+            dir.path().join(out).display().to_string(),
+        ];
+        if let Some(defense) = defense {
+            args.extend(["--defense".to_owned(), defense.to_owned()]);
+        }
+        args
+    };
+    let browse = |args: Vec<String>| {
+        let proxy = proxy.clone();
+        tokio::task::spawn_blocking(move || browse_at(&proxy, &args))
+    };
+
+    // Shaped: the page arrives byte for byte, and both directions carried
+    // padding (the box's and this client's own), which neither end kept.
+    let (status, stdout, stderr) = browse(args("shaped", Some("constant"))).await.unwrap();
+    assert!(status.success(), "{stderr}");
+    let files = saved_files(&stdout);
+    let photo = files
+        .get(&site.url("/photo.bin"))
+        .expect("the photo is saved");
+    assert_eq!(
+        std::fs::read(dir.path().join("shaped").join(photo)).unwrap(),
+        image
+    );
+    let (up, down) = (
+        counts.up.load(Ordering::Relaxed),
+        counts.down.load(Ordering::Relaxed),
+    );
+    assert!(down > 0, "the box sent no padding");
+    assert!(up > 0, "the client sent no padding");
+
+    // Forbidden by the box's policy: exit 2 with the typed error, nothing
+    // saved, no page fetched for it.
+    let hits = site.requests();
+    let (status, _, stderr) = browse(args("refused", Some("front"))).await.unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("defense_refused"), "{stderr}");
+    assert!(!dir.path().join("refused").join("index.html").exists());
+    assert_eq!(site.requests(), hits, "a refused session fetched nothing");
+
+    // The next user, unshaped, is served, and sees no padding at all.
+    let before = (
+        counts.up.load(Ordering::Relaxed),
+        counts.down.load(Ordering::Relaxed),
+    );
+    let (status, stdout, stderr) = browse(args("plain", None)).await.unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(saved_files(&stdout).contains_key(&site.url("/photo.bin")));
+    assert_eq!(
+        (
+            counts.up.load(Ordering::Relaxed),
+            counts.down.load(Ordering::Relaxed)
+        ),
+        before,
+        "an unshaped browse carries no padding"
+    );
     bx.assert_serves_hello().await;
 }

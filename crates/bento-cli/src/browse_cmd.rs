@@ -53,6 +53,12 @@ pub struct BrowseArgs {
     /// ways, as CSV to this file (the columns of `bento cover --report`).
     #[arg(long, value_name = "FILE", requires = "cover_rate")]
     pub cover_report: Option<PathBuf>,
+    /// Shape the session against traffic analysis with this defense
+    /// (front, tamaraw, regulator, constant), as `bento run --defense`
+    /// does: the box shapes the page's way, this client pads the
+    /// request's way (docs/policy.md#shaping says which a box allows).
+    #[arg(long, value_name = "DEFENSE", value_parser = crate::parse_defense, conflicts_with = "cover_rate")]
+    pub defense: Option<bento_client::Defense>,
 }
 
 /// `bento browse`.
@@ -70,6 +76,7 @@ pub async fn run(target: &Target, args: BrowseArgs) -> ExitCode {
             duration: args.cover_duration,
             report: args.cover_report,
         }),
+        defense: args.defense,
     };
     crate::exit::status(browser::run(target, &options, &Terminal).await)
 }

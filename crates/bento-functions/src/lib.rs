@@ -163,14 +163,29 @@ impl Start<'_> {
         &self,
         target: &bento_client::Target,
     ) -> Result<(bento_protocol::SessionToken, bento_client::Attachment), ClientError> {
+        self.attach_shaped(target, None).await
+    }
+
+    /// Like [`Start::attach`], shaped by `defense` when given, the way
+    /// `bento run --defense` does it: the invocation asks the box to shape
+    /// its output, and this client pads its own direction with the same
+    /// defense's client-side machines.
+    pub(crate) async fn attach_shaped(
+        &self,
+        target: &bento_client::Target,
+        defense: Option<bento_client::Defense>,
+    ) -> Result<(bento_protocol::SessionToken, bento_client::Attachment), ClientError> {
         let mut conn = bento_client::Connection::connect(target).await?;
         let (_, token) = conn
             .store_with_manifest(self.filename, self.source, self.manifest)
             .await?;
-        let session = conn.invoke(&token, self.entry, self.args).await?;
+        let (session, _) = conn
+            .invoke_with_defense(&token, self.entry, self.args, defense)
+            .await?;
+        let padding = defense.map(|d| (d, bento_client::CLIENT_MAX_PADDING_BYTES));
         let attachment = bento_client::Connection::connect(target)
             .await?
-            .attach(&session, None)
+            .attach_shaped(&session, None, padding)
             .await?;
         Ok((session, attachment))
     }
