@@ -822,3 +822,175 @@ async fn bento_browse_defense_shapes_both_directions_and_a_forbidden_one_exits_2
     );
     bx.assert_serves_hello().await;
 }
+
+/// An HTTP server on 127.0.0.1 whose page `/` references `/slow.bin`,
+/// which it answers only after `stall`: an origin that stalls mid-page.
+/// Returns its port and the body of `/slow.bin`.
+fn stalling_site(stall: Duration) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let slow = crate::browser::noise(8_000, 41);
+    let body = slow.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&request).into_owned();
+                let (content_type, body) = if line.contains(" /slow.bin ") {
+                    std::thread::sleep(stall);
+                    ("application/octet-stream", body)
+                } else {
+                    (
+                        "text/html",
+                        b"<html><body><img src=\"slow.bin\"></body></html>".to_vec(),
+                    )
+                };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&body);
+            });
+        }
+    });
+    (port, slow)
+}
+
+/// Per connection through the proxy: (arrival, bytes) of every read from
+/// the box.
+type Arrivals = Arc<std::sync::Mutex<Vec<Vec<(Instant, usize)>>>>;
+
+/// A proxy in front of `upstream` that records when the box's bytes
+/// arrive, connection by connection.
+async fn recording_proxy(upstream: String) -> (String, Arrivals) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let arrivals: Arrivals = Arc::default();
+    let record = arrivals.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = TcpStream::connect(&upstream).await else {
+                return;
+            };
+            server.set_nodelay(true).unwrap();
+            client.set_nodelay(true).unwrap();
+            let index = {
+                let mut all = record.lock().unwrap();
+                all.push(Vec::new());
+                all.len() - 1
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    let _ = sw.shutdown().await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            record.lock().unwrap()[index].push((Instant::now(), n));
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = cw.shutdown().await;
+                let _ = up.await;
+            });
+        }
+    });
+    (addr, arrivals)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_covered_browse_keeps_the_wire_constant_rate_while_the_origin_stalls_two_seconds() {
+    let (port, slow) = stalling_site(Duration::from_secs(2));
+    let rule = format!("accept 127.0.0.1:{port}");
+    let bx = TestBox::with_policy(&crate::cover::browse_policy(std::slice::from_ref(&rule)), &[]);
+    let (proxy, arrivals) = recording_proxy(bx.addr.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("page");
+    // 20 cells of 512 B per second for 6 s: 61 440 bytes, far below what
+    // the box's pacing carries, so most of the wire is its padding.
+    let args: Vec<String> = [
+        format!("http://127.0.0.1:{port}/"),
+        "--pad".into(),
+        "16KiB".into(),
+        "--out".into(),
+        out.display().to_string(),
+        "--destination".into(),
+        rule,
+        "--cover-rate".into(),
+        "20".into(),
+        "--cover-cell-size".into(),
+        "512".into(),
+        "--cover-duration".into(),
+        "6s".into(),
+    ]
+    .into();
+    let (status, stdout, stderr) = tokio::task::spawn_blocking(move || browse_at(&proxy, &args))
+        .await
+        .unwrap();
+    assert!(status.success(), "{stdout}{stderr}");
+    let files = crate::browser::saved_files(&stdout);
+    let saved = files
+        .iter()
+        .find(|(url, _)| url.ends_with("/slow.bin"))
+        .map(|(_, name)| out.join(name))
+        .unwrap_or_else(|| panic!("the stalled resource is not saved: {stdout}"));
+    assert_eq!(std::fs::read(saved).unwrap(), slow);
+
+    // The attachment is the connection that carried the most.
+    let reads = arrivals
+        .lock()
+        .unwrap()
+        .iter()
+        .max_by_key(|c| c.iter().map(|(_, n)| n).sum::<usize>())
+        .cloned()
+        .unwrap();
+    // The box's pacing: one cell per 10 ms, 25 600 bytes per 500 ms,
+    // counted where the client's socket would see them.
+    const INTERVAL: Duration = Duration::from_millis(500);
+    let rate = (CELL_LEN as u64) * 50;
+    let first = reads[0].0;
+    let mut counts = vec![0u64; 1];
+    for (at, n) in &reads {
+        let i = (at.duration_since(first).as_millis() / INTERVAL.as_millis()) as usize;
+        if counts.len() <= i {
+            counts.resize(i + 1, 0);
+        }
+        counts[i] += *n as u64;
+    }
+    // The last interval holds the End and is cut short by it.
+    counts.pop();
+    eprintln!("covered browse, wire bytes per 500 ms: {counts:?}");
+    // The flow lasts 6 s, the stall 2 s of it.
+    assert!(counts.len() >= 10, "{counts:?}");
+    // One cell either way per interval (a cell written on one side of an
+    // edge is read on the other); the first interval also holds the
+    // Attached reply.
+    let tolerance = CELL_LEN as u64;
+    for (i, count) in counts.iter().enumerate().skip(1) {
+        assert!(
+            count.abs_diff(rate) <= tolerance,
+            "interval {i}: {count} bytes, expected {rate} ± {tolerance}: {counts:?}"
+        );
+    }
+    bx.assert_serves_hello().await;
+}

@@ -438,7 +438,7 @@ async fn fetch(target: &Target, options: &BrowseOptions, manifest: &str) -> Resu
         entry: "main",
         args: &options.call(),
     }
-    .attach_shaped(target, options.defense)
+    .attach_shaped(target, options.defense, crate::PadOwn::Yes)
     .await?;
     let mut blob = Vec::new();
     let result = loop {
@@ -520,7 +520,12 @@ async fn fetch_covered(
         max_message: MAX_BLOB as usize,
         interval: Duration::from_secs(1),
     };
-    let report = cover::run_flow(target, &flow, console).await?;
+    let report = cover::run_flow(target, &flow, console)
+        .await
+        .map_err(|e| match e {
+            Error::Client(e) => cover::unpaced(e),
+            other => other,
+        })?;
     if let Some(path) = &cover_flow.report
         && let Err(e) = std::fs::write(path, report.csv())
     {
