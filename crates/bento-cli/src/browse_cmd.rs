@@ -40,7 +40,8 @@ pub struct BrowseArgs {
     /// Carry the request and the page inside constant-rate cover traffic
     /// (the Cover function; see docs/functions/cover.md): this many cells
     /// per second each way, for exactly --cover-duration whatever the
-    /// page's size. The page must fit in the flow, or nothing is saved.
+    /// page's size, paced on the wire by the box's `constant` defense. The
+    /// page must fit in the flow, or nothing is saved.
     #[arg(long, value_name = "CELLS_PER_S")]
     pub cover_rate: Option<f64>,
     /// With --cover-rate: bytes per cell, 64 to 65536.
