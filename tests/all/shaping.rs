@@ -1091,3 +1091,41 @@ async fn a_manifest_defense_is_bounded_by_the_policy_at_store_shapes_every_sessi
     assert_eq!((reading.output, reading.padding_frames), (5000, 0));
     bx.assert_serves_hello().await;
 }
+
+#[test]
+fn policy_check_refuses_a_manifest_defense_the_policy_does_not_allow_as_the_box_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let default = std::process::Command::new(crate::harness::BENTO)
+        .args(["policy", "default"])
+        .output()
+        .unwrap();
+    assert!(default.status.success());
+    let policy = String::from_utf8(default.stdout).unwrap().replace(
+        "defenses = [\"front\", \"tamaraw\", \"regulator\", \"constant\"]",
+        "defenses = [\"front\"]",
+    );
+    assert!(policy.contains("defenses = [\"front\"]"));
+    let policy_path = dir.path().join("policy.toml");
+    std::fs::write(&policy_path, policy).unwrap();
+    let check = |defense: &str| {
+        let manifest = dir.path().join(format!("{defense}.toml"));
+        std::fs::write(&manifest, format!("version = 1\ndefense = \"{defense}\"\n")).unwrap();
+        std::process::Command::new(crate::harness::BENTO)
+            .args(["policy", "check"])
+            .arg(&manifest)
+            .arg("--policy")
+            .arg(&policy_path)
+            .output()
+            .unwrap()
+    };
+    let refused = check("constant");
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(
+            "  - asks for a defense: this box's policy does not allow the defense constant"
+        ),
+        "{stderr}"
+    );
+    assert!(check("front").status.success());
+}

@@ -12,7 +12,7 @@
 
 use std::time::Instant;
 
-use bento_policy::{Defense, DefenseRefused, Manifest, ShapingPolicy};
+use bento_policy::{Defense, Manifest, ShapingPolicy};
 use bento_protocol::{ErrorCode, FrameType};
 use bento_shaping::{CELL_LEN, Emit, Shaper, Side};
 use bytes::{Bytes, BytesMut};
@@ -27,16 +27,12 @@ pub(crate) fn admit_manifest_defense(
     policy: &ShapingPolicy,
     manifest: &Manifest,
 ) -> Result<(), Refusal> {
-    match manifest.defense {
-        Some(defense) if !policy.defenses.contains(&defense) => Err(Refusal::new(
+    policy.admit_manifest(manifest.defense).map_err(|refused| {
+        Refusal::new(
             ErrorCode::DefenseRefused,
-            format!(
-                "the manifest asks for a defense: {}",
-                DefenseRefused::NotAllowed { defense }
-            ),
-        )),
-        _ => Ok(()),
-    }
+            format!("the manifest asks for a defense: {refused}"),
+        )
+    })
 }
 
 /// The defense a new session is shaped with: the invoke's (`asked`, already
