@@ -80,8 +80,6 @@ pub(crate) fn public_status(policy: &ShapingPolicy) -> serde_json::Value {
 /// One attachment's shaper.
 pub(crate) struct OutputShaper {
     shaper: Shaper,
-    /// Output produced up to here has been reported queued.
-    queued: u64,
 }
 
 /// Cells due now, encoded, and the output bytes they carry.
@@ -102,7 +100,7 @@ impl OutputShaper {
     ) -> Result<Self, bento_shaping::ShapingError> {
         let mut shaper = Shaper::new(defense, Side::Box, max_padding_bytes, opened)?;
         shaper.sent_normal(1, opened);
-        Ok(Self { shaper, queued: 0 })
+        Ok(Self { shaper })
     }
 
     /// Whether ordinary output must wait now (it still goes out inside
@@ -116,30 +114,16 @@ impl OutputShaper {
         self.shaper.next_wakeup()
     }
 
-    /// Ordinary frames of `wire_bytes` bytes went out (their output was
-    /// reported queued by [`OutputShaper::due`]).
+    /// Ordinary frames of `wire_bytes` bytes went out.
     pub(crate) fn sent(&mut self, wire_bytes: usize, now: Instant) {
-        self.shaper.sent_queued(wire_bytes, now);
+        self.shaper.sent_normal(wire_bytes, now);
     }
 
     /// The cells due by `now`, carrying output from offset `sent` of
     /// `state` where the defense lets real data take a padding slot.
-    /// Output the function produced since the last call is then reported
-    /// queued: the machines must see data waiting, not only data leaving
-    /// (see `Shaper::queued_normal`). Then, not first: the actions due
-    /// before `now` are carried out at the instants they were due, and an
-    /// event at `now` before them would move the machines' clock past
-    /// them, so a writer woken late would drift off its grid.
     pub(crate) fn due(&mut self, now: Instant, state: &SessionState, sent: u64) -> DueCells {
         let waiting = state.produced.saturating_sub(sent);
         let emits = self.shaper.poll(now, waiting.div_ceil(CELL_LEN as u64));
-        // Resumed from an offset already produced: that output waits too.
-        let from = self.queued.max(sent);
-        if state.produced > from {
-            let new = usize::try_from(state.produced - from).unwrap_or(usize::MAX);
-            self.shaper.queued_normal(new, now);
-            self.queued = state.produced;
-        }
         let mut wire = BytesMut::new();
         let data_cells = emits.iter().filter(|e| **e == Emit::Data).count();
         let mut output: Bytes = if data_cells > 0 {

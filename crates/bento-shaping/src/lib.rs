@@ -221,30 +221,7 @@ impl Shaper {
         actions.chain(timers).chain(unblock).min()
     }
 
-    /// Real data of `wire_bytes` is now waiting to go (counted in cells):
-    /// Maybenot's `NormalSent`, which its machines expect "as soon as we
-    /// have decided to put it on any internal queue", before any blocking.
-    /// RegulaTor's surge detection counts these: told only when data
-    /// leaves, a blocked burst never looks like one and the send rate
-    /// decays on. The data goes out later in [`Emit::Data`] cells or in
-    /// ordinary frames reported with [`Shaper::sent_queued`].
-    pub fn queued_normal(&mut self, wire_bytes: usize, now: Instant) {
-        let events = vec![TriggerEvent::NormalSent; cells(wire_bytes) as usize];
-        self.trigger(&events, now);
-    }
-
-    /// Ordinary frames of `wire_bytes` went out whose data was reported
-    /// with [`Shaper::queued_normal`] (Maybenot's `TunnelSent` only).
-    pub fn sent_queued(&mut self, wire_bytes: usize, now: Instant) {
-        let n = cells(wire_bytes);
-        self.normal_cells += n;
-        let events = vec![TriggerEvent::TunnelSent; n as usize];
-        self.trigger(&events, now);
-    }
-
-    /// The writer sent `wire_bytes` of real frames (counted in cells) that
-    /// never waited: queued and sent at once (the client's input, which is
-    /// never delayed, and the `Attached` reply that opens a stream).
+    /// The writer sent `wire_bytes` of real frames (counted in cells).
     pub fn sent_normal(&mut self, wire_bytes: usize, now: Instant) {
         let n = cells(wire_bytes);
         self.normal_cells += n;
@@ -318,12 +295,10 @@ impl Shaper {
                                 // bypass: we drop it instead (the machine
                                 // is told, so it carries on).
                             } else if replace && data_cells_waiting > 0 {
-                                // The data was reported queued
-                                // (`queued_normal`) when it arrived; now
-                                // it leaves.
                                 data_cells_waiting -= 1;
                                 self.normal_cells += 1;
                                 out.push(Emit::Data);
+                                events.push(TriggerEvent::NormalSent);
                                 events.push(TriggerEvent::TunnelSent);
                             } else {
                                 if self.padding_bytes + CELL_LEN as u64 <= self.max_padding_bytes {
@@ -625,7 +600,6 @@ mod tests {
         let mut shaper = Shaper::new(defense, Side::Box, cap, t0).unwrap();
         let mut wire = Vec::new();
         let mut sent_real = 0u64;
-        let mut queued = 0u64;
         // The Attached frame opens the stream: one real cell.
         shaper.sent_normal(1, t0);
         let step = Duration::from_millis(1);
@@ -633,11 +607,6 @@ mod tests {
         while t < Duration::from_secs(seconds) {
             t += step;
             let now = t0 + t;
-            // New real data is queued before anything decides its fate.
-            if real_at(t) > queued {
-                shaper.queued_normal((real_at(t) - queued) as usize * CELL_LEN, now);
-                queued = real_at(t);
-            }
             let waiting = real_at(t).saturating_sub(sent_real);
             for emit in shaper.poll(now, waiting) {
                 match emit {
@@ -650,7 +619,7 @@ mod tests {
             }
             let waiting = real_at(t).saturating_sub(sent_real);
             if waiting > 0 && !shaper.is_blocking(now) {
-                shaper.sent_queued(waiting as usize * CELL_LEN, now);
+                shaper.sent_normal(waiting as usize * CELL_LEN, now);
                 for _ in 0..waiting {
                     wire.push((t, false));
                 }
@@ -737,21 +706,6 @@ mod tests {
         }
         // One cell per U = 3.95 received: ~100 for 400, not one per batch.
         assert!((60..=140).contains(&padding), "{padding} padding cells");
-    }
-
-    #[test]
-    fn a_regulator_box_surges_when_a_late_burst_is_queued() {
-        // A page that arrives whole 10 s into the session (a Browser
-        // bundle): by then RegulaTor's rate has decayed to about half of R.
-        // Its surge machine sees the 2000 queued cells and restarts the
-        // rate at R = 277 cells/s, so the page is out within about 10 s,
-        // not the ~30 s the decayed rate would take.
-        let burst_at = Duration::from_secs(10);
-        let (wire, _) = simulate(Defense::Regulator, u64::MAX, 22, |t| {
-            if t < burst_at { 0 } else { 2000 }
-        });
-        let real: Vec<Duration> = wire.iter().filter(|(_, p)| !p).map(|(t, _)| *t).collect();
-        assert_eq!(real.len(), 2000, "not all out by 22 s");
     }
 
     #[test]
