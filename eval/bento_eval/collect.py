@@ -16,8 +16,8 @@ own traffic on the same interface is left out.
 Conditions are names for `bento browse` arguments (CONDITIONS), plus
 `direct`, a fetch of the page and its resources through Tor's SocksPort
 without Bento. `--define NAME='ARGS'` adds a condition (for example a
-shaping defense once `bento browse` takes one: --define
-front='--pad 1 --defense front'); its traces go to DIR/NAME.
+shaping defense with a pad: --define front-pad1MB='--pad 1MB --defense
+front'); its traces go to DIR/NAME.
 """
 
 from __future__ import annotations
@@ -49,12 +49,23 @@ CONDITIONS: dict[str, list[str] | None] = {
     "browser-pad1": ["--pad", "1"],
     "browser-pad1MB": ["--pad", "1MB"],
     "browser-pad4MiB": ["--pad", "4MiB"],
+    # The box paces a cover flow with its `constant` defense, which carries
+    # 50 700 B/s of the flow's cells (docs/functions/cover.md): 100 cells of
+    # 507 B per second fill it exactly, and 90 s carry 4.5 MB, the largest
+    # 1 MB-padded bundle the Browser sends (4 MiB) and its request.
     "browser-cover": [
         "--pad", "1MB",
-        "--cover-rate", "32",
-        "--cover-cell-size", "32KiB",
-        "--cover-duration", "16s",
+        "--cover-rate", "100",
+        "--cover-cell-size", "507",
+        "--cover-duration", "90s",
     ],
+    # The box's shaping defenses (docs/policy.md#shaping) around the
+    # unpadded Browser: `bento browse --defense` shapes the page's way at
+    # the box and pads the request's way at the client.
+    "front": ["--pad", "1", "--defense", "front"],
+    "regulator": ["--pad", "1", "--defense", "regulator"],
+    "tamaraw": ["--pad", "1", "--defense", "tamaraw"],
+    "constant": ["--pad", "1", "--defense", "constant"],
 }
 DEFAULT_CONDITIONS = list(CONDITIONS)
 

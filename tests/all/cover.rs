@@ -114,7 +114,7 @@ fn cover_traffic_has_the_same_cells_and_bytes_each_way_with_and_without_real_dat
 
 /// A policy for the Browser inside a cover flow: `http` to the sites'
 /// rules, `time`, and limits for the fetch plus the flow.
-fn browse_policy(rules: &[String]) -> String {
+pub(crate) fn browse_policy(rules: &[String]) -> String {
     crate::browser::policy(rules)
         .replace(
             "capabilities = [\"http\"]",

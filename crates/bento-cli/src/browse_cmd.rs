@@ -40,7 +40,8 @@ pub struct BrowseArgs {
     /// Carry the request and the page inside constant-rate cover traffic
     /// (the Cover function; see docs/functions/cover.md): this many cells
     /// per second each way, for exactly --cover-duration whatever the
-    /// page's size. The page must fit in the flow, or nothing is saved.
+    /// page's size, paced on the wire by the box's `constant` defense. The
+    /// page must fit in the flow, or nothing is saved.
     #[arg(long, value_name = "CELLS_PER_S")]
     pub cover_rate: Option<f64>,
     /// With --cover-rate: bytes per cell, 64 to 65536.
@@ -53,6 +54,12 @@ pub struct BrowseArgs {
     /// ways, as CSV to this file (the columns of `bento cover --report`).
     #[arg(long, value_name = "FILE", requires = "cover_rate")]
     pub cover_report: Option<PathBuf>,
+    /// Shape the session against traffic analysis with this defense
+    /// (front, tamaraw, regulator, constant), as `bento run --defense`
+    /// does: the box shapes the page's way, this client pads the
+    /// request's way (docs/policy.md#shaping says which a box allows).
+    #[arg(long, value_name = "DEFENSE", value_parser = crate::parse_defense, conflicts_with = "cover_rate")]
+    pub defense: Option<bento_client::Defense>,
 }
 
 /// `bento browse`.
@@ -70,6 +77,7 @@ pub async fn run(target: &Target, args: BrowseArgs) -> ExitCode {
             duration: args.cover_duration,
             report: args.cover_report,
         }),
+        defense: args.defense,
     };
     crate::exit::status(browser::run(target, &options, &Terminal).await)
 }

@@ -73,8 +73,14 @@ pub fn policy_check(manifest: &Path, policy: Option<&Path>) -> anyhow::Result<Ex
             return Ok(ExitCode::from(EXIT_REQUEST));
         }
     };
-    match bento_policy::admit(&manifest, &policy, &[]) {
-        Ok(grant) => {
+    // The manifest's defense is refused at store like any violation.
+    let defense = policy
+        .shaping
+        .admit_manifest(manifest.defense)
+        .err()
+        .map(|refused| format!("asks for a defense: {refused}"));
+    match (bento_policy::admit(&manifest, &policy, &[]), defense) {
+        (Ok(grant), None) => {
             let capabilities: Vec<&str> = grant.capabilities.iter().map(|c| c.name()).collect();
             let resources: Vec<String> = grant
                 .resources
@@ -103,9 +109,10 @@ pub fn policy_check(manifest: &Path, policy: Option<&Path>) -> anyhow::Result<Ex
             ));
             Ok(ExitCode::SUCCESS)
         }
-        Err(violations) => {
+        (admitted, defense) => {
             eprintln!("the manifest does not fit the policy:");
-            for violation in &violations {
+            let violations = admitted.err().unwrap_or_default();
+            for violation in violations.iter().map(ToString::to_string).chain(defense) {
                 eprintln!("  - {violation}");
             }
             Ok(ExitCode::from(EXIT_FUNCTION))

@@ -211,7 +211,9 @@ enum Command {
     #[command(subcommand)]
     Drop(drop_cmd::DropCommand),
     /// Constant-rate cover traffic with a box, both directions (the Cover
-    /// function; see docs/functions/cover.md).
+    /// function; see docs/functions/cover.md). The box paces the wire with
+    /// its `constant` defense (one 512-byte cell per 10 ms), so its policy
+    /// must allow it.
     Cover(cover_cmd::CoverArgs),
     /// A file spread over several boxes with an erasure code (the Shard
     /// function; see docs/functions/shard.md).

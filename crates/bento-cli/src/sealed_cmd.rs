@@ -154,8 +154,7 @@ impl AnyAttachment {
         pad: Option<bento_client::Defense>,
     ) -> Result<Self, ClientError> {
         let conn = Connection::connect(target).await?;
-        // The client's padding is bounded like the box's default.
-        let padding = pad.map(|d| (d, bento_policy::DEFAULT_MAX_PADDING_MIB * 1024 * 1024));
+        let padding = pad.map(|d| (d, bento_client::CLIENT_MAX_PADDING_BYTES));
         match token {
             AnySessionToken::Plain(token) => {
                 Ok(Self::Plain(conn.attach_shaped(token, from, padding).await?))

@@ -215,6 +215,15 @@ impl ServeArgs {
                     list.join("\n")
                 );
             }
+            // The prototype's protocol has no Padding frame: its sessions
+            // are never shaped, so a manifest asking for a defense would be
+            // run unshaped. Refused rather than ignored.
+            if manifest.defense.is_some() {
+                bail!(
+                    "--legacy-manifest {} names a defense; the research prototype's protocol cannot carry padding, so its sessions are never shaped",
+                    path.display()
+                );
+            }
             config.legacy_manifest = text;
         }
         if let Some(path) = &self.http_ca_file {

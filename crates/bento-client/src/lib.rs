@@ -82,6 +82,11 @@ pub enum ClientError {
     NoSealedChannel,
 }
 
+/// Most padding a client sends on one attachment when it pads its own
+/// direction: the box's default `[shaping] max_padding_mib`, so a client
+/// never costs the box more than the box's own padding would.
+pub const CLIENT_MAX_PADDING_BYTES: u64 = bento_policy::DEFAULT_MAX_PADDING_MIB * 1024 * 1024;
+
 /// A function the box stored.
 #[derive(Debug, Clone)]
 pub struct Stored {

@@ -314,6 +314,10 @@ pub struct BrowseOptions {
     pub destinations: Vec<String>,
     /// Carry the request and the page inside a cover flow.
     pub cover: Option<CoverFlow>,
+    /// Shape the session against traffic analysis with this defense (the
+    /// box shapes the page's way, this client pads the request's way), as
+    /// `bento run --defense` does.
+    pub defense: Option<bento_client::Defense>,
 }
 
 /// A cover flow around a browse.
@@ -348,6 +352,12 @@ impl BrowseOptions {
             return Err(Error::Request(format!(
                 "--max-bytes may be at most {MAX_BYTES} bytes (16MiB)"
             )));
+        }
+        if self.cover.is_some() && self.defense.is_some() {
+            return Err(Error::Request(
+                "--defense and --cover-rate cannot be combined: a cover flow is shaped by its own rate"
+                    .into(),
+            ));
         }
         if self.cover.is_some() && self.call().len() > cover::MAX_REQUEST {
             return Err(Error::Request(format!(
@@ -424,7 +434,7 @@ async fn fetch(target: &Target, options: &BrowseOptions, manifest: &str) -> Resu
         entry: "main",
         args: &options.call(),
     }
-    .attach(target)
+    .attach_shaped(target, options.defense, crate::PadOwn::Yes)
     .await?;
     let mut blob = Vec::new();
     let result = loop {
@@ -506,7 +516,12 @@ async fn fetch_covered(
         max_message: MAX_BLOB as usize,
         interval: Duration::from_secs(1),
     };
-    let report = cover::run_flow(target, &flow, console).await?;
+    let report = cover::run_flow(target, &flow, console)
+        .await
+        .map_err(|e| match e {
+            Error::Client(e) => cover::unpaced(e),
+            other => other,
+        })?;
     if let Some(path) = &cover_flow.report
         && let Err(e) = std::fs::write(path, report.csv())
     {
@@ -746,6 +761,7 @@ mod tests {
                 duration: Duration::from_secs(10),
                 report: None,
             }),
+            defense: None,
         };
         let long = format!("http://example.org/{}", "a".repeat(cover::MAX_REQUEST));
         let Err(Error::Request(message)) = options(long.clone()).check() else {
@@ -759,6 +775,34 @@ mod tests {
             ..options(long)
         };
         assert!(plain.check().is_ok());
+    }
+
+    #[test]
+    fn a_defense_inside_a_cover_flow_is_refused_before_anything_is_sent() {
+        let options = BrowseOptions {
+            url: "http://example.org/".into(),
+            pad: 4096,
+            out: tempfile_dir(),
+            max_resources: 0,
+            max_bytes: 0,
+            destinations: Vec::new(),
+            cover: Some(CoverFlow {
+                rate: 10.0,
+                cell_size: 512,
+                duration: Duration::from_secs(10),
+                report: None,
+            }),
+            defense: Some(bento_client::Defense::Front),
+        };
+        let Err(Error::Request(message)) = options.check() else {
+            panic!("a defense inside a cover flow was accepted");
+        };
+        assert!(message.contains("--defense"), "{message}");
+        let uncovered = BrowseOptions {
+            cover: None,
+            ..options
+        };
+        assert!(uncovered.check().is_ok());
     }
 
     /// A directory that does not exist (so `--out` is acceptable).

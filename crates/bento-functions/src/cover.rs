@@ -7,6 +7,15 @@
 //! The flow engine here (`run_flow`) is shared with the Browser
 //! (its `browse` entry), which can carry its request and page inside it.
 //!
+//! The function paces its cells with `api.sleep`, but a sandbox without
+//! threads cannot keep time while the Browser waits for a slow origin: its
+//! cells would stop, then burst. So the flow is invoked with the box's
+//! host-side [`HOST_PACING`] defense: the box puts one cell of
+//! [`bento_shaping::CELL_LEN`] bytes on the wire every
+//! [`bento_shaping::CONSTANT_CELL_INTERVAL`], carrying the function's
+//! cells when it has them and padding when it has not, so the wire stays
+//! constant-rate whatever the origin does (docs/functions/cover.md).
+//!
 //! A cell (see functions/cover/cover.py): `flags: u8` (0 padding, 1 data,
 //! 3 data + end of message), `length: u16` (big-endian), `length` payload
 //! bytes, zeros up to exactly `cell` bytes.
@@ -55,6 +64,9 @@ const WAIT_SLACK_MS: u64 = 90_000;
 const CPU_US_PER_CELL: u64 = 600;
 const CPU_US_PER_CELL_BYTE_DIVISOR: u64 = 32;
 const CPU_BASE_MS: u64 = 1000;
+
+/// The box's defense that paces a cover flow's output on the host.
+pub const HOST_PACING: bento_client::Defense = bento_client::Defense::Constant;
 
 /// The shape of a flow, checked.
 #[derive(Debug, Clone, Copy)]
@@ -111,9 +123,20 @@ impl FlowSpec {
         ((bytes / 1024.0).ceil() as u64).max(16)
     }
 
+    /// How long the box's output takes on the wire: the flow's duration,
+    /// or longer when its cells carry more than [`HOST_PACING`] does in
+    /// that time (the function's sends then wait for the box's output
+    /// buffer, and the flow ends when its last cell is on the wire).
+    pub fn wire_duration(&self) -> Duration {
+        let bytes = self.cells.saturating_mul(self.cell as u64);
+        let paced =
+            Duration::from_millis(bytes.saturating_mul(1000) / bento_shaping::CONSTANT_DATA_PER_S);
+        self.duration.max(paced)
+    }
+
     /// The wall-clock limit the flow needs, ms.
     pub fn wall_ms(&self) -> u64 {
-        self.duration.as_millis() as u64 + WAIT_SLACK_MS
+        self.wire_duration().as_millis() as u64 + WAIT_SLACK_MS
     }
 
     /// The CPU time the flow needs, ms.
@@ -354,8 +377,9 @@ fn bucket(intervals: &mut Vec<Interval>, start: Instant, interval: Duration) -> 
     &mut intervals[i]
 }
 
-/// Store and invoke the function, then run the flow to its end: one cell
-/// per tick to the box, every cell from the box checked and counted.
+/// Store and invoke the function (its output paced by the box's
+/// [`HOST_PACING`]), then run the flow to its end: one cell per tick to
+/// the box, every cell from the box checked and counted.
 pub(crate) async fn run_flow(
     target: &Target,
     flow: &Flow<'_>,
@@ -369,7 +393,7 @@ pub(crate) async fn run_flow(
         entry: flow.entry,
         args: &spec.args_json(),
     }
-    .attach(target)
+    .attach_shaped(target, Some(HOST_PACING), crate::PadOwn::No)
     .await?;
     let input = attachment.input();
     let mut outgoing = Outgoing {
@@ -483,6 +507,28 @@ pub(crate) fn failure(error: ClientError) -> Error {
         } => Error::Request(format!(
             "the box cannot carry this flow ([manifest_rejected]: {})",
             message.trim_end()
+        )),
+        other => unpaced(other),
+    }
+}
+
+/// A box that cannot pace the flow ([`HOST_PACING`] refused by its policy,
+/// or a box from before padding) as a request the box cannot carry; any
+/// other error as it is. The flow is never run unpaced instead: that is
+/// what would show a slow origin as a gap and a burst.
+pub(crate) fn unpaced(error: ClientError) -> Error {
+    match error {
+        ClientError::Remote {
+            code: ErrorCode::DefenseRefused,
+            message,
+        } => Error::Request(format!(
+            "the box cannot pace this flow: cover flows need its `{HOST_PACING}` defense \
+             ([defense_refused]: {})",
+            message.trim_end()
+        )),
+        ClientError::NoPadding(version) => Error::Request(format!(
+            "the box cannot pace this flow: cover flows need its `{HOST_PACING}` defense, \
+             and it speaks protocol version {version}, which has none"
         )),
         other => Error::Client(other),
     }

@@ -157,6 +157,18 @@ pub trait Console: Send + Sync {
 /// A console shared with spawned tasks.
 pub type SharedConsole = Arc<dyn Console>;
 
+/// Whether a shaped client pads its own direction too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PadOwn {
+    /// With the defense's client-side machines (what `bento run --defense`
+    /// does).
+    Yes,
+    /// Not: the client's direction is already paced by the function's own
+    /// client (the Cover's cells leave on the client's clock, which has
+    /// threads and keeps time; only the box's sandbox cannot).
+    No,
+}
+
 /// A function to store and start at a box: what every client half but
 /// the Dropbox's and the Proxy's (which need a service token) begins with.
 pub(crate) struct Start<'a> {
@@ -179,14 +191,33 @@ impl Start<'_> {
         &self,
         target: &bento_client::Target,
     ) -> Result<(bento_protocol::SessionToken, bento_client::Attachment), ClientError> {
+        self.attach_shaped(target, None, PadOwn::Yes).await
+    }
+
+    /// Like [`Start::attach`], shaped by `defense` when given, the way
+    /// `bento run --defense` does it: the invocation asks the box to shape
+    /// its output, and (with [`PadOwn::Yes`]) this client pads its own
+    /// direction with the same defense's client-side machines.
+    pub(crate) async fn attach_shaped(
+        &self,
+        target: &bento_client::Target,
+        defense: Option<bento_client::Defense>,
+        pad_own: PadOwn,
+    ) -> Result<(bento_protocol::SessionToken, bento_client::Attachment), ClientError> {
         let mut conn = bento_client::Connection::connect(target).await?;
         let (_, token) = conn
             .store_with_manifest(self.filename, self.source, self.manifest)
             .await?;
-        let session = conn.invoke(&token, self.entry, self.args).await?;
+        let (session, _) = conn
+            .invoke_with_defense(&token, self.entry, self.args, defense)
+            .await?;
+        let padding = match pad_own {
+            PadOwn::Yes => defense.map(|d| (d, bento_client::CLIENT_MAX_PADDING_BYTES)),
+            PadOwn::No => None,
+        };
         let attachment = bento_client::Connection::connect(target)
             .await?
-            .attach(&session, None)
+            .attach_shaped(&session, None, padding)
             .await?;
         Ok((session, attachment))
     }

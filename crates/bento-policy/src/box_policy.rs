@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::exit_policy::{ExitPolicy, RuleParseError};
-use crate::shaping::ShapingPolicy;
+use crate::shaping::{Defense, ShapingPolicy};
 
 /// The schema version both files carry.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -443,6 +443,8 @@ struct ManifestFile {
     destinations: Vec<String>,
     #[serde(default)]
     limits: ResourceRequest,
+    #[serde(default)]
+    defense: Option<Defense>,
 }
 
 /// What a manifest asks for, per resource; a key left out gets the
@@ -525,6 +527,10 @@ pub struct Manifest {
     pub capabilities: BTreeSet<Capability>,
     /// Destinations it needs.
     pub destinations: ExitPolicy,
+    /// The traffic-analysis defense every session of it is shaped with
+    /// (`defense = "front"`), if any; the box's `[shaping]` policy must
+    /// allow it, and an invoke that names a defense must name this one.
+    pub defense: Option<Defense>,
 }
 
 impl Manifest {
@@ -534,6 +540,7 @@ impl Manifest {
             limits: ResourceRequest::default(),
             capabilities: BTreeSet::new(),
             destinations: ExitPolicy::default(),
+            defense: None,
         }
     }
 
@@ -549,6 +556,7 @@ impl Manifest {
             capabilities: file.capabilities,
             destinations: ExitPolicy::parse(&file.destinations)
                 .map_err(|source| PolicyError::Rule { what: WHAT, source })?,
+            defense: file.defense,
         })
     }
 }
@@ -586,6 +594,15 @@ mod tests {
         let err = BoxPolicy::from_toml(&DEFAULT_POLICY_TOML.replace(line, "max_connections = 0\n"))
             .unwrap_err();
         assert!(err.to_string().contains("max_connections is 0"), "{err}");
+    }
+
+    #[test]
+    fn a_manifest_may_name_a_defense_and_an_unknown_one_is_an_error() {
+        assert_eq!(Manifest::minimum().defense, None);
+        let m = Manifest::from_toml("version = 1\ndefense = \"front\"\n").unwrap();
+        assert_eq!(m.defense, Some(Defense::Front));
+        let err = Manifest::from_toml("version = 1\ndefense = \"walls\"\n").unwrap_err();
+        assert!(err.to_string().contains("walls"), "{err}");
     }
 
     #[test]

@@ -99,6 +99,18 @@ impl ShapingPolicy {
         self.max_padding_mib.saturating_mul(1024 * 1024)
     }
 
+    /// A manifest's `defense` (none: nothing to check), if this policy
+    /// allows it: at store and start at the box, and in `bento policy
+    /// check`.
+    pub fn admit_manifest(&self, defense: Option<Defense>) -> Result<(), DefenseRefused> {
+        match defense {
+            Some(defense) if !self.defenses.contains(&defense) => {
+                Err(DefenseRefused::NotAllowed { defense })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The defense a session asked for by name, if this policy allows it.
     pub fn admit(&self, name: &str) -> Result<Defense, DefenseRefused> {
         let defense = Defense::from_name(name).ok_or_else(|| DefenseRefused::Unknown {
@@ -164,6 +176,15 @@ mod tests {
             policy.admit("Front"),
             Err(DefenseRefused::Unknown { .. })
         ));
+        // A manifest's defense is bounded by the same list.
+        assert_eq!(policy.admit_manifest(None), Ok(()));
+        assert_eq!(policy.admit_manifest(Some(Defense::Front)), Ok(()));
+        assert_eq!(
+            policy.admit_manifest(Some(Defense::Constant)),
+            Err(DefenseRefused::NotAllowed {
+                defense: Defense::Constant
+            })
+        );
         // A hostile name is not echoed in full.
         match policy.admit(&"x".repeat(200)) {
             Err(DefenseRefused::Unknown { name }) => assert_eq!(name.len(), 64),

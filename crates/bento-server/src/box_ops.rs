@@ -87,6 +87,7 @@ impl BoxState {
     pub(crate) fn admit_manifest(&self, manifest: &str) -> Result<Grant, Refusal> {
         let manifest = Manifest::from_toml(manifest)
             .map_err(|e| Refusal::new(ErrorCode::ManifestRejected, e.to_string()))?;
+        crate::shaping::admit_manifest_defense(&self.config.policy.shaping, &manifest)?;
         admit(&manifest, &self.config.policy, &self.own_addresses).map_err(|violations| {
             let list: Vec<String> = violations.iter().map(|v| format!("  - {v}")).collect();
             Refusal::new(
@@ -279,14 +280,20 @@ impl BoxState {
     }
 
     /// A fresh session of `function` under a new token, its output shaped
-    /// by `defense` if given: the `Invoked` reply, or the refusal as an
-    /// error frame. What `Invoke`, `Run` and `SealedInvoke` answer.
+    /// by `defense` (the invoke's) or by its manifest's (see
+    /// `shaping::session_defense`): the `Invoked` reply, or the refusal as
+    /// an error frame. What `Invoke`, `Run` and `SealedInvoke` answer.
     pub(crate) async fn start_invoked(
         &self,
         function: &StoredFunction,
         call: StartCall,
         defense: Option<bento_policy::Defense>,
     ) -> Frame {
+        let sealed = matches!(call, StartCall::SealedEntry { .. });
+        let defense = match crate::shaping::session_defense(defense, &function.manifest, sealed) {
+            Ok(defense) => defense,
+            Err(refusal) => return refusal.into_frame(),
+        };
         let Ok(session_token) = SessionToken::generate() else {
             return Frame::error(ErrorCode::Internal, "cannot generate a token");
         };

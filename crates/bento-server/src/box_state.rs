@@ -115,6 +115,7 @@ impl BoxState {
                 "capabilities": self.config.policy.capabilities.iter().map(|c| c.name()).collect::<Vec<_>>(),
                 "instance": self.config.policy.instance,
                 "destinations": self.config.policy.destinations.rules().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "shaping": crate::shaping::public_status(&self.config.policy.shaping),
             },
         })
         .to_string()

@@ -12,12 +12,70 @@
 
 use std::time::Instant;
 
-use bento_policy::Defense;
-use bento_protocol::FrameType;
+use bento_policy::{Defense, Manifest, ShapingPolicy};
+use bento_protocol::{ErrorCode, FrameType};
 use bento_shaping::{CELL_LEN, Emit, Shaper, Side};
 use bytes::{Bytes, BytesMut};
 
+use crate::box_ops::Refusal;
 use crate::session::{Session, SessionState};
+
+/// A manifest's `defense`, against the `[shaping]` policy: at store, at
+/// `Run` and at every start (the policy may have changed since the store).
+/// Refused with `defense_refused`, like an invoke's defense.
+pub(crate) fn admit_manifest_defense(
+    policy: &ShapingPolicy,
+    manifest: &Manifest,
+) -> Result<(), Refusal> {
+    policy.admit_manifest(manifest.defense).map_err(|refused| {
+        Refusal::new(
+            ErrorCode::DefenseRefused,
+            format!("the manifest asks for a defense: {refused}"),
+        )
+    })
+}
+
+/// The defense a new session is shaped with: the invoke's (`asked`, already
+/// admitted by the policy) or the function's manifest's. The two must agree
+/// when both are given: a function that asks to be shaped is never run
+/// unshaped or otherwise shaped. A sealed session cannot be shaped yet (its
+/// client reads sealed output frame by frame), so a sealed function whose
+/// manifest asks for a defense is refused rather than run unshaped.
+///
+/// The messages never name a defense: they may end up in a log.
+pub(crate) fn session_defense(
+    asked: Option<Defense>,
+    manifest: &str,
+    sealed: bool,
+) -> Result<Option<Defense>, Refusal> {
+    // The manifest was admitted at store; a parse failure here is the
+    // admission's to report, so it shapes nothing.
+    let named = Manifest::from_toml(manifest)
+        .ok()
+        .and_then(|manifest| manifest.defense);
+    match (asked, named) {
+        (Some(asked), Some(named)) if asked != named => Err(Refusal::new(
+            ErrorCode::DefenseRefused,
+            "the function's manifest asks for another defense than this invoke; \
+             ask for the same one, or none",
+        )),
+        (_, Some(_)) if sealed => Err(Refusal::new(
+            ErrorCode::DefenseRefused,
+            "the function's manifest asks for a defense, and sealed sessions cannot be shaped yet",
+        )),
+        (asked, named) => Ok(asked.or(named)),
+    }
+}
+
+/// What the public status says about shaping: the defenses this box allows
+/// (so clients can choose one) and its padding cap. Policy only: nothing
+/// here depends on any session.
+pub(crate) fn public_status(policy: &ShapingPolicy) -> serde_json::Value {
+    serde_json::json!({
+        "defenses": policy.defenses.iter().map(|d| d.name()).collect::<Vec<_>>(),
+        "max_padding_mib": policy.max_padding_mib,
+    })
+}
 
 /// One attachment's shaper.
 pub(crate) struct OutputShaper {

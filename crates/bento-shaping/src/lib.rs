@@ -450,6 +450,13 @@ enum Due {
 /// Seconds between cells of the `constant` defense (100 cells/s, 51 KB/s).
 pub const CONSTANT_CELL_INTERVAL: Duration = Duration::from_millis(10);
 
+/// Most data bytes per second the `constant` defense carries: one cell
+/// per [`CONSTANT_CELL_INTERVAL`], each with at most [`CELL_LEN`] less one
+/// frame header of data (50 700 B/s). Data beyond it waits its turn, so a
+/// stream that needs more takes longer, never shows a burst.
+pub const CONSTANT_DATA_PER_S: u64 =
+    PADDING_CELL_DATA as u64 * 1_000_000 / CONSTANT_CELL_INTERVAL.as_micros() as u64;
+
 /// The machines of `defense` at `side`, with the published parameters.
 fn machines(defense: Defense, side: Side, rng: &mut StdRng) -> Vec<Machine> {
     use maybenot_machines::{front, regulator, tamaraw};
