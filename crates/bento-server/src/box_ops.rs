@@ -11,27 +11,8 @@ use bento_worker_contract::{InstanceOutcome, SealedFunctionRef, StartCall, Start
 
 use crate::box_state::BoxState;
 use crate::function_store::{StoreError, StoredFunction, check_filename};
+pub(crate) use crate::refusal::Refusal;
 use crate::session::{OnionPublisher, Service, Session, SessionExtras};
-
-/// A refusal, as the protocol reports it.
-#[derive(Debug, Clone)]
-pub(crate) struct Refusal {
-    pub(crate) code: ErrorCode,
-    pub(crate) message: String,
-}
-
-impl Refusal {
-    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn into_frame(self) -> Frame {
-        Frame::error(self.code, self.message)
-    }
-}
 
 /// The refusal a store's trial compile ends in, if any: an exception is
 /// `invalid_function` with `exception(text)` as its message, any other

@@ -27,6 +27,7 @@ mod legacy;
 pub mod metrics;
 mod onion;
 mod own_addresses;
+mod refusal;
 mod sealed_ops;
 pub mod session;
 mod shaping;

@@ -17,7 +17,7 @@ use bento_protocol::{ErrorCode, FrameType};
 use bento_shaping::{CELL_LEN, Emit, Shaper, Side};
 use bytes::{Bytes, BytesMut};
 
-use crate::box_ops::Refusal;
+use crate::refusal::Refusal;
 use crate::session::{Session, SessionState};
 
 /// A manifest's `defense`, against the `[shaping]` policy: at store, at
