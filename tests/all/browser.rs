@@ -3,7 +3,7 @@
 //! to exact multiples of the pad, unpacked byte for byte.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -49,14 +49,9 @@ impl Site {
     }
 
     fn answer(&self, mut stream: TcpStream) {
-        let mut request = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-            match stream.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => request.extend_from_slice(&buf[..n]),
-            }
-        }
+        let Some(request) = crate::local_servers::read_request_head(&mut stream) else {
+            return;
+        };
         let line = String::from_utf8_lossy(&request).into_owned();
         let head_only = line.starts_with("HEAD ");
         let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();

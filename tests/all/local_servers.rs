@@ -91,13 +91,8 @@ impl LocalServer {
     /// `body`, then closes.
     pub fn http(status: &'static str, headers: String, body: Vec<u8>) -> Self {
         Self::spawn(move |mut stream| {
-            let mut request = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
-                }
+            if read_request_head(&mut stream).is_none() {
+                return;
             }
             let head = format!(
                 "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n",
@@ -175,4 +170,19 @@ impl LocalServer {
     pub fn redirect(location: String) -> Self {
         Self::http("302 Found", format!("Location: {location}\r\n"), Vec::new())
     }
+}
+
+/// Read an HTTP request up to the end of its head (the blank line), for
+/// the test servers here and in other modules; `None` if the client went
+/// away first.
+pub fn read_request_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(request)
 }

@@ -842,7 +842,7 @@ async fn bento_browse_defense_shapes_both_directions_and_a_forbidden_one_exits_2
 /// which it answers only after `stall`: an origin that stalls mid-page.
 /// Returns its port and the body of `/slow.bin`.
 fn stalling_site(stall: Duration) -> (u16, Vec<u8>) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let slow = crate::browser::noise(8_000, 41);
@@ -852,14 +852,9 @@ fn stalling_site(stall: Duration) -> (u16, Vec<u8>) {
             let Ok(mut stream) = stream else { return };
             let body = body.clone();
             std::thread::spawn(move || {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(request) = crate::local_servers::read_request_head(&mut stream) else {
+                    return;
+                };
                 let line = String::from_utf8_lossy(&request).into_owned();
                 let (content_type, body) = if line.contains(" /slow.bin ") {
                     std::thread::sleep(stall);
