@@ -12,9 +12,22 @@ for crate in bento-worker-contract bento-pool bento-server; do
         exit 1
     fi
 done
+# The website-fingerprinting evaluation's Python environment (eval/,
+# docs/anonymity.md) installs in the background while cargo builds and runs
+# the Rust tests: on a fresh machine it is ~3 min of mostly downloading.
+eval_log=$(mktemp)
+scripts/setup-eval.sh >"$eval_log" 2>&1 &
+eval_pid=$!
+trap 'kill "$eval_pid" 2>/dev/null || true; rm -f "$eval_log"' EXIT
 export BENTO_RUNTIME=$PWD/.cache/runtime/bento-python.cwasm
 cargo test --workspace "$@"
-# The website-fingerprinting evaluation's own tests (eval/, docs/anonymity.md):
-# its classifiers on simulated traces, the corpus, the trace parser.
-scripts/setup-eval.sh
+# Its own tests: the classifiers on simulated traces, the corpus, the
+# trace parser.
+eval_status=0
+wait "$eval_pid" || eval_status=$?
+cat "$eval_log" >&2
+if [ "$eval_status" -ne 0 ]; then
+    echo "scripts/setup-eval.sh failed (exit $eval_status)" >&2
+    exit "$eval_status"
+fi
 (cd eval && ../.cache/eval-venv/bin/python -m pytest -q -p no:cacheprovider)
