@@ -266,6 +266,7 @@ mod ipc_and_legacy {
             FromWorker::Ready {
                 channel_key: Some([9; 32]),
             },
+            FromWorker::Started(2),
             instance(InstanceEvent::Output(Bytes::from_static(b"hello"))),
             instance(InstanceEvent::InputConsumed(4)),
             instance(InstanceEvent::MessageStart(5)),
