@@ -79,5 +79,6 @@ ERROR_NAMES = {
     67: "channel_limit",
     68: "instance_storage_full",
     69: "too_many_connections",
+    70: "overloaded",
     96: "internal",
 }

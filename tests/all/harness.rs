@@ -80,6 +80,12 @@ impl TestBox {
         if !args.iter().any(|a| a == "--metrics") {
             command.args(["--metrics", "127.0.0.1:0"]);
         }
+        // Tests run many boxes at once on a few cores: overload control
+        // (50 ms by default) would refuse their invocations now and then.
+        // Only a stall this long counts here, unless a test sets its own.
+        if !args.iter().any(|a| a == "--overload-target-ms") {
+            command.args(["--overload-target-ms", "2000"]);
+        }
         command
             .args(args)
             .env("BENTO_LOG", "debug")
@@ -313,12 +319,23 @@ impl TestBox {
     pub async fn assert_serves_hello(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let (out, result) = self
-                .run(
-                    "def main(name):\n    api.send('hello ' + name)\n",
-                    "[\"next user\"]",
-                )
-                .await;
+            let source = "def main(name):\n    api.send('hello ' + name)\n";
+            // Store and invoke may be refused too (overloaded), not only the
+            // session.
+            let answer = async {
+                let (_, token) = self.connect().await.store("test.py", source).await?;
+                let session = self
+                    .connect()
+                    .await
+                    .invoke(&token, "main", "[\"next user\"]")
+                    .await?;
+                Ok::<_, ClientError>(self.read_all(&session).await)
+            }
+            .await;
+            let (out, result) = match answer {
+                Ok(ran) => ran,
+                Err(e) => (Vec::new(), Err(e)),
+            };
             match result {
                 Ok(()) => {
                     assert_eq!(out, b"hello next user");
@@ -327,8 +344,10 @@ impl TestBox {
                 // Right after a worker crash the pool may still be noticing
                 // it (an invocation sent to a dying worker fails with
                 // worker_crashed) or respawning.
+                // A box refusing some starts as overloaded asks the user
+                // to try again.
                 Err(ClientError::Remote {
-                    code: ErrorCode::Internal | ErrorCode::WorkerCrashed,
+                    code: ErrorCode::Internal | ErrorCode::WorkerCrashed | ErrorCode::Overloaded,
                     ..
                 }) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -22,6 +22,7 @@ mod loadbalancer;
 mod local_servers;
 mod local_tor;
 mod operator;
+mod overload;
 mod prewarm;
 mod protocol_abuse;
 mod proxy;

@@ -336,6 +336,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         max_stored_mib: Some(64),
         session_retention_secs: 60,
         read_timeout_secs: 60,
+        // The benchmark measures capacity with deliberate bursts (e.g. its
+        // sessions started at once), which overload control would refuse
+        // in part.
+        overload_target_ms: 0,
         max_connections: Some(4096),
         // The benchmark counts running instances, which only the
         // operator's endpoint tells.

@@ -125,6 +125,13 @@ pub struct ServeArgs {
     /// may take from its first byte (plus 1 s per 16 KiB received).
     #[arg(long, default_value_t = 30)]
     pub read_timeout_secs: u64,
+    /// Overload control: while the workers start instances later than this
+    /// many ms (the smallest delay per 100 ms), refuse a growing share of
+    /// new instances with `overloaded` so that the rest are answered
+    /// promptly (docs/policy.md, "Overload"); 0 admits everything however
+    /// late.
+    #[arg(long, default_value_t = 50)]
+    pub overload_target_ms: u64,
     /// Most client connections at once, over all listeners; beyond it a
     /// new connection is refused (too_many_connections) and closed
     /// [policy: box.max_connections, default 4096; this option wins].
@@ -189,6 +196,8 @@ impl ServeArgs {
             workers: self
                 .workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),
+            admission_target: (self.overload_target_ms > 0)
+                .then(|| Duration::from_millis(self.overload_target_ms)),
         };
         if self.no_worker_jail {
             tracing::warn!("worker jail: off (--no-worker-jail)");

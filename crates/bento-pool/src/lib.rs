@@ -18,9 +18,11 @@
 //! `bento-worker-contract` only, and the sandbox runs in the `bento worker`
 //! processes the pool spawns.
 
+pub mod admission;
 mod pipe_size;
 mod pool;
 
+pub use admission::AdmissionStats;
 pub use pool::{
     InstanceHandle, PoolError, PoolStats, RESPAWN_PATIENCE, WorkerPool, WorkerPoolConfig,
     WorkerViolation,

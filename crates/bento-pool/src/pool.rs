@@ -13,6 +13,8 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use bento_policy::Grant;
+
+use crate::admission::{Admission, AdmissionStats, Verdict};
 use bento_worker_contract::ipc::{FromWorker, ToWorker};
 use bento_worker_contract::{
     CHANNEL_CREDIT, ChannelEvent, InstanceEvent, InstanceEvents, InstanceId, InstanceOutcome,
@@ -40,6 +42,10 @@ pub struct WorkerPoolConfig {
     pub wrapper: Vec<String>,
     /// Number of worker processes.
     pub workers: usize,
+    /// The start delay above which new instances are refused in part
+    /// ([`crate::admission`]; normally [`crate::admission::TARGET`]);
+    /// `None` admits everything.
+    pub admission_target: Option<Duration>,
 }
 
 /// Errors of the pool.
@@ -178,6 +184,13 @@ struct PoolInner {
     next_id: AtomicU64,
     restarts: AtomicU64,
     channel_key: Mutex<ChannelKeys>,
+    admission: Mutex<Admission>,
+}
+
+impl PoolInner {
+    fn admission(&self) -> std::sync::MutexGuard<'_, Admission> {
+        self.admission.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// What the workers said about their sealed-channel key.
@@ -334,18 +347,33 @@ impl WorkerPool {
     /// Start `config.workers` workers and wait until each is ready.
     pub async fn start(config: WorkerPoolConfig) -> Result<Self, PoolError> {
         let count = config.workers.max(1);
+        let admission = Admission::new(config.admission_target, std::time::Instant::now());
         let inner = Arc::new(PoolInner {
             slots: (0..count).map(|_| Mutex::new(None)).collect(),
             config,
             next_id: AtomicU64::new(1),
             restarts: AtomicU64::new(0),
             channel_key: Mutex::new(ChannelKeys::Unknown),
+            admission: Mutex::new(admission),
         });
         for slot in 0..count {
             let live = spawn_worker(&inner, slot).await?;
             *lock_slot(&inner, slot) = Some(live);
         }
         Ok(Self { inner })
+    }
+
+    /// Whether a new instance may start now, or the box is overloaded and
+    /// this one should be refused (see [`crate::admission`]). Callers ask
+    /// before an invocation reserves anything; store-time checks are
+    /// asked about too.
+    pub fn admit(&self) -> bool {
+        self.inner.admission().decide(std::time::Instant::now()) == Verdict::Admit
+    }
+
+    /// The admission controller's figures, for the operator's metrics.
+    pub fn admission_stats(&self) -> AdmissionStats {
+        self.inner.admission().stats()
     }
 
     /// Start an instance on the least loaded live worker.
@@ -371,6 +399,9 @@ impl WorkerPool {
         // The worker starts the instance with its whole output buffer as
         // credit (see `worker_process`).
         let allowance = Arc::new(Allowance::new(request.limits.output_buffer_bytes));
+        // Pending from here: under the slot's lock, so that if the worker
+        // dies its reader finds this instance among the orphans it forgets.
+        self.inner.admission().sent(id, std::time::Instant::now());
         lock_map(&live.instances).insert(
             id,
             Tracked {
@@ -615,7 +646,7 @@ async fn read_from_worker(
 ) {
     let reason = loop {
         match FromWorker::decode(&mut buf) {
-            Ok(Some(message)) => match dispatch(message, &instances) {
+            Ok(Some(message)) => match dispatch(message, &instances, &inner) {
                 Ok(()) => continue,
                 Err(violation) => break violation.to_string(),
             },
@@ -643,10 +674,17 @@ async fn read_from_worker(
     let status = child.wait().await;
     tracing::warn!(slot, %reason, ?status, "sandbox worker died; its sessions fail and it is respawned");
     *lock_slot(&inner, slot) = None;
-    let orphans: Vec<_> = lock_map(&instances)
-        .drain()
-        .map(|(_, tracked)| tracked.events)
-        .collect();
+    let orphans: Vec<_> = lock_map(&instances).drain().collect();
+    let orphans: Vec<_> = {
+        let mut admission = inner.admission();
+        orphans
+            .into_iter()
+            .map(|(id, tracked)| {
+                admission.forget(id);
+                tracked.events
+            })
+            .collect()
+    };
     for events in orphans {
         events.on_event(InstanceEvent::Finished(InstanceOutcome::WorkerCrashed));
     }
@@ -693,12 +731,29 @@ pub enum WorkerViolation {
     Message(InstanceId),
 }
 
-fn dispatch(message: FromWorker, instances: &EventMap) -> Result<(), WorkerViolation> {
-    let FromWorker::Instance(id, event) = message else {
+fn dispatch(
+    message: FromWorker,
+    instances: &EventMap,
+    inner: &PoolInner,
+) -> Result<(), WorkerViolation> {
+    let (id, event) = match message {
+        FromWorker::Instance(id, event) => (id, event),
+        // Only an instance of this worker's counts (a lying worker could
+        // otherwise report starts for ids it was never sent, which is
+        // harmless: `started` ignores ids that are not pending).
+        FromWorker::Started(id) => {
+            if lock_map(instances).contains_key(&id) {
+                inner.admission().started(id, std::time::Instant::now());
+            }
+            return Ok(());
+        }
         // A second Ready changes nothing.
-        return Ok(());
+        FromWorker::Ready { .. } => return Ok(()),
     };
     if let InstanceEvent::Finished(_) = event {
+        // Usually started already; an instance refused before its thread
+        // ran (a sealed request that did not open) never is.
+        inner.admission().forget(id);
         let tracked = lock_map(instances).remove(&id);
         if let Some(tracked) = tracked {
             tracked.events.on_event(event);
@@ -847,6 +902,7 @@ mod tests {
             ],
             wrapper: Vec::new(),
             workers: 1,
+            admission_target: Some(crate::admission::TARGET),
         };
         (config, file)
     }

@@ -140,6 +140,10 @@ error_codes! {
     InstanceStorageFull = 68, Busy, "instance_storage_full";
     /// The box has as many client connections open as it allows.
     TooManyConnections = 69, Busy, "too_many_connections";
+    /// The box's workers start instances late (more work than its cores
+    /// carry), so it refuses a share of new ones until they catch up; try
+    /// again in a moment.
+    Overloaded = 70, Busy, "overloaded";
     /// An internal error in the box.
     Internal = 96, Internal, "internal";
 }

@@ -140,6 +140,7 @@ impl BoxState {
     ) -> Result<Stored, Refusal> {
         let lifetime = self.resolve_lifetime(lifetime_s)?;
         self.check_upload(&filename, &source, &manifest)?;
+        self.admit()?;
         trial_refusal(
             self.pool.check(source.clone(), filename.clone()).await,
             |text| format!("the source does not compile:\n{text}"),
@@ -308,6 +309,7 @@ impl BoxState {
     ) -> Result<(Arc<Session>, Option<ServiceToken>), Refusal> {
         // The policy may have changed since the function was stored.
         let grant = self.admit_manifest(&function.manifest)?;
+        self.admit()?;
         let limits = grant.instance_limits();
         // Onion-service streams arrive as channels too, so an instance
         // with either capability has channels; only `service` hands out a
@@ -413,6 +415,20 @@ impl BoxState {
         self.metrics.invocations.fetch_add(1, Ordering::Relaxed);
         tracing::debug!("started a session");
         Ok((session, service))
+    }
+
+    /// Admission control (`bento_pool::admission`): refuse a share of new
+    /// instances, before anything is reserved, while the workers start
+    /// them late.
+    pub(crate) fn admit(&self) -> Result<(), Refusal> {
+        if self.pool.admit() {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                ErrorCode::Overloaded,
+                "the box has more work than its cores carry and refuses some new instances until it catches up; try again in a moment",
+            ))
+        }
     }
 
     /// A fresh storage directory for an instance granted storage.

@@ -77,7 +77,9 @@ impl BoxState {
             return Load::Full;
         }
         let at_least_half = |used: u64, max: u64| used.saturating_mul(2) >= max && used > 0;
-        if at_least_half(running, max_instances)
+        // Refusing some starts as overloaded is high load too.
+        if self.pool.admission_stats().refused_share > 0.0
+            || at_least_half(running, max_instances)
             || at_least_half(buffered, max_buffered)
             || at_least_half(storage, self.config.max_storage_bytes())
         {
@@ -129,7 +131,8 @@ impl BoxState {
         let c = &self.counters;
         let pool = self.pool.stats();
         let store = self.store.usage();
-        let gauges: [(&str, &str, u64); 13] = [
+        let admission = self.pool.admission_stats();
+        let gauges: [(&str, &str, u64); 15] = [
             (
                 "bento_sessions",
                 "Sessions the box holds (running or finished and unread).",
@@ -184,6 +187,16 @@ impl BoxState {
                 "bento_stored_max_bytes",
                 "Most bytes of stored functions (box.max_stored_mib).",
                 self.config.max_stored_bytes(),
+            ),
+            (
+                "bento_admission_refused_permille",
+                "Share of new instances refused as overloaded now, per mille (0 while workers start instances within the target delay).",
+                (admission.refused_share * 1000.0).round() as u64,
+            ),
+            (
+                "bento_pending_starts",
+                "Instances sent to a worker whose thread has not run yet.",
+                admission.pending_starts as u64,
             ),
             (
                 "bento_workers_live",

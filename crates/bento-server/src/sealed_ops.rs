@@ -55,6 +55,7 @@ impl BoxState {
             envelope: hex::encode(&envelope),
             manifest,
         };
+        self.admit()?;
         // The exception's text is sealed: only the client can read it.
         trial_refusal(self.pool.check_sealed(sealed.clone()).await, |text| text)?;
         let stored = self

@@ -112,6 +112,10 @@ pub enum FromWorker {
         /// The X25519 public key of the worker's channel secret.
         channel_key: Option<[u8; 32]>,
     },
+    /// The instance's thread began running (before the function's code):
+    /// the pool's measure of how late the worker starts instances, for
+    /// admission control. Not passed on to the session.
+    Started(InstanceId),
     /// Something an instance tells its session.
     Instance(InstanceId, InstanceEvent),
 }
@@ -151,6 +155,7 @@ const T_CHANNEL_OUTPUT: u8 = 70;
 const T_CHANNEL_CONSUMED: u8 = 71;
 const T_CHANNEL_CLOSED: u8 = 72;
 const T_ONION_REQUEST: u8 = 73;
+const T_STARTED: u8 = 74;
 
 /// Header bytes before a payload: length, type, id.
 pub const IPC_HEADER_LEN: usize = 4 + 1 + 8;
@@ -232,6 +237,7 @@ impl FromWorker {
                 0,
                 channel_key.map_or_else(Bytes::new, |k| Bytes::copy_from_slice(&k)),
             ),
+            FromWorker::Started(id) => (T_STARTED, *id, Bytes::new()),
             FromWorker::Instance(id, event) => {
                 let (kind, payload) = match event {
                     InstanceEvent::Output(data) => (T_OUTPUT, data.clone()),
@@ -351,6 +357,9 @@ impl FromWorker {
                     ),
                 },
             }));
+        }
+        if kind == T_STARTED {
+            return Ok(Some(FromWorker::Started(id)));
         }
         let event = match kind {
             T_OUTPUT => InstanceEvent::Output(payload),
@@ -498,6 +507,14 @@ mod tests {
             }
             assert!(buf.is_empty());
         }
+        let (head, payload) = FromWorker::Started(u64::MAX).encode_parts();
+        let mut buf = BytesMut::from(&head[..]);
+        buf.put_slice(&payload);
+        assert!(matches!(
+            FromWorker::decode(&mut buf).unwrap(),
+            Some(FromWorker::Started(u64::MAX))
+        ));
+        assert!(buf.is_empty());
     }
 
     #[test]

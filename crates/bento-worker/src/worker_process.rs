@@ -291,6 +291,9 @@ fn start<W: Write + Send + 'static>(
         .name(format!("instance-{id}"))
         .stack_size(INSTANCE_THREAD_STACK)
         .spawn(move || {
+            // First thing, before any work of the function's: how late this
+            // thread got to run is the pool's measure of overload.
+            outbox_for_thread.send(&FromWorker::Started(id));
             let call = match request.call {
                 StartCall::Check => Ok(None),
                 StartCall::Entry { entry, args_json } => Ok(Some(Call::Entry { entry, args_json })),
