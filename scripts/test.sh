@@ -20,7 +20,8 @@ scripts/setup-eval.sh >"$eval_log" 2>&1 &
 eval_pid=$!
 trap 'kill "$eval_pid" 2>/dev/null || true; rm -f "$eval_log"' EXIT
 export BENTO_RUNTIME=$PWD/.cache/runtime/bento-python.cwasm
-cargo test --workspace "$@"
+# --no-fail-fast: a failing crate must not hide the results of the rest.
+cargo test --workspace --no-fail-fast "$@"
 # Its own tests: the classifiers on simulated traces, the corpus, the
 # trace parser.
 eval_status=0
