@@ -296,9 +296,22 @@ impl TestBox {
 
     /// Store, invoke, attach and read everything: (output, how it ended).
     pub async fn run(&self, source: &str, args_json: &str) -> (Vec<u8>, Result<(), ClientError>) {
-        let token = self.store(source).await;
-        let session = self.invoke(&token, args_json).await;
-        self.read_all(&session).await
+        self.try_run(source, args_json).await.unwrap()
+    }
+
+    /// Like [`Self::run`], but a refused store or invoke is returned too.
+    pub async fn try_run(
+        &self,
+        source: &str,
+        args_json: &str,
+    ) -> Result<(Vec<u8>, Result<(), ClientError>), ClientError> {
+        let (_, token) = self.connect().await.store("test.py", source).await?;
+        let session = self
+            .connect()
+            .await
+            .invoke(&token, "main", args_json)
+            .await?;
+        Ok(self.read_all(&session).await)
     }
 
     pub async fn read_all(&self, session: &SessionToken) -> (Vec<u8>, Result<(), ClientError>) {
@@ -319,19 +332,14 @@ impl TestBox {
     pub async fn assert_serves_hello(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let source = "def main(name):\n    api.send('hello ' + name)\n";
             // Store and invoke may be refused too (overloaded), not only the
             // session.
-            let answer = async {
-                let (_, token) = self.connect().await.store("test.py", source).await?;
-                let session = self
-                    .connect()
-                    .await
-                    .invoke(&token, "main", "[\"next user\"]")
-                    .await?;
-                Ok::<_, ClientError>(self.read_all(&session).await)
-            }
-            .await;
+            let answer = self
+                .try_run(
+                    "def main(name):\n    api.send('hello ' + name)\n",
+                    "[\"next user\"]",
+                )
+                .await;
             let (out, result) = match answer {
                 Ok(ran) => ran,
                 Err(e) => (Vec::new(), Err(e)),

@@ -675,18 +675,16 @@ async fn read_from_worker(
     tracing::warn!(slot, %reason, ?status, "sandbox worker died; its sessions fail and it is respawned");
     *lock_slot(&inner, slot) = None;
     let orphans: Vec<_> = lock_map(&instances).drain().collect();
-    let orphans: Vec<_> = {
+    {
         let mut admission = inner.admission();
-        orphans
-            .into_iter()
-            .map(|(id, tracked)| {
-                admission.forget(id);
-                tracked.events
-            })
-            .collect()
-    };
-    for events in orphans {
-        events.on_event(InstanceEvent::Finished(InstanceOutcome::WorkerCrashed));
+        for (id, _) in &orphans {
+            admission.forget(*id);
+        }
+    }
+    for (_, tracked) in orphans {
+        tracked
+            .events
+            .on_event(InstanceEvent::Finished(InstanceOutcome::WorkerCrashed));
     }
     respawn(inner, slot);
 }
