@@ -467,6 +467,12 @@ impl Session {
                 });
             }
             state.attach_generation += 1;
+            // The end counts as delivered only once this attachment sends
+            // it: an earlier attachment may have been sent the End and
+            // detached before reading it, and this one's Ack of the last
+            // byte must not make the box forget the session (closing the
+            // connection) before it has sent its own End.
+            state.end_delivered = false;
             (state.attach_generation, start)
         };
         // Wake a previous attachment so it sees it was taken over.
@@ -770,6 +776,24 @@ mod tests {
         let state = s.lock();
         assert!(state.taken_over(first));
         assert!(!state.taken_over(second));
+    }
+
+    #[test]
+    fn an_end_sent_to_an_earlier_attachment_does_not_count_for_the_next_one() {
+        let s = session();
+        s.output(Bytes::from_static(b"hello"));
+        s.attach(None).unwrap();
+        // The first attachment was sent everything and the End, but its
+        // client detached having read (and acknowledged) nothing.
+        s.end_delivered();
+        s.attach(None).unwrap();
+        assert!(s.acknowledge(5));
+        assert!(
+            !s.lock().fully_delivered(),
+            "the new attachment acknowledged every byte but has not been sent the End"
+        );
+        s.end_delivered();
+        assert!(s.lock().fully_delivered());
     }
 
     #[test]
