@@ -2,11 +2,12 @@
 //! no-new-privileges, the box says which layers are on, and jailed workers
 //! still run functions (the capability, hostile, session and browser tests
 //! run under the same jail). What the jail forbids is tested syscall by
-//! syscall in crates/bento-worker/tests/jail.rs.
+//! syscall in crates/bento-worker/tests/jail.rs. Workers also run below
+//! the server's CPU priority.
 
 use std::time::{Duration, Instant};
 
-use crate::harness::TestBox;
+use crate::harness::{BENTO, TestBox};
 
 /// `Name:\tvalue` from /proc/PID/status.
 fn proc_status(pid: u32, name: &str) -> String {
@@ -68,4 +69,80 @@ async fn no_worker_jail_runs_workers_unjailed_and_warns() {
         log.contains("worker jail: off (--no-worker-jail)"),
         "no warning in the log:\n{log}"
     );
+}
+
+/// The nice value of every thread of process `pid`, from
+/// /proc/PID/task/TID/stat (field 19).
+fn thread_nice_values(pid: u32) -> Vec<i64> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.unwrap().path().join("stat")).ok())
+        .map(|stat| {
+            // Counted after the parenthesised command name (field 2).
+            let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+            after_name.split(' ').nth(16).unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+/// Start a session that waits in `api.recv()` (so its instance thread is
+/// alive), and return its attachment once the function has said so.
+async fn waiting_session(test_box: &TestBox) -> bento_client::Attachment {
+    let token = test_box
+        .store("def main():\n    api.send('waiting')\n    api.recv()\n")
+        .await;
+    let session = test_box.invoke(&token, "[]").await;
+    let mut attachment = test_box
+        .connect()
+        .await
+        .attach(&session, None)
+        .await
+        .unwrap();
+    let first = attachment.next().await.unwrap().unwrap();
+    assert_eq!(&first[..], b"waiting");
+    attachment
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_and_their_instance_threads_run_below_the_servers_priority() {
+    // The default: nice 10 for every thread of every worker, the running
+    // instance's included; the server keeps its own priority.
+    let test_box = TestBox::start(&["--workers", "1"]);
+    let _session = waiting_session(&test_box).await;
+    let server = thread_nice_values(test_box.pid());
+    assert!(server.iter().all(|&n| n == 0), "server threads: {server:?}");
+    for pid in workers(&test_box).await {
+        let threads = thread_nice_values(pid);
+        // The main thread, the prewarming thread and at least the waiting
+        // instance's thread.
+        assert!(threads.len() >= 3, "worker {pid}: {threads:?}");
+        assert!(
+            threads.iter().all(|&n| n == 10),
+            "worker {pid}: {threads:?}"
+        );
+    }
+    test_box.assert_serves_hello().await;
+
+    // --worker-nice sets it; 0 runs functions at the server's priority.
+    for (nice, expected) in [("3", 3), ("0", 0)] {
+        let test_box = TestBox::start(&["--workers", "1", "--worker-nice", nice]);
+        let _session = waiting_session(&test_box).await;
+        for pid in workers(&test_box).await {
+            let threads = thread_nice_values(pid);
+            assert!(
+                threads.iter().all(|&n| n == expected),
+                "--worker-nice {nice}: worker {pid}: {threads:?}"
+            );
+        }
+        test_box.assert_serves_hello().await;
+    }
+
+    // Beyond what Linux allows is refused before the box starts.
+    let refused = std::process::Command::new(BENTO)
+        .args(["serve", "--worker-nice", "20"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--worker-nice"), "{stderr}");
 }

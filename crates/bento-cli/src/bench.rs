@@ -340,6 +340,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         // sessions started at once), which overload control would refuse
         // in part.
         overload_target_ms: 0,
+        // What an operator runs: functions below the server's priority.
+        worker_nice: 10,
         max_connections: Some(4096),
         // The benchmark counts running instances, which only the
         // operator's endpoint tells.

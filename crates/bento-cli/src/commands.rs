@@ -20,8 +20,12 @@ pub fn worker(
     jail: Option<PathBuf>,
     prewarm: usize,
     channel_key: Option<&Path>,
+    nice: u8,
 ) -> anyhow::Result<ExitCode> {
     use std::os::fd::AsFd;
+    // First, before any thread starts: every thread inherits it.
+    bento_worker::lower_worker_priority(nice)
+        .with_context(|| format!("cannot lower the worker's priority to nice {nice}"))?;
     let runtime = bento_sandbox::PythonRuntime::load_precompiled(runtime)?;
     // Before the jail, which leaves the worker no access to the data
     // directory.

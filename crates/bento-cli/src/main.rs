@@ -276,6 +276,9 @@ enum Command {
         /// offers no sealed channel.
         #[arg(long)]
         channel_key: Option<PathBuf>,
+        /// Nice value of the worker's threads (0 = the server's priority).
+        #[arg(long, default_value_t = 0)]
+        nice: u8,
     },
 }
 
@@ -407,11 +410,13 @@ fn main() -> ExitCode {
             no_jail,
             prewarm,
             channel_key,
+            nice,
         } => commands::worker(
             &runtime,
             (!no_jail).then_some(storage_dir),
             prewarm,
             channel_key.as_deref(),
+            nice,
         ),
         Command::Runtime(RuntimeCommand::Precompile { wasm, out }) => {
             commands::precompile(&wasm, &out)

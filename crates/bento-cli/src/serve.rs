@@ -132,6 +132,11 @@ pub struct ServeArgs {
     /// late.
     #[arg(long, default_value_t = 50)]
     pub overload_target_ms: u64,
+    /// Nice value of the sandbox workers (0-19): functions get the CPU
+    /// only after the server (which answers and refuses clients) and the
+    /// relay; 0 runs them at the server's priority.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=i64::from(bento_worker::MAX_WORKER_NICE)))]
+    pub worker_nice: u8,
     /// Most client connections at once, over all listeners; beyond it a
     /// new connection is refused (too_many_connections) and closed
     /// [policy: box.max_connections, default 4096; this option wins].
@@ -185,6 +190,9 @@ impl ServeArgs {
                 ];
                 if self.no_worker_jail {
                     args.push("--no-jail".into());
+                }
+                if self.worker_nice > 0 {
+                    args.extend(["--nice".into(), self.worker_nice.to_string()]);
                 }
                 args
             },
