@@ -25,7 +25,7 @@ pub fn worker(
     use std::os::fd::AsFd;
     // First, before any thread starts: every thread inherits it.
     bento_worker::lower_worker_priority(nice)
-        .with_context(|| format!("cannot lower the worker's priority to nice {nice}"))?;
+        .with_context(|| format!("cannot lower the worker's priority by {nice} nice levels"))?;
     let runtime = bento_sandbox::PythonRuntime::load_precompiled(runtime)?;
     // Before the jail, which leaves the worker no access to the data
     // directory.

@@ -276,7 +276,7 @@ enum Command {
         /// offers no sealed channel.
         #[arg(long)]
         channel_key: Option<PathBuf>,
-        /// Nice value of the worker's threads (0 = the server's priority).
+        /// Nice levels below the server's priority (0 = the same).
         #[arg(long, default_value_t = 0)]
         nice: u8,
     },

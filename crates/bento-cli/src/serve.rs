@@ -132,9 +132,10 @@ pub struct ServeArgs {
     /// late.
     #[arg(long, default_value_t = 50)]
     pub overload_target_ms: u64,
-    /// Nice value of the sandbox workers (0-19): functions get the CPU
-    /// only after the server (which answers and refuses clients) and the
-    /// relay; 0 runs them at the server's priority.
+    /// How many nice levels the sandbox workers run below the server
+    /// (0-19, the result clamped at nice 19): functions get the CPU only
+    /// after the server (which answers and refuses clients) and the relay;
+    /// 0 runs them at the server's priority.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=i64::from(bento_worker::MAX_WORKER_NICE)))]
     pub worker_nice: u8,
     /// Most client connections at once, over all listeners; beyond it a

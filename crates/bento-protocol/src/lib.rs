@@ -24,7 +24,8 @@ mod token;
 
 pub use error_code::{ErrorCode, ErrorKind};
 pub use frame::{
-    Frame, FrameDecoder, FrameType, ProtocolError, encode_data_header, reserve_for_read,
+    Frame, FrameDecoder, FrameType, ProtocolError, encode_data_header, reserve_for_next_frame,
+    reserve_for_read,
 };
 pub use token::{
     FunctionId, InvokeToken, ServiceToken, SessionToken, TOKEN_BYTES, TokenParseError,

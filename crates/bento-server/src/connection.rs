@@ -137,7 +137,7 @@ impl Conn {
                 Some(started) => crate::config::frame_deadline(started, timeout, self.buf.len()),
                 None => idle_until,
             };
-            bento_protocol::reserve_for_read(&mut self.buf);
+            bento_protocol::reserve_for_next_frame(&mut self.buf);
             let read =
                 tokio::time::timeout_at(deadline.into(), self.reader.read_buf(&mut self.buf)).await;
             match read {
@@ -487,7 +487,7 @@ impl Conn {
                     None => break,
                 }
             }
-            bento_protocol::reserve_for_read(&mut self.buf);
+            bento_protocol::reserve_for_next_frame(&mut self.buf);
             tokio::select! {
                 event = events.recv() => match event {
                     Some(ChannelEvent::Output(data)) => {
@@ -703,7 +703,7 @@ impl Conn {
                 .partial_since
                 .map(|started| crate::config::frame_deadline(started, timeout, self.buf.len()));
             let shaper_wakeup = shaper.as_ref().and_then(OutputShaper::next_wakeup);
-            bento_protocol::reserve_for_read(&mut self.buf);
+            bento_protocol::reserve_for_next_frame(&mut self.buf);
             tokio::select! {
                 _ = &mut changed => {}
                 () = sleep_until(shaper_wakeup), if shaper_wakeup.is_some() => {}
@@ -729,7 +729,7 @@ impl Conn {
 
     /// Read whatever the client has already sent, without waiting.
     async fn poll_client_now(&mut self) -> Result<bool, Close> {
-        bento_protocol::reserve_for_read(&mut self.buf);
+        bento_protocol::reserve_for_next_frame(&mut self.buf);
         match futures_poll_once(self.reader.read_buf(&mut self.buf)).await {
             Some(Ok(0)) => Err(Close(None)),
             Some(Ok(_)) => Ok(true),

@@ -6,19 +6,22 @@
 /// The largest nice value Linux accepts.
 pub const MAX_WORKER_NICE: u8 = 19;
 
-/// Raise the calling thread's nice value to `nice` (0 = unchanged).
-/// Linux keeps the value per thread and every thread created afterwards
-/// inherits it, so the worker calls this first, before it starts any
-/// thread. Raising one's own nice value needs no privilege.
-pub fn lower_worker_priority(nice: u8) -> std::io::Result<()> {
-    if nice == 0 {
+/// Lower the calling thread's priority by `levels` nice levels (0 =
+/// unchanged), relative to what it inherited from the server and clamped at
+/// [`MAX_WORKER_NICE`]. Linux keeps the nice value per thread and every
+/// thread created afterwards inherits it, so the worker calls this first,
+/// before it starts any thread. Only raising the nice value is asked for,
+/// which needs no privilege.
+pub fn lower_worker_priority(levels: u8) -> std::io::Result<()> {
+    if levels == 0 {
         return Ok(());
     }
-    let nice = nice.min(MAX_WORKER_NICE);
+    let target = (thread_nice()? + i64::from(levels)).min(i64::from(MAX_WORKER_NICE));
+    let target = libc::c_int::try_from(target).map_err(std::io::Error::other)?;
     // SAFETY: setpriority only reads its integer arguments; `who` = 0 is
     // the calling thread on Linux.
     #[allow(unsafe_code)]
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, libc::c_int::from(nice)) };
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, target) };
     if rc == 0 {
         Ok(())
     } else {
@@ -26,31 +29,44 @@ pub fn lower_worker_priority(nice: u8) -> std::io::Result<()> {
     }
 }
 
+/// The calling thread's nice value, from /proc (getpriority's -1 would be
+/// ambiguous without errno).
+fn thread_nice() -> std::io::Result<i64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
+    // Field 19, counted after the parenthesised command name (field 2).
+    stat.rfind(')')
+        .and_then(|end| stat.get(end + 2..))
+        .and_then(|rest| rest.split(' ').nth(16))
+        .and_then(|field| field.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::other("cannot read the nice value from /proc/thread-self/stat")
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The calling thread's nice value, from /proc.
-    fn own_nice() -> i64 {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-        // Field 19 (nice), counted after the parenthesised command name.
-        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-        after_name.split(' ').nth(16).unwrap().parse().unwrap()
-    }
-
     #[test]
-    fn the_nice_value_applies_to_the_calling_thread_and_the_threads_it_starts_later() {
+    fn the_priority_drops_by_the_levels_asked_for_and_later_threads_inherit_it() {
         std::thread::spawn(|| {
-            let before = own_nice();
+            let before = thread_nice().unwrap();
             lower_worker_priority(0).unwrap();
-            assert_eq!(own_nice(), before, "0 leaves the priority alone");
-            lower_worker_priority(7).unwrap();
-            assert_eq!(own_nice(), 7);
-            let child = std::thread::spawn(own_nice).join().unwrap();
-            assert_eq!(child, 7, "a thread started afterwards inherits it");
-            // Over the kernel's maximum is clamped, not an error.
+            assert_eq!(
+                thread_nice().unwrap(),
+                before,
+                "0 leaves the priority alone"
+            );
+            lower_worker_priority(3).unwrap();
+            let lowered = (before + 3).min(i64::from(MAX_WORKER_NICE));
+            assert_eq!(thread_nice().unwrap(), lowered);
+            let child = std::thread::spawn(|| thread_nice().unwrap())
+                .join()
+                .unwrap();
+            assert_eq!(child, lowered, "a thread started afterwards inherits it");
+            // Past the kernel's maximum is clamped, not an error.
             lower_worker_priority(200).unwrap();
-            assert_eq!(own_nice(), i64::from(MAX_WORKER_NICE));
+            assert_eq!(thread_nice().unwrap(), i64::from(MAX_WORKER_NICE));
         })
         .join()
         .unwrap();
