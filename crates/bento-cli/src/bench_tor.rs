@@ -47,7 +47,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// A percentile of sorted durations, in milliseconds.
 fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
-    crate::latency::ms(crate::latency::percentile(sorted, p))
+    bento_bench::latency::ms(bento_bench::latency::percentile(sorted, p))
 }
 
 /// The raw service: one byte `e` then echo, or `s` + 8-byte count then

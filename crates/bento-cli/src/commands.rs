@@ -202,7 +202,7 @@ pub async fn dispatch(
     let target = target(&target_args);
     match command {
         Command::Serve(args) => crate::serve::serve(*args).await,
-        Command::Doctor(args) => crate::doctor::run(&args).await,
+        Command::Doctor(args) => crate::doctor_cmd::run(&args).await,
         Command::Testnet(command) => match command {
             TestnetCommand::Up(args) => crate::testnet_cmd::up(args).await,
             TestnetCommand::Status { dir, json } => crate::testnet_cmd::status(&dir.path(), json),
@@ -212,7 +212,7 @@ pub async fn dispatch(
                 Ok(ExitCode::SUCCESS)
             }
         },
-        Command::Bench(args) => bench_dispatch(args).await,
+        Command::Bench(args) => crate::bench_cmd::run(args).await,
         Command::Store {
             file,
             manifest,
@@ -471,23 +471,6 @@ pub async fn dispatch(
 
 fn unreachable_command() -> anyhow::Result<ExitCode> {
     bail!("this command does not run inside the async runtime")
-}
-
-async fn bench_dispatch(args: crate::bench::BenchArgs) -> anyhow::Result<ExitCode> {
-    let clean = match args.mode.clone() {
-        Some(crate::BenchMode::Soak(soak)) => crate::bench_soak::run(soak).await?,
-        Some(crate::BenchMode::Load(load)) => crate::bench_load::run(load).await?,
-        Some(crate::BenchMode::Crash(crash)) => crate::bench_crash::run(crash).await?,
-        None => {
-            crate::bench::run(args).await?;
-            true
-        }
-    };
-    Ok(if clean {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }
 
 /// Forward stdin to a service channel, write what the function sends to stdout.

@@ -13,6 +13,7 @@
 //! unacknowledged bytes again on re-attach, so nothing is lost.
 
 mod attest;
+pub mod discovery;
 mod sealed;
 mod socks;
 
