@@ -1,12 +1,13 @@
-//! Bento's benchmarks: measure a box started for the purpose, and soak,
-//! load and crash it.
+//! Bento's benchmarks: measure a box started for the purpose (alone, or
+//! beside a relay of a private Tor network), and soak, load and crash it.
 //!
-//! `bento bench` parses its options and calls one of these; each run
-//! starts its own box (in this process for [`figures`], as a `bento serve`
-//! child process for [`soak`], [`load`] and [`crash`], so that the box's
-//! own file descriptors, threads and memory can be read from `/proc`),
-//! writes its report to the writer it is given (progress goes to stderr)
-//! and returns whether the run was clean. Nothing here asserts on time:
+//! `bento bench` and `bento testnet bench` parse their options and call one
+//! of these; each run starts its own box (in this process for [`figures`],
+//! as a `bento serve` child process for [`soak`], [`load`] and [`crash`],
+//! so that the box's own file descriptors, threads and memory can be read
+//! from `/proc`, and beside a relay of a private Tor network of its own for
+//! [`tor`]), writes its report to the writer it is given (progress goes
+//! to stderr) and returns whether the run was clean. Nothing here asserts on time:
 //! the figures are reported, medians and tail percentiles, and compared
 //! with a saved baseline only on request (docs/benchmarks.md).
 
@@ -34,6 +35,7 @@ pub mod latency;
 pub mod load;
 mod process;
 pub mod soak;
+pub mod tor;
 
 use bento_client::ClientError;
 
@@ -46,6 +48,12 @@ pub enum Error {
     /// Reaching the measured box, or one of its answers, failed.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// Tor failed: the private network, a ControlPort, a SOCKS stream.
+    #[error(transparent)]
+    Tor(#[from] bento_tor::TorError),
+    /// The box beside the private network's relay could not be started.
+    #[error(transparent)]
+    Boxes(#[from] bento_testnet::boxes::BoxesError),
     /// One step of a measured session failed at the box; `doing` says
     /// which (detaching, attaching again, reading).
     #[error("{doing}")]

@@ -207,10 +207,7 @@ pub async fn dispatch(
             TestnetCommand::Up(args) => crate::testnet_cmd::up(args).await,
             TestnetCommand::Status { dir, json } => crate::testnet_cmd::status(&dir.path(), json),
             TestnetCommand::Down { dir } => crate::testnet_cmd::down(&dir.path()),
-            TestnetCommand::Bench(args) => {
-                crate::bench_tor::run(args).await?;
-                Ok(ExitCode::SUCCESS)
-            }
+            TestnetCommand::Bench(args) => crate::testnet_cmd::bench(args).await,
         },
         Command::Bench(args) => crate::bench_cmd::run(args).await,
         Command::Store {

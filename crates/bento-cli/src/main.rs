@@ -6,7 +6,6 @@
 
 mod attest_cmd;
 mod bench_cmd;
-mod bench_tor;
 mod boxes_cmd;
 mod browse_cmd;
 mod commands;
@@ -318,7 +317,7 @@ pub(crate) enum TestnetCommand {
     /// round trip and throughput of a raw Tor stream vs a Bento session
     /// beside the same relay, and the time to bring the network up and to
     /// publish an onion service.
-    Bench(bench_tor::TorBenchArgs),
+    Bench(testnet_cmd::TorBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -368,7 +368,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let owner_gone = async {
         match args.exit_with_pid {
             Some(pid) => {
-                while crate::testnet_cmd::pid_alive(pid) {
+                while bento_testnet::boxes::pid_alive(pid) {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
