@@ -167,6 +167,7 @@ fn sandbox_alone(
     n: usize,
 ) -> Result<(Vec<Duration>, Vec<Duration>), Error> {
     use bento_sandbox::{Call, DiscardedSession, Job, PythonRuntime, SessionIo};
+    use bento_worker_contract::InstanceOutcome;
     let runtime = PythonRuntime::load_precompiled(runtime)
         .map_err(setup_error("cannot load the runtime for the sandbox alone"))?;
     let job = Job {
@@ -179,7 +180,10 @@ fn sandbox_alone(
         limits: bento_policy::InstanceLimits::default(),
         grant: bento_policy::Grant::default(),
     };
-    let failed = |failure| Error::Run(format!("the sandbox run failed: {failure:?}"));
+    let returned = |outcome: InstanceOutcome| match outcome {
+        InstanceOutcome::Returned => Ok(()),
+        failure => Err(Error::Run(format!("the sandbox run failed: {failure:?}"))),
+    };
     let (mut fresh, mut prepared) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n + 20 {
         let io = || {
@@ -190,7 +194,7 @@ fn sandbox_alone(
             )
         };
         let started = Instant::now();
-        runtime.run(&job, io()).map_err(failed)?;
+        returned(runtime.run(&job, io()))?;
         let fresh_time = started.elapsed();
         let instance = runtime.prepare().map_err(setup_error(
             "cannot prepare an instance for the sandbox alone",
@@ -199,7 +203,7 @@ fn sandbox_alone(
         let (outcome, spent) = runtime.run_prepared(instance, &job, io());
         let prepared_time = started.elapsed();
         drop(spent);
-        outcome.map_err(failed)?;
+        returned(outcome)?;
         if i >= 20 {
             fresh.push(fresh_time);
             prepared.push(prepared_time);
