@@ -226,19 +226,7 @@ impl Bench {
 
     /// Invoke and read the session to its end; returns bytes received.
     async fn invoke_to_end(&self, token: &InvokeToken, args: &str) -> Result<u64, Error> {
-        let mut conn = Connection::connect(&self.target).await?;
-        let session = conn.invoke(token, "main", args).await?;
-        drop(conn);
-        let mut attachment = Connection::connect(&self.target)
-            .await?
-            .attach(&session, None)
-            .await?;
-        let mut received = 0u64;
-        while let Some(data) = attachment.next().await? {
-            received += data.len() as u64;
-        }
-        attachment.close().await;
-        Ok(received)
+        crate::invoke_to_end(&self.target, token, args).await
     }
 }
 

@@ -114,6 +114,30 @@ impl Error {
     }
 }
 
+/// Invoke `token`'s `main(*args)` on one connection, attach on another
+/// and read the session to its end; returns the bytes received.
+async fn invoke_to_end(
+    target: &bento_client::Target,
+    token: &bento_protocol::InvokeToken,
+    args: &str,
+) -> Result<u64, Error> {
+    use bento_client::Connection;
+    let session = Connection::connect(target)
+        .await?
+        .invoke(token, "main", args)
+        .await?;
+    let mut attachment = Connection::connect(target)
+        .await?
+        .attach(&session, None)
+        .await?;
+    let mut received = 0u64;
+    while let Some(data) = attachment.next().await? {
+        received += data.len() as u64;
+    }
+    attachment.close().await;
+    Ok(received)
+}
+
 /// An [`Error::Step`] that says which step of a session failed.
 fn step(doing: &'static str) -> impl FnOnce(ClientError) -> Error {
     move |source| Error::Step { doing, source }

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::{Error, io_error, setup_error};
+use crate::{Error, invoke_to_end, io_error, setup_error};
 
 /// Options of the Tor benchmark (`bento testnet bench`; its `--help` says
 /// the defaults).
@@ -292,20 +292,8 @@ pub async fn run(args: TorOptions, out: &mut (dyn Write + Send)) -> Result<(), E
         raw_rates.push(bytes as f64 / t.elapsed().as_secs_f64() / 1e6);
 
         let t = Instant::now();
-        // A fresh connection: an idle one is closed after the read timeout.
-        let session = Connection::connect(&target)
-            .await?
-            .invoke(&source, "main", &format!("[{}]", args.mib))
-            .await?;
-        let mut attachment = Connection::connect(&target)
-            .await?
-            .attach(&session, None)
-            .await?;
-        let mut got = 0u64;
-        while let Some(data) = attachment.next().await? {
-            got += data.len() as u64;
-        }
-        attachment.close().await;
+        // Fresh connections: an idle one is closed after the read timeout.
+        let got = invoke_to_end(&target, &source, &format!("[{}]", args.mib)).await?;
         if got != bytes {
             fail!("the Bento session delivered {got} of {bytes} bytes");
         }
