@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use bento_client::any_session::{AnyAttachment, AnySessionToken, Upload};
 use bento_client::{Connection, Target};
 use bento_protocol::{InvokeToken, ServiceToken};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::exit::{EXIT_FUNCTION, EXIT_REQUEST, report};
-use crate::sealed_cmd::{AnyAttachment, AnySessionToken};
 use crate::{Command, TargetArgs, TestnetCommand};
 
 /// `bento worker`: load the runtime, jail the process (unless `jail` is
@@ -163,13 +163,6 @@ pub fn args_to_json(args: &[String]) -> String {
     serde_json::Value::Array(values).to_string()
 }
 
-/// A function to upload: its file name, source and manifest.
-struct Upload {
-    filename: String,
-    source: String,
-    manifest: String,
-}
-
 /// Read a function and its manifest: `manifest` if given, else the `.toml`
 /// next to the source if there is one, else none (the minimum).
 fn read_function(file: &Path, manifest: Option<&Path>) -> anyhow::Result<Upload> {
@@ -206,17 +199,14 @@ pub async fn dispatch(
     let target = target(&target_args);
     match command {
         Command::Serve(args) => crate::serve::serve(*args).await,
-        Command::Doctor(args) => crate::doctor::run(&args).await,
+        Command::Doctor(args) => crate::doctor_cmd::run(&args).await,
         Command::Testnet(command) => match command {
             TestnetCommand::Up(args) => crate::testnet_cmd::up(args).await,
             TestnetCommand::Status { dir, json } => crate::testnet_cmd::status(&dir.path(), json),
             TestnetCommand::Down { dir } => crate::testnet_cmd::down(&dir.path()),
-            TestnetCommand::Bench(args) => {
-                crate::bench_tor::run(args).await?;
-                Ok(ExitCode::SUCCESS)
-            }
+            TestnetCommand::Bench(args) => crate::testnet_cmd::bench(args).await,
         },
-        Command::Bench(args) => bench_dispatch(args).await,
+        Command::Bench(args) => crate::bench_cmd::run(args).await,
         Command::Store {
             file,
             manifest,
@@ -304,8 +294,7 @@ pub async fn dispatch(
             let token = InvokeToken::from_hex(&token)?;
             let result = async {
                 let mut conn = Connection::connect(&target).await?;
-                invoke_any(
-                    &mut conn,
+                conn.invoke_any(
                     channel_key.as_ref(),
                     &token,
                     &entry,
@@ -357,76 +346,15 @@ pub async fn dispatch(
         } => {
             let upload = read_function(&file, manifest.as_deref())?;
             let args_json = args_to_json(&args);
-            // Store (sealed or not), invoke: the path for a sealed run and
-            // for a box that predates `Run`.
-            let store_and_invoke = || async {
-                let mut conn = Connection::connect(&target).await?;
-                let token = match &channel_key {
-                    Some(key) => {
-                        conn.store_sealed(
-                            key,
-                            &upload.filename,
-                            &upload.source,
-                            &upload.manifest,
-                            None,
-                        )
-                        .await?
-                        .invoke_token
-                    }
-                    None => {
-                        conn.store_with_manifest(&upload.filename, &upload.source, &upload.manifest)
-                            .await?
-                            .1
-                    }
-                };
-                invoke_any(
-                    &mut conn,
-                    channel_key.as_ref(),
-                    &token,
-                    &entry,
-                    &args_json,
-                    defense,
-                )
-                .await
-            };
-            // Plain: one round trip; the box runs the source without
-            // storing it and this connection becomes the attachment.
-            // A shaped run asks for its defense with `Invoke` (`Run` has
-            // no defense field) and pads its own direction too.
-            let run = match (&channel_key, defense) {
-                (Some(_), _) | (None, Some(_)) => None,
-                (None, None) => Some(
-                    async {
-                        Connection::connect(&target)
-                            .await?
-                            .run(
-                                &upload.filename,
-                                &upload.source,
-                                &upload.manifest,
-                                &entry,
-                                &args_json,
-                            )
-                            .await
-                    }
-                    .await,
-                ),
-            };
-            let started = match run {
-                Some(Ok((session, service, attachment))) => Ok((
-                    AnySessionToken::Plain(session),
-                    service,
-                    Some(AnyAttachment::Plain(attachment)),
-                )),
-                // A box from before `Run` does not know the frame.
-                Some(Err(bento_client::ClientError::Remote {
-                    code: bento_protocol::ErrorCode::MalformedFrame,
-                    ..
-                }))
-                | None => store_and_invoke()
-                    .await
-                    .map(|(session, service)| (session, service, None)),
-                Some(Err(e)) => Err(e),
-            };
+            let started = bento_client::any_session::start_run(
+                &target,
+                channel_key.as_ref(),
+                &upload,
+                &entry,
+                &args_json,
+                defense,
+            )
+            .await;
             let (session, service, attachment) = match started {
                 Ok(started) => started,
                 Err(e) => return Ok(report(&e)),
@@ -477,23 +405,6 @@ fn unreachable_command() -> anyhow::Result<ExitCode> {
     bail!("this command does not run inside the async runtime")
 }
 
-async fn bench_dispatch(args: crate::bench::BenchArgs) -> anyhow::Result<ExitCode> {
-    let clean = match args.mode.clone() {
-        Some(crate::BenchMode::Soak(soak)) => crate::bench_soak::run(soak).await?,
-        Some(crate::BenchMode::Load(load)) => crate::bench_load::run(load).await?,
-        Some(crate::BenchMode::Crash(crash)) => crate::bench_crash::run(crash).await?,
-        None => {
-            crate::bench::run(args).await?;
-            true
-        }
-    };
-    Ok(if clean {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
 /// Forward stdin to a service channel, write what the function sends to stdout.
 async fn connect_service(target: &Target, service: &ServiceToken) -> anyhow::Result<ExitCode> {
     let channel = match Connection::connect(target).await {
@@ -538,32 +449,6 @@ async fn connect_service(target: &Target, service: &ServiceToken) -> anyhow::Res
     match result {
         Ok(code) => Ok(code),
         Err(e) => Ok(report(&e)),
-    }
-}
-
-/// Start a session, sealed to `channel_key` when given, else shaped by
-/// `defense` when given (the two are never asked for together: see
-/// `sealed_cmd::cannot_shape_sealed`): the session token (sealed ones
-/// carry their secret) and the service token, if any.
-async fn invoke_any(
-    conn: &mut Connection,
-    channel_key: Option<&[u8; 32]>,
-    token: &InvokeToken,
-    entry: &str,
-    args_json: &str,
-    defense: Option<bento_client::Defense>,
-) -> Result<(AnySessionToken, Option<ServiceToken>), bento_client::ClientError> {
-    match channel_key {
-        Some(key) => {
-            let (session, service) = conn.invoke_sealed(key, token, entry, args_json).await?;
-            Ok((AnySessionToken::Sealed(Box::new(session)), service))
-        }
-        None => {
-            let (session, service) = conn
-                .invoke_with_defense(token, entry, args_json, defense)
-                .await?;
-            Ok((AnySessionToken::Plain(session), service))
-        }
     }
 }
 

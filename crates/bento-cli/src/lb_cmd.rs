@@ -187,8 +187,8 @@ fn summarise(args: &LoadArgs, outcomes: &[Outcome], elapsed: Duration) -> ExitCo
     let mut latencies: Vec<Duration> = ok.iter().map(|o| o.latency).collect();
     latencies.sort();
     let overall = bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9);
-    let p50 = crate::latency::percentile(&latencies, 0.5).as_secs_f64();
-    let p90 = crate::latency::percentile(&latencies, 0.9).as_secs_f64();
+    let p50 = bento_bench::latency::percentile(&latencies, 0.5).as_secs_f64();
+    let p90 = bento_bench::latency::percentile(&latencies, 0.9).as_secs_f64();
     if args.json {
         let first_failures: Vec<&str> = failures.iter().take(10).map(|f| f.message()).collect();
         out_line(

@@ -5,19 +5,14 @@
 //! box it starts itself. `bento worker` is internal: the box starts it.
 
 mod attest_cmd;
-mod bench;
-mod bench_crash;
-mod bench_load;
-mod bench_soak;
-mod bench_tor;
+mod bench_cmd;
 mod boxes_cmd;
 mod browse_cmd;
 mod commands;
 mod cover_cmd;
-mod doctor;
+mod doctor_cmd;
 mod drop_cmd;
 mod exit;
-mod latency;
 mod lb_cmd;
 mod proxy_cmd;
 mod runtime_path;
@@ -245,7 +240,7 @@ enum Command {
     Attest(attest_cmd::AttestArgs),
     /// Measure a box started for the purpose: invocation latency, output
     /// throughput, echo round trip, memory of waiting sessions.
-    Bench(bench::BenchArgs),
+    Bench(bench_cmd::BenchArgs),
     /// Manage the Python runtime component.
     #[command(subcommand)]
     Runtime(RuntimeCommand),
@@ -288,15 +283,15 @@ pub(crate) enum BenchMode {
     /// Many invocations against one box (its own `bento serve` process),
     /// sampling the server's and workers' open fds, threads and RSS; prints
     /// the curve and whether each figure is flat or growing.
-    Soak(bench_soak::SoakArgs),
+    Soak(bench_cmd::SoakArgs),
     /// Many concurrent clients storing, invoking, detaching and killing
     /// against one box, every session's output checked by hash, with a
     /// probe timing a new user's answer throughout.
-    Load(bench_load::LoadArgs),
+    Load(bench_cmd::LoadArgs),
     /// Kill -9 the box at random points during stores and sessions,
     /// restart it on the same data dir, and check that every stored
     /// function is intact or cleanly absent, never corrupt.
-    Crash(bench_crash::CrashArgs),
+    Crash(bench_cmd::CrashArgs),
 }
 
 /// `bento testnet …`.
@@ -325,7 +320,7 @@ pub(crate) enum TestnetCommand {
     /// round trip and throughput of a raw Tor stream vs a Bento session
     /// beside the same relay, and the time to bring the network up and to
     /// publish an onion service.
-    Bench(bench_tor::TorBenchArgs),
+    Bench(testnet_cmd::TorBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]

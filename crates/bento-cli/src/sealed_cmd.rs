@@ -5,11 +5,7 @@
 
 use std::process::ExitCode;
 
-use bento_client::{
-    Attachment, ClientError, Connection, SealedAttachment, SealedSessionToken, Target, TeeKind,
-};
-use bento_protocol::SessionToken;
-use bytes::Bytes;
+use bento_client::{ClientError, Connection, TeeKind};
 
 use crate::TargetArgs;
 use crate::exit::{EXIT_BOX, EXIT_REQUEST, report};
@@ -81,115 +77,5 @@ pub fn cannot_shape_sealed(command: &crate::Command) -> Option<&'static str> {
         } => Some("invoke --defense"),
         Command::Attach { pad: Some(_), .. } => Some("attach --pad"),
         _ => None,
-    }
-}
-
-/// A session token as the user wrote it: plain (64 hex digits) or sealed
-/// (128).
-pub enum AnySessionToken {
-    Plain(SessionToken),
-    Sealed(Box<SealedSessionToken>),
-}
-
-impl AnySessionToken {
-    pub fn parse(text: &str) -> anyhow::Result<Self> {
-        match SealedSessionToken::from_hex(text) {
-            Some(sealed) => Ok(Self::Sealed(Box::new(sealed))),
-            None => Ok(Self::Plain(SessionToken::from_hex(text)?)),
-        }
-    }
-
-    /// The box's session token (what `kill` sends).
-    pub fn session(&self) -> &SessionToken {
-        match self {
-            Self::Plain(token) => token,
-            Self::Sealed(token) => &token.session,
-        }
-    }
-
-    /// What to print to re-attach.
-    pub fn to_hex(&self) -> String {
-        match self {
-            Self::Plain(token) => token.to_hex(),
-            Self::Sealed(token) => token.to_hex(),
-        }
-    }
-}
-
-/// An attachment, sealed or not.
-pub enum AnyAttachment {
-    Plain(Attachment),
-    Sealed(Box<SealedAttachment>),
-}
-
-/// Its input side.
-pub enum AnyInput {
-    Plain(bento_client::InputSender),
-    Sealed(bento_client::SealedInputSender),
-}
-
-impl AnyInput {
-    pub async fn send(&self, data: Bytes) -> Result<(), ClientError> {
-        match self {
-            Self::Plain(input) => input.send(data).await,
-            Self::Sealed(input) => input.send(data).await,
-        }
-    }
-
-    pub async fn end(&self) -> Result<(), ClientError> {
-        match self {
-            Self::Plain(input) => input.end().await,
-            Self::Sealed(input) => input.end().await,
-        }
-    }
-}
-
-impl AnyAttachment {
-    /// Attach; a plain session may pad its own direction with `pad` (a
-    /// sealed one is never asked to: see [`cannot_shape_sealed`]).
-    pub async fn attach(
-        target: &Target,
-        token: &AnySessionToken,
-        from: Option<u64>,
-        pad: Option<bento_client::Defense>,
-    ) -> Result<Self, ClientError> {
-        let conn = Connection::connect(target).await?;
-        let padding = pad.map(|d| (d, bento_client::CLIENT_MAX_PADDING_BYTES));
-        match token {
-            AnySessionToken::Plain(token) => {
-                Ok(Self::Plain(conn.attach_shaped(token, from, padding).await?))
-            }
-            AnySessionToken::Sealed(token) => Ok(Self::Sealed(Box::new(
-                conn.attach_sealed(token, from).await?,
-            ))),
-        }
-    }
-
-    pub fn input(&self) -> AnyInput {
-        match self {
-            Self::Plain(a) => AnyInput::Plain(a.input()),
-            Self::Sealed(a) => AnyInput::Sealed(a.input()),
-        }
-    }
-
-    pub async fn next(&mut self) -> Result<Option<Bytes>, ClientError> {
-        match self {
-            Self::Plain(a) => a.next().await,
-            Self::Sealed(a) => a.next().await,
-        }
-    }
-
-    pub async fn detach(self) -> Result<u64, ClientError> {
-        match self {
-            Self::Plain(a) => a.detach().await,
-            Self::Sealed(a) => a.detach().await,
-        }
-    }
-
-    pub async fn close(self) {
-        match self {
-            Self::Plain(a) => a.close().await,
-            Self::Sealed(a) => a.close().await,
-        }
     }
 }

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use bento_policy::BoxPolicy;
 use bento_pool::WorkerPoolConfig;
 use bento_server::{Server, ServerConfig};
-use clap::Args;
+use clap::{Args, FromArgMatches};
 
 use crate::exit::read_text;
 use crate::runtime_path;
@@ -266,6 +266,14 @@ impl ServeArgs {
 }
 
 impl ServeArgs {
+    /// The options of `bento serve --data-dir DATA_DIR`: every other one
+    /// its default.
+    pub fn defaults(data_dir: &Path) -> anyhow::Result<Self> {
+        let argv = [std::ffi::OsStr::new("--data-dir"), data_dir.as_os_str()];
+        let matches = crate::serve_config::serve_command().try_get_matches_from(argv)?;
+        Ok(Self::from_arg_matches(&matches)?)
+    }
+
     /// The precompiled runtime: `--runtime`, else the default.
     pub fn runtime_path(&self) -> PathBuf {
         self.runtime
@@ -369,7 +377,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let owner_gone = async {
         match args.exit_with_pid {
             Some(pid) => {
-                while crate::testnet_cmd::pid_alive(pid) {
+                while bento_testnet::boxes::pid_alive(pid) {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }

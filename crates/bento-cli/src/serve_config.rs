@@ -30,7 +30,7 @@ const PATH_KEYS: &[&str] = &[
 const CONFIG_FLAG: &str = "config";
 
 /// The `serve` options as clap defines them.
-fn serve_command() -> clap::Command {
+pub(crate) fn serve_command() -> clap::Command {
     ServeArgs::augment_args(clap::Command::new("serve").no_binary_name(true))
 }
 

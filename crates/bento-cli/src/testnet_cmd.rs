@@ -6,12 +6,12 @@
 //! address outside 127.0.0.0/8.
 
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Instant;
 
-use anyhow::{Context, bail};
-use bento_client::{Connection, Target};
-use bento_testnet::{BoxEntry, Testnet, TestnetConfig, TestnetState};
+use anyhow::bail;
+use bento_testnet::boxes::{BoxOptions, announce_boxes, pid_alive, start_boxes};
+use bento_testnet::{Testnet, TestnetConfig};
 use clap::Args;
 
 use crate::runtime_path;
@@ -57,12 +57,25 @@ pub struct UpArgs {
     pub owner_pid: Option<u32>,
 }
 
+/// Options of `bento testnet bench`.
+#[derive(Debug, Clone, Args)]
+pub struct TorBenchArgs {
+    #[command(flatten)]
+    pub dir: DirArg,
+    /// MiB per throughput run (3 runs per path; medians reported).
+    #[arg(long, default_value_t = 16)]
+    pub mib: u64,
+    /// Round trips per RTT measurement.
+    #[arg(long, default_value_t = 200)]
+    pub round_trips: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 fn default_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.cache/testnet"))
 }
-
-/// How long a box may take to start and publish its onion service.
-const BOX_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn progress(step: &str) {
     eprintln!("[testnet] {step}");
@@ -102,15 +115,20 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let tor_secs = started.elapsed().as_secs_f64();
     progress(&format!("Tor network ready in {tor_secs:.1} s"));
     let mut state = net.into_state();
-    let mut result = start_boxes(&mut state, &args, &runtime).await;
+    let options = BoxOptions {
+        policies: args.policy.clone(),
+        runtime,
+        owner_pid: args.owner_pid,
+    };
+    let mut result = start_boxes(&mut state, &options, &mut show).await;
     if result.is_ok() && args.announce {
-        result = announce_boxes(&state).await;
+        result = announce_boxes(&state, &mut show).await;
     }
     // Record whatever started, so `down` can stop it even after a failure.
     state.save(&dir)?;
     if let Err(e) = result {
         let _ = Testnet::down(&state);
-        return Err(e);
+        return Err(e.into());
     }
     eprintln!(
         "[testnet] up in {:.1} s (Tor {tor_secs:.1} s); SOCKS {}; boxes:",
@@ -127,196 +145,18 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Start a box beside each box-host relay and wait until each answers
-/// through Tor; records them in `state`.
-pub(crate) async fn start_boxes(
-    state: &mut TestnetState,
-    args: &UpArgs,
-    runtime: &Path,
-) -> anyhow::Result<()> {
-    let hosts: Vec<_> = state.box_hosts().into_iter().cloned().collect();
-    let bento = std::env::current_exe().context("cannot find the bento binary")?;
-    let socks = state
-        .client_socks()
-        .context("the network has no client SocksPort")?;
-    let mut pending = Vec::new();
-    for (i, host) in hosts.iter().enumerate() {
-        let data_dir = state.dir.join("boxes").join(format!("box{i}"));
-        std::fs::create_dir_all(&data_dir)
-            .with_context(|| format!("cannot create {}", data_dir.display()))?;
-        let log_path = data_dir.join("serve.log");
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("cannot create {}", log_path.display()))?;
-        let mut command = std::process::Command::new(&bento);
-        command
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--workers", "1"])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--runtime")
-            .arg(runtime)
-            .arg("--tor-control")
-            .arg(host.control_addr().to_string());
-        if let Some(policy) = args.policy.get(i).or(args.policy.last()) {
-            command.arg("--policy").arg(policy);
-        }
-        if let Some(owner) = args.owner_pid {
-            command.args(["--exit-with-pid", &owner.to_string()]);
-        }
-        // Its own process group: a Ctrl-C meant for this command must not
-        // reach boxes that outlive it.
-        use std::os::unix::process::CommandExt;
-        command
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        let child = command.spawn().context("cannot start a box")?;
-        progress(&format!(
-            "box{i} started beside {} (pid {})",
-            host.nickname,
-            child.id()
-        ));
-        pending.push((i, child.id(), data_dir, log_path));
-    }
-    for (i, pid, data_dir, log_path) in pending {
-        let (listen, onion) = wait_for_box(&log_path, pid).await?;
-        progress(&format!(
-            "box{i} published {onion}; checking it through Tor"
-        ));
-        state.boxes.push(BoxEntry {
-            onion: onion.clone(),
-            listen,
-            pid,
-            data_dir,
-        });
-        reach_through_tor(&onion, socks).await?;
-    }
-    Ok(())
-}
-
-/// How long the announcements may take to reach the client: the relays'
-/// new descriptors wait for the next consensus (20 s voting interval), then
-/// the client fetches them.
-const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(240);
-
-/// Each box's relay announces the box in its ContactInfo; returns once the
-/// client's tor lists every announcement in the consensus.
-async fn announce_boxes(state: &TestnetState) -> anyhow::Result<()> {
-    // `start_boxes` starts box N beside box host N.
-    for (entry, host) in state.boxes.iter().zip(state.box_hosts()) {
-        let announcement = bento_tor::Announcement::parse(&entry.onion)
-            .with_context(|| format!("box {} has no valid onion address", entry.onion))?;
-        let contact = format!(
-            "{} {}",
-            bento_testnet::default_contact_info(&host.nickname),
-            announcement.contact_field()
-        );
-        host.set_contact_info(&contact).await?;
-        progress(&format!("{} announces {}", host.nickname, announcement));
-    }
-    let client = state
-        .nodes
-        .iter()
-        .find(|n| n.role == bento_testnet::NodeRole::Client)
-        .context("the network has no client")?;
-    let wanted: Vec<&str> = state.boxes.iter().map(|b| b.onion.as_str()).collect();
-    let deadline = Instant::now() + ANNOUNCE_TIMEOUT;
-    progress("waiting for the client to see the announcements (next consensus)");
-    loop {
-        let mut control =
-            bento_tor::TorControl::connect(&client.control_addr().to_string()).await?;
-        let listed: Vec<String> = control
-            .announcing_relays()
-            .await?
-            .into_iter()
-            .filter_map(|r| r.announcement.ok().map(|a| a.server()))
-            .collect();
-        if wanted.iter().all(|w| listed.iter().any(|l| l == w)) {
-            progress("every box is announced in the consensus");
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the client's tor lists {} of {} announced boxes after {} s",
-                wanted
-                    .iter()
-                    .filter(|w| listed.iter().any(|l| l == *w))
-                    .count(),
-                wanted.len(),
-                ANNOUNCE_TIMEOUT.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-}
-
-/// Read the box's log until it reports its address and a published onion
-/// service.
-async fn wait_for_box(log: &Path, pid: u32) -> anyhow::Result<(String, String)> {
-    let deadline = Instant::now() + BOX_TIMEOUT;
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let listen = field_after(&text, "bento box listening addr=");
-        let onion = text
-            .lines()
-            .find(|l| l.contains("onion service published"))
-            .and_then(|l| field_after(l, "onion="));
-        if let (Some(listen), Some(onion)) = (listen, onion) {
-            return Ok((listen, onion));
-        }
-        if !pid_alive(pid) || Instant::now() > deadline {
-            let tail: Vec<&str> = text.lines().rev().take(20).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!(
-                "a box did not publish its onion service{}; its log ({}):\n{}",
-                if pid_alive(pid) {
-                    " in time"
-                } else {
-                    " (it exited)"
-                },
-                log.display(),
-                tail.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn field_after(text: &str, marker: &str) -> Option<String> {
-    let start = text.find(marker)? + marker.len();
-    let value: String = text[start..]
-        .chars()
-        .take_while(|c| !c.is_whitespace())
-        .collect();
-    (!value.is_empty()).then_some(value)
-}
-
-/// A Bento handshake with the box through the client's SocksPort; retried
-/// while the client fetches the new descriptor.
-async fn reach_through_tor(onion: &str, socks: std::net::SocketAddr) -> anyhow::Result<()> {
-    let target = Target {
-        server: onion.to_owned(),
-        socks: Some(socks.to_string()),
+/// `bento testnet bench`: what Bento costs on top of Tor (`bento-bench`'s
+/// `tor`), on a network of its own.
+pub async fn bench(args: TorBenchArgs) -> anyhow::Result<ExitCode> {
+    let options = bento_bench::tor::TorOptions {
+        dir: args.dir.dir,
+        mib: args.mib,
+        round_trips: args.round_trips,
+        runtime: runtime_path::default_runtime(),
+        json: args.json,
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match tokio::time::timeout(Duration::from_secs(20), Connection::connect(&target)).await {
-            Ok(Ok(_)) => return Ok(()),
-            Ok(Err(e)) if Instant::now() > deadline => {
-                bail!("the box {onion} is not reachable through Tor: {e}")
-            }
-            Err(_) if Instant::now() > deadline => {
-                bail!("the box {onion} is not reachable through Tor (timed out)")
-            }
-            _ => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
-}
-
-/// Whether a process with this PID exists.
-pub(crate) fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    bento_bench::tor::run(options, &mut std::io::stdout()).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[allow(clippy::print_stdout)]

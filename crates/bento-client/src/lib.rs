@@ -12,7 +12,9 @@
 //! the box never sends it again. A client that stops in between gets the
 //! unacknowledged bytes again on re-attach, so nothing is lost.
 
+pub mod any_session;
 mod attest;
+pub mod discovery;
 mod sealed;
 mod socks;
 

@@ -277,51 +277,6 @@ impl InstanceHandle {
             .send(ToWorker::Session(self.id, event).encode());
     }
 
-    /// Deliver one client message.
-    pub fn input(&self, data: Bytes) {
-        self.send(SessionEvent::Input(data));
-    }
-
-    /// The client closed its input.
-    pub fn end_input(&self) {
-        self.send(SessionEvent::InputEnd);
-    }
-
-    /// Allow `bytes` more output.
-    pub fn grant_credit(&self, bytes: u64) {
-        self.send(SessionEvent::Credit(bytes));
-    }
-
-    /// Stop the instance.
-    pub fn kill(&self) {
-        self.send(SessionEvent::Kill);
-    }
-
-    /// A client connected to the instance's service as `channel`.
-    pub fn channel_open(&self, channel: u32) {
-        self.send(SessionEvent::ChannelOpen(channel));
-    }
-
-    /// Bytes from a channel's client.
-    pub fn channel_input(&self, channel: u32, data: Bytes) {
-        self.send(SessionEvent::ChannelInput(channel, data));
-    }
-
-    /// The channel's client ended its input; `gone`: and disconnected.
-    pub fn channel_end(&self, channel: u32, gone: bool) {
-        self.send(SessionEvent::ChannelEnd(channel, gone));
-    }
-
-    /// Answer onion-service request `request`.
-    pub fn onion_reply(&self, request: u32, result: Result<String, String>) {
-        self.send(SessionEvent::OnionReply(request, result));
-    }
-
-    /// The box passed `bytes` of the channel's output on to its client.
-    pub fn channel_credit(&self, channel: u32, bytes: u64) {
-        self.send(SessionEvent::ChannelCredit(channel, bytes));
-    }
-
     /// Kill the whole worker process running this instance (which fails
     /// all its instances) and replace it: for a worker that stopped
     /// enforcing limits or answering.

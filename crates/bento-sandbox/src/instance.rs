@@ -4,13 +4,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bento_policy::{Grant, InstanceLimits, Limit};
+use bento_worker_contract::InstanceOutcome;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::capabilities::Capabilities;
 use crate::engine::PythonRuntime;
-use crate::error::{Failure, SandboxError};
+use crate::error::SandboxError;
 use crate::host_error::HostError;
 use crate::memory::InstanceMemory;
 use crate::session_io::{DiscardedSession, SessionIo, SessionStdin, SessionStdout, StopReason};
@@ -51,9 +52,6 @@ pub enum Call {
     /// non-`None` result (the research prototype's protocol).
     Expression(String),
 }
-
-/// How an instance ended: `Ok` when the entry function returned.
-pub type Outcome = Result<(), Failure>;
 
 /// Host state of one instance.
 pub(crate) struct InstanceState {
@@ -486,11 +484,15 @@ impl PythonRuntime {
     }
 
     /// Run `job` in a fresh instance, on the calling thread, until the entry
-    /// function returns or a limit, kill or error ends it.
-    pub fn run(&self, job: &Job, io: Arc<SessionIo>) -> Outcome {
+    /// function returns or a limit, kill or error ends it. How it ended is
+    /// the worker contract's [`InstanceOutcome`], as the pipe carries it:
+    /// `Returned` when the entry function returned (the sandbox never makes
+    /// `WorkerCrashed`, which the pool does, or `SealRejected`, which the
+    /// worker does).
+    pub fn run(&self, job: &Job, io: Arc<SessionIo>) -> InstanceOutcome {
         match self.prepare() {
             Ok(prepared) => self.run_prepared(prepared, job, io).0,
-            Err(error) => Err(Failure::Trap(error.to_string())),
+            Err(error) => InstanceOutcome::Trap(error.to_string()),
         }
     }
 
@@ -503,7 +505,7 @@ impl PythonRuntime {
         prepared: PreparedInstance,
         job: &Job,
         io: Arc<SessionIo>,
-    ) -> (Outcome, SpentInstance) {
+    ) -> (InstanceOutcome, SpentInstance) {
         let PreparedInstance {
             mut store,
             instance,
@@ -512,11 +514,11 @@ impl PythonRuntime {
             Ok(()) => {}
             Err(BindError::Memory) => {
                 let failure = classify(&wasmtime::Error::msg("memory"), &io, &job.limits);
-                return (Err(failure), SpentInstance(store));
+                return (failure, SpentInstance(store));
             }
             Err(BindError::NotFresh) => {
-                let failure = Failure::Trap("the runtime's instance was not fresh".into());
-                return (Err(failure), SpentInstance(store));
+                let failure = InstanceOutcome::Trap("the runtime's instance was not fresh".into());
+                return (failure, SpentInstance(store));
             }
         }
         let result = match &job.call {
@@ -535,16 +537,16 @@ impl PythonRuntime {
         state.capabilities.close_all(&state.io, clean);
         state.capabilities = Capabilities::new(Grant::default());
         let outcome = match result {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(function_failure(error)),
-            Err(error) => Err(classify(&error, &io, &job.limits)),
+            Ok(Ok(())) => InstanceOutcome::Returned,
+            Ok(Err(error)) => function_failure(error),
+            Err(error) => classify(&error, &io, &job.limits),
         };
         (outcome, SpentInstance(store))
     }
 
     /// Compile `source` in a fresh instance without running it; the error
     /// is the Python `SyntaxError` text.
-    pub fn check(&self, source: &str, filename: &str) -> Outcome {
+    pub fn check(&self, source: &str, filename: &str) -> InstanceOutcome {
         let limits = InstanceLimits {
             wall_ms: 10_000,
             ..InstanceLimits::default()
@@ -562,21 +564,21 @@ impl PythonRuntime {
             instance,
         } = match self.prepare() {
             Ok(prepared) => prepared,
-            Err(error) => return Err(Failure::Trap(error.to_string())),
+            Err(error) => return InstanceOutcome::Trap(error.to_string()),
         };
         match Self::bind(&mut store, &io, &limits, Grant::default()) {
             Ok(()) => {}
             Err(BindError::Memory) => {
-                return Err(classify(&wasmtime::Error::msg("memory"), &io, &limits));
+                return classify(&wasmtime::Error::msg("memory"), &io, &limits);
             }
             Err(BindError::NotFresh) => {
-                return Err(Failure::Trap("the runtime's instance was not fresh".into()));
+                return InstanceOutcome::Trap("the runtime's instance was not fresh".into());
             }
         }
         match instance.call_check(&mut store, source, filename) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(Failure::Exception(message)),
-            Err(error) => Err(classify(&error, &io, &limits)),
+            Ok(Ok(())) => InstanceOutcome::Returned,
+            Ok(Err(message)) => InstanceOutcome::Exception(message),
+            Err(error) => classify(&error, &io, &limits),
         }
     }
 }
@@ -584,11 +586,13 @@ impl PythonRuntime {
 /// How a function that raised is reported: a capability refusal by the
 /// box's rules it left uncaught has its own failure (and error code), any
 /// other exception is an exception; both carry the traceback.
-fn function_failure(error: bento::runtime::types::FunctionError) -> Failure {
+fn function_failure(error: bento::runtime::types::FunctionError) -> InstanceOutcome {
     use crate::host_error::ErrorKind;
     match error.host_error {
-        Some(ErrorKind::NotGranted | ErrorKind::Refused) => Failure::PolicyRefused(error.traceback),
-        _ => Failure::Exception(error.traceback),
+        Some(ErrorKind::NotGranted | ErrorKind::Refused) => {
+            InstanceOutcome::PolicyRefused(error.traceback)
+        }
+        _ => InstanceOutcome::Exception(error.traceback),
     }
 }
 
@@ -598,10 +602,10 @@ fn mib(bytes: u64) -> String {
 
 /// Turn a wasmtime error into the failure the client sees. A stop reason
 /// recorded before the trap wins: it says which limit (or kill) caused it.
-fn classify(error: &wasmtime::Error, io: &SessionIo, limits: &InstanceLimits) -> Failure {
-    let limit = |limit, detail: String| Failure::LimitExceeded { limit, detail };
+fn classify(error: &wasmtime::Error, io: &SessionIo, limits: &InstanceLimits) -> InstanceOutcome {
+    let limit = |limit, detail: String| InstanceOutcome::LimitExceeded { limit, detail };
     match io.stop_reason() {
-        Some(StopReason::Killed) => Failure::Killed,
+        Some(StopReason::Killed) => InstanceOutcome::Killed,
         Some(StopReason::Memory) => limit(
             Limit::Memory,
             format!(
@@ -625,7 +629,7 @@ fn classify(error: &wasmtime::Error, io: &SessionIo, limits: &InstanceLimits) ->
                 Limit::Stack,
                 "the function recursed too deeply (wasm stack exhausted)".into(),
             ),
-            _ => Failure::Trap(format!("{error:#}")),
+            _ => InstanceOutcome::Trap(format!("{error:#}")),
         },
     }
 }

@@ -37,8 +37,8 @@ mod tor_stream;
 mod wasi_sleep;
 
 pub use engine::{PythonRuntime, precompile_runtime};
-pub use error::{Failure, SandboxError};
-pub use instance::{Call, Job, Outcome, PreparedInstance, SpentInstance};
+pub use error::SandboxError;
+pub use instance::{Call, Job, PreparedInstance, SpentInstance};
 pub use memory::{HostBytes, InstanceMemory, MemoryExceeded};
 pub use session_io::{DiscardedSession, MAX_STAGED, MessageError, SessionIo, StopReason};
 pub use throttle::{Throttle, TokenBucket};

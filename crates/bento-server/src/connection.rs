@@ -9,7 +9,7 @@ use bento_protocol::{
     ErrorCode, Frame, FrameDecoder, FrameType, MAX_DATA_LEN, MIN_PROTOCOL_VERSION, PADDING_VERSION,
     PROTOCOL_VERSION, ProtocolError, ServiceToken, SessionToken, encode_data_header,
 };
-use bento_worker_contract::{ChannelEvent, StartCall};
+use bento_worker_contract::{ChannelEvent, INPUT_WINDOW, SessionEvent, StartCall};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
@@ -17,7 +17,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::box_ops::{Refusal, outcome_refusal};
 use crate::box_state::BoxState;
-use crate::session::{INPUT_WINDOW, Session};
+use crate::session::Session;
 use crate::shaping::OutputShaper;
 
 /// Output bytes written to the client per wake-up, before looking at its
@@ -272,7 +272,7 @@ impl Conn {
                     let reply = match self.state.sessions.get(&session_token) {
                         Some(session) => {
                             if let Some(handle) = session.handle() {
-                                handle.kill();
+                                handle.send(SessionEvent::Kill);
                             }
                             Frame::Killed
                         }
@@ -472,9 +472,9 @@ impl Conn {
                 match self.decoder.decode(&mut self.buf)? {
                     Some(Frame::Input { data }) => {
                         in_flight += data.len() as u64;
-                        handle.channel_input(channel, data);
+                        handle.send(SessionEvent::ChannelInput(channel, data));
                     }
-                    Some(Frame::InputEnd) => handle.channel_end(channel, false),
+                    Some(Frame::InputEnd) => handle.send(SessionEvent::ChannelEnd(channel, false)),
                     Some(other) => {
                         return Err(Close::with(
                             ErrorCode::UnexpectedFrame,
@@ -498,7 +498,7 @@ impl Conn {
                             self.writer.write_all(chunk).await?;
                         }
                         self.writer.flush().await?;
-                        handle.channel_credit(channel, data.len() as u64);
+                        handle.send(SessionEvent::ChannelCredit(channel, data.len() as u64));
                     }
                     Some(ChannelEvent::Consumed(n)) => in_flight = in_flight.saturating_sub(n),
                     Some(ChannelEvent::Closed) => {
@@ -759,7 +759,7 @@ impl Conn {
                 Frame::Input { data } => input_blocked = session.push_input(data),
                 Frame::InputEnd => {
                     if let Some(handle) = session.handle() {
-                        handle.end_input();
+                        handle.send(SessionEvent::InputEnd);
                     }
                 }
                 Frame::Ack { offset } => {

@@ -14,12 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bento_tor::{OnionKey, TorControl};
-use bento_worker_contract::{ChannelEvent, OnionRequest};
+use bento_worker_contract::{ChannelEvent, INPUT_WINDOW, OnionRequest, SessionEvent};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::session::{INPUT_WINDOW, OnionPublisher, Session};
+use crate::session::{OnionPublisher, Session};
 
 /// The box's onion-service key, in its data directory.
 pub(crate) const KEY_FILE: &str = "onion-service.key";
@@ -187,7 +187,7 @@ impl TorBox {
     ) {
         let result = self.clone().add_function_service(&session, request).await;
         if let Some(handle) = session.handle() {
-            handle.onion_reply(request_id, result);
+            handle.send(SessionEvent::OnionReply(request_id, result));
         }
     }
 
@@ -413,7 +413,7 @@ async fn bridge(stream: TcpStream, session: Arc<Session>) {
                     if writer.write_all(&data).await.is_err() {
                         return;
                     }
-                    handle.channel_credit(channel, data.len() as u64);
+                    handle.send(SessionEvent::ChannelCredit(channel, data.len() as u64));
                 }
                 Some(ChannelEvent::Consumed(n)) => in_flight = in_flight.saturating_sub(n),
                 Some(ChannelEvent::Opened(_)) => {}
@@ -425,11 +425,11 @@ async fn bridge(stream: TcpStream, session: Arc<Session>) {
             read = reader.read_buf(&mut buf), if reading && in_flight < INPUT_WINDOW => match read {
                 Ok(0) | Err(_) => {
                     reading = false;
-                    handle.channel_end(channel, false);
+                    handle.send(SessionEvent::ChannelEnd(channel, false));
                 }
                 Ok(n) => {
                     in_flight += n as u64;
-                    handle.channel_input(channel, buf.split().freeze());
+                    handle.send(SessionEvent::ChannelInput(channel, buf.split().freeze()));
                 }
             },
         }

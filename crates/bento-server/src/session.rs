@@ -20,17 +20,13 @@ use std::time::Instant;
 use bento_pool::InstanceHandle;
 use bento_protocol::{ServiceToken, SessionToken};
 use bento_worker_contract::{
-    ChannelEvent, InstanceEvent, InstanceEvents, InstanceOutcome, MESSAGE_CREDIT, OnionRequest,
+    ChannelEvent, INPUT_WINDOW, InstanceEvent, InstanceEvents, InstanceOutcome, MESSAGE_CREDIT,
+    OnionRequest, SessionEvent,
 };
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio::sync::mpsc;
-
-/// Input bytes the box forwards to a worker before the function consumed
-/// them; beyond this the box stops reading the client (backpressure). The
-/// sandbox counts each open window in the instance's memory.
-pub use bento_worker_contract::INPUT_WINDOW;
 
 #[derive(Debug)]
 pub(crate) struct SessionState {
@@ -338,7 +334,7 @@ impl Session {
             service.channels().insert(channel, tx);
             channel
         };
-        handle.channel_open(channel);
+        handle.send(SessionEvent::ChannelOpen(channel));
         let guard = ChannelGuard {
             session: self.clone(),
             channel,
@@ -351,7 +347,7 @@ impl Session {
         if let Some(service) = &self.service {
             let removed = service.channels().remove(&channel).is_some();
             if let (true, Some(handle)) = (removed, self.handle()) {
-                handle.channel_end(channel, true);
+                handle.send(SessionEvent::ChannelEnd(channel, true));
             }
         }
     }
@@ -424,7 +420,7 @@ impl Session {
         self.release_unused_buffer(&state);
         drop(state);
         if let (true, Some(handle)) = (granted > 0 && running, self.handle()) {
-            handle.grant_credit(granted);
+            handle.send(SessionEvent::Credit(granted));
         }
         true
     }
@@ -494,7 +490,7 @@ impl Session {
         let blocked = state.input_blocked();
         drop(state);
         if let Some(handle) = self.handle() {
-            handle.input(data);
+            handle.send(SessionEvent::Input(data));
         }
         blocked
     }
@@ -547,7 +543,7 @@ impl Session {
     fn message_start(&self, length: u64) {
         if !self.frames_messages {
             if let Some(handle) = self.handle() {
-                handle.grant_credit(MESSAGE_CREDIT);
+                handle.send(SessionEvent::Credit(MESSAGE_CREDIT));
             }
             return;
         }
@@ -597,7 +593,10 @@ impl Session {
     fn onion_request(&self, request: u32, details: OnionRequest) {
         let (Some(tor), Some(me)) = (self.tor.clone(), self.me.upgrade()) else {
             if let Some(handle) = self.handle() {
-                handle.onion_reply(request, Err("io: this box has no Tor connection".into()));
+                handle.send(SessionEvent::OnionReply(
+                    request,
+                    Err("io: this box has no Tor connection".into()),
+                ));
             }
             return;
         };

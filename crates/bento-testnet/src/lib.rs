@@ -20,6 +20,9 @@
 //! `<dir>/testnet.json` so another process can [`Testnet::load`] it and stop
 //! the network with [`Testnet::down`].
 //!
+//! [`boxes`] starts Bento boxes (`bento serve` processes) beside the
+//! box-host relays and announces them in the relays' ContactInfo.
+//!
 //! Layout under `dir`: `nodes/<nickname>/` is each tor's DataDirectory with
 //! its `torrc` and `notice.log`; `empty` is the empty defaults/GeoIP file;
 //! `bandwidth` the authorities' bandwidth file.
@@ -43,6 +46,8 @@
 //! # Ok(())
 //! # }
 //! ```
+
+pub mod boxes;
 
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};

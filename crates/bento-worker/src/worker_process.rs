@@ -9,9 +9,7 @@ use std::io::{IoSlice, Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bento_sandbox::{
-    Call, Failure, Job, PythonRuntime, SessionIo, StopReason, Throttle, TokenBucket,
-};
+use bento_sandbox::{Call, Job, PythonRuntime, SessionIo, StopReason, Throttle, TokenBucket};
 use bytes::BytesMut;
 
 use crate::prewarm::Prewarmed;
@@ -303,7 +301,7 @@ fn start<W: Write + Send + 'static>(
             };
             let (outcome, spent) = match call {
                 Err(()) => (
-                    Err(Failure::Trap("a sealed call that was not opened".into())),
+                    InstanceOutcome::Trap("a sealed call that was not opened".into()),
                     None,
                 ),
                 Ok(None) => (runtime.check(&request.source, &request.filename), None),
@@ -320,13 +318,11 @@ fn start<W: Write + Send + 'static>(
                             let (outcome, spent) = runtime.run_prepared(prepared, &job, io);
                             (outcome, Some(spent))
                         }
-                        Err(e) => (Err(Failure::Trap(e.to_string())), None),
+                        Err(e) => (InstanceOutcome::Trap(e.to_string()), None),
                     }
                 }
             };
             lock(&instances_for_thread).remove(&id);
-            let outcome =
-                outcome.map_or_else(InstanceOutcome::from, |()| InstanceOutcome::Returned);
             let outcome = match &sealed {
                 Some(sealed) => sealed.seal_outcome(outcome),
                 None => outcome,

@@ -26,49 +26,43 @@
 //! probes were served and the served ones' times. Nothing here asserts on
 //! time.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use bento_client::{ClientError, Connection, Target};
 use bento_protocol::{ErrorCode, InvokeToken};
-use clap::Args;
 use sha2::{Digest, Sha256};
 
-use crate::bench_soak::BoxProcess;
 use crate::latency::{ms, percentile};
+use crate::process::BoxProcess;
+use crate::{Error, XorShift, error_chain, setup_error, step};
 
 const HELLO: &str = "def main(name):\n    api.send('hello ' + name)\n";
 /// Sends `n` messages of 1 KiB, each SHA-256("seed:i") repeated 32 times.
 const GENERATOR: &str = "import hashlib\ndef main(seed, n):\n    for i in range(n):\n        api.send(hashlib.sha256(b'%d:%d' % (seed, i)).digest() * 32)\n";
 const WAITER: &str = "def main():\n    api.send('ready')\n    api.recv()\n";
 
-/// Options of `bento bench load`.
-#[derive(Debug, Clone, Args)]
-pub struct LoadArgs {
+/// Options of the load run (`bento bench load`; its `--help` says the
+/// defaults).
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
     /// Concurrent clients.
-    #[arg(long, default_value_t = 1000)]
     pub clients: usize,
     /// How long to run, seconds.
-    #[arg(long, default_value_t = 600)]
     pub duration: u64,
     /// Mean pause between one client's operations, ms (each pause is
     /// uniform in 0..2× this).
-    #[arg(long, default_value_t = 1000)]
     pub think_ms: u64,
     /// Messages (of 1 KiB) per generated session.
-    #[arg(long, default_value_t = 64)]
     pub messages: u64,
     /// Sandbox worker processes of the box [default: number of CPUs].
-    #[arg(long)]
     pub workers: Option<usize>,
-    /// Precompiled runtime (see `bento serve --help`).
-    #[arg(long)]
-    pub runtime: Option<PathBuf>,
-    /// Print the results as JSON instead of text.
-    #[arg(long)]
+    /// The precompiled runtime.
+    pub runtime: PathBuf,
+    /// Write the results as JSON instead of text.
     pub json: bool,
 }
 
@@ -88,25 +82,6 @@ struct Counts {
     failures: AtomicU64,
 }
 
-/// A tiny deterministic generator, so a run's mix is reproducible per
-/// client (not for anything secret).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-}
-
 /// What the generator sends for `seed` and `n`, hashed.
 fn expected_digest(seed: u64, n: u64) -> [u8; 32] {
     let mut all = Sha256::new();
@@ -117,19 +92,6 @@ fn expected_digest(seed: u64, n: u64) -> [u8; 32] {
         }
     }
     all.finalize().into()
-}
-
-fn is_busy(error: &anyhow::Error) -> bool {
-    matches!(
-        error.downcast_ref::<ClientError>(),
-        Some(ClientError::Remote {
-            code: ErrorCode::TooManyInstances
-                | ErrorCode::BufferCapReached
-                | ErrorCode::TooManyConnections
-                | ErrorCode::Overloaded,
-            ..
-        })
-    )
 }
 
 /// One client's view of the box and the shared functions.
@@ -146,7 +108,7 @@ impl Client {
         &self,
         token: &InvokeToken,
         args: &str,
-    ) -> anyhow::Result<bento_protocol::SessionToken> {
+    ) -> Result<bento_protocol::SessionToken, Error> {
         Ok(Connection::connect(&self.target)
             .await?
             .invoke(token, "main", args)
@@ -155,7 +117,7 @@ impl Client {
 
     /// Invoke the generator with `seed`, read it (detaching once after
     /// `detach_after` bytes if given) and compare hashes.
-    async fn generated(&self, seed: u64, detach_after: Option<u64>) -> anyhow::Result<()> {
+    async fn generated(&self, seed: u64, detach_after: Option<u64>) -> Result<(), Error> {
         let n = self.messages;
         let session = self
             .invoke(&self.generator, &format!("[{seed}, {n}]"))
@@ -184,19 +146,19 @@ impl Client {
             // be closing the attachment (it forgets a session whose output
             // and end were all delivered), so there is nothing to detach.
             if !ended && received < n * 1024 {
-                let offset = attachment.detach().await.context("detaching")?;
+                let offset = attachment.detach().await.map_err(step("detaching"))?;
                 if offset != received {
-                    bail!("detached at {offset}, but {received} bytes were read");
+                    fail!("detached at {offset}, but {received} bytes were read");
                 }
                 attachment = Connection::connect(&self.target)
                     .await?
                     .attach(&session, None)
                     .await
-                    .context("attaching again")?;
+                    .map_err(step("attaching again"))?;
             }
         }
         while !ended {
-            match attachment.next().await.context("reading")? {
+            match attachment.next().await.map_err(step("reading"))? {
                 Some(data) => {
                     received += data.len() as u64;
                     hash.update(&data);
@@ -212,12 +174,12 @@ impl Client {
         let got: [u8; 32] = hash.finalize().into();
         if got != expected_digest(seed, n) {
             self.counts.mismatches.fetch_add(1, Ordering::Relaxed);
-            bail!("session {seed}: {received} bytes that do not hash as expected");
+            fail!("session {seed}: {received} bytes that do not hash as expected");
         }
         Ok(())
     }
 
-    async fn store_and_run(&self, client: usize, round: u64) -> anyhow::Result<()> {
+    async fn store_and_run(&self, client: usize, round: u64) -> Result<(), Error> {
         let source = format!("def main():\n    api.send('stored {client} {round}')\n");
         let token = Connection::connect(&self.target)
             .await?
@@ -228,7 +190,7 @@ impl Client {
         let (output, _) = read_all(&self.target, &session).await?;
         let expected = format!("stored {client} {round}");
         if output != expected.as_bytes() {
-            bail!(
+            fail!(
                 "a stored function answered {:?}",
                 String::from_utf8_lossy(&output)
             );
@@ -236,7 +198,7 @@ impl Client {
         Ok(())
     }
 
-    async fn kill(&self) -> anyhow::Result<()> {
+    async fn kill(&self) -> Result<(), Error> {
         let session = self.invoke(&self.waiter, "[]").await?;
         let mut attachment = Connection::connect(&self.target)
             .await?
@@ -244,15 +206,15 @@ impl Client {
             .await?;
         let greeting = attachment.next().await?;
         if greeting.as_deref() != Some(b"ready".as_slice()) {
-            bail!("the waiter greeted with {greeting:?}");
+            fail!("the waiter greeted with {greeting:?}");
         }
         Connection::connect(&self.target)
             .await?
             .kill(&session)
             .await?;
         match attachment.next().await {
-            Ok(Some(data)) => bail!("output after the greeting: {data:?}"),
-            Ok(None) => bail!("a killed session ended normally"),
+            Ok(Some(data)) => fail!("output after the greeting: {data:?}"),
+            Ok(None) => fail!("a killed session ended normally"),
             Err(ClientError::Remote {
                 code: ErrorCode::Killed,
                 ..
@@ -268,7 +230,7 @@ impl Client {
 async fn read_all(
     target: &Target,
     session: &bento_protocol::SessionToken,
-) -> anyhow::Result<(Vec<u8>, ())> {
+) -> Result<(Vec<u8>, ()), Error> {
     let output = Connection::connect(target)
         .await?
         .attach(session, None)
@@ -317,12 +279,12 @@ async fn client_loop(
             }
         };
         if let Err(e) = result {
-            if is_busy(&e) {
+            if e.is_busy() {
                 client.counts.busy.fetch_add(1, Ordering::Relaxed);
             } else {
                 client.counts.failures.fetch_add(1, Ordering::Relaxed);
                 if failures.len() < 5 {
-                    failures.push(format!("{op}: {e:#}"));
+                    failures.push(format!("{op}: {}", error_chain(&e)));
                 }
             }
         }
@@ -368,26 +330,25 @@ async fn probe(
             Ok((output, ())) => {
                 errors.push(format!("answered {:?}", String::from_utf8_lossy(&output)))
             }
-            Err(e) if is_busy(&e) => answers.push(ProbeAnswer {
+            Err(e) if e.is_busy() => answers.push(ProbeAnswer {
                 time,
                 served: false,
             }),
-            Err(e) => errors.push(format!("{e:#}")),
+            Err(e) => errors.push(error_chain(&e)),
         }
         tokio::time::sleep(Duration::from_secs(1).saturating_sub(time)).await;
     }
     (answers, errors)
 }
 
-/// `bento bench load`; true when no byte was lost or duplicated and
-/// nothing failed.
-#[allow(clippy::print_stdout)]
-pub async fn run(args: LoadArgs) -> anyhow::Result<bool> {
-    let bx = BoxProcess::start(args.workers, args.runtime.clone()).await?;
+/// The load run, its report written to `out`; true when no byte was lost
+/// or duplicated and nothing failed.
+pub async fn run(args: LoadOptions, out: &mut (dyn Write + Send)) -> Result<bool, Error> {
+    let bx = BoxProcess::start(args.workers, &args.runtime).await?;
     let store = |name: &'static str, source: &'static str| {
         let target = bx.target.clone();
         async move {
-            Ok::<_, anyhow::Error>(
+            Ok::<_, Error>(
                 Connection::connect(&target)
                     .await?
                     .store(name, source)
@@ -426,7 +387,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<bool> {
             Err(e) => failures.push(format!("a client task failed: {e}")),
         }
     }
-    let (answers, probe_errors) = probe.await.context("the probe failed")?;
+    let (answers, probe_errors) = probe.await.map_err(setup_error("the probe failed"))?;
     let elapsed = start.elapsed();
     let mut times: Vec<Duration> = answers.iter().map(|a| a.time).collect();
     times.sort();
@@ -482,9 +443,10 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<bool> {
         "clean": clean,
     });
     if args.json {
-        println!("{summary:#}");
+        report!(out, "{summary:#}");
     } else {
-        println!(
+        report!(
+            out,
             "{} clients for {:.0} s (think time {} ms): {} stores, {} invokes, {} detach/re-attach, {} kills",
             args.clients,
             elapsed.as_secs_f64(),
@@ -494,7 +456,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<bool> {
             get(&counts.detaches),
             get(&counts.kills)
         );
-        println!(
+        report!(
+            out,
             "{} sessions ({} bytes) checked by hash: {} mismatched; {} busy refusals; {} failures",
             get(&counts.checked_sessions),
             get(&counts.checked_bytes),
@@ -503,9 +466,10 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<bool> {
             get(&counts.failures)
         );
         for failure in failures.iter().take(10) {
-            println!("  failure: {failure}");
+            report!(out, "  failure: {failure}");
         }
-        println!(
+        report!(
+            out,
             "new user's time to answer: {} probes, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms, {} over 1 s, {} not answered",
             times.len(),
             ms(percentile(&times, 0.5)),
@@ -514,7 +478,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<bool> {
             over_goal,
             probe_errors.len()
         );
-        println!(
+        report!(
+            out,
             "  of which served: {} (p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms); refused as busy: {}",
             served.len(),
             ms(served_p50),
@@ -523,9 +488,10 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<bool> {
             times.len() - served.len()
         );
         for error in probe_errors.iter().take(5) {
-            println!("  probe: {error}");
+            report!(out, "  probe: {error}");
         }
-        println!(
+        report!(
+            out,
             "verdict: {}",
             if clean {
                 "clean (no byte lost or duplicated, nothing failed)"
@@ -558,16 +524,21 @@ mod tests {
 
     #[test]
     fn only_the_boxs_busy_refusals_are_retried() {
-        let busy = anyhow::Error::from(ClientError::Remote {
+        let busy = Error::from(ClientError::Remote {
             code: ErrorCode::TooManyInstances,
             message: String::new(),
         });
-        assert!(is_busy(&busy));
-        let lost = anyhow::Error::from(ClientError::Remote {
+        assert!(busy.is_busy());
+        let busy_on_reattach = step("attaching again")(ClientError::Remote {
+            code: ErrorCode::Overloaded,
+            message: String::new(),
+        });
+        assert!(busy_on_reattach.is_busy());
+        let lost = Error::from(ClientError::Remote {
             code: ErrorCode::UnknownSession,
             message: String::new(),
         });
-        assert!(!is_busy(&lost));
-        assert!(!is_busy(&anyhow::anyhow!("mismatch")));
+        assert!(!lost.is_busy());
+        assert!(!Error::Run("mismatch".to_owned()).is_busy());
     }
 }

@@ -7,32 +7,34 @@
 //! cross the same relays; the difference is Bento.
 //! Reports medians; asserts nothing.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use bento_client::{Connection, Target};
+use bento_testnet::boxes::{BoxOptions, pid_alive, start_boxes};
 use bento_testnet::{Testnet, TestnetConfig};
 use bento_tor::{OnionKey, TorControl, socks5_connect};
 use bytes::Bytes;
-use clap::Args;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::testnet_cmd::{DirArg, UpArgs, start_boxes};
+use crate::{Error, invoke_to_end, io_error, setup_error};
 
-/// Options of `bento testnet bench`.
-#[derive(Debug, Clone, Args)]
-pub struct TorBenchArgs {
-    #[command(flatten)]
-    pub dir: DirArg,
+/// Options of the Tor benchmark (`bento testnet bench`; its `--help` says
+/// the defaults).
+#[derive(Debug, Clone)]
+pub struct TorOptions {
+    /// An empty directory for the network [default: a new one in the
+    /// temporary directory].
+    pub dir: Option<PathBuf>,
     /// MiB per throughput run (3 runs per path; medians reported).
-    #[arg(long, default_value_t = 16)]
     pub mib: u64,
     /// Round trips per RTT measurement.
-    #[arg(long, default_value_t = 200)]
     pub round_trips: usize,
-    /// Print JSON instead of a table.
-    #[arg(long)]
+    /// The precompiled runtime of the box.
+    pub runtime: PathBuf,
+    /// Write JSON instead of a table.
     pub json: bool,
 }
 
@@ -89,17 +91,16 @@ async fn raw_service(listener: TcpListener) {
     }
 }
 
-pub async fn run(args: TorBenchArgs) -> anyhow::Result<()> {
-    let dir = args.dir.dir.clone().unwrap_or_else(|| {
+/// Bring a private Tor network up with one box, measure both paths, take
+/// it down; the table (or JSON) is written to `out`, progress to stderr.
+pub async fn run(args: TorOptions, out: &mut (dyn Write + Send)) -> Result<(), Error> {
+    let dir = args.dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("bento-bench-tor-{}", std::process::id()))
     });
     if let Ok(state) = Testnet::load(&dir)
-        && state
-            .nodes
-            .iter()
-            .any(|n| crate::testnet_cmd::pid_alive(n.pid))
+        && state.nodes.iter().any(|n| pid_alive(n.pid))
     {
-        bail!(
+        fail!(
             "a test network is running in {}; the benchmark builds its own (give another --dir or none)",
             dir.display()
         );
@@ -118,7 +119,8 @@ pub async fn run(args: TorBenchArgs) -> anyhow::Result<()> {
             )
             .replace("cpu_ms = 10000 ", "cpu_ms = 60000 ")
             .replace("wall_ms = 300000 ", "wall_ms = 600000 "),
-    )?;
+    )
+    .map_err(io_error(format!("cannot write {}", policy.display())))?;
 
     // 1. The network, timed.
     let started = Instant::now();
@@ -128,35 +130,40 @@ pub async fn run(args: TorBenchArgs) -> anyhow::Result<()> {
     let net = Testnet::up(config, &mut quiet).await?;
     let tor_up = started.elapsed().as_secs_f64();
     let mut state = net.state().clone();
-    let up_args = UpArgs {
-        dir: args.dir.clone(),
-        boxes: 1,
-        policy: vec![policy.clone()],
-        announce: false,
-        runtime: None,
+    let options = BoxOptions {
+        policies: vec![policy.clone()],
+        runtime: args.runtime.clone(),
         owner_pid: Some(std::process::id()),
     };
-    let runtime = crate::runtime_path::default_runtime();
-    start_boxes(&mut state, &up_args, &runtime).await?;
+    start_boxes(&mut state, &options, &mut |step: &str| {
+        eprintln!("[testnet] {step}");
+    })
+    .await?;
     let up_total = started.elapsed().as_secs_f64();
-    let socks = state.client_socks().context("no client SocksPort")?;
+    let socks = state
+        .client_socks()
+        .ok_or_else(|| Error::Run("no client SocksPort".to_owned()))?;
     let host = state
         .box_hosts()
         .first()
         .map(|n| n.control_addr())
-        .context("no box host")?;
+        .ok_or_else(|| Error::Run("no box host".to_owned()))?;
     let box_listen: std::net::SocketAddr = state
         .boxes
         .first()
-        .context("no box")?
+        .ok_or_else(|| Error::Run("no box".to_owned()))?
         .listen
         .parse()
-        .context("the box's listen address")?;
+        .map_err(setup_error("the box's listen address"))?;
 
     // 2. The raw service beside the same relay, as an onion service; timed
     // from ADD_ONION to the first stream through it.
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-    let local = listener.local_addr()?;
+    let listener = TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(io_error("cannot listen for the raw service"))?;
+    let local = listener
+        .local_addr()
+        .map_err(io_error("the raw service has no address"))?;
     tokio::spawn(raw_service(listener));
     let mut control = TorControl::connect(&host.to_string()).await?;
     let publish_started = Instant::now();
@@ -181,7 +188,7 @@ pub async fn run(args: TorBenchArgs) -> anyhow::Result<()> {
         match socks5_connect(socks, &raw_host, 80, None).await {
             Ok(_) => break,
             Err(e) if Instant::now() > deadline => {
-                bail!("the raw onion service is unreachable: {e}")
+                fail!("the raw onion service is unreachable: {e}")
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
@@ -196,12 +203,21 @@ pub async fn run(args: TorBenchArgs) -> anyhow::Result<()> {
     let mut raw_rtts = Vec::with_capacity(args.round_trips);
     {
         let mut stream = socks5_connect(socks, &raw_host, 80, None).await?;
-        stream.write_all(b"e").await?;
+        stream
+            .write_all(b"e")
+            .await
+            .map_err(io_error("the raw stream"))?;
         let mut reply = [0u8; 32];
         for i in 0..args.round_trips + 20 {
             let t = Instant::now();
-            stream.write_all(&message).await?;
-            stream.read_exact(&mut reply).await?;
+            stream
+                .write_all(&message)
+                .await
+                .map_err(io_error("the raw stream"))?;
+            stream
+                .read_exact(&mut reply)
+                .await
+                .map_err(io_error("the raw stream"))?;
             if i >= 20 {
                 raw_rtts.push(t.elapsed());
             }
@@ -226,7 +242,11 @@ pub async fn run(args: TorBenchArgs) -> anyhow::Result<()> {
             input.send(Bytes::copy_from_slice(&message)).await?;
             let mut got = 0;
             while got < message.len() {
-                got += attachment.next().await?.context("the echo ended")?.len();
+                got += attachment
+                    .next()
+                    .await?
+                    .ok_or_else(|| Error::Run("the echo ended".to_owned()))?
+                    .len();
             }
             if i >= 20 {
                 bento_rtts.push(t.elapsed());
@@ -249,36 +269,33 @@ pub async fn run(args: TorBenchArgs) -> anyhow::Result<()> {
     for run in 0..3 {
         let t = Instant::now();
         let mut stream = socks5_connect(socks, &raw_host, 80, None).await?;
-        stream.write_all(b"s").await?;
-        stream.write_all(&bytes.to_be_bytes()).await?;
+        stream
+            .write_all(b"s")
+            .await
+            .map_err(io_error("the raw stream"))?;
+        stream
+            .write_all(&bytes.to_be_bytes())
+            .await
+            .map_err(io_error("the raw stream"))?;
         let mut buf = vec![0u8; 256 * 1024];
         let mut got = 0u64;
         while got < bytes {
-            let n = stream.read(&mut buf).await?;
+            let n = stream
+                .read(&mut buf)
+                .await
+                .map_err(io_error("the raw stream"))?;
             if n == 0 {
-                bail!("the raw stream ended after {got} bytes");
+                fail!("the raw stream ended after {got} bytes");
             }
             got += n as u64;
         }
         raw_rates.push(bytes as f64 / t.elapsed().as_secs_f64() / 1e6);
 
         let t = Instant::now();
-        // A fresh connection: an idle one is closed after the read timeout.
-        let session = Connection::connect(&target)
-            .await?
-            .invoke(&source, "main", &format!("[{}]", args.mib))
-            .await?;
-        let mut attachment = Connection::connect(&target)
-            .await?
-            .attach(&session, None)
-            .await?;
-        let mut got = 0u64;
-        while let Some(data) = attachment.next().await? {
-            got += data.len() as u64;
-        }
-        attachment.close().await;
+        // Fresh connections: an idle one is closed after the read timeout.
+        let got = invoke_to_end(&target, &source, &format!("[{}]", args.mib)).await?;
         if got != bytes {
-            bail!("the Bento session delivered {got} of {bytes} bytes");
+            fail!("the Bento session delivered {got} of {bytes} bytes");
         }
         bento_rates.push(bytes as f64 / t.elapsed().as_secs_f64() / 1e6);
         eprintln!(
@@ -312,35 +329,40 @@ pub async fn run(args: TorBenchArgs) -> anyhow::Result<()> {
             "bento_over_raw": bento_rate / raw_rate,
         },
     });
-    #[allow(clippy::print_stdout)]
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
+        report!(out, "{results:#}");
     } else {
-        println!(
+        report!(
+            out,
             "| measurement (private Tor network, 2 cores) | raw Tor stream | Bento session | Bento / raw |"
         );
-        println!("|---|---|---|---|");
-        println!(
+        report!(out, "|---|---|---|---|");
+        report!(
+            out,
             "| round trip, 32 B (n={}) p50 | {:.2} ms | {:.2} ms | +{:.2} ms |",
             args.round_trips,
             percentile_ms(&raw_rtts, 0.5),
             percentile_ms(&bento_rtts, 0.5),
             percentile_ms(&bento_rtts, 0.5) - percentile_ms(&raw_rtts, 0.5)
         );
-        println!(
+        report!(
+            out,
             "| round trip p90 | {:.2} ms | {:.2} ms | |",
             percentile_ms(&raw_rtts, 0.9),
             percentile_ms(&bento_rtts, 0.9)
         );
-        println!(
+        report!(
+            out,
             "| throughput, {} MiB download (median of 3) | {raw_rate:.1} MB/s | {bento_rate:.1} MB/s | {:.0} % |",
             args.mib,
             100.0 * bento_rate / raw_rate
         );
-        println!(
+        report!(
+            out,
             "| `testnet up` (Tor network; with one box) | {tor_up:.1} s; {up_total:.1} s | | |"
         );
-        println!(
+        report!(
+            out,
             "| onion service: descriptor uploaded / reachable after ADD_ONION | {uploaded:.2} s / {reachable:.2} s | | |"
         );
     }

@@ -1,19 +1,23 @@
-//! `bento bench`: start a box on loopback and measure it.
+//! `bento bench`: start a box on loopback, in this process, and measure
+//! it: invocation latency (beside a box that keeps no instance ready, and
+//! beside the sandbox alone), output throughput, a throttled session, echo
+//! round trips, the memory of waiting sessions.
 //!
 //! Reports medians and tail percentiles; nothing here asserts on time.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use bento_client::{Connection, Target};
 use bento_protocol::InvokeToken;
-use bento_server::Server;
+use bento_server::{Server, ServerConfig};
 use bytes::Bytes;
-use clap::Args;
 
 use crate::latency::{ms, percentile};
-use crate::serve::ServeArgs;
+use crate::process::{mem_available_mib, total_memory_mib};
+use crate::{Error, io_error, setup_error};
 
 const HELLO: &str = "def main(name):\n    api.send('hello ' + name)\n";
 const BULK: &str = "def main(mib):\n    chunk = b'x' * (1024 * 1024)\n    for _ in range(mib):\n        api.send(chunk)\n";
@@ -27,51 +31,45 @@ const THROTTLED: &str =
 /// (the benchmark measures the box, not its bandwidth limits).
 const MANIFEST: &str = "version = 1\n[limits]\nmemory_mib = 128\ncpu_ms = 60000\nwall_ms = 600000\noutput_buffer_kib = 4096\nbandwidth_kib_per_s = 100000000\n";
 
-/// Options of `bento bench`.
-#[derive(Debug, Clone, Args)]
-pub struct BenchArgs {
+/// Options of the figures (`bento bench`; its `--help` says the defaults).
+#[derive(Debug, Clone)]
+pub struct FiguresOptions {
     /// Hello-world invocations to time.
-    #[arg(long, default_value_t = 1000)]
     pub invocations: usize,
     /// MiB of output per bulk run (3 runs; the median is reported).
-    #[arg(long, default_value_t = 1024)]
     pub bulk_mib: u64,
     /// Echo round trips to time.
-    #[arg(long, default_value_t = 2000)]
     pub round_trips: usize,
     /// Concurrent sessions waiting in api.recv() for the memory figure.
-    #[arg(long, default_value_t = 1000)]
     pub sessions: usize,
     /// Bandwidth limit of the throttled-session measurement, KiB/s (it
     /// sends 6 s worth).
-    #[arg(long, default_value_t = 1024)]
     pub throttle_kib_per_s: u64,
-    /// Sandbox worker processes [default: number of CPUs].
-    #[arg(long)]
-    pub workers: Option<usize>,
     /// Fresh instances each worker of the measured box keeps ready
-    /// [default: the policy's box.prewarm_per_worker]. The hello-world
-    /// latency is also measured, side by side, on a second box with
-    /// prewarming off.
-    #[arg(long)]
+    /// [default: the policy's box.prewarm_per_worker]; the second box
+    /// keeps none.
     pub prewarm: Option<u64>,
-    /// Precompiled runtime (see `bento serve --help`).
-    #[arg(long)]
-    pub runtime: Option<PathBuf>,
-    /// Print the results as JSON instead of a table.
-    #[arg(long)]
+    /// The precompiled runtime (for the sandbox alone; the boxes' comes
+    /// with their configuration).
+    pub runtime: PathBuf,
+    /// Write the results as JSON instead of a table.
     pub json: bool,
-    /// Also write the results (JSON) to FILE, e.g. to become a new baseline.
-    #[arg(long, value_name = "FILE")]
+    /// Also write the results (JSON) to this file.
     pub save: Option<PathBuf>,
-    /// Compare with an earlier `--save`d result (e.g. the committed
-    /// docs/bench-baseline.json): prints each figure's ratio to it.
-    #[arg(long, value_name = "FILE")]
+    /// Compare with an earlier saved result.
     pub baseline: Option<PathBuf>,
-    /// A long-running measurement instead of the figures above.
-    #[command(subcommand)]
-    pub mode: Option<crate::BenchMode>,
 }
+
+/// The configuration of a box on the data directory with this many
+/// prewarmed instances per worker (`None`: the policy's), as `bento
+/// serve` would make it with default options (the workers' command line
+/// is the `bento` binary's). The benchmark then sets the limits it
+/// measures with.
+pub type ConfigureBox<'a> =
+    &'a (dyn Fn(&Path, Option<u64>) -> Result<ServerConfig, BoxError> + Sync);
+
+/// Why the box's configuration could not be made.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Every figure that `--baseline` compares: its JSON path, its name, and
 /// whether more is better.
@@ -126,7 +124,7 @@ const FIGURES: &[(&str, &str, bool)] = &[
 ];
 
 /// Lines comparing `current` with `baseline`, one per figure in both.
-pub(crate) fn compare(current: &serde_json::Value, baseline: &serde_json::Value) -> Vec<String> {
+pub fn compare(current: &serde_json::Value, baseline: &serde_json::Value) -> Vec<String> {
     let mut lines = vec![
         "| figure | baseline | now | now / baseline | |".to_owned(),
         "|---|---|---|---|---|".to_owned(),
@@ -167,9 +165,11 @@ fn sandbox_alone(
     source: &str,
     args_json: &str,
     n: usize,
-) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+) -> Result<(Vec<Duration>, Vec<Duration>), Error> {
     use bento_sandbox::{Call, DiscardedSession, Job, PythonRuntime, SessionIo};
-    let runtime = PythonRuntime::load_precompiled(runtime)?;
+    use bento_worker_contract::InstanceOutcome;
+    let runtime = PythonRuntime::load_precompiled(runtime)
+        .map_err(setup_error("cannot load the runtime for the sandbox alone"))?;
     let job = Job {
         source: source.to_owned(),
         filename: "hello.py".to_owned(),
@@ -180,7 +180,10 @@ fn sandbox_alone(
         limits: bento_policy::InstanceLimits::default(),
         grant: bento_policy::Grant::default(),
     };
-    let failed = |failure| anyhow::anyhow!("the sandbox run failed: {failure:?}");
+    let returned = |outcome: InstanceOutcome| match outcome {
+        InstanceOutcome::Returned => Ok(()),
+        failure => Err(Error::Run(format!("the sandbox run failed: {failure:?}"))),
+    };
     let (mut fresh, mut prepared) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n + 20 {
         let io = || {
@@ -191,14 +194,16 @@ fn sandbox_alone(
             )
         };
         let started = Instant::now();
-        runtime.run(&job, io()).map_err(failed)?;
+        returned(runtime.run(&job, io()))?;
         let fresh_time = started.elapsed();
-        let instance = runtime.prepare()?;
+        let instance = runtime.prepare().map_err(setup_error(
+            "cannot prepare an instance for the sandbox alone",
+        ))?;
         let started = Instant::now();
         let (outcome, spent) = runtime.run_prepared(instance, &job, io());
         let prepared_time = started.elapsed();
         drop(spent);
-        outcome.map_err(failed)?;
+        returned(outcome)?;
         if i >= 20 {
             fresh.push(fresh_time);
             prepared.push(prepared_time);
@@ -214,149 +219,107 @@ struct Bench {
 }
 
 impl Bench {
-    async fn store(&self, name: &str, source: &str) -> anyhow::Result<InvokeToken> {
+    async fn store(&self, name: &str, source: &str) -> Result<InvokeToken, Error> {
         let mut conn = Connection::connect(&self.target).await?;
         Ok(conn.store_with_manifest(name, source, MANIFEST).await?.1)
     }
 
     /// Invoke and read the session to its end; returns bytes received.
-    async fn invoke_to_end(&self, token: &InvokeToken, args: &str) -> anyhow::Result<u64> {
-        let mut conn = Connection::connect(&self.target).await?;
-        let session = conn.invoke(token, "main", args).await?;
-        drop(conn);
-        let mut attachment = Connection::connect(&self.target)
-            .await?
-            .attach(&session, None)
-            .await?;
-        let mut received = 0u64;
-        while let Some(data) = attachment.next().await? {
-            received += data.len() as u64;
-        }
-        attachment.close().await;
-        Ok(received)
+    async fn invoke_to_end(&self, token: &InvokeToken, args: &str) -> Result<u64, Error> {
+        crate::invoke_to_end(&self.target, token, args).await
     }
 }
 
-/// Resident and proportional set size (KiB) of a process, from /proc.
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let read = |field: &str| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-            .ok()
-            .and_then(|text| {
-                text.lines()
-                    .find(|l| l.starts_with(field))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
-    };
-    (read("Rss:"), read("Pss:"))
+/// The limits every measured box runs with: room to move GiBs at full
+/// speed and to hold `sessions` waiting sessions (the benchmark measures
+/// the box, not its limits).
+fn measure_with(config: &mut ServerConfig, sessions: usize) {
+    let sessions = sessions as u64;
+    let policy = &mut config.policy;
+    policy.instance.memory_mib = 128;
+    policy.instance.cpu_ms = 60_000;
+    policy.instance.wall_ms = 600_000;
+    policy.instance.output_buffer_kib = 4096;
+    policy.instance.bandwidth_kib_per_s = 100_000_000;
+    policy.caps.bandwidth_kib_per_s = 100_000_000;
+    policy.caps.max_instances = (sessions + 64).max(1024);
+    policy.caps.max_buffered_mib = 4 * (sessions + 64);
+    policy.caps.max_upload_kib = 1024;
+    policy.caps.max_stored_mib = 64;
+    policy.caps.max_connections = 4096;
+    config.max_connections = 4096;
+    config.session_retention = Duration::from_secs(60);
+    config.read_timeout = Duration::from_secs(60);
+    // The benchmark measures capacity with deliberate bursts (e.g. its
+    // sessions started at once), which overload control would refuse in
+    // part.
+    config.workers.admission_target = None;
 }
 
-/// Direct children of `pid` (the worker processes).
-pub(crate) fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        // Field 4 (after the parenthesised command name) is the parent pid.
-        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-        if after
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<u32>().ok())
-            == Some(pid)
-        {
-            out.push(child);
-        }
-    }
-    out
+/// A box bound on loopback in this process, not yet running.
+struct BoundBox {
+    server: Server,
+    /// Its data directory, removed when this drops.
+    _data_dir: tempfile::TempDir,
+    workers: usize,
+    prewarm_per_worker: u64,
 }
 
-/// The kernel's estimate of memory available to new work, MiB: its drop
-/// while sessions run is what they really cost the machine (shared pages
-/// counted once).
-fn mem_available_mib() -> f64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("MemAvailable:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
-fn total_memory_mib() -> (f64, f64) {
-    let me = std::process::id();
-    let mut rss = 0;
-    let mut pss = 0;
-    for pid in std::iter::once(me).chain(children(me)) {
-        let (r, p) = memory_kib(pid);
-        rss += r;
-        pss += p;
-    }
-    (rss as f64 / 1024.0, pss as f64 / 1024.0)
-}
-
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let data_dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
-    let serve = ServeArgs {
-        config: None,
-        listen: "127.0.0.1:0".parse()?,
-        legacy_listen: None,
-        data_dir: Some(data_dir.path().to_owned()),
-        runtime: args.runtime.clone(),
-        workers: args.workers,
-        worker_wrapper: None,
-        no_worker_jail: false,
-        policy: None,
-        legacy_manifest: None,
-        http_ca_file: None,
-        tor_control: None,
-        exit_with_pid: None,
-        tor_socks: None,
-        onion_port: 7878,
-        memory_mib: Some(128),
-        cpu_ms: Some(60_000),
-        wall_ms: Some(600_000),
-        output_buffer_kib: Some(4096),
-        max_instances: Some((args.sessions as u64 + 64).max(1024)),
-        max_buffered_mib: Some(4 * (args.sessions as u64 + 64)),
-        max_source_kib: Some(1024),
-        prewarm: args.prewarm,
-        max_stored_mib: Some(64),
-        session_retention_secs: 60,
-        read_timeout_secs: 60,
-        // The benchmark measures capacity with deliberate bursts (e.g. its
-        // sessions started at once), which overload control would refuse
-        // in part.
-        overload_target_ms: 0,
-        // What an operator runs: functions below the server's priority.
-        worker_nice: 10,
-        max_connections: Some(4096),
+/// A box on loopback in this process, made by `configure` on a new
+/// temporary directory.
+async fn start_box(
+    configure: ConfigureBox<'_>,
+    prewarm: Option<u64>,
+    sessions: usize,
+    metrics: bool,
+) -> Result<BoundBox, Error> {
+    let data_dir =
+        tempfile::tempdir().map_err(io_error("cannot create a temporary data directory"))?;
+    let mut config = configure(data_dir.path(), prewarm)
+        .map_err(setup_error("cannot configure the benchmark's box"))?;
+    measure_with(&mut config, sessions);
+    if metrics {
         // The benchmark counts running instances, which only the
         // operator's endpoint tells.
-        metrics: Some("127.0.0.1:0".parse()?),
-    };
-    let mut config = serve.config()?;
-    config.policy.instance.bandwidth_kib_per_s = 100_000_000;
-    config.policy.caps.bandwidth_kib_per_s = 100_000_000;
-    let workers = config.workers.workers;
-    let prewarm = config.policy.caps.prewarm_per_worker;
-    let server = Server::bind(config, serve.listen).await?;
-    let addr = server.local_addr()?;
+        config.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    }
+    let (workers, prewarm_per_worker) = (
+        config.workers.workers,
+        config.policy.caps.prewarm_per_worker,
+    );
+    let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    let server = Server::bind(config, listen)
+        .await
+        .map_err(setup_error("cannot start the benchmark's box"))?;
+    Ok(BoundBox {
+        server,
+        _data_dir: data_dir,
+        workers,
+        prewarm_per_worker,
+    })
+}
+
+/// Measure a box started for the purpose (and a second one with
+/// prewarming off, and the sandbox alone); the table (or JSON) and the
+/// comparison with a baseline are written to `out`, progress to stderr.
+pub async fn run(
+    args: FiguresOptions,
+    configure: ConfigureBox<'_>,
+    out: &mut (dyn Write + Send),
+) -> Result<(), Error> {
+    let BoundBox {
+        server,
+        _data_dir,
+        workers,
+        prewarm_per_worker: prewarm,
+    } = start_box(configure, args.prewarm, args.sessions, true).await?;
+    let addr = server
+        .local_addr()
+        .map_err(io_error("the benchmark's box has no address"))?;
     let metrics_addr = server
         .metrics_addr()
-        .context("the benchmark's box serves no metrics")??;
+        .ok_or_else(|| Error::Run("the benchmark's box serves no metrics".to_owned()))?
+        .map_err(io_error("the benchmark's box has no metrics address"))?;
     let server_task = tokio::spawn(server.run());
     let bench = Bench {
         target: Target {
@@ -369,20 +332,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // 1. Hello-world invocation latency, fresh instance each time; side by
     // side (alternating) with a second box that keeps no instance ready.
-    let cold_dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
-    let cold_serve = ServeArgs {
-        data_dir: Some(cold_dir.path().to_owned()),
-        prewarm: Some(0),
-        metrics: None,
-        ..serve.clone()
-    };
-    let mut cold_config = cold_serve.config()?;
-    cold_config.policy.instance.bandwidth_kib_per_s = 100_000_000;
-    cold_config.policy.caps.bandwidth_kib_per_s = 100_000_000;
-    let cold_server = Server::bind(cold_config, cold_serve.listen).await?;
+    let BoundBox {
+        server: cold_server,
+        _data_dir: _cold_dir,
+        ..
+    } = start_box(configure, Some(0), args.sessions, false).await?;
     let cold_bench = Bench {
         target: Target {
-            server: cold_server.local_addr()?.to_string(),
+            server: cold_server
+                .local_addr()
+                .map_err(io_error("the second box has no address"))?
+                .to_string(),
             socks: None,
         },
     };
@@ -404,7 +364,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let got = b.invoke_to_end(token, "[\"world\"]").await?;
             times.push(started.elapsed());
             if got != 11 {
-                bail!("hello-world returned {got} bytes, expected 11");
+                fail!("hello-world returned {got} bytes, expected 11");
             }
         }
         if (i + 1) % 250 == 0 {
@@ -417,15 +377,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // 1b. The same function in the sandbox alone, side by side: the ratio
     // of the two is what the box adds, whatever the machine's speed.
-    let runtime = args
-        .runtime
-        .clone()
-        .unwrap_or_else(crate::runtime_path::default_runtime);
+    let runtime = args.runtime.clone();
     let sandbox_n = args.invocations.min(500);
     let (sandbox, sandbox_prepared) = tokio::task::spawn_blocking(move || {
         sandbox_alone(&runtime, HELLO, "[\"world\"]", sandbox_n)
     })
-    .await??;
+    .await
+    .map_err(setup_error("the sandbox alone failed"))??;
     eprintln!(
         "  the same function in the sandbox alone: p50 {:.2} ms (prepared instance: {:.2} ms)",
         ms(percentile(&sandbox, 0.50)),
@@ -442,7 +400,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .await?;
         let elapsed = started.elapsed();
         if got != args.bulk_mib * 1024 * 1024 {
-            bail!(
+            fail!(
                 "bulk run {run} delivered {got} bytes, expected {}",
                 args.bulk_mib * 1024 * 1024
             );
@@ -474,7 +432,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .await?;
     let elapsed = started.elapsed().as_secs_f64();
     if got != throttled_kib * 1024 {
-        bail!(
+        fail!(
             "the throttled run delivered {got} bytes, expected {}",
             throttled_kib * 1024
         );
@@ -501,7 +459,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         while got < message.len() {
             match attachment.next().await? {
                 Some(data) => got += data.len(),
-                None => bail!("echo session ended early"),
+                None => fail!("echo session ended early"),
             }
         }
         if i >= 50 {
@@ -528,7 +486,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Wait until every instance is actually running (the metrics count
     // instances the workers hold).
     loop {
-        let metrics = bento_server::metrics::scrape(metrics_addr).await?;
+        let metrics = bento_server::metrics::scrape(metrics_addr)
+            .await
+            .map_err(io_error("cannot read the box's metrics"))?;
         let running = metrics
             .get("bento_instances_running")
             .copied()
@@ -537,7 +497,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             break;
         }
         if started.elapsed() > Duration::from_secs(300) {
-            bail!("only {running} of {} sessions started", args.sessions);
+            fail!("only {running} of {} sessions started", args.sessions);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -555,7 +515,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let got = bench.invoke_to_end(&hello, "[\"world\"]").await?;
         while_waiting.push(started.elapsed());
         if got != 11 {
-            bail!("hello-world beside the waiting sessions returned {got} bytes, expected 11");
+            fail!("hello-world beside the waiting sessions returned {got} bytes, expected 11");
         }
     }
     while_waiting.sort();
@@ -618,83 +578,95 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         },
     });
     if let Some(path) = &args.save {
-        std::fs::write(path, serde_json::to_string_pretty(&results)? + "\n")
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, format!("{results:#}\n"))
+            .map_err(io_error(format!("cannot write {}", path.display())))?;
     }
     let comparison = match &args.baseline {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the baseline {}", path.display()))?;
-            let baseline: serde_json::Value = serde_json::from_str(&text).with_context(|| {
-                format!("{} is not a `bento bench --save` file", path.display())
-            })?;
+            let text = std::fs::read_to_string(path).map_err(io_error(format!(
+                "cannot read the baseline {}",
+                path.display()
+            )))?;
+            let baseline: serde_json::Value = serde_json::from_str(&text).map_err(setup_error(
+                format!("{} is not a `bento bench --save` file", path.display()),
+            ))?;
             Some(compare(&results, &baseline))
         }
         None => None,
     };
-    #[allow(clippy::print_stdout)]
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
+        report!(out, "{results:#}");
     } else {
-        println!("| measurement | result |");
-        println!("|---|---|");
-        println!(
+        report!(out, "| measurement | result |");
+        report!(out, "|---|---|");
+        report!(
+            out,
             "| hello-world invocation, fresh instance (n={}) | p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms |",
             args.invocations,
             ms(percentile(&latencies, 0.50)),
             ms(percentile(&latencies, 0.90)),
             ms(percentile(&latencies, 0.99))
         );
-        println!(
+        report!(
+            out,
             "| the same, on a box with prewarming off, alternating with the above (n={}) | p50 {:.2} ms, p99 {:.2} ms (the measured box keeps {prewarm} per worker) |",
             cold_latencies.len(),
             ms(percentile(&cold_latencies, 0.50)),
             ms(percentile(&cold_latencies, 0.99))
         );
-        println!(
+        report!(
+            out,
             "| bulk output, {} MiB in 1 MiB sends (median of 3) | {bulk_mb_s:.0} MB/s |",
             args.bulk_mib
         );
-        println!(
+        report!(
+            out,
             "| session limited to {limit_kib} KiB/s, {throttled_kib} KiB sent (rate after the 1 s burst) | {throttled_rate:.0} KiB/s |"
         );
-        println!(
+        report!(
+            out,
             "| echo round trip, 32 B (n={}) | p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms |",
             args.round_trips,
             ms(percentile(&round_trips, 0.50)),
             ms(percentile(&round_trips, 0.90)),
             ms(percentile(&round_trips, 0.99))
         );
-        println!(
+        report!(
+            out,
             "| {} sessions waiting in api.recv() (server + {workers} workers) | PSS {busy_pss:.0} MiB; MemAvailable dropped {available_drop:.0} MiB; summed RSS {busy_rss:.0} MiB (idle box: PSS {idle_pss:.0} MiB) |",
             args.sessions
         );
-        println!(
+        report!(
+            out,
             "| the same function in the sandbox alone, in-process (n={}) | p50 {:.2} ms, p99 {:.2} ms; box / sandbox {:.2} |",
             sandbox.len(),
             ms(percentile(&sandbox, 0.50)),
             ms(percentile(&sandbox, 0.99)),
             ms(percentile(&latencies, 0.50)) / ms(percentile(&sandbox, 0.50)).max(1e-9)
         );
-        println!(
+        report!(
+            out,
             "| the same in the sandbox alone, instance prepared before the clock starts (n={}) | p50 {:.2} ms, p99 {:.2} ms |",
             sandbox_prepared.len(),
             ms(percentile(&sandbox_prepared, 0.50)),
             ms(percentile(&sandbox_prepared, 0.99))
         );
-        println!(
+        report!(
+            out,
             "| hello-world invocation while they wait (n={}) | p50 {:.2} ms, p99 {:.2} ms |",
             while_waiting.len(),
             ms(percentile(&while_waiting, 0.50)),
             ms(percentile(&while_waiting, 0.99))
         );
-        println!("| sessions started per second (sequential invokes) | {start_rate:.0} |");
+        report!(
+            out,
+            "| sessions started per second (sequential invokes) | {start_rate:.0} |"
+        );
     }
-    #[allow(clippy::print_stdout)]
     if let Some(lines) = comparison {
-        println!();
+        report!(out);
         for line in lines {
-            println!("{line}");
+            report!(out, "{line}");
         }
     }
     Ok(())

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 /// The `p` percentile (0..=1) of sorted durations; zero for none.
-pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -13,6 +13,6 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// A duration in milliseconds.
-pub(crate) fn ms(d: Duration) -> f64 {
+pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }

@@ -1,45 +1,84 @@
-//! `bento doctor`: check a box's setup before (or while) it serves, and say
-//! in words what to fix.
+//! `bento doctor`: check a box's setup before (or while) it serves, and
+//! say in words what to fix.
 //!
-//! It reads the same options as `bento serve` (including `--config`), so
-//! it checks exactly what `serve` would use: the policy, the runtime, the
-//! data directory, the worker jail, the listen addresses and the local
-//! tor (ControlPort, cookie, version, bootstrap, SocksPort).
+//! The command line reads the same options as `bento serve` (including
+//! `--config`) and hands them here as a [`Setup`], so the doctor checks
+//! exactly what `serve` would use: the policy, the runtime, the data
+//! directory, the worker jail, the listen addresses and the local tor
+//! (ControlPort, cookie, version, bootstrap, SocksPort, the ContactInfo
+//! announcement). [`examine`] returns a [`Report`]: one [`Finding`] per
+//! check, each with what to fix, rendered as text by [`Report::render`].
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bento_policy::BoxPolicy;
 use bento_tor::{TorControl, TorError};
 
-use crate::serve::ServeArgs;
+/// What `bento serve` would use, as its options resolve.
+#[derive(Debug)]
+pub struct Setup {
+    /// The `--config` file, if one was read.
+    pub config_file: Option<PathBuf>,
+    /// The `--policy` file (`None`: the default policy).
+    pub policy_file: Option<PathBuf>,
+    /// The policy with the command line's overrides, or why it cannot be
+    /// had (the error with its causes).
+    pub policy: Result<BoxPolicy, String>,
+    /// The precompiled runtime.
+    pub runtime: PathBuf,
+    /// The data directory, or why there is none.
+    pub data_dir: Result<PathBuf, String>,
+    /// `--no-worker-jail`.
+    pub no_worker_jail: bool,
+    /// `--listen`.
+    pub listen: SocketAddr,
+    /// `--legacy-listen`.
+    pub legacy_listen: Option<SocketAddr>,
+    /// `--metrics`.
+    pub metrics: Option<SocketAddr>,
+    /// `--tor-control`.
+    pub tor_control: Option<String>,
+    /// `--tor-socks`.
+    pub tor_socks: Option<SocketAddr>,
+    /// `--onion-port`.
+    pub onion_port: u16,
+}
 
 /// The first tor release with onion-service proof-of-work defenses.
 const TOR_POW_VERSION: (u32, u32, u32) = (0, 4, 8);
 
 /// How one check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
+pub enum Verdict {
+    /// As it should be.
     Ok,
+    /// The box serves, but less safely or less usefully than it could.
     Warn,
+    /// The box would not serve.
     Fail,
 }
 
 /// One line of the report: what was checked, what was found, what to do.
 #[derive(Debug)]
-struct Finding {
-    verdict: Verdict,
-    topic: &'static str,
-    found: String,
-    fix: Option<String>,
+pub struct Finding {
+    /// How it came out.
+    pub verdict: Verdict,
+    /// What was checked (`policy`, `runtime`, `data dir`, `tor`, …).
+    pub topic: &'static str,
+    /// What was found.
+    pub found: String,
+    /// What to do about it (none for a finding that is ok).
+    pub fix: Option<String>,
 }
 
-/// The report being built.
+/// The doctor's report: every finding, in the order checked.
 #[derive(Debug, Default)]
-struct Report {
-    findings: Vec<Finding>,
+pub struct Report {
+    /// The findings.
+    pub findings: Vec<Finding>,
 }
 
 impl Report {
@@ -64,14 +103,17 @@ impl Report {
         });
     }
 
-    fn count(&self, verdict: Verdict) -> usize {
+    /// How many findings came out as `verdict`.
+    pub fn count(&self, verdict: Verdict) -> usize {
         self.findings
             .iter()
             .filter(|f| f.verdict == verdict)
             .count()
     }
 
-    fn render(&self) -> String {
+    /// The report as text: a line per finding (and its fix), then the
+    /// summary.
+    pub fn render(&self) -> String {
         let mut out = String::new();
         for f in &self.findings {
             let mark = match f.verdict {
@@ -97,37 +139,31 @@ impl Report {
     }
 }
 
-/// `bento doctor`: runs every check, prints the report; exit code 0 when
-/// nothing failed (warnings allowed), else 1.
-pub async fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+/// Runs every check of `setup`. `whole_config` makes the box's whole
+/// configuration as `serve` would (the error with its causes): it is
+/// asked only when the policy, runtime and data directory are usable, to
+/// report whatever else `serve` would refuse at start.
+pub async fn examine(setup: &Setup, whole_config: impl FnOnce() -> Result<(), String>) -> Report {
     let mut report = Report::default();
-    if let Some(config) = &args.config {
+    if let Some(config) = &setup.config_file {
         report.ok("config", format!("{} parsed", config.display()));
     }
-    check_policy(args, &mut report);
-    check_runtime(args, &mut report);
-    check_data_dir(args, &mut report);
-    check_jail(args, &mut report);
-    check_listen(args, &mut report);
-    check_tor(args, &mut report).await;
-    check_other_options(args, &mut report);
-    #[allow(clippy::print_stdout)]
-    {
-        print!("{}", report.render());
-    }
-    Ok(if report.count(Verdict::Fail) == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    check_policy(setup, &mut report);
+    check_runtime(setup, &mut report);
+    check_data_dir(setup, &mut report);
+    check_jail(setup, &mut report);
+    check_listen(setup, &mut report);
+    check_tor(setup, &mut report).await;
+    check_other_options(setup, whole_config, &mut report);
+    report
 }
 
-fn check_policy(args: &ServeArgs, report: &mut Report) {
-    let source = args.policy.as_ref().map_or_else(
+fn check_policy(setup: &Setup, report: &mut Report) {
+    let source = setup.policy_file.as_ref().map_or_else(
         || "the default policy".to_owned(),
         |p| p.display().to_string(),
     );
-    match args.policy() {
+    match &setup.policy {
         Ok(policy) => {
             let bound_mib = policy
                 .caps
@@ -160,7 +196,7 @@ fn check_policy(args: &ServeArgs, report: &mut Report) {
         }
         Err(e) => report.fail(
             "policy",
-            format!("{source}: {e:#}"),
+            format!("{source}: {e}"),
             "correct the file; `bento policy default` prints a valid policy to start from \
              (docs/policy.md)",
         ),
@@ -175,8 +211,8 @@ fn physical_memory_mib() -> Option<u64> {
     Some(kib / 1024)
 }
 
-fn check_runtime(args: &ServeArgs, report: &mut Report) {
-    let path = args.runtime_path();
+fn check_runtime(setup: &Setup, report: &mut Report) {
+    let path = &setup.runtime;
     if !path.is_file() {
         report.fail(
             "runtime",
@@ -189,7 +225,7 @@ fn check_runtime(args: &ServeArgs, report: &mut Report) {
     }
     // Loading checks what matters: that this bento's wasmtime accepts the
     // file (a runtime precompiled by another version is refused).
-    match bento_sandbox::PythonRuntime::load_precompiled(&path) {
+    match bento_sandbox::PythonRuntime::load_precompiled(path) {
         Ok(_) => report.ok("runtime", format!("{} loads", path.display())),
         Err(e) => report.fail(
             "runtime",
@@ -200,15 +236,11 @@ fn check_runtime(args: &ServeArgs, report: &mut Report) {
     }
 }
 
-fn check_data_dir(args: &ServeArgs, report: &mut Report) {
-    let dir = match args.data_dir() {
-        Ok(dir) => dir,
+fn check_data_dir(setup: &Setup, report: &mut Report) {
+    let dir = match &setup.data_dir {
+        Ok(dir) => dir.as_path(),
         Err(e) => {
-            report.fail(
-                "data dir",
-                format!("{e:#}"),
-                "set data-dir (e.g. /var/lib/bento)",
-            );
+            report.fail("data dir", e.clone(), "set data-dir (e.g. /var/lib/bento)");
             return;
         }
     };
@@ -288,9 +320,9 @@ fn writable_dir(dir: &Path) -> std::io::Result<()> {
     tempfile::tempfile_in(dir).map(drop)
 }
 
-fn check_jail(args: &ServeArgs, report: &mut Report) {
+fn check_jail(setup: &Setup, report: &mut Report) {
     let support = bento_worker::jail_support();
-    if args.no_worker_jail {
+    if setup.no_worker_jail {
         report.warn(
             "jail",
             "off (no-worker-jail): a sandbox escape would run with bento's own rights",
@@ -308,12 +340,12 @@ fn check_jail(args: &ServeArgs, report: &mut Report) {
     }
 }
 
-fn check_listen(args: &ServeArgs, report: &mut Report) {
-    let mut addrs: Vec<(&'static str, SocketAddr)> = vec![("listen", args.listen)];
-    if let Some(legacy) = args.legacy_listen {
+fn check_listen(setup: &Setup, report: &mut Report) {
+    let mut addrs: Vec<(&'static str, SocketAddr)> = vec![("listen", setup.listen)];
+    if let Some(legacy) = setup.legacy_listen {
         addrs.push(("legacy", legacy));
     }
-    if let Some(metrics) = args.metrics {
+    if let Some(metrics) = setup.metrics {
         addrs.push(("metrics", metrics));
     }
     for (topic, addr) in addrs {
@@ -340,8 +372,8 @@ fn check_listen(args: &ServeArgs, report: &mut Report) {
     }
 }
 
-async fn check_tor(args: &ServeArgs, report: &mut Report) {
-    let Some(addr) = args.tor_control.as_deref() else {
+async fn check_tor(setup: &Setup, report: &mut Report) {
+    let Some(addr) = setup.tor_control.as_deref() else {
         report.warn(
             "tor",
             "no tor-control: the box publishes no onion service, and functions get no \
@@ -391,7 +423,7 @@ async fn check_tor(args: &ServeArgs, report: &mut Report) {
         Ok(fp) => {
             report.ok("tor", format!("a relay ({fp}): the box runs beside it"));
             let contact = control.getconf("ContactInfo").await;
-            check_announcement(contact, args.onion_port, report);
+            check_announcement(contact, setup.onion_port, report);
         }
         Err(_) => report.warn(
             "tor",
@@ -399,7 +431,7 @@ async fn check_tor(args: &ServeArgs, report: &mut Report) {
             "fine for a test box; on the network, run the box beside your relay's tor",
         ),
     }
-    let socks = match args.tor_socks {
+    let socks = match setup.tor_socks {
         Some(socks) => Ok(vec![socks]),
         None => control.socks_listeners().await,
     };
@@ -527,18 +559,19 @@ fn parse_tor_version(text: &str) -> Option<(u32, u32, u32)> {
 }
 
 /// Whatever else `serve` would refuse at start (legacy manifest, CA file).
-fn check_other_options(args: &ServeArgs, report: &mut Report) {
-    let runtime_ok = args.runtime_path().is_file();
-    if !runtime_ok || args.data_dir.is_none() || args.policy().is_err() {
-        // Already reported; config() would only repeat the first of them.
+fn check_other_options(
+    setup: &Setup,
+    whole_config: impl FnOnce() -> Result<(), String>,
+    report: &mut Report,
+) {
+    let runtime_ok = setup.runtime.is_file();
+    if !runtime_ok || setup.data_dir.is_err() || setup.policy.is_err() {
+        // Already reported; the whole configuration would only repeat the
+        // first of them.
         return;
     }
-    if let Err(e) = args.config() {
-        report.fail(
-            "options",
-            format!("{e:#}"),
-            "correct the option named above",
-        );
+    if let Err(e) = whole_config() {
+        report.fail("options", e, "correct the option named above");
     }
 }
 

@@ -17,36 +17,32 @@
 //! later reads as absent is reported too (the box promised durability when
 //! it acknowledged: the store is fsynced before its answer).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use bento_client::{ClientError, Connection, Target};
 use bento_protocol::{ErrorCode, InvokeToken};
-use clap::Args;
 
-use crate::bench_soak::BoxProcess;
+use crate::process::BoxProcess;
+use crate::{Error, XorShift, io_error};
 
-/// Options of `bento bench crash`.
-#[derive(Debug, Clone, Args)]
-pub struct CrashArgs {
+/// Options of the crash run (`bento bench crash`; its `--help` says the
+/// defaults).
+#[derive(Debug, Clone)]
+pub struct CrashOptions {
     /// Kill-and-restart rounds.
-    #[arg(long, default_value_t = 50)]
     pub rounds: u64,
     /// Clients storing and invoking while the box is killed.
-    #[arg(long, default_value_t = 8)]
     pub clients: usize,
     /// Longest time the box runs in a round before it is killed, ms (each
     /// round picks a random time up to this).
-    #[arg(long, default_value_t = 2000)]
     pub max_delay_ms: u64,
     /// Sandbox worker processes of the box [default: number of CPUs].
-    #[arg(long)]
     pub workers: Option<usize>,
-    /// Precompiled runtime (see `bento serve --help`).
-    #[arg(long)]
-    pub runtime: Option<PathBuf>,
+    /// The precompiled runtime.
+    pub runtime: PathBuf,
 }
 
 /// A function the box acknowledged, with the answer it must give.
@@ -101,20 +97,6 @@ async fn check(target: &Target, known: &Known) -> (State, String) {
     }
 }
 
-/// A tiny deterministic generator (not for anything secret).
-struct XorShift(u64);
-
-impl XorShift {
-    fn below(&mut self, n: u64) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        if n == 0 { 0 } else { x % n }
-    }
-}
-
 /// One client until the box dies: store, invoke what it stored, repeat.
 async fn client(target: Target, seed: u64, known: Arc<Mutex<Vec<Known>>>) {
     let mut rng = XorShift(seed | 1);
@@ -143,19 +125,23 @@ async fn client(target: Target, seed: u64, known: Arc<Mutex<Vec<Known>>>) {
     }
 }
 
-/// `bento bench crash`; true when no function was ever corrupt.
-#[allow(clippy::print_stdout)]
-pub async fn run(args: CrashArgs) -> anyhow::Result<bool> {
-    let data_dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
+/// The crash run, its table and verdict written to `out`; true when no
+/// function was ever corrupt or missing.
+pub async fn run(args: CrashOptions, out: &mut (dyn Write + Send)) -> Result<bool, Error> {
+    let data_dir =
+        tempfile::tempdir().map_err(io_error("cannot create a temporary data directory"))?;
     let known: Arc<Mutex<Vec<Known>>> = Arc::default();
     let mut rng = XorShift(0x5DEE_CE66_D1CE_4E5B ^ u64::from(std::process::id()));
     let mut corrupt = 0u64;
     let mut lost = 0u64;
     let start = Instant::now();
-    println!("| round | stored so far | intact | absent | corrupt | killed after ms |");
-    println!("|---|---|---|---|---|---|");
+    report!(
+        out,
+        "| round | stored so far | intact | absent | corrupt | killed after ms |"
+    );
+    report!(out, "|---|---|---|---|---|---|");
     for round in 0..=args.rounds {
-        let bx = BoxProcess::start_in(data_dir.path(), args.workers, args.runtime.clone()).await?;
+        let bx = BoxProcess::start_in(data_dir.path(), args.workers, &args.runtime).await?;
         // Check everything acknowledged so far.
         let snapshot: Vec<Known> = known.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let (mut intact, mut absent, mut bad) = (0u64, 0u64, 0u64);
@@ -166,7 +152,7 @@ pub async fn run(args: CrashArgs) -> anyhow::Result<bool> {
                 (State::Corrupt, why) => {
                     bad += 1;
                     if bad <= 5 {
-                        println!("  corrupt after round {round}: {why}");
+                        report!(out, "  corrupt after round {round}: {why}");
                     }
                 }
             }
@@ -174,7 +160,8 @@ pub async fn run(args: CrashArgs) -> anyhow::Result<bool> {
         corrupt += bad;
         lost = lost.max(absent);
         if round == args.rounds {
-            println!(
+            report!(
+                out,
                 "| final | {} | {intact} | {absent} | {bad} | - |",
                 snapshot.len()
             );
@@ -194,20 +181,23 @@ pub async fn run(args: CrashArgs) -> anyhow::Result<bool> {
         bx.kill9();
         // The clients see the box go and stop.
         while clients.join_next().await.is_some() {}
-        println!(
+        report!(
+            out,
             "| {round} | {} | {intact} | {absent} | {bad} | {} |",
             snapshot.len(),
             delay.as_millis()
         );
     }
     let stored = known.lock().unwrap_or_else(|e| e.into_inner()).len();
-    println!(
+    report!(
+        out,
         "{} rounds in {:.0} s: {stored} acknowledged stores; {corrupt} corrupt answers; at most {lost} acknowledged functions absent",
         args.rounds,
         start.elapsed().as_secs_f64()
     );
     let clean = corrupt == 0;
-    println!(
+    report!(
+        out,
         "verdict: {}",
         if clean && lost == 0 {
             "every acknowledged function intact after every kill -9"
