@@ -131,14 +131,21 @@ async fn invoke_checked(target: &Target, token: &InvokeToken, i: u64) -> Result<
     Ok(())
 }
 
+/// How long the soak waits before it tries an invocation the box refused
+/// as busy again, and how many times it tries before it counts a failure.
+const BUSY_PAUSE: Duration = Duration::from_millis(100);
+const BUSY_TRIES: u32 = 600;
+
 /// Run invocations `from..to`, `concurrency` at a time; returns the
-/// failures' messages.
+/// failures' messages. An invocation the box refuses as busy (e.g.
+/// `overloaded` while the machine is loaded) is not a failure: it is tried
+/// again after a pause, and counted in `refused`.
 async fn run_batch(
     target: &Target,
     token: &InvokeToken,
-    from: u64,
-    to: u64,
+    (from, to): (u64, u64),
     concurrency: usize,
+    refused: &Arc<AtomicU64>,
 ) -> Vec<String> {
     let next = Arc::new(AtomicU64::new(from));
     let mut tasks = tokio::task::JoinSet::new();
@@ -146,6 +153,7 @@ async fn run_batch(
         let next = next.clone();
         let target = target.clone();
         let token = token.clone();
+        let refused = refused.clone();
         tasks.spawn(async move {
             let mut failures = Vec::new();
             loop {
@@ -153,8 +161,20 @@ async fn run_batch(
                 if i >= to {
                     return failures;
                 }
-                if let Err(e) = invoke_checked(&target, &token, i).await {
-                    failures.push(error_chain(&e));
+                let mut tries = 0;
+                loop {
+                    match invoke_checked(&target, &token, i).await {
+                        Err(e) if e.is_busy() && tries < BUSY_TRIES => {
+                            tries += 1;
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(BUSY_PAUSE).await;
+                        }
+                        Err(e) => {
+                            failures.push(error_chain(&e));
+                            break;
+                        }
+                        Ok(()) => break,
+                    }
                 }
             }
         });
@@ -212,7 +232,15 @@ pub async fn run(args: SoakOptions, out: &mut (dyn Write + Send)) -> Result<bool
         bx.target.server,
         args.warm_up
     );
-    let mut failures = run_batch(&bx.target, &token, 0, args.warm_up, args.concurrency).await;
+    let refused = Arc::new(AtomicU64::new(0));
+    let mut failures = run_batch(
+        &bx.target,
+        &token,
+        (0, args.warm_up),
+        args.concurrency,
+        &refused,
+    )
+    .await;
     let start = Instant::now();
     let mut samples = vec![sample(&bx, 0, Duration::ZERO)?];
     report!(
@@ -228,9 +256,9 @@ pub async fn run(args: SoakOptions, out: &mut (dyn Write + Send)) -> Result<bool
         let mut batch = run_batch(
             &bx.target,
             &token,
-            offset + done,
-            offset + to,
+            (offset + done, offset + to),
             args.concurrency,
+            &refused,
         )
         .await;
         failures.append(&mut batch);
@@ -284,10 +312,11 @@ pub async fn run(args: SoakOptions, out: &mut (dyn Write + Send)) -> Result<bool
     }
     report!(
         out,
-        "{} invocations after {} of warm-up, {} failed",
+        "{} invocations after {} of warm-up, {} failed ({} busy refusals tried again)",
         done,
         args.warm_up,
-        failures.len()
+        failures.len(),
+        refused.load(Ordering::Relaxed)
     );
     for failure in failures.iter().take(10) {
         report!(out, "  failure: {failure}");
