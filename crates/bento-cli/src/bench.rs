@@ -360,6 +360,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         target: Target {
             server: addr.to_string(),
             socks: None,
+            dialer: None,
         },
     };
     let (idle_rss, idle_pss) = total_memory_mib();
@@ -382,6 +383,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         target: Target {
             server: cold_server.local_addr()?.to_string(),
             socks: None,
+            dialer: None,
         },
     };
     let cold_task = tokio::spawn(cold_server.run());

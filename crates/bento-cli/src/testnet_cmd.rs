@@ -298,6 +298,7 @@ async fn reach_through_tor(onion: &str, socks: std::net::SocketAddr) -> anyhow::
     let target = Target {
         server: onion.to_owned(),
         socks: Some(socks.to_string()),
+        dialer: None,
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -342,6 +343,7 @@ pub fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 "or_port": n.or_port, "control_port": n.control_port, "socks_port": n.socks_port,
             })).collect::<Vec<_>>(),
             "dir": state.dir,
+            "arti_config": state.dir.join(bento_testnet::ARTI_CONFIG_FILE),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
