@@ -1142,7 +1142,13 @@ pub fn arti_config(state: &TestnetState) -> Result<String, TorError> {
          # family (same /16) and find no path.\n\
          [path_rules]\n\
          ipv4_subnet_family_prefix = 33\n\
-         ipv6_subnet_family_prefix = 129\n",
+         ipv6_subnet_family_prefix = 129\n\n\
+         # C tor in a TestingTorNetwork makes the onion-service time period one\n\
+         # shared-random run (24 votes) instead of the consensus's hsdir_interval;\n\
+         # Arti reads hsdir_interval, so it is set to match (else: HSDirs 404).\n\
+         [override_net_params]\n\
+         hsdir_interval = {hsdir_interval}\n",
+        hsdir_interval = 24 * VOTING_INTERVAL / 60,
         dir = state.dir.display(),
         v3idents = v3idents.join(", "),
         fallbacks = fallbacks.join("\n"),
