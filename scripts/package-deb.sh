@@ -31,6 +31,9 @@ BENTO_PROFILE=release scripts/setup.sh
 BIN=$ROOT/target/release/bento
 CWASM=$ROOT/.cache/runtime/bento-python.cwasm
 VERSION=$("$BIN" --version | awk '{print $2}')
+# The released binary carries the embedded Tor client (setup.sh builds it
+# with --features embedded-tor).
+"$BIN" --version | grep -q 'embedded Tor client: yes' || { say "$BIN lacks the embedded Tor client"; exit 1; }
 ARCH=$(dpkg-architecture -qDEB_HOST_ARCH)
 NAME=bento_${VERSION}-1_${ARCH}
 STAGE=$ROOT/target/debian/$NAME

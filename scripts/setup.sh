@@ -62,7 +62,10 @@ fi
 
 # 4. The bento binary.
 say "building bento ($PROFILE)"
-if [ "$PROFILE" = release ]; then cargo build --release --quiet -p bento-cli; else cargo build --quiet -p bento-cli; fi
+# The released binary has the embedded Tor client (`bento --tor embedded`,
+# Arti: ~400 more crates); debug builds leave it out to keep CI quick
+# (scripts/test-embedded-tor.sh builds and tests it).
+if [ "$PROFILE" = release ]; then cargo build --release --quiet -p bento-cli --features embedded-tor; else cargo build --quiet -p bento-cli; fi
 BENTO=$ROOT/target/$PROFILE/bento
 
 # 5. The precompiled runtime, rebuilt when the component or the engine

@@ -201,6 +201,7 @@ pub(crate) async fn fake_box(
         Target {
             server: addr.to_string(),
             socks: None,
+            dialer: None,
         },
         task,
     )

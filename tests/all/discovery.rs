@@ -263,6 +263,7 @@ fn a_relay_announcing_an_onion_that_is_not_a_box_is_shown_as_such_and_listing_go
         let target = Target {
             server: onion.clone(),
             socks: Some(net.socks.clone()),
+            dialer: None,
         };
         Connection::connect(&target).await.unwrap().status().await
     });

@@ -143,6 +143,7 @@ impl TestBox {
         Target {
             server: self.addr.clone(),
             socks: None,
+            dialer: None,
         }
     }
 

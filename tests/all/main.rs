@@ -13,6 +13,8 @@ mod cli;
 mod cover;
 mod discovery;
 mod dropbox;
+#[cfg(feature = "embedded-tor")]
+mod embedded_tor;
 mod harness;
 mod host_memory;
 mod hostile;

@@ -397,6 +397,7 @@ async fn flipping_relay(box_addr: String) -> Target {
     Target {
         server: addr.to_string(),
         socks: None,
+        dialer: None,
     }
 }
 

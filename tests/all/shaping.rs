@@ -462,6 +462,7 @@ async fn a_client_pads_its_own_direction_and_the_box_discards_it() {
     let target = bento_client::Target {
         server: proxy,
         socks: None,
+        dialer: None,
     };
     let session = Connection::connect(&target)
         .await
@@ -712,6 +713,7 @@ async fn a_regulator_client_pads_in_step_with_what_it_receives() {
     let target = bento_client::Target {
         server: proxy,
         socks: None,
+        dialer: None,
     };
     let session = Connection::connect(&target)
         .await

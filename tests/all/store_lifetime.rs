@@ -506,6 +506,7 @@ async fn at_the_default_log_level_a_box_logs_no_timeline_of_its_users() {
     let target = bento_client::Target {
         server: addr,
         socks: None,
+        dialer: None,
     };
     let mut conn = bento_client::Connection::connect(&target).await.unwrap();
     let stored = conn.store_for("hello.py", HELLO, "", None).await.unwrap();

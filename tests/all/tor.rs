@@ -18,6 +18,9 @@ use crate::harness::{BENTO, TestBox, runtime};
 pub(crate) struct Net {
     pub(crate) socks: String,
     pub(crate) boxes: Vec<String>,
+    /// The network as an Arti configuration fragment (`--tor-network`).
+    #[cfg_attr(not(feature = "embedded-tor"), allow(dead_code))]
+    pub(crate) arti_config: std::path::PathBuf,
 }
 
 pub(crate) fn net() -> &'static Net {
@@ -58,6 +61,7 @@ pub(crate) fn net() -> &'static Net {
                 .iter()
                 .map(|b| b["onion"].as_str().unwrap().to_owned())
                 .collect(),
+            arti_config: json["arti_config"].as_str().unwrap().into(),
         }
     })
 }
@@ -86,6 +90,7 @@ pub(crate) fn onion_box(index: usize) -> Target {
     Target {
         server: net.boxes[index].clone(),
         socks: Some(net.socks.clone()),
+        dialer: None,
     }
 }
 
@@ -382,6 +387,7 @@ async fn a_boxs_onion_address_survives_a_restart_and_shows_in_status() {
     let target = Target {
         server: first.clone(),
         socks: Some(net().socks.clone()),
+        dialer: None,
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -549,6 +555,7 @@ pub(crate) async fn onion_test_box_async(policy: Option<&str>) -> (TestBox, Stri
     let target = Target {
         server: onion.clone(),
         socks: Some(net().socks.clone()),
+        dialer: None,
     };
     // A fresh descriptor is not always found at once, and on a busy network
     // a circuit sometimes hangs: each try is bounded.

@@ -325,6 +325,7 @@ pub async fn run(
         target: Target {
             server: addr.to_string(),
             socks: None,
+            dialer: None,
         },
     };
     let (idle_rss, idle_pss) = total_memory_mib();
@@ -344,6 +345,7 @@ pub async fn run(
                 .map_err(io_error("the second box has no address"))?
                 .to_string(),
             socks: None,
+            dialer: None,
         },
     };
     let cold_task = tokio::spawn(cold_server.run());

@@ -78,6 +78,7 @@ impl BoxProcess {
             target: Target {
                 server: listen,
                 socks: None,
+                dialer: None,
             },
         };
         let deadline = Instant::now() + Duration::from_secs(120);

@@ -226,6 +226,7 @@ pub async fn run(args: TorOptions, out: &mut (dyn Write + Send)) -> Result<(), E
     let target = Target {
         server: format!("{raw_host}:7878"),
         socks: Some(socks.to_string()),
+        dialer: None,
     };
     let mut bento_rtts = Vec::with_capacity(args.round_trips);
     {

@@ -145,11 +145,31 @@ pub fn precompile(wasm: &Path, out: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The box and how to reach it (the route `tor_route::apply` set up).
 pub(crate) fn target(args: &TargetArgs) -> Target {
     Target {
         server: args.server.clone(),
         socks: args.socks.clone(),
+        dialer: args.dialer.clone(),
     }
+}
+
+/// Whether `command` talks to a box as a client (so `--tor` applies):
+/// not the box's own commands, the local tools, the test network, the
+/// benchmarks (which start their own boxes) or `boxes` (which finds boxes
+/// through a local tor's ControlPort).
+pub(crate) fn reaches_a_box(command: &Command) -> bool {
+    !matches!(
+        command,
+        Command::Serve(_)
+            | Command::Doctor(_)
+            | Command::Worker { .. }
+            | Command::Runtime(_)
+            | Command::Policy(_)
+            | Command::Testnet(_)
+            | Command::Bench(_)
+            | Command::Boxes(_)
+    )
 }
 
 /// Each argument as JSON when it parses, else as a string.

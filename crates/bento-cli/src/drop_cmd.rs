@@ -66,14 +66,12 @@ pub async fn run(target: &Target, command: DropCommand) -> ExitCode {
                 Err(e) => exit::fail(&e),
             }
         }
-        DropCommand::Get { token, out } => {
-            match dropbox::get(target.socks.clone(), &token, &out).await {
-                Ok(bytes) => {
-                    eprintln!("saved {bytes} bytes to {}", out.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => exit::fail(&e),
+        DropCommand::Get { token, out } => match dropbox::get(&target, &token, &out).await {
+            Ok(bytes) => {
+                eprintln!("saved {bytes} bytes to {}", out.display());
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => exit::fail(&e),
+        },
     }
 }

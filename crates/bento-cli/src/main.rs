@@ -1,7 +1,8 @@
 //! `bento`: run a Bento box, and use one.
 //!
 //! `bento serve` runs a box; `bento store|renew|delete|invoke|attach|run|kill|status` use
-//! one (directly, or through Tor with `--socks`); `bento bench` measures a
+//! one (directly, or through Tor with `--socks` or the embedded client,
+//! `--tor embedded`); `bento bench` measures a
 //! box it starts itself. `bento worker` is internal: the box starts it.
 
 mod attest_cmd;
@@ -22,18 +23,28 @@ mod serve_config;
 mod shard_cmd;
 mod terminal;
 mod testnet_cmd;
+mod tor_route;
 mod units;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+/// `bento --version`: the version, and whether this build has the
+/// embedded Tor client (`--tor embedded`; release builds do).
+const VERSION: &str = if bento_arti::COMPILED_IN {
+    concat!(env!("CARGO_PKG_VERSION"), " (embedded Tor client: yes)")
+} else {
+    concat!(env!("CARGO_PKG_VERSION"), " (embedded Tor client: no)")
+};
 
 /// Bento: run small Python functions on Tor relays, in a WebAssembly sandbox.
 #[derive(Debug, Parser)]
 #[command(
     name = "bento",
-    version,
+    version = VERSION,
     about = "Bento: run small Python functions on Tor relays, in a WebAssembly sandbox",
     after_help = "Quick start:\n  \
         bento serve --data-dir ./box-data &              # a box on 127.0.0.1:7878\n  \
@@ -43,7 +54,8 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
         bento renew TOKEN --lifetime 30d                 # keep it longer;  bento delete TOKEN\n  \
         bento invoke TOKEN --json -- world               # {\"session_token\"}\n  \
         bento attach SESSION                             # output to stdout, stdin to api.recv()\n\n\
-        Through Tor: --server xyz.onion:PORT --socks 127.0.0.1:9050\n\
+        Through Tor: --server xyz.onion:PORT --socks 127.0.0.1:9050   (a local tor)\n\
+        \x20        or --server xyz.onion:PORT --tor embedded       (no tor needed; release builds)\n\
         Find boxes: bento boxes [--capability http] [--exit] [--json]   (needs tor's ControlPort)\n\
         Exit codes: 0 ok, 1 the function failed, 2 bad request or unknown token, 3 the box is busy, failed or unreachable\n\
         Docs: README.md, docs/python-api.md, docs/policy.md, docs/protocol.md, docs/legacy.md"
@@ -58,7 +70,7 @@ struct Cli {
 /// How to reach a box.
 #[derive(Debug, Clone, Args)]
 struct TargetArgs {
-    /// The box, HOST:PORT (a .onion name needs --socks).
+    /// The box, HOST:PORT (a .onion name needs --socks or --tor embedded).
     #[arg(
         long,
         global = true,
@@ -70,8 +82,34 @@ struct TargetArgs {
     /// proxy resolves the box's name.
     #[arg(long, global = true, env = "BENTO_SOCKS")]
     socks: Option<String>,
+    /// How to reach the box: `direct` (TCP), `socks` (through --socks,
+    /// default 127.0.0.1:9050: a local tor), or `embedded` (Bento's own Tor
+    /// client, Arti: no tor needed; compiled into release builds; state in
+    /// ~/.local/state/bento/arti, cache in ~/.cache/bento/arti) [default:
+    /// embedded with --tor-network, socks with --socks, else direct].
+    #[arg(long, global = true, env = "BENTO_TOR", value_enum)]
+    tor: Option<TorMode>,
+    /// A private Tor network for --tor embedded: an Arti configuration
+    /// fragment naming its authorities and fallback caches (`bento testnet
+    /// up` writes one as DIR/arti.toml; docs/tor.md).
+    #[arg(long, global = true, env = "BENTO_TOR_NETWORK", value_name = "FILE")]
+    tor_network: Option<PathBuf>,
+    /// The embedded Tor client, when `--tor embedded` (set by `tor_route::apply`).
+    #[arg(skip)]
+    dialer: Option<Arc<dyn bento_client::Dialer>>,
     #[command(flatten)]
     attest: attest_cmd::AttestFlags,
+}
+
+/// `--tor`: how client commands reach the box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TorMode {
+    /// TCP to --server.
+    Direct,
+    /// Through a SOCKS5 proxy (--socks; default 127.0.0.1:9050).
+    Socks,
+    /// Bento's embedded Tor client (Arti).
+    Embedded,
 }
 
 #[derive(Debug, Subcommand)]
@@ -354,9 +392,12 @@ enum RuntimeCommand {
 }
 
 /// Logs go to stderr, filtered by `BENTO_LOG` (e.g. `debug`, `warn`).
+/// Without it, the embedded Tor client's crates (`arti_client`, `tor_*`)
+/// log only warnings: its progress has lines of its own.
 fn init_tracing(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BENTO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BENTO_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default_level},arti_=warn,tor_=warn"))
+    });
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -388,6 +429,12 @@ fn main() -> ExitCode {
     };
     if let Err(e) = apply_config(&mut cli.command, &matches) {
         eprintln!("error: {e:#}");
+        return ExitCode::from(exit::EXIT_REQUEST);
+    }
+    if commands::reaches_a_box(&cli.command)
+        && let Err(e) = tor_route::apply(&mut cli.target)
+    {
+        eprintln!("error: {e}");
         return ExitCode::from(exit::EXIT_REQUEST);
     }
     // The benchmark's own box would log every session; keep it quiet.

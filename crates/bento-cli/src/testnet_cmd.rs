@@ -182,6 +182,7 @@ pub fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 "or_port": n.or_port, "control_port": n.control_port, "socks_port": n.socks_port,
             })).collect::<Vec<_>>(),
             "dir": state.dir,
+            "arti_config": state.dir.join(bento_testnet::ARTI_CONFIG_FILE),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {

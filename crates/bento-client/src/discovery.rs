@@ -266,6 +266,7 @@ async fn probe(
     let target = Target {
         server: announcement.server(),
         socks: Some(socks.to_string()),
+        dialer: None,
     };
     let asked = async {
         let mut conn = Connection::connect(&target)

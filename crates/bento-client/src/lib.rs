@@ -1,7 +1,9 @@
 //! Client library for Bento boxes.
 //!
-//! Connects directly over TCP or through a SOCKS5 proxy such as Tor's
-//! SocksPort (with the proxy resolving names, so `.onion` boxes work), and
+//! Connects directly over TCP, through a SOCKS5 proxy such as Tor's
+//! SocksPort (with the proxy resolving names, so `.onion` boxes work), or
+//! through a [`Dialer`] set on the [`Target`] (the embedded Tor client,
+//! `bento-arti`, is one), and
 //! speaks the wire protocol: store (with a lifetime), renew, delete,
 //! invoke, attach, kill, status, and attest ([`Connection::attest`]: what
 //! the box proves about the code that runs your functions).
@@ -17,10 +19,12 @@ mod attest;
 pub mod discovery;
 mod sealed;
 mod socks;
+mod transport;
 
 pub use attest::{AttestError, Requirement, TeeKind, TeeRequirement, Verified};
 pub use bento_attest::SealError;
 pub use sealed::{SealedAttachment, SealedInputSender, SealedSessionToken};
+pub use transport::{ByteStream, DialError, Dialer};
 
 use bento_protocol::{
     ErrorCode, FRAME_HEADER_LEN, Frame, FrameDecoder, FunctionId, InvokeToken, MAX_DATA_LEN,
@@ -35,7 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use transport::{Reader, Writer};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -49,6 +53,13 @@ pub enum ClientError {
     /// The SOCKS proxy refused or failed.
     #[error("SOCKS proxy: {0}")]
     Socks(String),
+    /// The box's address is not `HOST:PORT`.
+    #[error("the box's address {0:?} is not HOST:PORT")]
+    BadServer(String),
+    /// The target's [`Dialer`] (the embedded Tor client) could not open a
+    /// stream to the box.
+    #[error("{0}")]
+    Dial(DialError),
     /// The box sent bytes that are not valid protocol.
     #[error("the box sent an invalid frame: {0}")]
     Protocol(#[from] ProtocolError),
@@ -107,13 +118,26 @@ pub struct Target {
     pub server: String,
     /// `host:port` of a SOCKS5 proxy (Tor's SocksPort), if any.
     pub socks: Option<String>,
+    /// Opens the stream instead of TCP or `socks` when set: the embedded
+    /// Tor client, which resolves `.onion` names itself.
+    pub dialer: Option<Arc<dyn Dialer>>,
+}
+
+impl Target {
+    /// Another box, reached the same way (same proxy or dialer).
+    pub fn with_server(&self, server: impl Into<String>) -> Target {
+        Target {
+            server: server.into(),
+            ..self.clone()
+        }
+    }
 }
 
 /// A connection to a box, past the version handshake.
 #[derive(Debug)]
 pub struct Connection {
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    reader: Reader,
+    writer: Writer,
     buf: BytesMut,
     decoder: FrameDecoder,
     /// The box's software string from `Welcome`.
@@ -138,12 +162,14 @@ fn remote(frame: Frame) -> ClientError {
 impl Connection {
     /// Connect and perform the handshake.
     pub async fn connect(target: &Target) -> Result<Self, ClientError> {
-        let stream = match &target.socks {
-            None => TcpStream::connect(&target.server).await?,
-            Some(proxy) => socks::connect(proxy, &target.server).await?,
+        let (reader, writer) = match (&target.dialer, &target.socks) {
+            (Some(dialer), _) => {
+                let (host, port) = transport::split_host_port(&target.server)?;
+                transport::dialed(dialer.dial(host, port).await.map_err(ClientError::Dial)?)
+            }
+            (None, None) => transport::tcp(TcpStream::connect(&target.server).await?)?,
+            (None, Some(proxy)) => transport::tcp(socks::connect(proxy, &target.server).await?)?,
         };
-        stream.set_nodelay(true)?;
-        let (reader, writer) = stream.into_split();
         let mut conn = Self {
             reader,
             writer,
@@ -176,6 +202,7 @@ impl Connection {
 
     async fn send(&mut self, frame: &Frame) -> Result<(), ClientError> {
         self.writer.write_all(&frame.to_bytes()).await?;
+        self.writer.flush().await?;
         Ok(())
     }
 
@@ -494,7 +521,7 @@ impl Connection {
 }
 
 async fn read_frame(
-    reader: &mut OwnedReadHalf,
+    reader: &mut Reader,
     buf: &mut BytesMut,
     decoder: &mut FrameDecoder,
 ) -> Result<Frame, ClientError> {
@@ -523,7 +550,7 @@ const ACK_DELAY: Duration = Duration::from_millis(20);
 /// queued input, and sending one never blocks the reader (input can be
 /// held up by the box's backpressure; acks must not wait behind it).
 async fn write_frames(
-    mut writer: OwnedWriteHalf,
+    mut writer: Writer,
     mut frames: mpsc::Receiver<Frame>,
     mut ack: watch::Receiver<u64>,
     mut close: oneshot::Receiver<()>,
@@ -621,7 +648,7 @@ async fn write_frames(
         if let (Some(shaper), false) = (shaper.as_mut(), only_padding) {
             shaper.sent_normal(out.len(), Instant::now());
         }
-        if writer.write_all(&out).await.is_err() {
+        if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
             return;
         }
     }
@@ -634,6 +661,7 @@ async fn write_frames(
             .write_all(&Frame::Ack { offset }.to_bytes())
             .await
             .is_err()
+            || writer.flush().await.is_err()
         {
             return;
         }
@@ -672,7 +700,7 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// An attached session.
 #[derive(Debug)]
 pub struct Attachment {
-    reader: OwnedReadHalf,
+    reader: Reader,
     buf: BytesMut,
     decoder: FrameDecoder,
     outgoing: mpsc::Sender<Frame>,
@@ -918,7 +946,7 @@ pub struct Channel {
 /// The receiving half of a [`Channel`].
 #[derive(Debug)]
 pub struct ChannelReader {
-    reader: OwnedReadHalf,
+    reader: Reader,
     buf: BytesMut,
     decoder: FrameDecoder,
     ended: bool,
@@ -927,7 +955,7 @@ pub struct ChannelReader {
 /// The sending half of a [`Channel`].
 #[derive(Debug)]
 pub struct ChannelWriter {
-    writer: OwnedWriteHalf,
+    writer: Writer,
 }
 
 impl Channel {
@@ -970,12 +998,14 @@ impl ChannelWriter {
             };
             self.writer.write_all(&frame.to_bytes()).await?;
         }
+        self.writer.flush().await?;
         Ok(())
     }
 
     /// No more input.
     pub async fn end_input(&mut self) -> Result<(), ClientError> {
         self.writer.write_all(&Frame::InputEnd.to_bytes()).await?;
+        self.writer.flush().await?;
         Ok(())
     }
 }

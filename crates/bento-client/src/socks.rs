@@ -15,13 +15,7 @@ fn socks_error(message: impl Into<String>) -> ClientError {
 /// the destination). The handshake itself is `bento_tor`'s, the one SOCKS5
 /// client of the project.
 pub(crate) async fn connect(proxy: &str, target: &str) -> Result<TcpStream, ClientError> {
-    let (host, port) = target
-        .rsplit_once(':')
-        .ok_or_else(|| socks_error(format!("server {target:?} is not host:port")))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port: u16 = port
-        .parse()
-        .map_err(|_| socks_error(format!("bad port in {target:?}")))?;
+    let (host, port) = crate::transport::split_host_port(target)?;
     let proxy_addr = tokio::net::lookup_host(proxy)
         .await
         .ok()

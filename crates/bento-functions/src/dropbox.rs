@@ -136,9 +136,9 @@ pub async fn put(target: &Target, file: &Path, options: PutOptions) -> Result<Dr
 }
 
 /// Pick up the file a pick-up token leads to and write it to `out` (never
-/// overwriting); returns its length. `socks` is the proxy to reach the
-/// token's box through.
-pub async fn get(socks: Option<String>, token: &str, out: &Path) -> Result<usize, Error> {
+/// overwriting); returns its length. The token's box is reached as
+/// `route` reaches its box (directly, its SOCKS proxy or its dialer).
+pub async fn get(route: &Target, token: &str, out: &Path) -> Result<usize, Error> {
     let (service, server) = token.trim().split_once('@').ok_or_else(|| {
         Error::Request(
             "a pick-up token looks like SERVICE_TOKEN@BOX (as printed by `bento drop put`)".into(),
@@ -151,10 +151,7 @@ pub async fn get(socks: Option<String>, token: &str, out: &Path) -> Result<usize
             out.display()
         )));
     }
-    let target = Target {
-        server: server.to_owned(),
-        socks,
-    };
+    let target = route.with_server(server);
     let received = async {
         let mut channel = Connection::connect(&target)
             .await?

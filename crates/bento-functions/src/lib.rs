@@ -107,6 +107,7 @@ pub fn client_fault(error: &ClientError) -> Fault {
             ErrorKind::BadRequest | ErrorKind::UnknownToken => Fault::Request,
             _ => Fault::Box,
         },
+        ClientError::BadServer(_) => Fault::Request,
         _ => Fault::Box,
     }
 }

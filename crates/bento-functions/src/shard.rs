@@ -409,15 +409,12 @@ impl std::fmt::Display for FetchFailure {
 
 async fn fetch(
     shard: PlacedShard,
-    socks: Option<String>,
+    route: Target,
     expected_len: usize,
 ) -> (PlacedShard, Result<Vec<u8>, FetchFailure>) {
     let result = async {
         let service = ServiceToken::from_hex(&shard.service).map_err(|_| FetchFailure::BadToken)?;
-        let target = Target {
-            server: shard.server.clone(),
-            socks,
-        };
+        let target = route.with_server(shard.server.clone());
         let received = tokio::time::timeout(FETCH_TIMEOUT, async {
             let mut channel = Connection::connect(&target)
                 .await?
@@ -441,9 +438,10 @@ async fn fetch(
 
 /// Rebuild a file from any `k` of its shards, as the recovery file
 /// describes them, into `out` (never overwriting); returns its length.
-/// `socks` is the proxy to reach the boxes named there through.
+/// The boxes named there are reached as `route` reaches its box
+/// (directly, its SOCKS proxy or its dialer).
 pub async fn get(
-    socks: Option<String>,
+    route: &Target,
     recovery_path: &Path,
     out: &Path,
     console: &dyn Console,
@@ -484,7 +482,7 @@ pub async fn get(
     let mut untried = recovery.shards.iter().cloned();
     let mut running = JoinSet::new();
     for shard in untried.by_ref().take(k) {
-        running.spawn(fetch(shard, socks.clone(), recovery.shard_bytes));
+        running.spawn(fetch(shard, route.clone(), recovery.shard_bytes));
     }
     let mut good = BTreeMap::new();
     let mut failures = Vec::new();
@@ -510,7 +508,7 @@ pub async fn get(
                 ));
                 failures.push(shard.index);
                 if let Some(next) = untried.next() {
-                    running.spawn(fetch(next, socks.clone(), recovery.shard_bytes));
+                    running.spawn(fetch(next, route.clone(), recovery.shard_bytes));
                 }
             }
         }

@@ -238,6 +238,7 @@ async fn reach_through_tor(onion: &str, socks: std::net::SocketAddr) -> Result<(
     let target = Target {
         server: onion.to_owned(),
         socks: Some(socks.to_string()),
+        dialer: None,
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

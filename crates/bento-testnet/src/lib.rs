@@ -63,6 +63,9 @@ use bento_tor::{TorControl, TorError, socks5_connect};
 
 /// Name of the state file inside the testnet directory.
 pub const STATE_FILE: &str = "testnet.json";
+/// The network for an embedded Tor client (Arti), written by `up` in the
+/// network's directory: `bento --tor embedded --tor-network DIR/arti.toml`.
+pub const ARTI_CONFIG_FILE: &str = "arti.toml";
 /// Marker file: a directory holding it may be wiped by [`Testnet::up`].
 const MARKER_FILE: &str = ".bento-testnet";
 /// Voting interval and delays (seconds), as measured in the notes.
@@ -412,6 +415,10 @@ impl Testnet {
         net.wait_for_bootstrap(deadline, progress).await?;
         progress("probing SOCKS through the client and box hosts");
         net.probe_socks(deadline).await?;
+        write_file(
+            &dir.join(ARTI_CONFIG_FILE),
+            arti_config(&net.state)?.as_bytes(),
+        )?;
         progress(&format!(
             "network ready in {:.1} s",
             started.elapsed().as_secs_f64()
@@ -1105,6 +1112,68 @@ async fn list_fingerprint(
     Ok(fp)
 }
 
+/// An Arti configuration fragment for the network in `state` (the format
+/// `bento_arti::PrivateNetwork` reads): the authorities' v3 identities, the
+/// authorities as fallback caches (RSA and ed25519 identities, ORPort), and
+/// path rules that do not treat relays on one address as one family. Read
+/// from the running relays' data directories.
+pub fn arti_config(state: &TestnetState) -> Result<String, TorError> {
+    let mut v3idents = Vec::new();
+    let mut fallbacks = Vec::new();
+    for node in state.nodes.iter().filter(|n| n.role == NodeRole::Authority) {
+        let keys = node.data_dir.join("keys");
+        v3idents.push(format!(
+            "\"{}\"",
+            cert_fingerprint(&keys.join("authority_certificate"))?
+        ));
+        let rsa = second_word(&node.data_dir.join("fingerprint"))?;
+        let ed = second_word(&node.data_dir.join("fingerprint-ed25519"))?;
+        let or_port = node.or_port.ok_or_else(|| TorError::Invalid {
+            what: "authority".into(),
+            detail: format!("{} has no ORPort", node.nickname),
+        })?;
+        fallbacks.push(format!(
+            "  {{ rsa_identity = \"{rsa}\", ed_identity = \"{ed}\", orports = [\"127.0.0.1:{or_port}\"] }},  # {}",
+            node.nickname
+        ));
+    }
+    Ok(format!(
+        "# Arti configuration for the private Tor network in {dir} (written by\n\
+         # `bento testnet up`): bento --tor embedded --tor-network {dir}/{ARTI_CONFIG_FILE} …\n\
+         [tor_network]\n\
+         authorities = {{ v3idents = [{v3idents}] }}\n\
+         fallback_caches = [\n{fallbacks}\n]\n\n\
+         # Every relay is on 127.0.0.1: by default Arti would see them all as one\n\
+         # family (same /16) and find no path.\n\
+         [path_rules]\n\
+         ipv4_subnet_family_prefix = 33\n\
+         ipv6_subnet_family_prefix = 129\n\n\
+         # C tor in a TestingTorNetwork makes the onion-service time period one\n\
+         # shared-random run (24 votes) instead of the consensus's hsdir_interval;\n\
+         # Arti reads hsdir_interval, so it is set to match (else: HSDirs 404).\n\
+         [override_net_params]\n\
+         hsdir_interval = {hsdir_interval}\n",
+        hsdir_interval = 24 * VOTING_INTERVAL / 60,
+        dir = state.dir.display(),
+        v3idents = v3idents.join(", "),
+        fallbacks = fallbacks.join("\n"),
+    ))
+}
+
+/// The second word of a tor `fingerprint`/`fingerprint-ed25519` file
+/// (`NICKNAME IDENTITY`).
+fn second_word(path: &Path) -> Result<String, TorError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| TorError::io(format!("reading {}", path.display()), e))?;
+    text.split_whitespace()
+        .nth(1)
+        .map(str::to_owned)
+        .ok_or_else(|| TorError::Invalid {
+            what: "fingerprint file".into(),
+            detail: format!("{} is not `NICKNAME IDENTITY`", path.display()),
+        })
+}
+
 /// The `fingerprint` line of an authority certificate.
 fn cert_fingerprint(path: &Path) -> Result<String, TorError> {
     let text = std::fs::read_to_string(path)
@@ -1446,6 +1515,71 @@ mod tests {
         assert_eq!(back.client_socks(), Some(loopback(3)));
         let json = std::fs::read_to_string(d.path().join(STATE_FILE)).unwrap();
         assert!(json.contains("\"role\": \"client\""), "{json}");
+    }
+
+    #[test]
+    fn the_arti_config_names_every_authority_as_a_fallback() {
+        let d = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        for (i, nick) in ["auth0", "auth1"].iter().enumerate() {
+            let data_dir = d.path().join(nick);
+            std::fs::create_dir_all(data_dir.join("keys")).unwrap();
+            let fp = format!("{i}").repeat(40);
+            std::fs::write(data_dir.join("fingerprint"), format!("{nick} {fp}\n")).unwrap();
+            std::fs::write(
+                data_dir.join("fingerprint-ed25519"),
+                format!("{nick} hgU7AG06lCToQlcVVk27Hm2hFrlVUZJlA4zXTk+aAN{i}\n"),
+            )
+            .unwrap();
+            std::fs::write(
+                data_dir.join("keys/authority_certificate"),
+                format!(
+                    "dir-key-certificate-version 3\nfingerprint {}\n",
+                    "A".repeat(39) + &i.to_string()
+                ),
+            )
+            .unwrap();
+            nodes.push(NodeState {
+                role: NodeRole::Authority,
+                nickname: (*nick).into(),
+                pid: 1,
+                or_port: Some(5100 + i as u16),
+                dir_port: Some(7100),
+                control_port: 2,
+                socks_port: None,
+                data_dir,
+                box_host: false,
+            });
+        }
+        let state = TestnetState {
+            dir: d.path().to_path_buf(),
+            nodes,
+            boxes: Vec::new(),
+            started_unix: 0,
+        };
+        let text = arti_config(&state).unwrap();
+        let table: toml::Table = text.parse().unwrap();
+        let net = table["tor_network"].as_table().unwrap();
+        let v3 = net["authorities"]["v3idents"].as_array().unwrap();
+        assert_eq!(v3.len(), 2);
+        assert_eq!(
+            v3[1].as_str(),
+            Some(format!("{}1", "A".repeat(39)).as_str())
+        );
+        let fallbacks = net["fallback_caches"].as_array().unwrap();
+        assert_eq!(fallbacks.len(), 2);
+        assert_eq!(
+            fallbacks[0]["rsa_identity"].as_str(),
+            Some("0".repeat(40).as_str())
+        );
+        assert_eq!(fallbacks[1]["orports"][0].as_str(), Some("127.0.0.1:5101"));
+        assert_eq!(
+            table["path_rules"]["ipv4_subnet_family_prefix"].as_integer(),
+            Some(33)
+        );
+        // A missing key file is an error, not a fragment without it.
+        std::fs::remove_file(state.nodes[0].data_dir.join("fingerprint-ed25519")).unwrap();
+        assert!(arti_config(&state).is_err());
     }
 
     #[test]
