@@ -66,7 +66,7 @@ pub async fn run(target: &Target, command: DropCommand) -> ExitCode {
                 Err(e) => exit::fail(&e),
             }
         }
-        DropCommand::Get { token, out } => match dropbox::get(&target, &token, &out).await {
+        DropCommand::Get { token, out } => match dropbox::get(target, &token, &out).await {
             Ok(bytes) => {
                 eprintln!("saved {bytes} bytes to {}", out.display());
                 ExitCode::SUCCESS

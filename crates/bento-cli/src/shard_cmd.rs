@@ -87,7 +87,7 @@ pub async fn run(target: &Target, command: ShardCommand) -> ExitCode {
             }
         }
         ShardCommand::Get { recovery, out } => {
-            let got = shard::get(&target, &recovery, &out, &Terminal).await;
+            let got = shard::get(target, &recovery, &out, &Terminal).await;
             exit::status(got.map(|_| ()))
         }
     }
