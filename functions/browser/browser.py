@@ -232,6 +232,10 @@ def bundle(url, pad, max_resources=None, max_bytes=None, hook=None):
 
     try:
         page = api.http_get(url)
+    except api.PolicyRefused:
+        # The box's rules, not the page: left uncaught, the session ends
+        # with the policy_refused code, which the client reports as such.
+        raise
     except Exception as e:
         raise BrowseError("could not fetch %s: %s: %s" % (url, type(e).__name__, e)) from None
     if not 200 <= page.status < 300:

@@ -539,10 +539,13 @@ fn a_page_that_cannot_be_fetched_and_bad_inputs_give_clear_errors() {
         "{stderr}"
     );
 
-    // A destination the manifest does not name.
+    // A destination the manifest does not name: the box's refusal reaches
+    // the client as the policy's own error (code policy_refused), not
+    // wrapped in the Browser's "could not fetch".
     let (status, _, stderr) = run(&[&site.url("/"), "--out", out]);
     assert_eq!(status.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("DestinationRefused"), "{stderr}");
+    assert!(!stderr.contains("could not fetch"), "{stderr}");
     assert_eq!(site.requests(), 1, "only the missing page was asked for");
 
     // Bad inputs are refused before anything is sent.

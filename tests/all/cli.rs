@@ -133,9 +133,15 @@ fn a_failing_function_exits_non_zero_with_the_traceback_on_stderr() {
 #[test]
 fn bad_tokens_and_unknown_sessions_exit_2_with_a_clear_message() {
     let bx = TestBox::start(&[]);
-    let out = bento(&bx, &["attach", "../../etc/passwd"], b"");
-    assert_ne!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("64 hexadecimal digits"));
+    // A malformed token is the request's fault: exit 2, like an unknown one.
+    for command in ["attach", "invoke", "kill"] {
+        let out = bento(&bx, &[command, "../../etc/passwd"], b"");
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("64 hexadecimal digits"),
+            "{command}"
+        );
+    }
     let out = bento(&bx, &["attach", &"ab".repeat(32)], b"");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_session"));

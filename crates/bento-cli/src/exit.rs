@@ -31,10 +31,13 @@ pub struct UnreadableInput {
 }
 
 /// The exit code of a command that failed with `error` (one not already
-/// reported by [`report`] or [`fail`]): 2 when the user's own input was
-/// unusable, else 3 (the box, or reaching it).
+/// reported by [`report`] or [`fail`]): 2 when the user's own input (a
+/// file, a token) was unusable, else 3 (the box, or reaching it).
 pub fn exit_code_of(error: &anyhow::Error) -> u8 {
-    if error.chain().any(|cause| cause.is::<UnreadableInput>()) {
+    if error
+        .chain()
+        .any(|cause| cause.is::<UnreadableInput>() || cause.is::<bento_protocol::TokenParseError>())
+    {
         EXIT_REQUEST
     } else {
         EXIT_BOX
