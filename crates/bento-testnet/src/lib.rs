@@ -1393,6 +1393,25 @@ fn cmdline_matches(pid: u32, needles: &[&str]) -> bool {
     }
 }
 
+/// Still one of the processes being stopped: its command line matches, or
+/// it is alive with an empty command line. An exiting process releases its
+/// memory (and so its command line) before it becomes a zombie, so "the
+/// command line no longer matches" alone would call it gone while it still
+/// runs; a recycled PID has another, non-empty command line.
+fn still_ours(pid: u32, needles: &[&str]) -> bool {
+    if !is_alive(pid) {
+        return false;
+    }
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(raw) if raw.is_empty() => true,
+        Ok(raw) => {
+            let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+            needles.iter().all(|n| cmd.contains(n))
+        }
+        Err(_) => false,
+    }
+}
+
 /// Alive and not a zombie.
 fn is_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -1422,7 +1441,7 @@ fn stop_pids(pids: &[u32], needles: &[&str]) {
             signal(pid, rustix::process::Signal::TERM);
         }
     }
-    let gone = |pids: &[u32]| pids.iter().all(|&p| !cmdline_matches(p, needles));
+    let gone = |pids: &[u32]| pids.iter().all(|&p| !still_ours(p, needles));
     let wait = |limit: Duration| {
         let start = Instant::now();
         while start.elapsed() < limit {
