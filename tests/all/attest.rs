@@ -301,3 +301,78 @@ fn commands_that_cannot_check_attestation_refuse_a_requirement_instead_of_ignori
     assert!(stderr.contains("cannot check attestation"), "{stderr}");
     assert!(!bx.log().contains("stored a function"), "{}", bx.log());
 }
+
+/// `bento serve` with the given options, on a fresh data directory; what it
+/// printed and how it exited.
+fn serve_with(args: &[&str]) -> (Output, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let runtime = runtime().display().to_string();
+    let mut argv = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--runtime",
+        &runtime,
+    ];
+    argv.extend_from_slice(args);
+    let out = Command::new(BENTO)
+        .args(&argv)
+        .arg("--data-dir")
+        .arg(data.path().join("box"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (out, data)
+}
+
+#[test]
+fn a_box_told_to_offer_sev_snp_evidence_outside_a_confidential_vm_does_not_start() {
+    // The real path (configfs-tsm) on this machine, which is no SNP guest:
+    // the box must refuse to start rather than look attested, and say why.
+    if std::path::Path::new(bento_attest::CONFIGFS_TSM_REPORT_DIR).exists() {
+        return;
+    }
+    let chain = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../bento-attest/tests/data/snp_cert_chain_milan.pem"
+    );
+    let (out, data) = serve_with(&["--tee", "sev-snp", "--tee-collateral", chain]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("could not produce sev-snp evidence"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("confidential VM"), "{stderr}");
+    // The box failed to start (3), before anything was written.
+    assert!(!data.path().join("box").exists());
+}
+
+#[test]
+fn serve_refuses_a_tee_without_collateral_collateral_without_a_tee_and_sgx() {
+    // A box that cannot start exits 3, like any other `serve` failure; a
+    // value the option never takes is a usage error (2).
+    let (out, _data) = serve_with(&["--tee", "tdx"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("--tee tdx needs --tee-collateral"),
+        "{stderr}"
+    );
+
+    let (out, _data) = serve_with(&["--tee-collateral", "/dev/null"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("--tee-collateral needs --tee tdx"),
+        "{stderr}"
+    );
+
+    // A usage error (exit 2): the box cannot produce SGX evidence itself.
+    let (out, _data) = serve_with(&["--tee", "sgx", "--tee-collateral", "/dev/null"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("Gramine enclave"), "{stderr}");
+}

@@ -106,11 +106,15 @@ impl EvidenceSource for GramineSgx {
     }
 }
 
+/// Where Linux (≥ 6.7) mounts configfs-tsm's report interface.
+pub const CONFIGFS_TSM_REPORT_DIR: &str = "/sys/kernel/config/tsm/report";
+
 /// TDX or SEV-SNP through the kernel's configfs-tsm interface
-/// (`/sys/kernel/config/tsm/report`, Linux ≥ 6.7): make a report
-/// directory, write `inblob`, read `outblob`. Inside a TDX guest the outblob
-/// is a DCAP quote; inside an SNP guest it is the attestation report. Only
-/// works inside a confidential VM; not exercised by tests here.
+/// ([`CONFIGFS_TSM_REPORT_DIR`], Linux ≥ 6.7): make a report directory,
+/// check its `provider`, write `inblob`, read `outblob`. Inside a TDX guest
+/// the outblob is a DCAP quote; inside an SNP guest it is the attestation
+/// report. Only works inside a confidential VM; tests here run it only
+/// where there is none.
 #[derive(Debug)]
 pub struct ConfigfsTsm {
     kind: TeeKind,
@@ -125,8 +129,18 @@ impl ConfigfsTsm {
         ConfigfsTsm {
             kind,
             collateral,
-            root: PathBuf::from("/sys/kernel/config/tsm/report"),
+            root: PathBuf::from(CONFIGFS_TSM_REPORT_DIR),
             counter: AtomicU64::new(0),
+        }
+    }
+
+    /// The `provider` a report directory names for `kind` (the guest
+    /// driver that signs it).
+    fn provider(kind: TeeKind) -> Option<&'static str> {
+        match kind {
+            TeeKind::Tdx => Some("tdx_guest"),
+            TeeKind::SevSnp => Some("sev_guest"),
+            TeeKind::None | TeeKind::Sgx => None,
         }
     }
 }
@@ -139,14 +153,41 @@ impl EvidenceSource for ConfigfsTsm {
     fn quote(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, AttestError> {
         let kind = self.kind;
         let produce = |reason: String| AttestError::Produce { kind, reason };
+        let expected = ConfigfsTsm::provider(kind)
+            .ok_or_else(|| produce("configfs-tsm produces only tdx and sev-snp evidence".into()))?;
+        if !self.root.is_dir() {
+            return Err(produce(format!(
+                "there is no {} (configfs-tsm, Linux 6.7 or later inside a TDX or SEV-SNP \
+                 confidential VM): this machine is not such a guest, or configfs is not mounted",
+                self.root.display()
+            )));
+        }
         // One directory per request: configfs-tsm detects concurrent
         // writers through `generation`, a private directory avoids them.
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let dir = self.root.join(format!("bento-{}-{n}", std::process::id()));
         std::fs::create_dir(&dir)
             .map_err(|e| produce(format!("creating {}: {e}", dir.display())))?;
-        let result = std::fs::write(dir.join("inblob"), report_data)
-            .map_err(|e| produce(format!("writing inblob: {e}")))
+        let result = std::fs::read_to_string(dir.join("provider"))
+            .map_err(|e| produce(format!("reading provider: {e}")))
+            .and_then(|provider| {
+                // A TDX guest cannot give SNP evidence and vice versa: say
+                // which one this is rather than hand clients a quote they
+                // would refuse as malformed.
+                let provider = provider.trim();
+                if provider == expected {
+                    Ok(())
+                } else {
+                    Err(produce(format!(
+                        "the kernel's attestation provider is {provider:?}, not {expected:?}: \
+                         this guest does not produce {kind} evidence"
+                    )))
+                }
+            })
+            .and_then(|()| {
+                std::fs::write(dir.join("inblob"), report_data)
+                    .map_err(|e| produce(format!("writing inblob: {e}")))
+            })
             .and_then(|()| {
                 std::fs::read(dir.join("outblob"))
                     .map_err(|e| produce(format!("reading outblob: {e}")))
@@ -185,13 +226,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut source = ConfigfsTsm::new(TeeKind::Tdx, Vec::new());
         source.root = dir.path().join("missing");
-        assert!(matches!(
-            source.quote(&[0; 64]),
-            Err(AttestError::Produce {
-                kind: TeeKind::Tdx,
-                ..
-            })
-        ));
+        let Err(AttestError::Produce {
+            kind: TeeKind::Tdx,
+            reason,
+        }) = source.quote(&[0; 64])
+        else {
+            panic!("a missing configfs-tsm produced evidence");
+        };
+        assert!(reason.contains("confidential VM"), "{reason}");
+    }
+
+    #[test]
+    fn a_tsm_source_refuses_to_produce_kinds_configfs_tsm_does_not_sign() {
+        for kind in [TeeKind::None, TeeKind::Sgx] {
+            let source = ConfigfsTsm::new(kind, Vec::new());
+            assert!(matches!(
+                source.quote(&[0; 64]),
+                Err(AttestError::Produce { .. })
+            ));
+        }
     }
 
     #[test]

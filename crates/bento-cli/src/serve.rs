@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use bento_attest::TeeKind;
 use bento_policy::BoxPolicy;
 use bento_pool::WorkerPoolConfig;
-use bento_server::{Server, ServerConfig};
+use bento_server::{EvidenceConfig, Server, ServerConfig};
 use clap::{Args, FromArgMatches};
 
 use crate::exit::read_text;
@@ -149,6 +150,36 @@ pub struct ServeArgs {
     /// see coarse buckets in `bento status`.
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
     pub metrics: Option<SocketAddr>,
+    /// The attestation evidence the box offers (docs/attestation.md):
+    /// `none` (no TEE; clients are told the operator can read everything),
+    /// or `tdx` / `sev-snp` when the whole box runs in such a confidential
+    /// VM (the kernel's configfs-tsm, Linux 6.7 or later). With a TEE the
+    /// box verifies its own evidence at start, as a client would, and does
+    /// not start if it fails. `sgx` (the worker in a Gramine enclave) is not
+    /// supported by `bento serve` yet.
+    #[arg(long, value_name = "KIND", default_value = "none", value_parser = parse_served_tee)]
+    pub tee: TeeKind,
+    /// The collateral shipped with the evidence, which clients verify it
+    /// with: for `sev-snp` one PEM file with the VCEK, the ASK and the ARK
+    /// certificates, in that order (AMD's KDS); for `tdx` dcap-qvl
+    /// `QuoteCollateralV3` JSON (Intel's PCS or a PCCS).
+    #[arg(long, value_name = "FILE")]
+    pub tee_collateral: Option<PathBuf>,
+}
+
+/// A `--tee` kind `bento serve` can produce evidence of.
+fn parse_served_tee(text: &str) -> Result<TeeKind, String> {
+    let kind: TeeKind = text
+        .parse()
+        .map_err(|e: bento_attest::UnknownTeeKind| e.to_string())?;
+    if kind == TeeKind::Sgx {
+        return Err(
+            "sgx evidence must come from the worker inside its Gramine enclave, which `bento serve` \
+             does not support yet (docs/attestation.md); use none, tdx or sev-snp"
+                .into(),
+        );
+    }
+    Ok(kind)
 }
 
 /// A loopback socket address for `--metrics`.
@@ -261,6 +292,7 @@ impl ServeArgs {
         config.metrics_listen = self.metrics;
         // The box states the measurement of what its workers run.
         config.measured_files = Some((config.workers.program.clone(), runtime));
+        config.evidence = self.evidence()?;
         Ok(config)
     }
 }
@@ -286,6 +318,26 @@ impl ServeArgs {
         self.data_dir
             .as_deref()
             .context("no data directory: pass --data-dir DIR or set data-dir in the --config file")
+    }
+
+    /// Where the box's attestation evidence comes from (`--tee`).
+    fn evidence(&self) -> anyhow::Result<EvidenceConfig> {
+        match (self.tee, &self.tee_collateral) {
+            (TeeKind::None, None) => Ok(EvidenceConfig::NoTee),
+            (TeeKind::None, Some(_)) => {
+                bail!("--tee-collateral needs --tee tdx or --tee sev-snp (the box offers no TEE)")
+            }
+            (kind, None) => bail!(
+                "--tee {kind} needs --tee-collateral FILE: clients cannot verify {kind} evidence \
+                 without it (docs/attestation.md, \"Turning it on\")"
+            ),
+            (kind, Some(path)) => {
+                let collateral = std::fs::read(path).with_context(|| {
+                    format!("--tee-collateral {}: cannot read it", path.display())
+                })?;
+                Ok(EvidenceConfig::ConfigfsTsm { kind, collateral })
+            }
+        }
     }
 
     /// The policy file (or the default) with the command-line overrides.

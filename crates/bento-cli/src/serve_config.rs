@@ -24,6 +24,7 @@ const PATH_KEYS: &[&str] = &[
     "policy",
     "legacy-manifest",
     "http-ca-file",
+    "tee-collateral",
 ];
 
 /// The option that names the file itself: not a key inside it.

@@ -78,6 +78,28 @@ pub struct ServerConfig {
     /// (`bento attest measure`) the box states in its attestation evidence;
     /// `None` states none.
     pub measured_files: Option<(PathBuf, PathBuf)>,
+    /// Where the box's attestation evidence comes from (default: no TEE).
+    pub evidence: EvidenceConfig,
+}
+
+/// Where the box's attestation evidence comes from (docs/attestation.md,
+/// "Turning it on").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum EvidenceConfig {
+    /// No TEE: kind `none` evidence, and clients are told plainly that the
+    /// operator can read everything.
+    #[default]
+    NoTee,
+    /// The kernel's configfs-tsm inside a TDX or SEV-SNP confidential VM
+    /// (the whole box runs in the VM).
+    ConfigfsTsm {
+        /// `tdx` or `sev-snp`.
+        kind: bento_attest::TeeKind,
+        /// Shipped with every report so that clients can verify it offline:
+        /// SEV-SNP a PEM bundle (VCEK, ASK, ARK), TDX dcap-qvl
+        /// `QuoteCollateralV3` JSON.
+        collateral: Vec<u8>,
+    },
 }
 
 /// Where instances' encrypted storage lives inside a data directory: the
@@ -114,6 +136,7 @@ impl ServerConfig {
             onion_port: 7878,
             metrics_listen: None,
             measured_files: None,
+            evidence: EvidenceConfig::NoTee,
         }
     }
 

@@ -32,7 +32,9 @@ mod sealed_ops;
 pub mod session;
 mod shaping;
 
-pub use config::{MIN_CLIENT_RATE, ServerConfig, channel_key_path, instance_storage_root};
+pub use config::{
+    EvidenceConfig, MIN_CLIENT_RATE, ServerConfig, channel_key_path, instance_storage_root,
+};
 pub use legacy::{
     ExecuteRequest, LegacyDecodeError, LegacyRequest, StoreRequest, decode_legacy_request,
 };
@@ -78,6 +80,10 @@ pub enum ServerError {
     /// The metrics endpoint would be reachable from elsewhere.
     #[error(transparent)]
     Metrics(#[from] NotLoopback),
+    /// The box's own attestation evidence cannot be produced, or a client
+    /// would refuse it (wrong collateral, a TEE of another kind, no TEE).
+    #[error("attestation (--tee): {0}")]
+    Attestation(bento_attest::AttestError),
     /// The data directory's permissions could not be made owner-only.
     #[error("cannot make the data directory {path} owner-only: {source}")]
     DataDir {
@@ -122,6 +128,14 @@ impl Server {
             .metrics_listen
             .map(metrics::check_loopback)
             .transpose()?;
+        // A box whose evidence every client would refuse must not start
+        // looking attested: checked before anything is bound or written.
+        let attestation =
+            attest::BoxAttestation::new(&config.evidence, config.measured_files.clone());
+        attestation
+            .self_check()
+            .await
+            .map_err(ServerError::Attestation)?;
         secure_data_dir(&config.data_dir)
             .map_err(|(path, source)| ServerError::DataDir { path, source })?;
         let store = FunctionStore::open(
@@ -172,7 +186,7 @@ impl Server {
             legacy_listener,
             metrics_listener,
             state: Arc::new(BoxState {
-                attestation: attest::BoxAttestation::unattested(config.measured_files.clone()),
+                attestation,
                 config,
                 store,
                 sessions: SessionTable::default(),
