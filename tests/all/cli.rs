@@ -247,6 +247,33 @@ fn bento_offline(args: &[&str]) -> Output {
 }
 
 #[test]
+fn an_unreadable_file_is_named_with_its_cause_once_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.py").display().to_string();
+    let policy = dir.path().join("missing.toml").display().to_string();
+    for args in [
+        vec!["--server", "127.0.0.1:1", "run", missing.as_str()],
+        vec![
+            "policy",
+            "check",
+            missing.as_str(),
+            "--policy",
+            policy.as_str(),
+        ],
+    ] {
+        let out = bento_offline(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("cannot read"), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.matches("No such file or directory").count(),
+            1,
+            "the cause once: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn policy_check_lists_every_violation_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = write_function(

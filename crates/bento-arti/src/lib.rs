@@ -100,12 +100,12 @@ pub enum Error {
         variable: &'static str,
     },
     /// The private network file could not be read.
-    #[error("cannot read the Tor network file {path}: {source}")]
+    #[error("cannot read the Tor network file {path}: {error}")]
     ReadNetwork {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The private network file is not a usable Arti configuration.
     #[error("the Tor network file {path} is not usable: {reason}")]

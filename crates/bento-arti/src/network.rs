@@ -27,9 +27,9 @@ impl PrivateNetwork {
     /// the authorities are not the public network's). Arti checks the
     /// values when the client is made.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadNetwork {
+        let text = std::fs::read_to_string(path).map_err(|error| Error::ReadNetwork {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let bad = |reason: String| Error::BadNetwork {
             path: path.to_owned(),

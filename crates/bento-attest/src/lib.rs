@@ -119,11 +119,11 @@ pub enum AttestError {
         reason: String,
     },
     /// Reading a file to measure failed.
-    #[error("could not read {path} to measure it: {source}")]
+    #[error("could not read {path} to measure it: {error}")]
     Measure {
         /// The file.
         path: String,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }

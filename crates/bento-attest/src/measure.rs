@@ -62,9 +62,9 @@ pub fn measure(worker: &Path, runtime: &Path) -> Result<Measurement, AttestError
 }
 
 fn hash_file(path: &Path) -> Result<([u8; 32], u64), AttestError> {
-    let err = |source| AttestError::Measure {
+    let err = |error| AttestError::Measure {
         path: path.display().to_string(),
-        source,
+        error,
     };
     let mut file = std::fs::File::open(path).map_err(err)?;
     let mut hash = Sha256::new();

@@ -77,12 +77,12 @@ pub enum SealError {
     #[error("random number generator failed: {0}")]
     Random(String),
     /// Reading or writing the channel key file failed.
-    #[error("channel key file {path}: {source}")]
+    #[error("channel key file {path}: {error}")]
     KeyFile {
         /// The file.
         path: String,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -308,9 +308,9 @@ impl ChannelSecret {
     /// can read (Gramine: an encrypted file keyed to the enclave's
     /// measurement; see docs/attestation.md).
     pub fn load_or_create(path: &std::path::Path) -> Result<Self, SealError> {
-        let file_error = |source| SealError::KeyFile {
+        let file_error = |error| SealError::KeyFile {
             path: path.display().to_string(),
-            source,
+            error,
         };
         match std::fs::read(path) {
             Ok(bytes) => {

@@ -9,7 +9,7 @@ use bento_client::{Connection, Target};
 use bento_protocol::{InvokeToken, ServiceToken};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::exit::{EXIT_FUNCTION, EXIT_REQUEST, report};
+use crate::exit::{EXIT_FUNCTION, EXIT_REQUEST, read_text, report};
 use crate::{Command, TargetArgs, TestnetCommand};
 
 /// `bento worker`: load the runtime, jail the process (unless `jail` is
@@ -55,17 +55,12 @@ pub fn worker(
 
 /// `bento policy check`.
 pub fn policy_check(manifest: &Path, policy: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let read = |path: &Path| {
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
-    };
-    let parsed = bento_policy::Manifest::from_toml(&read(manifest)?).and_then(|manifest| {
-        let policy = match policy {
-            Some(path) => bento_policy::BoxPolicy::from_toml(&read(path).map_err(|e| {
-                bento_policy::PolicyError::Syntax {
-                    what: "box policy",
-                    message: format!("{e:#}"),
-                }
-            })?)?,
+    // An unreadable file is the user's input (exit 2), like a bad one.
+    let manifest_text = read_text(manifest)?;
+    let policy_text = policy.map(read_text).transpose()?;
+    let parsed = bento_policy::Manifest::from_toml(&manifest_text).and_then(|manifest| {
+        let policy = match &policy_text {
+            Some(text) => bento_policy::BoxPolicy::from_toml(text)?,
             None => bento_policy::BoxPolicy::default(),
         };
         Ok((manifest, policy))

@@ -44,19 +44,19 @@ pub struct CoverArgs {
 fn read_data(path: &Path) -> Result<Vec<u8>, Error> {
     if path.as_os_str() == "-" {
         let mut data = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut data).map_err(|source| {
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut data).map_err(|error| {
             Error::File {
                 action: "read",
                 path: "stdin".into(),
-                source,
+                error,
             }
         })?;
         Ok(data)
     } else {
-        std::fs::read(path).map_err(|source| Error::File {
+        std::fs::read(path).map_err(|error| Error::File {
             action: "read",
             path: path.to_owned(),
-            source,
+            error,
         })
     }
 }

@@ -21,13 +21,12 @@ pub const EXIT_BOX: u8 = 3;
 /// A file the user named could not be read: their request's fault (exit
 /// 2), found before any box was asked.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read {}: {source}", path.display())]
+#[error("cannot read {}: {error}", path.display())]
 pub struct UnreadableInput {
     /// The file.
     pub path: std::path::PathBuf,
     /// Why.
-    #[source]
-    pub source: std::io::Error,
+    pub error: std::io::Error,
 }
 
 /// The exit code of a command that failed with `error` (one not already
@@ -86,10 +85,10 @@ pub fn status(result: Result<(), bento_functions::Error>) -> ExitCode {
 /// Read a file the user named: a failure is their input's fault
 /// ([`UnreadableInput`], exit 2), not the box's.
 pub(crate) fn read_text(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).map_err(|source| {
+    std::fs::read_to_string(path).map_err(|error| {
         UnreadableInput {
             path: path.to_owned(),
-            source,
+            error,
         }
         .into()
     })

@@ -49,7 +49,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub enum ClientError {
     /// Connecting or talking to the box failed.
     #[error("connection to the box failed: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The SOCKS proxy refused or failed.
     #[error("SOCKS proxy: {0}")]
     Socks(String),
@@ -62,7 +62,7 @@ pub enum ClientError {
     Dial(DialError),
     /// The box sent bytes that are not valid protocol.
     #[error("the box sent an invalid frame: {0}")]
-    Protocol(#[from] ProtocolError),
+    Protocol(ProtocolError),
     /// The box answered with an error frame.
     #[error("{message}")]
     Remote {
@@ -80,7 +80,7 @@ pub enum ClientError {
     /// The box does not prove what the client requires (or its evidence
     /// is malformed, replayed, or for another box); nothing was uploaded.
     #[error("box refused: {0}")]
-    Attestation(#[from] AttestError),
+    Attestation(AttestError),
     /// A defense was asked for, but the box predates padding (it speaks
     /// only protocol version 1); nothing was invoked.
     #[error("this box does not support traffic-analysis defenses (it speaks protocol version {0})")]
@@ -88,11 +88,37 @@ pub enum ClientError {
     /// Sealed data from the box did not open: changed, replayed, reordered
     /// or from another session (docs/attestation.md).
     #[error("sealed output: {0}")]
-    Sealed(#[from] SealError),
+    Sealed(SealError),
     /// `--sealed` with a box whose evidence binds no sealed-channel key;
     /// nothing was uploaded.
     #[error("box refused: it offers no sealed channel (its evidence binds no channel key)")]
     NoSealedChannel,
+}
+
+// The cause is in the message, so it is not also a `source()`
+// (docs/design.md, "Errors").
+impl From<std::io::Error> for ClientError {
+    fn from(error: std::io::Error) -> Self {
+        ClientError::Io(error)
+    }
+}
+
+impl From<ProtocolError> for ClientError {
+    fn from(error: ProtocolError) -> Self {
+        ClientError::Protocol(error)
+    }
+}
+
+impl From<AttestError> for ClientError {
+    fn from(error: AttestError) -> Self {
+        ClientError::Attestation(error)
+    }
+}
+
+impl From<SealError> for ClientError {
+    fn from(error: SealError) -> Self {
+        ClientError::Sealed(error)
+    }
 }
 
 /// Most padding a client sends on one attachment when it pads its own

@@ -52,15 +52,14 @@ pub enum Error {
     #[error("{0}")]
     Request(String),
     /// A local file could not be read or written.
-    #[error("cannot {action} {}: {source}", path.display())]
+    #[error("cannot {action} {}: {error}", path.display())]
     File {
         /// `read`, `write` or `create`.
         action: &'static str,
         /// The file.
         path: PathBuf,
         /// What the system said.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The box answered with an error, or could not be reached.
     #[error(transparent)]
@@ -89,12 +88,12 @@ impl Error {
     pub(crate) fn file(
         action: &'static str,
         path: &std::path::Path,
-        source: std::io::Error,
+        error: std::io::Error,
     ) -> Self {
         Error::File {
             action,
             path: path.to_owned(),
-            source,
+            error,
         }
     }
 }

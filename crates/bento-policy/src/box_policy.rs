@@ -277,12 +277,12 @@ pub enum PolicyError {
         found: u32,
     },
     /// A destination rule that does not parse.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Rule {
         /// "box policy" or "manifest".
         what: &'static str,
         /// The rule error.
-        source: RuleParseError,
+        error: RuleParseError,
     },
 }
 
@@ -409,7 +409,7 @@ impl BoxPolicy {
             });
         }
         let destinations = ExitPolicy::parse(&file.destinations)
-            .map_err(|source| PolicyError::Rule { what: WHAT, source })?;
+            .map_err(|error| PolicyError::Rule { what: WHAT, error })?;
         Ok(Self {
             instance: file.instance,
             caps: file.caps,
@@ -555,7 +555,7 @@ impl Manifest {
             limits: file.limits,
             capabilities: file.capabilities,
             destinations: ExitPolicy::parse(&file.destinations)
-                .map_err(|source| PolicyError::Rule { what: WHAT, source })?,
+                .map_err(|error| PolicyError::Rule { what: WHAT, error })?,
             defense: file.defense,
         })
     }

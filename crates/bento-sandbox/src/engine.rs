@@ -71,9 +71,9 @@ impl PythonRuntime {
     pub fn load_precompiled(path: &Path) -> Result<Self, SandboxError> {
         let engine = engine()?;
         // Fail with a readable error for a missing file before wasmtime's.
-        std::fs::metadata(path).map_err(|source| SandboxError::ReadRuntime {
+        std::fs::metadata(path).map_err(|error| SandboxError::ReadRuntime {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         // SAFETY: `deserialize_file` trusts the file to be wasmtime's own
         // output for this engine configuration (it checks version and

@@ -6,12 +6,12 @@
 #[non_exhaustive]
 pub enum SandboxError {
     /// The runtime file could not be read.
-    #[error("cannot read the Python runtime at {path}: {source}")]
+    #[error("cannot read the Python runtime at {path}: {error}")]
     ReadRuntime {
         /// The file that could not be read.
         path: std::path::PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The runtime could not be compiled, loaded or linked.
     #[error("cannot load the Python runtime: {0:#}")]

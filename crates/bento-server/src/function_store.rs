@@ -70,12 +70,12 @@ pub const RECORD_BYTES: u64 = 512;
 #[non_exhaustive]
 pub enum StoreError {
     /// The data directory could not be used.
-    #[error("function store I/O error at {path}: {source}")]
+    #[error("function store I/O error at {path}: {error}")]
     Io {
         /// Where.
         path: PathBuf,
         /// What.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Storing would exceed the box's total storage cap.
     #[error(
@@ -291,9 +291,9 @@ pub fn unix_now() -> u64 {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
+    move |error| StoreError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
@@ -350,7 +350,7 @@ fn remove_file_if_present(path: &Path) -> Result<(), StoreError> {
 fn json_error(path: &Path) -> impl FnOnce(serde_json::Error) -> StoreError + '_ {
     move |e| StoreError::Io {
         path: path.to_owned(),
-        source: std::io::Error::other(e),
+        error: std::io::Error::other(e),
     }
 }
 

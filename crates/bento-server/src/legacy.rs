@@ -160,10 +160,18 @@ pub enum LegacyRequest {
 pub enum LegacyDecodeError {
     /// A Store or Execute body that is not the expected JSON.
     #[error("invalid request: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     /// An unknown type, or an Open/Close/Input without a valid instance id.
     #[error("invalid request")]
     Invalid,
+}
+
+// The cause is in the message, so it is not also a `source()`
+// (docs/design.md, "Errors").
+impl From<serde_json::Error> for LegacyDecodeError {
+    fn from(error: serde_json::Error) -> Self {
+        LegacyDecodeError::Json(error)
+    }
 }
 
 /// Decode one prototype request from its type byte and body: pure, so it

@@ -73,10 +73,10 @@ pub enum ServerError {
     Pool(#[from] bento_pool::PoolError),
     /// The listener failed.
     #[error("listener: {0}")]
-    Listen(#[from] std::io::Error),
+    Listen(std::io::Error),
     /// The box could not publish itself through tor.
     #[error("tor: {0}")]
-    Tor(#[from] onion::OnionError),
+    Tor(onion::OnionError),
     /// The metrics endpoint would be reachable from elsewhere.
     #[error(transparent)]
     Metrics(#[from] NotLoopback),
@@ -85,13 +85,27 @@ pub enum ServerError {
     #[error("attestation (--tee): {0}")]
     Attestation(bento_attest::AttestError),
     /// The data directory's permissions could not be made owner-only.
-    #[error("cannot make the data directory {path} owner-only: {source}")]
+    #[error("cannot make the data directory {path} owner-only: {error}")]
     DataDir {
         /// What could not be changed.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
+}
+
+// The cause is in the message, so it is not also a `source()`
+// (docs/design.md, "Errors").
+impl From<std::io::Error> for ServerError {
+    fn from(error: std::io::Error) -> Self {
+        ServerError::Listen(error)
+    }
+}
+
+impl From<onion::OnionError> for ServerError {
+    fn from(error: onion::OnionError) -> Self {
+        ServerError::Tor(error)
+    }
 }
 
 /// A started box: workers up, data directory open, listener bound.
@@ -137,7 +151,7 @@ impl Server {
             .await
             .map_err(ServerError::Attestation)?;
         secure_data_dir(&config.data_dir)
-            .map_err(|(path, source)| ServerError::DataDir { path, source })?;
+            .map_err(|(path, error)| ServerError::DataDir { path, error })?;
         let store = FunctionStore::open(
             &config.data_dir,
             config.max_stored_bytes(),

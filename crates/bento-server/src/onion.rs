@@ -61,12 +61,12 @@ pub enum OnionError {
     #[error(transparent)]
     Tor(#[from] bento_tor::TorError),
     /// The persisted key could not be read or written.
-    #[error("onion service key {path}: {source}")]
+    #[error("onion service key {path}: {error}")]
     Key {
         /// The key file.
         path: std::path::PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -125,10 +125,10 @@ impl TorBox {
         let key = match std::fs::read_to_string(&key_path) {
             Ok(text) => OnionKey::Existing(text.trim().to_owned()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => OnionKey::New,
-            Err(source) => {
+            Err(error) => {
                 return Err(OnionError::Key {
                     path: key_path,
-                    source,
+                    error,
                 });
             }
         };
@@ -145,9 +145,9 @@ impl TorBox {
         };
         let (control, service) = republish.connect_and_add().await?;
         if let Some(private_key) = &service.private_key {
-            write_key(&key_path, private_key).map_err(|source| OnionError::Key {
+            write_key(&key_path, private_key).map_err(|error| OnionError::Key {
                 path: key_path.clone(),
-                source,
+                error,
             })?;
             republish.key = OnionKey::Existing(private_key.clone());
         }

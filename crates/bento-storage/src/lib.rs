@@ -81,13 +81,12 @@ pub enum StorageError {
     #[error("{0}")]
     InvalidKey(String),
     /// The file system failed.
-    #[error("storage I/O error while {action}: {source}")]
+    #[error("storage I/O error while {action}: {error}")]
     Io {
         /// What the storage was doing, e.g. "writing a value".
         action: &'static str,
         /// The underlying error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// A stored value failed authentication: its file was modified, replaced
     /// or truncated on disk. The message names the key.
@@ -97,7 +96,7 @@ pub enum StorageError {
 
 impl StorageError {
     fn io(action: &'static str) -> impl FnOnce(io::Error) -> Self {
-        move |source| StorageError::Io { action, source }
+        move |error| StorageError::Io { action, error }
     }
 
     fn corrupt(key: &str, what: &str) -> Self {
@@ -165,7 +164,7 @@ impl InstanceStorage {
             remove_dir_quietly(&dir);
             return Err(StorageError::Io {
                 action: "generating the storage key",
-                source: random_error(e),
+                error: random_error(e),
             });
         }
         let cipher = Box::new(XChaCha20Poly1305::new(Key::cast_from_core(&key)));
@@ -210,7 +209,7 @@ impl InstanceStorage {
         let mut nonce = XNonce::default();
         getrandom::fill(nonce.as_mut_slice()).map_err(|e| StorageError::Io {
             action: "generating a nonce",
-            source: random_error(e),
+            error: random_error(e),
         })?;
         let aad = associated_data(file, key);
         let sealed = self
@@ -224,7 +223,7 @@ impl InstanceStorage {
             )
             .map_err(|_| StorageError::Io {
                 action: "encrypting a value",
-                source: io::Error::other("the value is too large to encrypt"),
+                error: io::Error::other("the value is too large to encrypt"),
             })?;
 
         self.write_file(file, &nonce, &sealed)?;

@@ -7,13 +7,12 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum TorError {
     /// A socket or file operation failed; `what` says which and where.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Io {
         /// What was being done (names the address or path).
         what: String,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The ControlPort answered with an error status.
     #[error("tor control {addr}: {command} failed: {code} {message}")]
@@ -122,10 +121,10 @@ pub enum TorError {
 
 impl TorError {
     /// An I/O error while doing `what` (which names the address or path).
-    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+    pub fn io(what: impl Into<String>, error: std::io::Error) -> Self {
         TorError::Io {
             what: what.into(),
-            source,
+            error,
         }
     }
 }

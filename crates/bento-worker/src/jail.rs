@@ -86,20 +86,20 @@ pub struct JailConfig {
 #[non_exhaustive]
 pub enum JailError {
     /// A resource limit could not be set.
-    #[error("rlimit {what}: {source}")]
+    #[error("rlimit {what}: {error}")]
     Rlimit {
         /// Which limit.
         what: &'static str,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The instance storage directory could not be created.
-    #[error("cannot create the instance storage directory {}: {source}", path.display())]
+    #[error("cannot create the instance storage directory {}: {error}", path.display())]
     StorageDir {
         /// The directory.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Landlock refused the ruleset.
     #[error("landlock: {0}")]
@@ -227,7 +227,7 @@ fn set_rlimit(
     } else {
         Err(JailError::Rlimit {
             what,
-            source: std::io::Error::last_os_error(),
+            error: std::io::Error::last_os_error(),
         })
     }
 }
@@ -244,7 +244,7 @@ fn apply_rlimits() -> Result<(), JailError> {
     if rc != 0 {
         return Err(JailError::Rlimit {
             what: "nofile",
-            source: std::io::Error::last_os_error(),
+            error: std::io::Error::last_os_error(),
         });
     }
     set_rlimit(
@@ -260,7 +260,7 @@ fn apply_rlimits() -> Result<(), JailError> {
     if rc != 0 {
         return Err(JailError::Rlimit {
             what: "dumpable",
-            source: std::io::Error::last_os_error(),
+            error: std::io::Error::last_os_error(),
         });
     }
     Ok(())
@@ -274,9 +274,9 @@ fn apply_landlock(storage_dir: &Path) -> Result<LandlockLevel, JailError> {
         .recursive(true)
         .mode(0o700)
         .create(storage_dir)
-        .map_err(|source| JailError::StorageDir {
+        .map_err(|error| JailError::StorageDir {
             path: storage_dir.to_owned(),
-            source,
+            error,
         })?;
     let error = |e: &dyn fmt::Display| JailError::Landlock(e.to_string());
     let mut ruleset = Ruleset::default()
