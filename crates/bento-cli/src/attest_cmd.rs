@@ -13,6 +13,7 @@ use crate::{Command, TargetArgs, runtime_path};
 
 /// What every client command requires of the box (global flags).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Reaching a box (client commands)")]
 pub struct AttestFlags {
     /// Refuse, before uploading anything, a box that does not prove it runs
     /// its worker in a TEE: of KIND (sgx, tdx, sev-snp) when given, of any

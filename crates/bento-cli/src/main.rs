@@ -67,8 +67,10 @@ struct Cli {
     command: Command,
 }
 
-/// How to reach a box.
+/// How to reach a box. Global (every command accepts them), under their
+/// own heading so that `bento serve --help` keeps the box's options apart.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Reaching a box (client commands)")]
 struct TargetArgs {
     /// The box, HOST:PORT (a .onion name needs --socks or --tor embedded).
     #[arg(
