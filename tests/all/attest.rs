@@ -338,16 +338,23 @@ fn a_box_told_to_offer_sev_snp_evidence_outside_a_confidential_vm_does_not_start
         env!("CARGO_MANIFEST_DIR"),
         "/../bento-attest/tests/data/snp_cert_chain_milan.pem"
     );
-    let (out, data) = serve_with(&["--tee", "sev-snp", "--tee-collateral", chain]);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert!(
-        stderr.contains("could not produce sev-snp evidence"),
-        "{stderr}"
-    );
-    assert!(stderr.contains("confidential VM"), "{stderr}");
-    // The box failed to start (3), before anything was written.
-    assert!(!data.path().join("box").exists());
+    // With the operator's collateral, and with none (the host's
+    // certificates would be shipped): the same refusal.
+    for args in [
+        vec!["--tee", "sev-snp", "--tee-collateral", chain],
+        vec!["--tee", "sev-snp"],
+    ] {
+        let (out, data) = serve_with(&args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
+        assert!(
+            stderr.contains("could not produce sev-snp evidence"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("confidential VM"), "{stderr}");
+        // The box failed to start (3), before anything was written.
+        assert!(!data.path().join("box").exists());
+    }
 }
 
 #[test]

@@ -46,7 +46,10 @@ pub use seal::{
     SessionKeys, seal_call, seal_function,
 };
 pub use snp::{SNP_REPORT_LEN, SnpFacts, SnpTcb, amd_root_keys, verify_snp_report};
-pub use source::{CONFIGFS_TSM_REPORT_DIR, ConfigfsTsm, EvidenceSource, GramineSgx, NoTee};
+pub use source::{
+    CONFIGFS_TSM_REPORT_DIR, ConfigfsTsm, EvidenceSource, GramineSgx, NoTee,
+    snp_collateral_from_cert_table,
+};
 pub use verify::{
     ACCEPTED_TCB_STATUSES, QuoteFacts, Requirement, TeeRequirement, Verified, VerifyOptions,
     verify, verify_quote,

@@ -21,15 +21,27 @@ pub trait EvidenceSource: Send + Sync {
         &[]
     }
 
+    /// The quote over `report_data` and the collateral to ship with it
+    /// (by default [`quote`](Self::quote) and the fixed
+    /// [`collateral`](Self::collateral); a source whose TEE hands out
+    /// collateral with each report overrides this).
+    fn quote_and_collateral(
+        &self,
+        report_data: &[u8; 64],
+    ) -> Result<(Vec<u8>, Vec<u8>), AttestError> {
+        Ok((self.quote(report_data)?, self.collateral().to_vec()))
+    }
+
     /// Evidence bound to `binding`, claiming `software_digest`.
     fn evidence(&self, binding: &Binding, software_digest: &[u8]) -> Result<Evidence, AttestError> {
+        let (quote, collateral) = self.quote_and_collateral(&binding.report_data())?;
         let evidence = Evidence {
             kind: self.kind(),
             onion_identity: binding.onion_identity,
             channel_key: binding.channel_key,
             software_digest: software_digest.to_vec(),
-            quote: self.quote(&binding.report_data())?,
-            collateral: self.collateral().to_vec(),
+            quote,
+            collateral,
         };
         // Refuse here rather than have every client refuse it.
         let len = evidence.encode().len();
@@ -145,12 +157,14 @@ impl ConfigfsTsm {
     }
 }
 
-impl EvidenceSource for ConfigfsTsm {
-    fn kind(&self) -> TeeKind {
-        self.kind
-    }
-
-    fn quote(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, AttestError> {
+impl ConfigfsTsm {
+    /// One report over `report_data`: the outblob and, when `auxblob`, the
+    /// auxblob (SEV-SNP: the certificate table the hypervisor supplies).
+    fn report(
+        &self,
+        report_data: &[u8; 64],
+        auxblob: bool,
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>), AttestError> {
         let kind = self.kind;
         let produce = |reason: String| AttestError::Produce { kind, reason };
         let expected = ConfigfsTsm::provider(kind)
@@ -191,15 +205,138 @@ impl EvidenceSource for ConfigfsTsm {
             .and_then(|()| {
                 std::fs::read(dir.join("outblob"))
                     .map_err(|e| produce(format!("reading outblob: {e}")))
+            })
+            .and_then(|outblob| {
+                if !auxblob {
+                    return Ok((outblob, None));
+                }
+                // Read after the outblob: the kernel fills both from one
+                // request.
+                let aux = std::fs::read(dir.join("auxblob"))
+                    .map_err(|e| produce(format!("reading auxblob: {e}")))?;
+                Ok((outblob, Some(aux)))
             });
         // configfs directories are removed with rmdir, never recursively.
         let _ = std::fs::remove_dir(&dir);
         result
     }
+}
+
+impl EvidenceSource for ConfigfsTsm {
+    fn kind(&self) -> TeeKind {
+        self.kind
+    }
+
+    fn quote(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, AttestError> {
+        Ok(self.report(report_data, false)?.0)
+    }
 
     fn collateral(&self) -> &[u8] {
         &self.collateral
     }
+
+    /// SEV-SNP without collateral from the operator: the certificates the
+    /// hypervisor attaches to the report (an extended report's
+    /// certificate table, configfs-tsm's `auxblob`). Clients verify them
+    /// against AMD's roots as they would any collateral, so the untrusted
+    /// host can make a box fail but not make a client accept it.
+    fn quote_and_collateral(
+        &self,
+        report_data: &[u8; 64],
+    ) -> Result<(Vec<u8>, Vec<u8>), AttestError> {
+        if self.kind != TeeKind::SevSnp || !self.collateral.is_empty() {
+            return Ok((self.quote(report_data)?, self.collateral.clone()));
+        }
+        let (report, aux) = self.report(report_data, true)?;
+        let collateral = snp_collateral_from_cert_table(&aux.unwrap_or_default())?;
+        Ok((report, collateral))
+    }
+}
+
+/// The GUIDs of the GHCB certificate table's entries (AMD's "SEV-ES Guest-
+/// Hypervisor Communication Block Standardization", the `SNP Extended Guest
+/// Request`), in their byte order on the wire (RFC 4122).
+const SNP_CERT_GUIDS: [(&str, &str); 4] = [
+    ("VCEK", "63da758d-e664-4564-adc5-f4b93be8accd"),
+    ("ASK", "4ab7b379-bbac-4fe4-a02f-05aef327c782"),
+    ("ARK", "c0b406a4-a803-4952-9743-3fb6014cd0ae"),
+    ("VLEK", "a8074bc2-a25a-483e-aae6-39c045a0b8a1"),
+];
+
+/// Bytes of one certificate-table entry: GUID, offset, length.
+const SNP_CERT_ENTRY_LEN: usize = 24;
+
+/// SEV-SNP collateral (the PEM bundle VCEK, ASK, ARK that
+/// [`verify`](crate::verify) takes) from an extended report's certificate
+/// table: 24-byte entries (GUID, then offset and length from the table's
+/// start, little-endian u32s) ended by an all-zero entry, then the DER
+/// certificates. The hypervisor writes this table, so every offset and
+/// length is checked; a VLEK-signed platform (no VCEK in the table) is
+/// refused, as verification does not support VLEKs.
+pub fn snp_collateral_from_cert_table(table: &[u8]) -> Result<Vec<u8>, AttestError> {
+    use x509_cert::der::{Decode, EncodePem, pem::LineEnding};
+
+    let bad = |reason: String| AttestError::Produce {
+        kind: TeeKind::SevSnp,
+        reason: format!("the host's certificate table: {reason}"),
+    };
+    let guid = |text: &str| -> Vec<u8> { hex::decode(text.replace('-', "")).unwrap_or_default() };
+    let mut found: [Option<&[u8]>; 4] = [None; 4];
+    let mut at = 0;
+    loop {
+        let entry = table
+            .get(at..at + SNP_CERT_ENTRY_LEN)
+            .ok_or_else(|| bad(format!("no closing entry (table of {} bytes)", table.len())))?;
+        let (id, place) = entry.split_at(16);
+        if id.iter().all(|&b| b == 0) {
+            break;
+        }
+        let number = |bytes: &[u8]| {
+            let mut word = [0u8; 4];
+            word.copy_from_slice(bytes);
+            u32::from_le_bytes(word) as usize
+        };
+        let (offset, len) = (number(&place[..4]), number(&place[4..8]));
+        let data = offset
+            .checked_add(len)
+            .and_then(|end| table.get(offset..end))
+            .ok_or_else(|| {
+                bad(format!(
+                    "an entry's {len} bytes at offset {offset} lie outside its {} bytes",
+                    table.len()
+                ))
+            })?;
+        if let Some(i) = SNP_CERT_GUIDS.iter().position(|(_, g)| guid(g) == id) {
+            found[i] = Some(data);
+        }
+        at += SNP_CERT_ENTRY_LEN;
+    }
+    let [vcek, ask, ark, vlek] = found;
+    let (Some(vcek), Some(ask), Some(ark)) = (vcek, ask, ark) else {
+        let missing: Vec<&str> = [vcek, ask, ark]
+            .iter()
+            .zip(SNP_CERT_GUIDS)
+            .filter(|(cert, _)| cert.is_none())
+            .map(|(_, (name, _))| name)
+            .collect();
+        let vlek = if vlek.is_some() {
+            " (it has a VLEK: VLEK-signed reports are not supported)"
+        } else {
+            ""
+        };
+        return Err(bad(format!(
+            "no {}{vlek}; pass --tee-collateral",
+            missing.join(", ")
+        )));
+    };
+    let mut pem = String::new();
+    for (der, (name, _)) in [vcek, ask, ark].into_iter().zip(SNP_CERT_GUIDS) {
+        let text = x509_cert::Certificate::from_der(der)
+            .and_then(|cert| cert.to_pem(LineEnding::LF))
+            .map_err(|e| bad(format!("its {name} is not a DER certificate: {e}")))?;
+        pem.push_str(&text);
+    }
+    Ok(pem.into_bytes())
 }
 
 #[cfg(test)]

@@ -474,3 +474,113 @@ fn bento_attest_describes_an_snp_box_in_words() {
     assert!(lines.iter().any(|l| l.contains("timing, sizes")));
     assert!(lines.contains(&"bound to the onion address you dialed".into()));
 }
+
+/// The certificate table a hypervisor attaches to an extended report
+/// (configfs-tsm's `auxblob`), encoded by VirTEE's `sev` (the kernel's
+/// layout), holding `certs`.
+#[cfg(target_os = "linux")]
+fn cert_table(certs: Vec<(sev::firmware::host::CertType, Vec<u8>)>) -> Vec<u8> {
+    use sev::firmware::host::CertTableEntry;
+    let entries: Vec<CertTableEntry> = certs
+        .into_iter()
+        .map(|(kind, der)| CertTableEntry::new(kind, der))
+        .collect();
+    CertTableEntry::cert_table_to_vec_bytes(&entries).unwrap()
+}
+
+#[cfg(target_os = "linux")]
+fn milan_chain_der() -> (Vec<u8>, Vec<u8>) {
+    let (ask, ark) = split(MILAN_CHAIN_PEM);
+    let der = |pem: &str| {
+        x509_cert::Certificate::from_pem(pem.as_bytes())
+            .unwrap()
+            .to_der()
+            .unwrap()
+    };
+    (der(&ask), der(&ark))
+}
+
+#[cfg(target_os = "linux")]
+fn produce_reason(result: Result<Vec<u8>, AttestError>) -> String {
+    match result {
+        Err(AttestError::Produce {
+            kind: TeeKind::SevSnp,
+            reason,
+        }) => reason,
+        other => panic!("expected an sev-snp Produce error, got {other:?}"),
+    }
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn collateral_from_the_hosts_certificate_table_verifies_the_real_report() {
+    use sev::firmware::host::CertType;
+    let (ask, ark) = milan_chain_der();
+    // The order in the table does not matter; another GUID is skipped.
+    let table = cert_table(vec![
+        (CertType::ARK, ark),
+        (CertType::VCEK, MILAN_VCEK_DER.to_vec()),
+        (CertType::CRL, vec![1, 2, 3]),
+        (CertType::ASK, ask),
+    ]);
+    let collateral = bento_attest::snp_collateral_from_cert_table(&table).unwrap();
+    let from_table = check(&report(), &collateral, VALID_AT).unwrap();
+    let from_files = check(&report(), &milan_collateral(), VALID_AT).unwrap();
+    assert_eq!(from_table.measurement, from_files.measurement);
+    assert_eq!(from_table.report_data, from_files.report_data);
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn a_hostile_or_incomplete_certificate_table_is_a_typed_error() {
+    use bento_attest::snp_collateral_from_cert_table as parse;
+    use sev::firmware::host::CertType;
+    let (ask, ark) = milan_chain_der();
+    let whole = cert_table(vec![
+        (CertType::VCEK, MILAN_VCEK_DER.to_vec()),
+        (CertType::ASK, ask.clone()),
+        (CertType::ARK, ark.clone()),
+    ]);
+    // Cut inside the first entry: no closing entry. Cut after it: its
+    // certificate lies outside what is left, or the closing entry is gone.
+    for cut in [0, 10] {
+        let reason = produce_reason(parse(&whole[..cut]));
+        assert!(reason.contains("no closing entry"), "{cut}: {reason}");
+    }
+    for cut in [24, 95] {
+        let reason = produce_reason(parse(&whole[..cut]));
+        assert!(
+            reason.contains("outside") || reason.contains("no closing entry"),
+            "{cut}: {reason}"
+        );
+    }
+    // A length reaching past the table (and one that would overflow).
+    for len in [u32::MAX, (whole.len() as u32) + 1] {
+        let mut bad = whole.clone();
+        bad[20..24].copy_from_slice(&len.to_le_bytes());
+        let reason = produce_reason(parse(&bad));
+        assert!(reason.contains("outside"), "{reason}");
+    }
+    // Certificates cut off at the end of the table.
+    let reason = produce_reason(parse(&whole[..whole.len() - 1]));
+    assert!(reason.contains("outside"), "{reason}");
+    // A VLEK instead of a VCEK.
+    let vlek = cert_table(vec![
+        (CertType::VLEK, MILAN_VCEK_DER.to_vec()),
+        (CertType::ASK, ask.clone()),
+        (CertType::ARK, ark.clone()),
+    ]);
+    let reason = produce_reason(parse(&vlek));
+    assert!(
+        reason.contains("no VCEK") && reason.contains("VLEK"),
+        "{reason}"
+    );
+    // Not a certificate where the VCEK should be.
+    let garbage = cert_table(vec![
+        (CertType::VCEK, vec![0x30, 0x03, 1, 2, 3]),
+        (CertType::ASK, ask),
+        (CertType::ARK, ark),
+    ]);
+    let reason = produce_reason(parse(&garbage));
+    assert!(reason.contains("VCEK is not a DER certificate"), "{reason}");
+}

@@ -161,8 +161,9 @@ pub struct ServeArgs {
     pub tee: TeeKind,
     /// The collateral shipped with the evidence, which clients verify it
     /// with: for `sev-snp` one PEM file with the VCEK, the ASK and the ARK
-    /// certificates, in that order (AMD's KDS); for `tdx` dcap-qvl
-    /// `QuoteCollateralV3` JSON (Intel's PCS or a PCCS).
+    /// certificates, in that order (AMD's KDS) [default: the certificates
+    /// the hypervisor attaches to each report]; for `tdx` (required)
+    /// dcap-qvl `QuoteCollateralV3` JSON (Intel's PCS or a PCCS).
     #[arg(long, value_name = "FILE")]
     pub tee_collateral: Option<PathBuf>,
 }
@@ -327,6 +328,11 @@ impl ServeArgs {
             (TeeKind::None, Some(_)) => {
                 bail!("--tee-collateral needs --tee tdx or --tee sev-snp (the box offers no TEE)")
             }
+            // The certificates the hypervisor attaches to each report.
+            (TeeKind::SevSnp, None) => Ok(EvidenceConfig::ConfigfsTsm {
+                kind: TeeKind::SevSnp,
+                collateral: Vec::new(),
+            }),
             (kind, None) => bail!(
                 "--tee {kind} needs --tee-collateral FILE: clients cannot verify {kind} evidence \
                  without it (docs/attestation.md, \"Turning it on\")"

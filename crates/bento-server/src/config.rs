@@ -96,7 +96,8 @@ pub enum EvidenceConfig {
         /// `tdx` or `sev-snp`.
         kind: bento_attest::TeeKind,
         /// Shipped with every report so that clients can verify it offline:
-        /// SEV-SNP a PEM bundle (VCEK, ASK, ARK), TDX dcap-qvl
+        /// SEV-SNP a PEM bundle (VCEK, ASK, ARK; empty: the certificates
+        /// the hypervisor attaches to each report), TDX dcap-qvl
         /// `QuoteCollateralV3` JSON.
         collateral: Vec<u8>,
     },
