@@ -140,7 +140,7 @@ impl BoxState {
             ),
             (
                 "bento_instances_running",
-                "Function instances running.",
+                "Function instances admitted and not yet ended (counted from the Invoke; bento_pending_starts of them still wait for a worker thread).",
                 c.running_instances.load(Ordering::Relaxed),
             ),
             (
