@@ -50,13 +50,13 @@ CONDITIONS: dict[str, list[str] | None] = {
     "browser-pad1MB": ["--pad", "1MB"],
     "browser-pad4MiB": ["--pad", "4MiB"],
     # The box paces a cover flow with its `constant` defense, which carries
-    # 50 700 B/s of the flow's cells (docs/functions/cover.md): 100 cells of
-    # 507 B per second fill it exactly, and 90 s carry 4.5 MB, the largest
+    # 49 300 B/s of the flow's cells (docs/functions/cover.md): 100 cells of
+    # 493 B per second fill it exactly, and 90 s carry 4.4 MB, the largest
     # 1 MB-padded bundle the Browser sends (4 MiB) and its request.
     "browser-cover": [
         "--pad", "1MB",
         "--cover-rate", "100",
-        "--cover-cell-size", "507",
+        "--cover-cell-size", "493",
         "--cover-duration", "90s",
     ],
     # The box's shaping defenses (docs/policy.md#shaping) around the

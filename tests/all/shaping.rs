@@ -679,7 +679,7 @@ async fn padding_stops_at_the_policys_cap_and_the_output_still_arrives() {
         crate::harness::fast_policy().replace("max_padding_mib = 64 ", "max_padding_mib = 1 ");
     assert!(policy.contains("max_padding_mib = 1 "));
     let bx = TestBox::with_policy(&policy, &[]);
-    // Idle long enough for `constant` (51 200 B/s of padding) to pass the
+    // Idle long enough for `constant` (49 800 B/s of padding) to pass the
     // 1 MiB cap (after about 20.5 s), then send.
     let idle = "def main():\n    api.sleep(24.0)\n    api.send(b'z' * 5000)\n";
     let token = bx

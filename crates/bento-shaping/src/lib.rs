@@ -33,9 +33,14 @@ use rand::rngs::StdRng;
 
 pub use bento_policy::Defense;
 
-/// Bytes of one shaped cell on the wire, frame headers included. Close to
-/// a Tor cell (514 bytes), so one shaped cell costs about one Tor cell.
-pub const CELL_LEN: usize = 512;
+/// Bytes of one shaped cell on the wire, frame headers included: the
+/// stream data one Tor relay cell carries (`RELAY_PAYLOAD_SIZE`, 498 of its
+/// 509-byte payload). A paced defense writes its cells one at a time, and
+/// tor packages each write into relay cells as it comes, so a shaped cell
+/// of exactly this size fills one Tor cell; at 512 bytes each spanned two
+/// (the second 14 bytes full), which doubled what the guard saw of every
+/// paced defense.
+pub const CELL_LEN: usize = 498;
 
 /// Payload of a `Padding` frame that fills a whole cell.
 const PADDING_CELL_DATA: usize = CELL_LEN - FRAME_HEADER_LEN;
@@ -447,12 +452,12 @@ enum Due {
     Action(usize),
 }
 
-/// Seconds between cells of the `constant` defense (100 cells/s, 51 KB/s).
+/// Seconds between cells of the `constant` defense (100 cells/s, 49.8 KB/s).
 pub const CONSTANT_CELL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Most data bytes per second the `constant` defense carries: one cell
 /// per [`CONSTANT_CELL_INTERVAL`], each with at most [`CELL_LEN`] less one
-/// frame header of data (50 700 B/s). Data beyond it waits its turn, so a
+/// frame header of data (49 300 B/s). Data beyond it waits its turn, so a
 /// stream that needs more takes longer, never shows a burst.
 pub const CONSTANT_DATA_PER_S: u64 =
     PADDING_CELL_DATA as u64 * 1_000_000 / CONSTANT_CELL_INTERVAL.as_micros() as u64;
