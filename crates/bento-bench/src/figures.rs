@@ -85,6 +85,16 @@ const FIGURES: &[(&str, &str, bool)] = &[
         false,
     ),
     (
+        "/hello_world_one_connection_ms/p50",
+        "hello-world p50, invoke and attach on one connection (ms)",
+        false,
+    ),
+    (
+        "/hello_world_run_ms/p50",
+        "hello-world p50 sent with Run, one round trip (ms)",
+        false,
+    ),
+    (
         "/sandbox_hello_ms/p50",
         "same function in the sandbox alone, p50 (ms)",
         false,
@@ -228,6 +238,38 @@ impl Bench {
     async fn invoke_to_end(&self, token: &InvokeToken, args: &str) -> Result<u64, Error> {
         crate::invoke_to_end(&self.target, token, args).await
     }
+
+    /// Invoke, then attach on the same connection: one connection and
+    /// handshake fewer than [`Bench::invoke_to_end`], the same round trips.
+    async fn invoke_attach_on_one_connection(
+        &self,
+        token: &InvokeToken,
+        args: &str,
+    ) -> Result<u64, Error> {
+        let mut conn = Connection::connect(&self.target).await?;
+        let session = conn.invoke(token, "main", args).await?;
+        read_to_end(conn.attach(&session, None).await?).await
+    }
+
+    /// `Run`: the source sent with the call, answered by the session's
+    /// output on the same connection (one round trip, nothing stored).
+    async fn run_to_end(&self, source: &str, args: &str) -> Result<u64, Error> {
+        let (_, _, attachment) = Connection::connect(&self.target)
+            .await?
+            .run("hello.py", source, MANIFEST, "main", args)
+            .await?;
+        read_to_end(attachment).await
+    }
+}
+
+/// Bytes received until the session's end.
+async fn read_to_end(mut attachment: bento_client::Attachment) -> Result<u64, Error> {
+    let mut received = 0u64;
+    while let Some(data) = attachment.next().await? {
+        received += data.len() as u64;
+    }
+    attachment.close().await;
+    Ok(received)
 }
 
 /// The limits every measured box runs with: room to move GiBs at full
@@ -357,6 +399,8 @@ pub async fn run(
     }
     let mut latencies = Vec::with_capacity(args.invocations);
     let mut cold_latencies = Vec::with_capacity(args.invocations);
+    let mut one_connection = Vec::with_capacity(args.invocations);
+    let mut run_latencies = Vec::with_capacity(args.invocations);
     for i in 0..args.invocations {
         for (b, token, times) in [
             (&bench, &hello, &mut latencies),
@@ -369,6 +413,19 @@ pub async fn run(
                 fail!("hello-world returned {got} bytes, expected 11");
             }
         }
+        // The same call on the measured box in fewer round trips, in turn
+        // with the above so that the machine's state hits all alike.
+        let started = Instant::now();
+        let got = bench
+            .invoke_attach_on_one_connection(&hello, "[\"world\"]")
+            .await?;
+        one_connection.push(started.elapsed());
+        let started = Instant::now();
+        let got_run = bench.run_to_end(HELLO, "[\"world\"]").await?;
+        run_latencies.push(started.elapsed());
+        if got != 11 || got_run != 11 {
+            fail!("hello-world on one connection returned {got} and {got_run} bytes, expected 11");
+        }
         if (i + 1) % 250 == 0 {
             eprintln!("  hello-world: {} / {}", i + 1, args.invocations);
         }
@@ -376,6 +433,8 @@ pub async fn run(
     cold_task.abort();
     latencies.sort();
     cold_latencies.sort();
+    one_connection.sort();
+    run_latencies.sort();
 
     // 1b. The same function in the sandbox alone, side by side: the ratio
     // of the two is what the box adds, whatever the machine's speed.
@@ -546,6 +605,16 @@ pub async fn run(
             "p50": ms(percentile(&cold_latencies, 0.50)),
             "p99": ms(percentile(&cold_latencies, 0.99)),
         },
+        "hello_world_one_connection_ms": {
+            "invocations": one_connection.len(),
+            "p50": ms(percentile(&one_connection, 0.50)),
+            "p99": ms(percentile(&one_connection, 0.99)),
+        },
+        "hello_world_run_ms": {
+            "invocations": run_latencies.len(),
+            "p50": ms(percentile(&run_latencies, 0.50)),
+            "p99": ms(percentile(&run_latencies, 0.99)),
+        },
         "sandbox_hello_ms": {
             "invocations": sandbox.len(),
             "p50": ms(percentile(&sandbox, 0.50)),
@@ -616,6 +685,20 @@ pub async fn run(
             cold_latencies.len(),
             ms(percentile(&cold_latencies, 0.50)),
             ms(percentile(&cold_latencies, 0.99))
+        );
+        report!(
+            out,
+            "| the same, invoke and attach on one connection, in turn with the above (n={}) | p50 {:.2} ms, p99 {:.2} ms |",
+            one_connection.len(),
+            ms(percentile(&one_connection, 0.50)),
+            ms(percentile(&one_connection, 0.99))
+        );
+        report!(
+            out,
+            "| the same source sent with `Run` (one connection, one round trip, not stored), in turn (n={}) | p50 {:.2} ms, p99 {:.2} ms |",
+            run_latencies.len(),
+            ms(percentile(&run_latencies, 0.50)),
+            ms(percentile(&run_latencies, 0.99))
         );
         report!(
             out,

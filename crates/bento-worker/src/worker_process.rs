@@ -167,7 +167,7 @@ fn lock(instances: &Instances) -> std::sync::MutexGuard<'_, HashMap<InstanceId, 
 fn handle<W: Write + Send + 'static>(
     message: ToWorker,
     runtime: &Arc<PythonRuntime>,
-    prewarmed: &Prewarmed,
+    prewarmed: &Arc<Prewarmed>,
     outbox: &Arc<Outbox<W>>,
     instances: &Instances,
     bandwidth: &BoxBandwidth,
@@ -237,7 +237,7 @@ fn start<W: Write + Send + 'static>(
     request: StartRequest,
     sealed: Option<Arc<SealedInstance>>,
     runtime: &Arc<PythonRuntime>,
-    prewarmed: &Prewarmed,
+    prewarmed: &Arc<Prewarmed>,
     outbox: &Arc<Outbox<W>>,
     instances: &Instances,
     bandwidth: &BoxBandwidth,
@@ -282,6 +282,7 @@ fn start<W: Write + Send + 'static>(
         StartCall::Check => None,
         _ => prewarmed.take(),
     };
+    let prewarmed = prewarmed.clone();
     let runtime = runtime.clone();
     let outbox_for_thread = outbox.clone();
     let instances_for_thread = instances.clone();
@@ -292,6 +293,7 @@ fn start<W: Write + Send + 'static>(
             // First thing, before any work of the function's: how late this
             // thread got to run is the pool's measure of overload.
             outbox_for_thread.send(&FromWorker::Started(id));
+            let running = prewarmed.running();
             let call = match request.call {
                 StartCall::Check => Ok(None),
                 StartCall::Entry { entry, args_json } => Ok(Some(Call::Entry { entry, args_json })),
@@ -328,9 +330,13 @@ fn start<W: Write + Send + 'static>(
                 None => outcome,
             };
             outbox_for_thread.send(&FromWorker::Instance(id, InstanceEvent::Finished(outcome)));
+            drop(running);
             // Unmapping the instance's memory is the slow part of its end:
-            // after the outcome is on its way, not before.
-            drop(spent);
+            // after the outcome is on its way, not before, and while no
+            // other function runs.
+            if let Some(spent) = spent {
+                prewarmed.retire(spent);
+            }
         });
     if let Err(e) = spawned {
         lock(instances).remove(&id);
