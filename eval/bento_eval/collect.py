@@ -257,6 +257,16 @@ def main(argv: list[str] | None = None) -> int:
         if (old.get("seed"), old.get("sites")) != (a.seed, a.sites):
             p.error(f"{a.out} holds a run of --seed {old.get('seed')} --sites {old.get('sites')}; "
                     "resume it with those, or use another --out")
+    # Checked before the network starts: each visit captures on loopback.
+    for tool in ("tcpdump", "ss"):
+        if shutil.which(tool) is None:
+            p.error(f"{tool} is not installed: run scripts/setup-eval.sh --pcap")
+    if os.geteuid() != 0:
+        p.error("capturing on loopback needs root (tcpdump -i lo)")
+    for path, what in ((a.bento, "--bento"), (a.runtime, "--runtime")):
+        if not path.is_file():
+            p.error(f"{what} {path} does not exist (scripts/setup.sh builds both)")
+
     sites = corpus.write(a.seed, a.sites, a.out / "corpus")
     server = corpus.Server(a.out / "corpus")
     work = Path(tempfile.mkdtemp(prefix="bento-eval-"))

@@ -51,6 +51,21 @@ def test_resuming_into_a_directory_of_another_closed_world_is_refused(tmp_path):
     assert e.value.code == 2
 
 
+def test_a_missing_capture_tool_or_binary_is_named_before_the_network_starts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(collect.shutil, "which", lambda tool: None if tool == "tcpdump" else "/usr/bin/" + tool)
+    with pytest.raises(SystemExit) as e:
+        collect.main(["--out", str(tmp_path), "--sites", "2"])
+    assert e.value.code == 2
+    assert "tcpdump is not installed: run scripts/setup-eval.sh --pcap" in capsys.readouterr().err
+    monkeypatch.setattr(collect.shutil, "which", lambda tool: "/usr/bin/" + tool)
+    monkeypatch.setattr(collect.os, "geteuid", lambda: 0)
+    with pytest.raises(SystemExit) as e:
+        collect.main(["--out", str(tmp_path), "--sites", "2", "--bento", str(tmp_path / "no-bento")])
+    assert e.value.code == 2
+    assert "no-bento does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "corpus").exists(), "nothing written before the checks"
+
+
 class _Socks5:
     """A minimal SOCKS5 proxy on 127.0.0.1 (CONNECT, no auth) standing in
     for tor's SocksPort; `stall` makes it accept and then never answer."""
