@@ -274,6 +274,55 @@ fn an_unreadable_file_is_named_with_its_cause_once_and_exits_2() {
 }
 
 #[test]
+fn a_client_option_on_a_command_that_reaches_no_box_is_refused_but_its_environment_variable_is_not()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data").display().to_string();
+    for (args, option, command) in [
+        (
+            vec!["serve", "--server", "1.2.3.4:5", "--data-dir", &data_dir],
+            "--server",
+            "serve",
+        ),
+        (vec!["--sealed", "policy", "default"], "--sealed", "policy"),
+        (vec!["bench", "soak", "--tor", "direct"], "--tor", "bench"),
+        (
+            vec!["testnet", "status", "--require-tee", "tdx"],
+            "--require-tee",
+            "testnet",
+        ),
+    ] {
+        let out = bento_offline(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{option} is for commands that reach a box; `bento {command}` reaches none"
+            )),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(
+        !std::path::Path::new(&data_dir).exists(),
+        "the refused serve started nothing"
+    );
+    // A user's environment that names their box does not break the
+    // commands that reach none.
+    let out = Command::new(BENTO)
+        .args(["policy", "default"])
+        .env("BENTO_SERVER", "1.2.3.4:5")
+        .env("BENTO_SEALED", "true")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn policy_check_lists_every_violation_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = write_function(

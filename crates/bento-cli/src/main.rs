@@ -423,6 +423,40 @@ fn apply_config(command: &mut Command, matches: &ArgMatches) -> anyhow::Result<(
     Ok(())
 }
 
+/// The global options that say how to reach a box (ids of [`TargetArgs`]
+/// and its attestation flags).
+const CLIENT_OPTIONS: &[&str] = &[
+    "server",
+    "socks",
+    "tor",
+    "tor_network",
+    "require_tee",
+    "expect_measurement",
+    "allow_unattested",
+    "sealed",
+];
+
+/// A client option given on the command line of a command that reaches no
+/// box (`bento serve --server X` would otherwise be accepted and ignored).
+/// From the environment they stay silent: a user's BENTO_SERVER must not
+/// break `bento serve`. `bento boxes` uses them to reach the network.
+fn client_option_without_a_box(command: &Command, matches: &ArgMatches) -> Option<&'static str> {
+    if commands::reaches_a_box(command) || matches!(command, Command::Boxes(_)) {
+        return None;
+    }
+    // Globals are recorded where they were given: at the top or in any
+    // subcommand on the way down.
+    let mut levels = vec![matches];
+    while let Some((_, sub)) = levels.last().and_then(|m| m.subcommand()) {
+        levels.push(sub);
+    }
+    CLIENT_OPTIONS.iter().copied().find(|id| {
+        levels
+            .iter()
+            .any(|m| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+    })
+}
+
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let mut cli = match Cli::from_arg_matches(&matches) {
@@ -431,6 +465,14 @@ fn main() -> ExitCode {
     };
     if let Err(e) = apply_config(&mut cli.command, &matches) {
         eprintln!("error: {e:#}");
+        return ExitCode::from(exit::EXIT_REQUEST);
+    }
+    if let Some(option) = client_option_without_a_box(&cli.command, &matches) {
+        eprintln!(
+            "error: --{} is for commands that reach a box; `bento {}` reaches none",
+            option.replace('_', "-"),
+            matches.subcommand_name().unwrap_or("")
+        );
         return ExitCode::from(exit::EXIT_REQUEST);
     }
     if commands::reaches_a_box(&cli.command)
