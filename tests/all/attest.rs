@@ -122,9 +122,48 @@ fn without_a_requirement_the_client_warns_once_unless_silenced() {
 }
 
 #[test]
+fn a_minimum_snp_tcb_alone_lets_an_unattested_box_through_with_the_warning_and_with_sev_snp_refuses_it()
+ {
+    let bx = TestBox::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let hello = hello_function(&dir);
+    let out = bento(
+        &bx,
+        &["run", &hello, "--min-snp-tcb", "snp=8", "--", "world"],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(out.stdout, b"hello world");
+    assert_eq!(
+        stderr.matches("warning: the box is not attested").count(),
+        1,
+        "{stderr}"
+    );
+    let out = bento(
+        &bx,
+        &[
+            "run",
+            &hello,
+            "--require-tee=sev-snp",
+            "--min-snp-tcb",
+            "snp=8",
+            "--",
+            "world",
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("nothing was sent"), "{stderr}");
+}
+
+#[test]
 fn a_bad_requirement_is_a_request_error_not_a_refused_box() {
     let bx = TestBox::start(&[]);
-    for flags in [["--require-tee", "sgx2"], ["--expect-measurement", "xyz"]] {
+    for flags in [
+        ["--require-tee", "sgx2"],
+        ["--expect-measurement", "xyz"],
+        ["--min-snp-tcb", "psp=1"],
+    ] {
         let out = bento(&bx, &["status", flags[0], flags[1]]);
         assert_eq!(
             out.status.code(),
@@ -141,6 +180,7 @@ async fn the_client_library_refuses_an_unattested_box_with_a_typed_error() {
     let requirement = Requirement {
         tee: bento_client::TeeRequirement::AnyTee,
         measurement: None,
+        min_snp_tcb: None,
     };
     match Connection::connect_attested(&bx.target(), &requirement).await {
         Err(ClientError::Attestation(bento_client::AttestError::TeeRequired {

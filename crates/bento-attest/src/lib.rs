@@ -110,6 +110,16 @@ pub enum AttestError {
         /// Hex of the proven one, or `nothing` for kind `none`.
         proven: String,
     },
+    /// The box's SEV-SNP firmware is older than the client's minimum.
+    #[error(
+        "the box's SEV-SNP firmware TCB ({proven}) is below the minimum this client requires ({minimum})"
+    )]
+    TcbBelowMinimum {
+        /// The TCB the VCEK certifies and the report claims.
+        proven: String,
+        /// The client's minimum.
+        minimum: String,
+    },
     /// SGX/TDX/SEV-SNP evidence without the collateral to verify it.
     #[error("{0} evidence carries no collateral; verification needs it")]
     MissingCollateral(TeeKind),

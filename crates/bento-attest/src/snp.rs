@@ -87,6 +87,77 @@ impl fmt::Display for SnpTcb {
     }
 }
 
+impl SnpTcb {
+    /// Whether every level is at least `minimum`'s. A minimum that names an
+    /// FMC level is not met by a platform that reports none (before Turin).
+    pub fn at_least(&self, minimum: &SnpTcb) -> bool {
+        let fmc = match (self.fmc, minimum.fmc) {
+            (_, None) => true,
+            (Some(have), Some(need)) => have >= need,
+            (None, Some(_)) => false,
+        };
+        self.bootloader >= minimum.bootloader
+            && self.tee >= minimum.tee
+            && self.snp >= minimum.snp
+            && self.microcode >= minimum.microcode
+            && fmc
+    }
+}
+
+/// `bootloader=N,tee=N,snp=N,microcode=N[,fmc=N]` (also `bl`, `ucode`; a
+/// level left out is 0, i.e. no minimum for it): a client's minimum TCB.
+impl std::str::FromStr for SnpTcb {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut tcb = SnpTcb {
+            bootloader: 0,
+            tee: 0,
+            snp: 0,
+            microcode: 0,
+            fmc: None,
+        };
+        let mut seen = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not NAME=LEVEL"))?;
+            let level: u8 = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("{name}: {value:?} is not a level from 0 to 255"))?;
+            let name = name.trim();
+            let canonical = match name {
+                "bootloader" | "bl" => "bootloader",
+                "tee" => "tee",
+                "snp" => "snp",
+                "microcode" | "ucode" => "microcode",
+                "fmc" => "fmc",
+                other => {
+                    return Err(format!(
+                        "unknown level {other:?} (expected bootloader, tee, snp, microcode, fmc)"
+                    ));
+                }
+            };
+            if seen.contains(&canonical) {
+                return Err(format!("{canonical} is given twice"));
+            }
+            seen.push(canonical);
+            match canonical {
+                "bootloader" => tcb.bootloader = level,
+                "tee" => tcb.tee = level,
+                "snp" => tcb.snp = level,
+                "microcode" => tcb.microcode = level,
+                _ => tcb.fmc = Some(level),
+            }
+        }
+        if seen.is_empty() {
+            return Err("no level given (e.g. bootloader=3,tee=0,snp=8,microcode=115)".into());
+        }
+        Ok(tcb)
+    }
+}
+
 /// What a verified SEV-SNP report proves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnpFacts {
@@ -326,6 +397,56 @@ fn same_tcb(certified: &SnpTcb, reported: &TcbVersion) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_minimum_tcb_parses_from_names_and_levels_and_bad_text_is_refused() {
+        let min: SnpTcb = "bl=3, tee=0,snp=8,ucode=115".parse().unwrap();
+        let full = SnpTcb {
+            bootloader: 3,
+            tee: 0,
+            snp: 8,
+            microcode: 115,
+            fmc: None,
+        };
+        assert_eq!(min, full);
+        assert_eq!(
+            "snp=8".parse::<SnpTcb>().unwrap(),
+            SnpTcb {
+                bootloader: 0,
+                tee: 0,
+                microcode: 0,
+                ..full
+            }
+        );
+        for (bad, says) in [
+            ("", "no level"),
+            ("snp", "not NAME=LEVEL"),
+            ("snp=256", "0 to 255"),
+            ("psp=1", "unknown level"),
+            ("bl=1,bootloader=2", "given twice"),
+        ] {
+            let err = bad.parse::<SnpTcb>().unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_tcb_meets_a_minimum_only_when_every_level_does() {
+        let tcb: SnpTcb = "bootloader=3,tee=0,snp=8,microcode=115".parse().unwrap();
+        assert!(tcb.at_least(&tcb));
+        assert!(tcb.at_least(&"snp=7".parse().unwrap()));
+        for above in ["bootloader=4", "tee=1", "snp=9", "microcode=116"] {
+            assert!(!tcb.at_least(&above.parse().unwrap()), "{above}");
+        }
+        // A pre-Turin platform has no FMC level to meet an FMC minimum.
+        assert!(!tcb.at_least(&"fmc=0".parse().unwrap()));
+        let turin = SnpTcb {
+            fmc: Some(2),
+            ..tcb
+        };
+        assert!(turin.at_least(&"fmc=2".parse().unwrap()));
+        assert!(!turin.at_least(&"fmc=3".parse().unwrap()));
+    }
 
     #[test]
     fn amd_roots_for_milan_genoa_and_turin_are_trusted_by_default() {

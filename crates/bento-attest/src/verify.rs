@@ -5,7 +5,7 @@ use dcap_qvl::quote::Report;
 use dcap_qvl::verify::QuoteVerifier;
 
 use crate::binding::{NONCE_BYTES, ONION_IDENTITY_BYTES};
-use crate::snp::{SnpFacts, amd_root_keys, verify_snp_report};
+use crate::snp::{SnpFacts, SnpTcb, amd_root_keys, verify_snp_report};
 use crate::{AttestError, Binding, Evidence, TeeKind};
 
 /// Intel TCB statuses accepted by default: the platform is patched, or
@@ -56,6 +56,12 @@ pub struct Requirement {
     /// The TEE measurement required (MRENCLAVE for SGX, MRTD for TDX,
     /// MEASUREMENT for SEV-SNP).
     pub measurement: Option<Vec<u8>>,
+    /// The lowest SEV-SNP firmware TCB accepted, level by level, when the
+    /// evidence is SEV-SNP (it says nothing about other kinds: combine it
+    /// with [`TeeRequirement::Kind`] to require SEV-SNP). AMD publishes no
+    /// TCB status as Intel does; a client that knows which firmware fixed
+    /// a flaw it cares about states it here.
+    pub min_snp_tcb: Option<SnpTcb>,
 }
 
 /// Verification parameters other than the requirement.
@@ -337,6 +343,14 @@ pub fn verify(
             (snp.report_data, None, Some(snp))
         }
     };
+    if let (Some(minimum), Some(snp)) = (&requirement.min_snp_tcb, &snp)
+        && !snp.tcb.at_least(minimum)
+    {
+        return Err(AttestError::TcbBelowMinimum {
+            proven: snp.tcb.to_string(),
+            minimum: minimum.to_string(),
+        });
+    }
     let measurement = facts
         .as_ref()
         .map(|f| &f.measurement)

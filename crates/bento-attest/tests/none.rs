@@ -77,6 +77,7 @@ fn requiring_a_tee_or_a_measurement_refuses_none_evidence() {
         let requirement = Requirement {
             tee,
             measurement: None,
+            min_snp_tcb: None,
         };
         let err = verify(&evidence, &[1; 32], &requirement, &VerifyOptions::at(NOW)).unwrap_err();
         assert!(
@@ -93,6 +94,7 @@ fn requiring_a_tee_or_a_measurement_refuses_none_evidence() {
     let requirement = Requirement {
         tee: TeeRequirement::NotRequired,
         measurement: Some(vec![0; 32]),
+        min_snp_tcb: None,
     };
     let err = verify(&evidence, &[1; 32], &requirement, &VerifyOptions::at(NOW)).unwrap_err();
     assert!(
@@ -103,6 +105,7 @@ fn requiring_a_tee_or_a_measurement_refuses_none_evidence() {
     let requirement = Requirement {
         tee: TeeRequirement::Kind(TeeKind::None),
         measurement: None,
+        min_snp_tcb: None,
     };
     verify(&evidence, &[1; 32], &requirement, &VerifyOptions::at(NOW)).unwrap();
 }

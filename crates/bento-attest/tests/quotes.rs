@@ -204,6 +204,7 @@ fn a_wrong_expected_measurement_is_rejected_and_the_right_one_reaches_the_bindin
     let required = |m: Vec<u8>| Requirement {
         tee: TeeRequirement::Kind(TeeKind::Sgx),
         measurement: Some(m),
+        min_snp_tcb: None,
     };
 
     let err = verify(&evidence, &[0; 32], &required(wrong), &options).unwrap_err();
@@ -226,6 +227,7 @@ fn a_wrong_expected_measurement_is_rejected_and_the_right_one_reaches_the_bindin
     let required = Requirement {
         tee: TeeRequirement::AnyTee,
         measurement: Some(wrong),
+        min_snp_tcb: None,
     };
     let err = verify(&evidence, &[0; 32], &required, &options).unwrap_err();
     assert!(

@@ -357,6 +357,7 @@ fn a_wrong_expected_measurement_or_kind_is_rejected_and_the_right_one_reaches_th
     let required = |tee, measurement| Requirement {
         tee,
         measurement: Some(measurement),
+        min_snp_tcb: None,
     };
     let snp = TeeRequirement::Kind(TeeKind::SevSnp);
     let err = verify(
@@ -404,6 +405,65 @@ fn a_wrong_expected_measurement_or_kind_is_rejected_and_the_right_one_reaches_th
         ),
         "{err}"
     );
+}
+
+#[test]
+fn a_minimum_tcb_refuses_the_real_report_below_it_and_lets_it_through_at_or_under_it() {
+    let report = report();
+    let options = VerifyOptions::at(VALID_AT);
+    let tcb = check(&report, &milan_collateral(), VALID_AT).unwrap().tcb;
+    let required = |min: Option<SnpTcb>| Requirement {
+        tee: TeeRequirement::Kind(TeeKind::SevSnp),
+        measurement: None,
+        min_snp_tcb: min,
+    };
+    // At its own TCB, or with no minimum, the report passes the TCB check
+    // and reaches the binding (its report data is not a Bento binding).
+    for min in [None, Some(tcb)] {
+        let err = verify(&evidence(&report), &[0; 32], &required(min), &options).unwrap_err();
+        assert!(
+            matches!(err, AttestError::BindingMismatch),
+            "{min:?}: {err}"
+        );
+    }
+    // One level above the platform's in any component, or an FMC level
+    // this Milan part does not have: refused, naming both.
+    let up = |level: u8| level.saturating_add(1);
+    let mut above = vec![
+        SnpTcb {
+            bootloader: up(tcb.bootloader),
+            ..tcb
+        },
+        SnpTcb {
+            tee: up(tcb.tee),
+            ..tcb
+        },
+        SnpTcb {
+            snp: up(tcb.snp),
+            ..tcb
+        },
+        SnpTcb {
+            microcode: up(tcb.microcode),
+            ..tcb
+        },
+    ];
+    above.retain(|min| *min != tcb);
+    assert_eq!(above.len(), 4, "no level of the sample is 255: {tcb}");
+    above.push(SnpTcb {
+        fmc: Some(0),
+        ..tcb
+    });
+    for min in above {
+        let err = verify(&evidence(&report), &[0; 32], &required(Some(min)), &options).unwrap_err();
+        match &err {
+            AttestError::TcbBelowMinimum { proven, minimum } => {
+                assert_eq!(proven, &tcb.to_string());
+                assert_eq!(minimum, &min.to_string());
+            }
+            other => panic!("{min}: {other}"),
+        }
+        assert!(err.to_string().contains("below the minimum"), "{err}");
+    }
 }
 
 #[test]

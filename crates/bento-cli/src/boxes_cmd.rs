@@ -134,6 +134,7 @@ mod tests {
         let tee = Requirement {
             tee: bento_client::TeeRequirement::AnyTee,
             measurement: None,
+            min_snp_tcb: None,
         };
         assert_eq!(unattested_warning(2, &tee, false), None);
     }

@@ -432,6 +432,7 @@ const CLIENT_OPTIONS: &[&str] = &[
     "tor_network",
     "require_tee",
     "expect_measurement",
+    "min_snp_tcb",
     "allow_unattested",
     "sealed",
 ];

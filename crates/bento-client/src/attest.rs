@@ -3,7 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use bento_attest::{AttestError, Requirement, TeeKind, TeeRequirement, Verified};
+pub use bento_attest::{AttestError, Requirement, SnpTcb, TeeKind, TeeRequirement, Verified};
 use bento_attest::{Evidence, VerifyOptions};
 use bento_protocol::{ATTEST_NONCE_LEN, Frame};
 

@@ -21,7 +21,7 @@ mod sealed;
 mod socks;
 mod transport;
 
-pub use attest::{AttestError, Requirement, TeeKind, TeeRequirement, Verified};
+pub use attest::{AttestError, Requirement, SnpTcb, TeeKind, TeeRequirement, Verified};
 pub use bento_attest::SealError;
 pub use sealed::{SealedAttachment, SealedInputSender, SealedSessionToken};
 pub use transport::{ByteStream, DialError, Dialer};

@@ -86,6 +86,7 @@ impl BoxAttestation {
         let requirement = Requirement {
             tee: TeeRequirement::Kind(kind),
             measurement: None,
+            min_snp_tcb: None,
         };
         bento_attest::verify(
             &evidence,
