@@ -23,8 +23,9 @@
 //! and read the answer. Its time to an answer — the output, or the box's
 //! immediate `overloaded` refusal — is what the report's p99 and max are
 //! made of (the goal is at most 1 s); the report also gives how many
-//! probes were served and the served ones' times. Nothing here asserts on
-//! time.
+//! probes were served and the served ones' times. The probe runs on its
+//! own thread and runtime, apart from the clients' (since 2026-12-05).
+//! Nothing here asserts on time.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -38,7 +39,7 @@ use sha2::{Digest, Sha256};
 
 use crate::latency::{ms, percentile};
 use crate::process::BoxProcess;
-use crate::{Error, XorShift, error_chain, setup_error, step};
+use crate::{Error, XorShift, error_chain, io_error, setup_error, step};
 
 const HELLO: &str = "def main(name):\n    api.send('hello ' + name)\n";
 /// Sends `n` messages of 1 KiB, each SHA-256("seed:i") repeated 32 times.
@@ -379,7 +380,19 @@ pub async fn run(args: LoadOptions, out: &mut (dyn Write + Send)) -> Result<bool
     for index in 0..args.clients {
         tasks.spawn(client_loop(client.clone(), index, until, think));
     }
-    let probe = tokio::spawn(probe(bx.target.clone(), hello, until));
+    // The probe is a new user, not one of the generator's clients: it runs
+    // on its own thread and runtime, so that its time is the box's and not
+    // also the wait for a turn among the generator's tasks on theirs.
+    let probe_target = bx.target.clone();
+    let probe = std::thread::Builder::new()
+        .name("probe".into())
+        .spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|runtime| runtime.block_on(probe(probe_target, hello, until)))
+        })
+        .map_err(io_error("cannot start the probe's thread"))?;
     let mut failures = Vec::new();
     while let Some(done) = tasks.join_next().await {
         match done {
@@ -387,7 +400,11 @@ pub async fn run(args: LoadOptions, out: &mut (dyn Write + Send)) -> Result<bool
             Err(e) => failures.push(format!("a client task failed: {e}")),
         }
     }
-    let (answers, probe_errors) = probe.await.map_err(setup_error("the probe failed"))?;
+    let (answers, probe_errors) = tokio::task::spawn_blocking(move || probe.join())
+        .await
+        .map_err(setup_error("the probe failed"))?
+        .map_err(|_| setup_error("the probe failed")("its thread panicked"))?
+        .map_err(io_error("the probe's runtime did not start"))?;
     let elapsed = start.elapsed();
     let mut times: Vec<Duration> = answers.iter().map(|a| a.time).collect();
     times.sort();
