@@ -104,6 +104,50 @@ async fn waiting_session(test_box: &TestBox) -> bento_client::Attachment {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_has_used_more_than_a_short_functions_cpu_drops_further_and_a_new_one_does_not()
+ {
+    // Workers at the server's priority, so that the drop is visible
+    // below nice 19 whatever priority the tests run at (up to 13).
+    let test_box = TestBox::start(&["--workers", "1", "--worker-nice", "0"]);
+    let worker = thread_nice_values(test_box.pid())[0];
+    // Spins well past LONG_RUNNING_AFTER of CPU, says so, then waits.
+    let spin_ms = 4 * bento_sandbox::LONG_RUNNING_AFTER.as_millis();
+    let token = test_box
+        .store(&format!(
+            "import time\ndef main():\n    end = time.process_time() + {spin_ms} / 1000\n    \
+             while time.process_time() < end:\n        pass\n    api.send('spun')\n    api.recv()\n"
+        ))
+        .await;
+    let session = test_box.invoke(&token, "[]").await;
+    let mut spun = test_box
+        .connect()
+        .await
+        .attach(&session, None)
+        .await
+        .unwrap();
+    assert_eq!(&spun.next().await.unwrap().unwrap()[..], b"spun");
+    let _waiting = waiting_session(&test_box).await;
+    let pid = workers(&test_box).await[0];
+    let mut threads = thread_nice_values(pid);
+    threads.sort();
+    let long = (worker + i64::from(bento_sandbox::LONG_RUNNING_NICE_LEVELS)).min(19);
+    assert!(long > worker, "tests run at nice {worker}: no room to drop");
+    assert_eq!(
+        threads.iter().filter(|&&n| n == long).count(),
+        1,
+        "one thread (the spinner's) at {long}, the rest at {worker}: {threads:?}"
+    );
+    assert!(
+        threads.iter().all(|&n| n == worker || n == long),
+        "{threads:?}"
+    );
+    // The lowered instance still finishes, and the next user is served.
+    spun.input().end().await.unwrap();
+    assert_eq!(spun.next().await.unwrap(), None);
+    test_box.assert_serves_hello().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_and_their_instance_threads_run_below_the_servers_priority() {
     // The default: 10 nice levels below the server (which keeps the
     // priority it was started with, e.g. under `nice cargo test`) for

@@ -37,6 +37,18 @@ fn engine() -> Result<Engine, SandboxError> {
     Engine::new(&engine_config()).map_err(SandboxError::Engine)
 }
 
+/// Start the I/O runtime that WASI streams run on (wasmtime-wasi's, shared
+/// by every instance of the process) from the calling thread.
+///
+/// It starts its threads on first use, and a thread inherits its
+/// creator's scheduling priority and policy: started by an instance's
+/// thread lowered as long-running ([`crate::LONG_RUNNING_AFTER`]) or by a
+/// worker's idle-priority prewarming thread, every instance's I/O would run
+/// at that priority. A worker calls this first, from its main thread.
+pub fn start_io_runtime() {
+    wasmtime_wasi::runtime::with_ambient_tokio_runtime(|| ());
+}
+
 /// Compile the Python runtime component (`.wasm`) to the native form
 /// (`.cwasm`) that [`PythonRuntime::load_precompiled`] loads. Takes seconds;
 /// do it once and cache the result.

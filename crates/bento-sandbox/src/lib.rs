@@ -36,9 +36,11 @@ mod throttle;
 mod tor_stream;
 mod wasi_sleep;
 
-pub use engine::{PythonRuntime, precompile_runtime};
+pub use engine::{PythonRuntime, precompile_runtime, start_io_runtime};
 pub use error::SandboxError;
-pub use instance::{Call, Job, PreparedInstance, SpentInstance};
+pub use instance::{
+    Call, Job, LONG_RUNNING_AFTER, LONG_RUNNING_NICE_LEVELS, PreparedInstance, SpentInstance,
+};
 pub use memory::{HostBytes, InstanceMemory, MemoryExceeded};
 pub use session_io::{DiscardedSession, MAX_STAGED, MessageError, SessionIo, StopReason};
 pub use throttle::{Throttle, TokenBucket};

@@ -124,6 +124,7 @@ pub fn run_worker<R: Read, W: Write + Send + 'static>(
     output: W,
 ) -> Result<(), WorkerError> {
     let runtime = Arc::new(runtime);
+    bento_sandbox::start_io_runtime();
     let prewarmed = Prewarmed::start(&runtime, prewarm);
     let outbox = Arc::new(Outbox {
         writer: Mutex::new(output),
