@@ -265,12 +265,16 @@ fn a_repeated_fetch_is_served_from_the_box_cache_byte_for_byte_without_reaching_
     assert!(prefixed.body == page);
     assert_eq!(site.hits("/page.bin"), 1);
 
-    // A reload (no-cache) and a request with a cookie go to the origin.
+    // A reload (no-cache) and a request with a cookie go to the origin,
+    // once each, plus once more for each that bento proxy retried after
+    // the Tor stream broke (it says so; on a loaded machine it happens).
+    let retries = || proxy.log().matches("retrying a request").count();
+    let retried_before = retries();
     let reload = proxy.request("GET", &site.url("/page.bin"), "Cache-Control: no-cache\r\n");
     assert_eq!(reload.cache(), Some("miss"));
     let personal = proxy.request("GET", &site.url("/page.bin"), "Cookie: session=1\r\n");
     assert_eq!(personal.cache(), Some("miss"));
-    assert_eq!(site.hits("/page.bin"), 3);
+    assert_eq!(site.hits("/page.bin"), 3 + (retries() - retried_before));
 
     // What the origin forbids is never cached; max-age is respected.
     site.put_with("/private", BINARY, "Cache-Control: private\r\n", "mine");
