@@ -659,6 +659,17 @@ async fn write_frames(
                 Some(frame) => {
                     // The ack goes first, in the same write: it must precede
                     // a Detach, and one write avoids a Nagle stall behind it.
+                    // Also an ack this select did not see: on another thread
+                    // `Attachment::detach` can update it and queue the Detach
+                    // between the polls of the ack branch and this one, and
+                    // the box would then record an offset short of what the
+                    // client consumed (seen once in the load test).
+                    if ack.has_changed().unwrap_or(false) {
+                        let offset = *ack.borrow_and_update();
+                        if offset > last_sent {
+                            pending = Some(offset);
+                        }
+                    }
                     if let Some(offset) = pending.take() {
                         Frame::Ack { offset }.encode(&mut out);
                         last_sent = offset;
