@@ -85,12 +85,14 @@ fn thread_nice_values(pid: u32) -> Vec<i64> {
         .collect()
 }
 
-/// Start a session that waits in `api.recv()` (so its instance thread is
-/// alive), and return its attachment once the function has said so.
-async fn waiting_session(test_box: &TestBox) -> bento_client::Attachment {
-    let token = test_box
-        .store("def main():\n    api.send('waiting')\n    api.recv()\n")
-        .await;
+/// Store and invoke `source`, attach, and return the attachment once the
+/// function's first message, `first`, has arrived.
+async fn attached_after(
+    test_box: &TestBox,
+    source: &str,
+    first: &[u8],
+) -> bento_client::Attachment {
+    let token = test_box.store(source).await;
     let session = test_box.invoke(&token, "[]").await;
     let mut attachment = test_box
         .connect()
@@ -98,9 +100,20 @@ async fn waiting_session(test_box: &TestBox) -> bento_client::Attachment {
         .attach(&session, None)
         .await
         .unwrap();
-    let first = attachment.next().await.unwrap().unwrap();
-    assert_eq!(&first[..], b"waiting");
+    let said = attachment.next().await.unwrap().unwrap();
+    assert_eq!(&said[..], first);
     attachment
+}
+
+/// Start a session that waits in `api.recv()` (so its instance thread is
+/// alive), and return its attachment once the function has said so.
+async fn waiting_session(test_box: &TestBox) -> bento_client::Attachment {
+    attached_after(
+        test_box,
+        "def main():\n    api.send('waiting')\n    api.recv()\n",
+        b"waiting",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,25 +125,16 @@ async fn an_instance_that_has_used_more_than_a_short_functions_cpu_drops_further
     let worker = thread_nice_values(test_box.pid())[0];
     // Spins well past LONG_RUNNING_AFTER of CPU, says so, then waits.
     let spin_ms = 4 * bento_sandbox::LONG_RUNNING_AFTER.as_millis();
-    let token = test_box
-        .store(&format!(
-            "import time\ndef main():\n    end = time.process_time() + {spin_ms} / 1000\n    \
-             while time.process_time() < end:\n        pass\n    api.send('spun')\n    api.recv()\n"
-        ))
-        .await;
-    let session = test_box.invoke(&token, "[]").await;
-    let mut spun = test_box
-        .connect()
-        .await
-        .attach(&session, None)
-        .await
-        .unwrap();
-    assert_eq!(&spun.next().await.unwrap().unwrap()[..], b"spun");
+    let spinner = format!(
+        "import time\ndef main():\n    end = time.process_time() + {spin_ms} / 1000\n    \
+         while time.process_time() < end:\n        pass\n    api.send('spun')\n    api.recv()\n"
+    );
+    let mut spun = attached_after(&test_box, &spinner, b"spun").await;
     let _waiting = waiting_session(&test_box).await;
     let pid = workers(&test_box).await[0];
-    let mut threads = thread_nice_values(pid);
-    threads.sort();
-    let long = (worker + i64::from(bento_sandbox::LONG_RUNNING_NICE_LEVELS)).min(19);
+    let threads = thread_nice_values(pid);
+    let long = (worker + i64::from(bento_sandbox::LONG_RUNNING_NICE_LEVELS))
+        .min(i64::from(bento_sandbox::MAX_NICE));
     if long == worker {
         // Run at nice 19 (the lowest), nothing can drop further to be seen.
         eprintln!("tests run at nice {worker}: no room to see a long-running instance drop");

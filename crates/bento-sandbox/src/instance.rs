@@ -312,26 +312,9 @@ impl ResourceLimiter for MemoryLimiter {
 /// anyone when the CPU is free. Only ever lowering needs no privilege.
 pub const LONG_RUNNING_AFTER: Duration = Duration::from_millis(50);
 
-/// How many nice levels a long-running instance drops (clamped at 19).
-pub const LONG_RUNNING_NICE_LEVELS: i32 = 6;
-
-/// Lower the calling thread's priority by `levels` nice levels, at most to
-/// 19. Best effort: a failure leaves the priority as it was.
-fn lower_thread_priority(levels: i32) {
-    // SAFETY: errno is the calling thread's own; getpriority and
-    // setpriority only read their integer arguments (`who` = 0 is the
-    // calling thread on Linux).
-    #[allow(unsafe_code)]
-    unsafe {
-        *libc::__errno_location() = 0;
-        let nice = libc::getpriority(libc::PRIO_PROCESS, 0);
-        // -1 is also a valid nice value: errno tells an error from it.
-        if nice == -1 && *libc::__errno_location() != 0 {
-            return;
-        }
-        libc::setpriority(libc::PRIO_PROCESS, 0, nice.saturating_add(levels).min(19));
-    }
-}
+/// How many nice levels a long-running instance drops (clamped at
+/// [`crate::MAX_NICE`]).
+pub const LONG_RUNNING_NICE_LEVELS: u8 = 6;
 
 /// CPU time consumed by the calling thread. Each instance runs on its own
 /// thread, so this is the instance's CPU time.
@@ -420,7 +403,8 @@ fn set_limits(
         }
         if !long_running && used > LONG_RUNNING_AFTER {
             long_running = true;
-            lower_thread_priority(LONG_RUNNING_NICE_LEVELS);
+            // Best effort: a thread left at its priority still runs.
+            let _ = crate::lower_thread_priority(LONG_RUNNING_NICE_LEVELS);
         }
         if Instant::now() >= deadline {
             io.stop(StopReason::WallTime);

@@ -31,6 +31,7 @@ mod error;
 mod host_error;
 mod instance;
 mod memory;
+mod priority;
 mod session_io;
 mod throttle;
 mod tor_stream;
@@ -42,5 +43,6 @@ pub use instance::{
     Call, Job, LONG_RUNNING_AFTER, LONG_RUNNING_NICE_LEVELS, PreparedInstance, SpentInstance,
 };
 pub use memory::{HostBytes, InstanceMemory, MemoryExceeded};
+pub use priority::{MAX_NICE, lower_thread_priority};
 pub use session_io::{DiscardedSession, MAX_STAGED, MessageError, SessionIo, StopReason};
 pub use throttle::{Throttle, TokenBucket};

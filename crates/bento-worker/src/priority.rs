@@ -4,48 +4,32 @@
 //! from the `tor` relay beside the box.
 
 /// The largest nice value Linux accepts.
-pub const MAX_WORKER_NICE: u8 = 19;
+pub const MAX_WORKER_NICE: u8 = bento_sandbox::MAX_NICE;
 
 /// Lower the calling thread's priority by `levels` nice levels (0 =
 /// unchanged), relative to what it inherited from the server and clamped at
 /// [`MAX_WORKER_NICE`]. Linux keeps the nice value per thread and every
 /// thread created afterwards inherits it, so the worker calls this first,
-/// before it starts any thread. Only raising the nice value is asked for,
-/// which needs no privilege.
+/// before it starts any thread.
 pub fn lower_worker_priority(levels: u8) -> std::io::Result<()> {
-    if levels == 0 {
-        return Ok(());
-    }
-    let target = (thread_nice()? + i64::from(levels)).min(i64::from(MAX_WORKER_NICE));
-    let target = libc::c_int::try_from(target).map_err(std::io::Error::other)?;
-    // SAFETY: setpriority only reads its integer arguments; `who` = 0 is
-    // the calling thread on Linux.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, target) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// The calling thread's nice value, from /proc (getpriority's -1 would be
-/// ambiguous without errno).
-fn thread_nice() -> std::io::Result<i64> {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
-    // Field 19, counted after the parenthesised command name (field 2).
-    stat.rfind(')')
-        .and_then(|end| stat.get(end + 2..))
-        .and_then(|rest| rest.split(' ').nth(16))
-        .and_then(|field| field.parse().ok())
-        .ok_or_else(|| {
-            std::io::Error::other("cannot read the nice value from /proc/thread-self/stat")
-        })
+    bento_sandbox::lower_thread_priority(levels)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The calling thread's nice value, from /proc (independent of the
+    /// getpriority call the code under test makes).
+    fn thread_nice() -> std::io::Result<i64> {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
+        // Field 19, counted after the parenthesised command name (field 2).
+        stat.rfind(')')
+            .and_then(|end| stat.get(end + 2..))
+            .and_then(|rest| rest.split(' ').nth(16))
+            .and_then(|field| field.parse().ok())
+            .ok_or_else(|| std::io::Error::other("no nice value in /proc/thread-self/stat"))
+    }
 
     #[test]
     fn the_priority_drops_by_the_levels_asked_for_and_later_threads_inherit_it() {
