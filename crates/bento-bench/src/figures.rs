@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use crate::latency::{ms, percentile};
 use crate::process::{mem_available_mib, total_memory_mib};
-use crate::{Error, io_error, setup_error};
+use crate::{Error, io_error, read_to_end, setup_error};
 
 const HELLO: &str = "def main(name):\n    api.send('hello ' + name)\n";
 const BULK: &str = "def main(mib):\n    chunk = b'x' * (1024 * 1024)\n    for _ in range(mib):\n        api.send(chunk)\n";
@@ -260,16 +260,6 @@ impl Bench {
             .await?;
         read_to_end(attachment).await
     }
-}
-
-/// Bytes received until the session's end.
-async fn read_to_end(mut attachment: bento_client::Attachment) -> Result<u64, Error> {
-    let mut received = 0u64;
-    while let Some(data) = attachment.next().await? {
-        received += data.len() as u64;
-    }
-    attachment.close().await;
-    Ok(received)
 }
 
 /// The limits every measured box runs with: room to move GiBs at full

@@ -126,10 +126,15 @@ async fn invoke_to_end(
         .await?
         .invoke(token, "main", args)
         .await?;
-    let mut attachment = Connection::connect(target)
+    let attachment = Connection::connect(target)
         .await?
         .attach(&session, None)
         .await?;
+    read_to_end(attachment).await
+}
+
+/// Bytes received until the session's end.
+async fn read_to_end(mut attachment: bento_client::Attachment) -> Result<u64, Error> {
     let mut received = 0u64;
     while let Some(data) = attachment.next().await? {
         received += data.len() as u64;
