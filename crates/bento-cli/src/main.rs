@@ -423,25 +423,11 @@ fn apply_config(command: &mut Command, matches: &ArgMatches) -> anyhow::Result<(
     Ok(())
 }
 
-/// The global options that say how to reach a box (ids of [`TargetArgs`]
-/// and its attestation flags).
-const CLIENT_OPTIONS: &[&str] = &[
-    "server",
-    "socks",
-    "tor",
-    "tor_network",
-    "require_tee",
-    "expect_measurement",
-    "min_snp_tcb",
-    "allow_unattested",
-    "sealed",
-];
-
 /// A client option given on the command line of a command that reaches no
 /// box (`bento serve --server X` would otherwise be accepted and ignored).
 /// From the environment they stay silent: a user's BENTO_SERVER must not
 /// break `bento serve`. `bento boxes` uses them to reach the network.
-fn client_option_without_a_box(command: &Command, matches: &ArgMatches) -> Option<&'static str> {
+fn client_option_without_a_box(command: &Command, matches: &ArgMatches) -> Option<String> {
     if commands::reaches_a_box(command) || matches!(command, Command::Boxes(_)) {
         return None;
     }
@@ -451,11 +437,17 @@ fn client_option_without_a_box(command: &Command, matches: &ArgMatches) -> Optio
     while let Some((_, sub)) = levels.last().and_then(|m| m.subcommand()) {
         levels.push(sub);
     }
-    CLIENT_OPTIONS.iter().copied().find(|id| {
-        levels
-            .iter()
-            .any(|m| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
-    })
+    // Every option of `TargetArgs` (its attestation flags included), so a
+    // client option added there is covered without a list to keep.
+    let client_options = TargetArgs::augment_args(clap::Command::new("client"));
+    client_options
+        .get_arguments()
+        .map(|arg| arg.get_id().as_str().to_owned())
+        .find(|id| {
+            levels
+                .iter()
+                .any(|m| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+        })
 }
 
 fn main() -> ExitCode {
